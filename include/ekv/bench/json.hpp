@@ -1,0 +1,46 @@
+#pragma once
+// JSON forms of what benchmarks report (nlohmann-json): `nlohmann::json j = stats;`.
+
+#include <nlohmann/json.hpp>
+
+#include <cuda_runtime_api.h>
+
+#include "ekv/bench/statistics.hpp"
+#include "ekv/core/device.hpp"
+#include "ekv/core/version.hpp"
+
+namespace ekv {
+
+inline void to_json(nlohmann::json& j, const Stats& s) {
+  j = nlohmann::json{{"count", s.count}, {"mean", s.mean},     {"median", s.median},
+                     {"p5", s.p5},       {"p95", s.p95},       {"min", s.min},
+                     {"max", s.max},     {"stddev", s.stddev}, {"cv", s.cv},
+                     {"trimmed_mean", s.trimmed_mean}};
+}
+
+inline void to_json(nlohmann::json& j, const DeviceInfo& d) {
+  j = nlohmann::json{{"ordinal", d.ordinal},
+                     {"name", d.name},
+                     {"compute_capability", d.compute_capability()},
+                     {"arch_family", to_string(d.family)},
+                     {"sm_count", d.sm_count},
+                     {"global_memory_bytes", d.global_memory_bytes},
+                     {"l2_cache_bytes", d.l2_cache_bytes},
+                     {"shared_memory_per_cta_optin_bytes", d.shared_memory_per_cta_optin_bytes},
+                     {"memory_bus_width_bits", d.memory_bus_width_bits}};
+}
+
+// What built the numbers: ekv's version, the compiler and the CUDA runtime.
+inline nlohmann::json build_json() {
+  int runtime = 0;
+  if (cudaRuntimeGetVersion(&runtime) != cudaSuccess) cudaGetLastError();
+  return nlohmann::json{{"ekv_version", kVersion},
+                        {"cuda_runtime", runtime},
+                        {"cuda_toolkit", CUDART_VERSION},
+#if defined(__VERSION__)
+                        {"compiler", __VERSION__},
+#endif
+                        {"cplusplus", __cplusplus}};
+}
+
+}  // namespace ekv

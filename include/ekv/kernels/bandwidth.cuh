@@ -1,0 +1,169 @@
+#pragma once
+// Streaming kernels that measure the memory system: a copy (read + write) and a
+// read-only reduction, the physical ceiling of decode attention, which reads the whole
+// KV cache and writes almost nothing.
+
+#include <cub/block/block_reduce.cuh>
+
+#include <algorithm>
+#include <cstddef>
+#include <string>
+
+#include "ekv/core/device.hpp"
+#include "ekv/core/dtype.hpp"
+#include "ekv/core/error.hpp"
+#include "ekv/core/span.hpp"
+#include "ekv/core/stream.hpp"
+#include "ekv/core/vec.cuh"
+#include "ekv/kernels/launch.hpp"
+
+namespace ekv {
+
+// untuned: replaced by the best variant of benchmarks/kernels_bench once measured.
+inline constexpr int kStreamCtaThreads = 512;
+inline constexpr int kStreamUnroll = 4;
+
+namespace detail {
+
+// Several independent vector loads per thread before the first use keep enough bytes in
+// flight to cover HBM latency with one wave of CTAs.
+template <typename T, int CtaThreads, int VecBytes, int Unroll>
+__global__ void __launch_bounds__(CtaThreads)
+    copy_kernel(const T* __restrict__ src, T* __restrict__ dst, std::size_t n) {
+  constexpr int kVec = kVecSize<T, VecBytes>;
+  const std::size_t n_vec = n / kVec;
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * CtaThreads;
+  const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * CtaThreads + threadIdx.x;
+  std::size_t i = tid;
+  for (; i + (Unroll - 1) * stride < n_vec; i += Unroll * stride) {
+    Vec<T, VecBytes> r[Unroll];
+#pragma unroll
+    for (int u = 0; u < Unroll; ++u) r[u] = load_stream<T, VecBytes>(src + (i + u * stride) * kVec);
+#pragma unroll
+    for (int u = 0; u < Unroll; ++u) store<T, VecBytes>(dst + (i + u * stride) * kVec, r[u]);
+  }
+  for (; i < n_vec; i += stride) {
+    store<T, VecBytes>(dst + i * kVec, load_stream<T, VecBytes>(src + i * kVec));
+  }
+  const std::size_t tail = n_vec * kVec + tid;
+  if (tail < n) dst[tail] = src[tail];
+}
+
+template <typename T, int CtaThreads, int VecBytes, int Unroll>
+__global__ void __launch_bounds__(CtaThreads)
+    read_reduce_kernel(const T* __restrict__ src, std::size_t n, float* __restrict__ partials) {
+  constexpr int kVec = kVecSize<T, VecBytes>;
+  const std::size_t n_vec = n / kVec;
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * CtaThreads;
+  const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * CtaThreads + threadIdx.x;
+  float acc[Unroll] = {};
+  std::size_t i = tid;
+  for (; i + (Unroll - 1) * stride < n_vec; i += Unroll * stride) {
+    Vec<T, VecBytes> r[Unroll];
+#pragma unroll
+    for (int u = 0; u < Unroll; ++u) r[u] = load_stream<T, VecBytes>(src + (i + u * stride) * kVec);
+#pragma unroll
+    for (int u = 0; u < Unroll; ++u) {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) acc[u] += DTypeTraits<T>::to_float(r[u][e]);
+    }
+  }
+  for (; i < n_vec; i += stride) {
+    const auto r = load_stream<T, VecBytes>(src + i * kVec);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) acc[0] += DTypeTraits<T>::to_float(r[e]);
+  }
+  const std::size_t tail = n_vec * kVec + tid;
+  if (tail < n) acc[0] += DTypeTraits<T>::to_float(src[tail]);
+  float sum = 0.0f;
+#pragma unroll
+  for (int u = 0; u < Unroll; ++u) sum += acc[u];
+  using Reduce = cub::BlockReduce<float, CtaThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  sum = Reduce(storage).Sum(sum);
+  if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+}
+
+template <typename T>
+void check_span(const char* what, Span<const T> s) {
+  if (s.data() == nullptr && !s.empty()) {
+    throw Error(std::string(what) + ": null pointer with " + std::to_string(s.size()) + " elements");
+  }
+}
+
+}  // namespace detail
+
+// dst[i] = src[i] for every i < src.size(); dst must hold at least as many elements and
+// must not overlap src. Stream-ordered, graph-capturable.
+template <typename T, int CtaThreads = kStreamCtaThreads, int Unroll = kStreamUnroll>
+void copy(Span<const T> src, Span<T> dst, const DeviceInfo& device, const Stream& stream) {
+  detail::check_span("copy: src", src);
+  detail::check_span<T>("copy: dst", dst);
+  if (dst.size() < src.size()) {
+    throw Error("copy: destination holds " + std::to_string(dst.size()) + " elements, source " +
+                std::to_string(src.size()));
+  }
+  if (src.empty()) return;
+  const bool vector = is_aligned<16>(src.data()) && is_aligned<16>(dst.data());
+  const std::size_t per_cta = static_cast<std::size_t>(CtaThreads) * Unroll * 16 / sizeof(T);
+  const int grid = streaming_grid(device, CtaThreads, src.size(), per_cta);
+  if (vector) {
+    detail::copy_kernel<T, CtaThreads, 16, Unroll>
+        <<<grid, CtaThreads, 0, stream.get()>>>(src.data(), dst.data(), src.size());
+  } else {
+    detail::copy_kernel<T, CtaThreads, sizeof(T), Unroll>
+        <<<grid, CtaThreads, 0, stream.get()>>>(src.data(), dst.data(), src.size());
+  }
+  EKV_CUDA_CHECK(cudaGetLastError(), "copy: kernel launch failed");
+}
+
+// A CTA count for read_reduce: one full wave, or fewer where `n` is small.
+template <typename T, int CtaThreads = kStreamCtaThreads, int Unroll = kStreamUnroll>
+int read_reduce_ctas(const DeviceInfo& device, std::size_t n) {
+  return streaming_grid(device, CtaThreads, n, static_cast<std::size_t>(CtaThreads) * Unroll * 16 / sizeof(T));
+}
+
+// Reads every element of src once and writes partials.size() float partial sums (one per
+// CTA) whose total is the float sum of src. Stream-ordered, graph-capturable.
+template <typename T, int CtaThreads = kStreamCtaThreads, int Unroll = kStreamUnroll>
+void read_reduce(Span<const T> src, Span<float> partials, const Stream& stream) {
+  detail::check_span("read_reduce: src", src);
+  if (partials.empty() || partials.size() > 0x7fffffffu || partials.data() == nullptr) {
+    throw Error("read_reduce: needs 1 to 2^31-1 partials (one per CTA), got " +
+                std::to_string(partials.size()));
+  }
+  const int grid = static_cast<int>(partials.size());
+  if (is_aligned<16>(src.data())) {
+    detail::read_reduce_kernel<T, CtaThreads, 16, Unroll>
+        <<<grid, CtaThreads, 0, stream.get()>>>(src.data(), src.size(), partials.data());
+  } else {
+    detail::read_reduce_kernel<T, CtaThreads, sizeof(T), Unroll>
+        <<<grid, CtaThreads, 0, stream.get()>>>(src.data(), src.size(), partials.data());
+  }
+  EKV_CUDA_CHECK(cudaGetLastError(), "read_reduce: kernel launch failed");
+}
+
+// The same bytes as one read_reduce, issued as `num_chunks` short launches (the shape of
+// a decode step: one small kernel per layer), so launch overhead shows in the bandwidth.
+// Chunk c writes partials [c * per_chunk, (c + 1) * per_chunk) with per_chunk =
+// partials.size() / num_chunks.
+template <typename T, int CtaThreads = kStreamCtaThreads, int Unroll = kStreamUnroll>
+void read_reduce_chunks(Span<const T> src, std::size_t num_chunks, Span<float> partials,
+                        const Stream& stream) {
+  if (num_chunks == 0 || partials.size() < num_chunks) {
+    throw Error("read_reduce_chunks: " + std::to_string(num_chunks) + " chunks need at least as " +
+                "many partials, got " + std::to_string(partials.size()));
+  }
+  const std::size_t per_chunk = partials.size() / num_chunks;
+  // whole vectors per chunk, so every chunk after the first stays 16-byte aligned
+  constexpr std::size_t kVec = kVecSize<T, 16>;
+  const std::size_t chunk = ((src.size() + num_chunks - 1) / num_chunks + kVec - 1) / kVec * kVec;
+  for (std::size_t c = 0; c < num_chunks; ++c) {
+    const std::size_t begin = std::min(src.size(), c * chunk);
+    const std::size_t end = std::min(src.size(), begin + chunk);
+    read_reduce<T, CtaThreads, Unroll>(src.subspan(begin, end - begin),
+                                       partials.subspan(c * per_chunk, per_chunk), stream);
+  }
+}
+
+}  // namespace ekv
