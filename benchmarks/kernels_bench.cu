@@ -95,14 +95,14 @@ void apply_defaults(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(memcpy_d2d)->Apply(apply_defaults);
-BENCHMARK(copy<256, 4>)->Apply(apply_defaults);
+BENCHMARK(copy<1024, 4>)->Apply(apply_defaults);
 BENCHMARK(copy<512, 4>)->Apply(apply_defaults);
-BENCHMARK(copy<1024, 2>)->Apply(apply_defaults);
-BENCHMARK(copy<512, 8>)->Apply(apply_defaults);
-BENCHMARK(read_reduce<float, 256, 4>)->Apply(apply_defaults);
+BENCHMARK(copy<1024, 8>)->Apply(apply_defaults);
+BENCHMARK(copy<256, 8>)->Apply(apply_defaults);
 BENCHMARK(read_reduce<float, 512, 4>)->Apply(apply_defaults);
-BENCHMARK(read_reduce<float, 512, 8>)->Apply(apply_defaults);
 BENCHMARK(read_reduce<float, 1024, 4>)->Apply(apply_defaults);
+BENCHMARK(read_reduce<float, 512, 8>)->Apply(apply_defaults);
+BENCHMARK(read_reduce<float, 256, 8>)->Apply(apply_defaults);
 BENCHMARK(read_reduce<__half, 512, 4>)->Apply(apply_defaults);
 BENCHMARK_CAPTURE(read_reduce_chunks, stream, false)->Arg(1)->Arg(16)->Arg(64)->Arg(256)->Apply(apply_defaults);
 BENCHMARK_CAPTURE(read_reduce_chunks, graph, true)->Arg(1)->Arg(16)->Arg(64)->Arg(256)->Apply(apply_defaults);

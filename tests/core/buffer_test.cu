@@ -107,7 +107,7 @@ TEST_CASE("an impossible allocation throws ekv::Error and leaks nothing") {
   ekv::Stream stream;
   CHECK_THROWS_AS(ekv::DeviceBuffer<unsigned char>(huge, stream), ekv::Error);
   CHECK_THROWS_AS(ekv::DeviceBuffer<double>(~std::size_t{0} / 4), ekv::Error);  // overflows size_t
-  CHECK_THROWS_AS(ekv::PinnedBuffer<unsigned char>(huge), ekv::Error);
+  CHECK_THROWS_AS(ekv::PinnedBuffer<double>(~std::size_t{0} / 4), ekv::Error);  // overflows size_t
   CHECK(cudaGetLastError() == cudaSuccess);  // the failure did not linger
   ekv::DeviceBuffer<float> after(1024);       // the device still works
   CHECK(after.data() != nullptr);

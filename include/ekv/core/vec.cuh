@@ -53,4 +53,17 @@ __device__ __forceinline__ void store(T* p, const Vec<T, Bytes>& v) {
   *reinterpret_cast<Vec<T, Bytes>*>(p) = v;
 }
 
+// Store marked evict-first: written once and not read back soon (a copy's destination).
+template <typename T, int Bytes>
+__device__ __forceinline__ void store_stream(T* p, const Vec<T, Bytes>& v) {
+  if constexpr (Bytes == 16) {
+    const uint4 r = *reinterpret_cast<const uint4*>(&v);
+    asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(r.x), "r"(r.y), "r"(r.z),
+                 "r"(r.w)
+                 : "memory");
+  } else {
+    store<T, Bytes>(p, v);
+  }
+}
+
 }  // namespace ekv

@@ -12,6 +12,7 @@
 #include "ekv/core/device.hpp"
 #include "ekv/core/dtype.hpp"
 #include "ekv/core/error.hpp"
+#include "ekv/core/launch.hpp"
 #include "ekv/core/span.hpp"
 #include "ekv/core/stream.hpp"
 #include "ekv/core/vec.cuh"
@@ -19,62 +20,72 @@
 
 namespace ekv {
 
-// untuned: replaced by the best variant of benchmarks/kernels_bench once measured.
-inline constexpr int kStreamCtaThreads = 512;
-inline constexpr int kStreamUnroll = 4;
+// Launch shapes chosen on the H100 (RESULTS.md, "streaming kernels"): the best of the
+// variants in benchmarks/kernels_bench, within 1% of each other.
+inline constexpr int kCopyCtaThreads = 1024;
+inline constexpr int kCopyUnroll = 4;
+inline constexpr int kReadCtaThreads = 512;
+inline constexpr int kReadUnroll = 4;
 
 namespace detail {
 
-// Several independent vector loads per thread before the first use keep enough bytes in
-// flight to cover HBM latency with one wave of CTAs.
+// Each CTA moves whole tiles of CtaThreads * Unroll contiguous vectors, tiles strided over
+// the grid: Unroll independent 16-byte loads per thread are in flight before the first
+// use, enough to cover HBM latency with one wave of CTAs (H100: RESULTS.md, "streaming
+// kernels", tile layout 0.950 of cudaMemcpy against 0.945 for an interleaved layout).
 template <typename T, int CtaThreads, int VecBytes, int Unroll>
 __global__ void __launch_bounds__(CtaThreads)
     copy_kernel(const T* __restrict__ src, T* __restrict__ dst, std::size_t n) {
   constexpr int kVec = kVecSize<T, VecBytes>;
+  constexpr std::size_t kTile = static_cast<std::size_t>(CtaThreads) * Unroll;
   const std::size_t n_vec = n / kVec;
-  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * CtaThreads;
-  const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * CtaThreads + threadIdx.x;
-  std::size_t i = tid;
-  for (; i + (Unroll - 1) * stride < n_vec; i += Unroll * stride) {
+  std::size_t t = blockIdx.x;
+  for (; (t + 1) * kTile <= n_vec; t += gridDim.x) {
+    const std::size_t base = t * kTile + threadIdx.x;
     Vec<T, VecBytes> r[Unroll];
 #pragma unroll
-    for (int u = 0; u < Unroll; ++u) r[u] = load_stream<T, VecBytes>(src + (i + u * stride) * kVec);
+    for (int u = 0; u < Unroll; ++u) r[u] = load_stream<T, VecBytes>(src + (base + u * CtaThreads) * kVec);
 #pragma unroll
-    for (int u = 0; u < Unroll; ++u) store<T, VecBytes>(dst + (i + u * stride) * kVec, r[u]);
+    for (int u = 0; u < Unroll; ++u) store_stream<T, VecBytes>(dst + (base + u * CtaThreads) * kVec, r[u]);
   }
-  for (; i < n_vec; i += stride) {
-    store<T, VecBytes>(dst + i * kVec, load_stream<T, VecBytes>(src + i * kVec));
+  // exactly one CTA leaves the loop at the partial tile: it copies the rest
+  if (t == n_vec / kTile) {
+    for (std::size_t i = t * kTile + threadIdx.x; i < n_vec; i += CtaThreads) {
+      store_stream<T, VecBytes>(dst + i * kVec, load_stream<T, VecBytes>(src + i * kVec));
+    }
+    for (std::size_t i = n_vec * kVec + threadIdx.x; i < n; i += CtaThreads) dst[i] = src[i];
   }
-  const std::size_t tail = n_vec * kVec + tid;
-  if (tail < n) dst[tail] = src[tail];
 }
 
 template <typename T, int CtaThreads, int VecBytes, int Unroll>
 __global__ void __launch_bounds__(CtaThreads)
     read_reduce_kernel(const T* __restrict__ src, std::size_t n, float* __restrict__ partials) {
   constexpr int kVec = kVecSize<T, VecBytes>;
+  constexpr std::size_t kTile = static_cast<std::size_t>(CtaThreads) * Unroll;
   const std::size_t n_vec = n / kVec;
-  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * CtaThreads;
-  const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * CtaThreads + threadIdx.x;
   float acc[Unroll] = {};
-  std::size_t i = tid;
-  for (; i + (Unroll - 1) * stride < n_vec; i += Unroll * stride) {
+  std::size_t t = blockIdx.x;
+  for (; (t + 1) * kTile <= n_vec; t += gridDim.x) {
+    const std::size_t base = t * kTile + threadIdx.x;
     Vec<T, VecBytes> r[Unroll];
 #pragma unroll
-    for (int u = 0; u < Unroll; ++u) r[u] = load_stream<T, VecBytes>(src + (i + u * stride) * kVec);
+    for (int u = 0; u < Unroll; ++u) r[u] = load_stream<T, VecBytes>(src + (base + u * CtaThreads) * kVec);
 #pragma unroll
     for (int u = 0; u < Unroll; ++u) {
 #pragma unroll
       for (int e = 0; e < kVec; ++e) acc[u] += DTypeTraits<T>::to_float(r[u][e]);
     }
   }
-  for (; i < n_vec; i += stride) {
-    const auto r = load_stream<T, VecBytes>(src + i * kVec);
+  if (t == n_vec / kTile) {
+    for (std::size_t i = t * kTile + threadIdx.x; i < n_vec; i += CtaThreads) {
+      const auto r = load_stream<T, VecBytes>(src + i * kVec);
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) acc[0] += DTypeTraits<T>::to_float(r[e]);
+      for (int e = 0; e < kVec; ++e) acc[0] += DTypeTraits<T>::to_float(r[e]);
+    }
+    for (std::size_t i = n_vec * kVec + threadIdx.x; i < n; i += CtaThreads) {
+      acc[0] += DTypeTraits<T>::to_float(src[i]);
+    }
   }
-  const std::size_t tail = n_vec * kVec + tid;
-  if (tail < n) acc[0] += DTypeTraits<T>::to_float(src[tail]);
   float sum = 0.0f;
 #pragma unroll
   for (int u = 0; u < Unroll; ++u) sum += acc[u];
@@ -95,7 +106,7 @@ void check_span(const char* what, Span<const T> s) {
 
 // dst[i] = src[i] for every i < src.size(); dst must hold at least as many elements and
 // must not overlap src. Stream-ordered, graph-capturable.
-template <typename T, int CtaThreads = kStreamCtaThreads, int Unroll = kStreamUnroll>
+template <typename T, int CtaThreads = kCopyCtaThreads, int Unroll = kCopyUnroll>
 void copy(Span<const T> src, Span<T> dst, const DeviceInfo& device, const Stream& stream) {
   detail::check_span("copy: src", src);
   detail::check_span<T>("copy: dst", dst);
@@ -114,18 +125,18 @@ void copy(Span<const T> src, Span<T> dst, const DeviceInfo& device, const Stream
     detail::copy_kernel<T, CtaThreads, sizeof(T), Unroll>
         <<<grid, CtaThreads, 0, stream.get()>>>(src.data(), dst.data(), src.size());
   }
-  EKV_CUDA_CHECK(cudaGetLastError(), "copy: kernel launch failed");
+  check_launch("copy", stream.get());
 }
 
 // A CTA count for read_reduce: one full wave, or fewer where `n` is small.
-template <typename T, int CtaThreads = kStreamCtaThreads, int Unroll = kStreamUnroll>
+template <typename T, int CtaThreads = kReadCtaThreads, int Unroll = kReadUnroll>
 int read_reduce_ctas(const DeviceInfo& device, std::size_t n) {
   return streaming_grid(device, CtaThreads, n, static_cast<std::size_t>(CtaThreads) * Unroll * 16 / sizeof(T));
 }
 
 // Reads every element of src once and writes partials.size() float partial sums (one per
 // CTA) whose total is the float sum of src. Stream-ordered, graph-capturable.
-template <typename T, int CtaThreads = kStreamCtaThreads, int Unroll = kStreamUnroll>
+template <typename T, int CtaThreads = kReadCtaThreads, int Unroll = kReadUnroll>
 void read_reduce(Span<const T> src, Span<float> partials, const Stream& stream) {
   detail::check_span("read_reduce: src", src);
   if (partials.empty() || partials.size() > 0x7fffffffu || partials.data() == nullptr) {
@@ -140,14 +151,14 @@ void read_reduce(Span<const T> src, Span<float> partials, const Stream& stream) 
     detail::read_reduce_kernel<T, CtaThreads, sizeof(T), Unroll>
         <<<grid, CtaThreads, 0, stream.get()>>>(src.data(), src.size(), partials.data());
   }
-  EKV_CUDA_CHECK(cudaGetLastError(), "read_reduce: kernel launch failed");
+  check_launch("read_reduce", stream.get());
 }
 
 // The same bytes as one read_reduce, issued as `num_chunks` short launches (the shape of
 // a decode step: one small kernel per layer), so launch overhead shows in the bandwidth.
 // Chunk c writes partials [c * per_chunk, (c + 1) * per_chunk) with per_chunk =
 // partials.size() / num_chunks.
-template <typename T, int CtaThreads = kStreamCtaThreads, int Unroll = kStreamUnroll>
+template <typename T, int CtaThreads = kReadCtaThreads, int Unroll = kReadUnroll>
 void read_reduce_chunks(Span<const T> src, std::size_t num_chunks, Span<float> partials,
                         const Stream& stream) {
   if (num_chunks == 0 || partials.size() < num_chunks) {

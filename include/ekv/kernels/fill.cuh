@@ -4,6 +4,7 @@
 #include <cstddef>
 
 #include "ekv/core/error.hpp"
+#include "ekv/core/launch.hpp"
 #include "ekv/core/span.hpp"
 #include "ekv/core/stream.hpp"
 
@@ -30,7 +31,7 @@ void fill(Span<T> dst, T value, const Stream& stream) {
   const std::size_t ctas = (dst.size() + kCtaThreads - 1) / kCtaThreads;
   const int grid = static_cast<int>(ctas < 4096 ? ctas : 4096);
   detail::fill_kernel<T><<<grid, kCtaThreads, 0, stream.get()>>>(dst.data(), dst.size(), value);
-  EKV_CUDA_CHECK(cudaGetLastError(), "fill: kernel launch failed");
+  check_launch("fill", stream.get());
 }
 
 }  // namespace ekv

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "ekv/core/error.hpp"
+#include "ekv/core/launch.hpp"
 #include "ekv/core/span.hpp"
 #include "ekv/core/stream.hpp"
 
@@ -67,7 +68,7 @@ void fma_chains(Span<T> out, int iterations, T start, T a, T b, const Stream& st
   const std::size_t grid = out.size() / kFmaCtaThreads;
   detail::fma_chain_kernel<T, kFmaCtaThreads, kFmaChains>
       <<<static_cast<unsigned>(grid), kFmaCtaThreads, 0, stream.get()>>>(out.data(), iterations, start, a, b);
-  EKV_CUDA_CHECK(cudaGetLastError(), "fma_chains: kernel launch failed");
+  check_launch("fma_chains", stream.get());
 }
 
 // Two flops (multiply and add) per lane per FMA.
