@@ -24,7 +24,7 @@ namespace ekv {
 // variants in benchmarks/kernels_bench, within 1% of each other.
 inline constexpr int kCopyCtaThreads = 1024;
 inline constexpr int kCopyUnroll = 4;
-inline constexpr int kReadCtaThreads = 512;
+inline constexpr int kReadCtaThreads = 1024;
 inline constexpr int kReadUnroll = 4;
 
 namespace detail {
