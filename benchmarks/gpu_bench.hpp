@@ -21,12 +21,15 @@ inline Ceilings& ceilings() {
   return c;
 }
 
-// Times issue(stream) once per iteration; returns total GPU seconds.
+// Times issue(stream) once per iteration; returns total GPU seconds. With a flusher, L2
+// is evicted before each iteration, outside the timed region (a decode step's inputs are
+// cold in L2 when it runs).
 template <typename Issue>
-double run_timed(benchmark::State& state, const Stream& stream, Issue&& issue) {
+double run_timed(benchmark::State& state, const Stream& stream, Issue&& issue, L2Flusher* flusher = nullptr) {
   Event start, stop;
   double total_s = 0;
   for (auto _ : state) {
+    if (flusher != nullptr) flusher->flush(stream);
     start.record(stream);
     issue(stream);
     stop.record(stream);

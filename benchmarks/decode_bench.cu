@@ -1,0 +1,94 @@
+// Exact decode attention, fp16, q_heads 32, kv_heads 8, head_dim 128: the shapes of
+// issue 4, contiguous and paged (block 16), cold L2, GPU time from CUDA events.
+// Bytes counted: K and V of every attended token (q and o are under 0.1% and left out).
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "ekv/attention/decode.cuh"
+#include "ekv/core/device_buffer.hpp"
+#include "ekv/core/graph.hpp"
+#include "ekv/core/random.hpp"
+#include "gpu_bench.hpp"
+
+namespace {
+
+constexpr int kQHeads = 32, kKvHeads = 8, kHeadDim = 128, kPagedBlock = 16;
+
+// state.range: batch, length, paged (0/1), graph replay (0/1)
+void decode(benchmark::State& state) {
+  using T = __half;
+  const int batch = static_cast<int>(state.range(0));
+  const int len = static_cast<int>(state.range(1));
+  const bool paged = state.range(2) != 0;
+  const bool graph = state.range(3) != 0;
+  const ekv::DeviceInfo device = ekv::DeviceInfo::current();
+  ekv::Stream stream;
+
+  const int block_len = paged ? kPagedBlock : len;
+  const int blocks_per_seq = (len + block_len - 1) / block_len;
+  const std::size_t pool = static_cast<std::size_t>(batch) * blocks_per_seq * kKvHeads * block_len * kHeadDim;
+  ekv::DeviceBuffer<T> k(pool), v(pool), q(static_cast<std::size_t>(batch) * kQHeads * kHeadDim), o(q.size());
+  ekv::DeviceBuffer<float> lse(static_cast<std::size_t>(batch) * kQHeads);
+  ekv::DeviceBuffer<std::int32_t> lengths(batch), table(static_cast<std::size_t>(batch) * blocks_per_seq);
+  // random data in 64 MiB slices (host memory stays small at 128K tokens x 16 sequences)
+  const std::size_t slice = std::size_t{32} << 20;
+  for (std::size_t off = 0; off < pool; off += slice) {
+    const std::size_t n = std::min(slice, pool - off);
+    const auto r = ekv::random_uniform<T>(n, -1.0f, 1.0f, off + 1);
+    EKV_CUDA_CHECK(cudaMemcpy(k.data() + off, r.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+    EKV_CUDA_CHECK(cudaMemcpy(v.data() + off, r.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  q.copy_from(ekv::random_uniform<T>(q.size(), -1.0f, 1.0f, 7));
+  lengths.copy_from(std::vector<std::int32_t>(batch, len));
+  std::vector<std::int32_t> host_table(table.size());
+  std::iota(host_table.begin(), host_table.end(), 0);
+  std::shuffle(host_table.begin(), host_table.end(), std::mt19937(3));
+  table.copy_from(host_table);
+  const ekv::KVView<T> view =
+      paged ? ekv::paged_kv<T>(k.data(), v.data(), table.data(), lengths.data(), batch, kKvHeads, kHeadDim, block_len,
+                               blocks_per_seq)
+            : ekv::contiguous_hnd_kv<T>(k.data(), v.data(), lengths.data(), batch, kKvHeads, kHeadDim, len);
+
+  ekv::DecodeProblem problem;
+  problem.batch = batch;
+  problem.q_heads = kQHeads;
+  problem.kv_heads = kKvHeads;
+  problem.head_dim = kHeadDim;
+  problem.max_seq_len = len;
+  const ekv::DecodePlan plan = ekv::plan_decode(problem, device);
+  ekv::DeviceBuffer<unsigned char> workspace(plan.workspace_bytes());
+  auto issue = [&](const ekv::Stream& s) {
+    ekv::run_decode<T>(plan, view, q.data(), o.data(), lse.data(), workspace.data(), s);
+  };
+  ekv::Graph g;
+  if (graph) g = ekv::Graph::capture(stream, issue);
+  ekv::L2Flusher flusher(device);
+  const double s = ekv::bench::run_timed(state, stream, [&](const ekv::Stream& st) {
+    if (graph) {
+      g.launch(st);
+    } else {
+      issue(st);
+    }
+  }, &flusher);
+  ekv::bench::report_bandwidth(state, 2.0 * batch * kKvHeads * static_cast<double>(len) * kHeadDim * sizeof(T), s);
+  state.counters["splits"] = plan.num_splits;
+}
+
+void shapes(benchmark::internal::Benchmark* b) {
+  for (int paged : {0, 1}) {
+    b->Args({1, 4096, paged, 0})->Args({1, 4096, paged, 1});
+    b->Args({1, 32768, paged, 0})->Args({1, 131072, paged, 0});
+    b->Args({16, 32768, paged, 0})->Args({64, 4096, paged, 0});
+  }
+  b->ArgNames({"batch", "len", "paged", "graph"});
+  b->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(5)->Repetitions(30)->ReportAggregatesOnly(true);
+}
+
+}  // namespace
+
+BENCHMARK(decode)->Apply(shapes);
+
+int main(int argc, char** argv) { return ekv::bench::main(argc, argv); }

@@ -1,0 +1,133 @@
+#pragma once
+// Decode attention, one query token per sequence: plan_decode (host: validates, picks the
+// split-KV count, sizes the workspace) and run_decode (stream-ordered, never allocates or
+// synchronises, so a decode step can be captured in a CUDA Graph and replayed for any
+// lengths up to the planned maximum, since lengths are read on the device).
+//
+// Shapes: q and o [batch][q_heads][head_dim] (o in q's dtype), lse float [batch][q_heads],
+// the natural log of sum(exp(scale * q.k)); K and V as a KVView. Query head h reads kv
+// head h / (q_heads / kv_heads). dtypes float, half, bfloat16 with float accumulation.
+// A sequence of length 0 gives o = 0 and lse = -inf.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <string>
+
+#include "ekv/attention/decode_kernel.cuh"
+#include "ekv/attention/decode_support.hpp"
+#include "ekv/attention/merge_states.cuh"
+#include "ekv/core/device.hpp"
+#include "ekv/core/dispatch.hpp"
+#include "ekv/core/launch.hpp"
+#include "ekv/core/stream.hpp"
+#include "ekv/core/vec.cuh"
+
+namespace ekv {
+
+struct DecodePlan {
+  DecodeProblem problem;
+  float scale = 0;
+  int head_tile = 1;
+  int head_tiles = 1;
+  int num_splits = 1;
+  int split_tokens = 0;
+
+  std::size_t workspace_bytes() const {
+    if (num_splits == 1) return 0;
+    const std::size_t rows = static_cast<std::size_t>(problem.batch) * problem.q_heads;
+    return rows * num_splits * (problem.head_dim + 1) * sizeof(float);
+  }
+};
+
+// Splits so that batch x kv heads x head tiles x splits fills every SM a few times over,
+// but no split is shorter than kDecodeMinSplitTokens. `num_splits` > 0 forces a count
+// (tests, tuning). Throws ekv::Error for an unsupported problem.
+inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& device, int num_splits = 0) {
+  if (Support s = supports(problem); !s) throw Error(s.why);
+  DecodePlan plan;
+  plan.problem = problem;
+  plan.scale = problem.scale > 0.0f ? problem.scale : 1.0f / std::sqrt(static_cast<float>(problem.head_dim));
+  plan.head_tile = decode_head_tile(problem.group());
+  plan.head_tiles = (problem.group() + plan.head_tile - 1) / plan.head_tile;
+  const int len = std::max(1, problem.max_seq_len);
+  if (num_splits <= 0) {
+    const long units = static_cast<long>(problem.batch) * problem.kv_heads * plan.head_tiles;
+    const long target = 4L * device.sm_count;  // untuned: CTAs per SM to aim for
+    const long wanted = (target + units - 1) / units;
+    const long most = (len + kDecodeMinSplitTokens - 1) / kDecodeMinSplitTokens;
+    num_splits = static_cast<int>(std::clamp<long>(wanted, 1, std::max<long>(1, most)));
+  }
+  plan.split_tokens = (len + num_splits - 1) / num_splits;
+  plan.num_splits = (len + plan.split_tokens - 1) / plan.split_tokens;
+  return plan;
+}
+
+namespace detail {
+
+template <typename T, int HeadDim, int HeadTile>
+void launch_decode(const DecodePlan& plan, const DecodeParams<T>& params, const Stream& stream) {
+  using Traits = DecodeTraits<T, HeadDim>;
+  const dim3 grid(plan.num_splits, plan.problem.kv_heads * plan.head_tiles, plan.problem.batch);
+  decode_kernel<T, HeadDim, HeadTile><<<grid, Traits::kCtaThreads, 0, stream.get()>>>(params);
+  check_launch("decode", stream.get());
+}
+
+}  // namespace detail
+
+// Runs the plan. `workspace` must hold plan.workspace_bytes() (may be null when 0).
+// kv.lengths and kv.block_table are read on the device; every length must be at most
+// plan.problem.max_seq_len and the view's capacity. Throws ekv::Error where the view
+// disagrees with the plan.
+template <typename T>
+void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, float* lse, void* workspace,
+                const Stream& stream) {
+  const DecodeProblem& p = plan.problem;
+  if (kDTypeOf<T> != p.dtype) {
+    throw Error(std::string("run_decode: the plan is for ") + to_string(p.dtype) + ", the view holds " +
+                to_string(kDTypeOf<T>));
+  }
+  if (kv.batch != p.batch || kv.kv_heads != p.kv_heads || kv.head_dim != p.head_dim) {
+    throw Error("run_decode: the view's batch, kv_heads or head_dim differ from the plan's");
+  }
+  if (kv.capacity() < p.max_seq_len) {
+    throw Error("run_decode: the view holds " + std::to_string(kv.capacity()) + " tokens per sequence, the plan " +
+                std::to_string(p.max_seq_len));
+  }
+  if (kv.k == nullptr || kv.v == nullptr || kv.lengths == nullptr || q == nullptr || o == nullptr || lse == nullptr) {
+    throw Error("run_decode: null K, V, lengths, q, o or lse");
+  }
+  if (!is_aligned<16>(kv.k) || !is_aligned<16>(kv.v) || !is_aligned<16>(q)) {
+    throw Error("run_decode: K, V and q must be 16-byte aligned");
+  }
+  if (plan.num_splits > 1 && workspace == nullptr) {
+    throw Error("run_decode: the plan splits KV and needs " + std::to_string(plan.workspace_bytes()) +
+                " bytes of workspace");
+  }
+  DecodeParams<T> params;
+  params.kv = kv;
+  params.q = q;
+  params.o = o;
+  params.lse = lse;
+  params.q_heads = p.q_heads;
+  params.group = p.group();
+  params.head_tiles = plan.head_tiles;
+  params.num_splits = plan.num_splits;
+  params.split_tokens = plan.split_tokens;
+  params.scale_log2 = plan.scale * 1.4426950408889634f;
+  const int rows = p.batch * p.q_heads;
+  if (plan.num_splits > 1) {
+    params.partial_o = static_cast<float*>(workspace);
+    params.partial_lse = params.partial_o + static_cast<std::size_t>(rows) * plan.num_splits * p.head_dim;
+  }
+  dispatch<kDecodeHeadDims>("head_dim", "decode", p.head_dim, [&](auto head_dim) {
+    dispatch<kDecodeHeadTiles>("head_tile", "decode", plan.head_tile, [&](auto head_tile) {
+      detail::launch_decode<T, decltype(head_dim)::value, decltype(head_tile)::value>(plan, params, stream);
+    });
+  });
+  if (plan.num_splits > 1) {
+    merge_states<T>(params.partial_o, params.partial_lse, rows, plan.num_splits, p.head_dim, o, lse, stream);
+  }
+}
+
+}  // namespace ekv

@@ -1,0 +1,63 @@
+#pragma once
+// What decode attention supports, in one place: dispatch (decode.cuh), supports() and
+// the tests all read these arrays, so they cannot drift.
+
+#include <cstddef>
+#include <string>
+
+#include "ekv/core/dispatch.hpp"
+#include "ekv/core/dtype.hpp"
+
+namespace ekv {
+
+inline constexpr DType kDecodeDTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+inline constexpr int kDecodeHeadDims[] = {64, 128, 256};
+// Query heads one CTA carries in registers; a group of more heads uses several CTAs per
+// kv head (each re-reads K and V: untuned for groups above 8).
+inline constexpr int kDecodeHeadTiles[] = {1, 2, 4, 8};
+inline constexpr int kDecodeMaxGroup = 16;
+inline constexpr int kDecodeMinBlockLen = 1;
+
+// One decode step's shapes: one query token per sequence.
+struct DecodeProblem {
+  DType dtype = DType::kFloat16;
+  int batch = 1;
+  int q_heads = 32;
+  int kv_heads = 8;
+  int head_dim = 128;
+  int max_seq_len = 0;  // the longest sequence the plan must cover (its capacity is enough)
+  float scale = 0.0f;   // softmax scale; 0 means 1 / sqrt(head_dim)
+
+  int group() const { return kv_heads > 0 ? q_heads / kv_heads : 0; }
+};
+
+// The smallest listed head tile that holds min(group, 8) heads.
+inline int decode_head_tile(int group) {
+  for (int tile : kDecodeHeadTiles) {
+    if (tile >= group) return tile;
+  }
+  return kDecodeHeadTiles[sizeof(kDecodeHeadTiles) / sizeof(int) - 1];
+}
+
+inline Support supports(const DecodeProblem& p) {
+  if (Support s = check_supported<kDecodeDTypes>("dtype", "decode", p.dtype); !s) return s;
+  if (Support s = check_supported<kDecodeHeadDims>("head_dim", "decode", p.head_dim); !s) return s;
+  if (p.batch < 1 || p.batch > 65535) {
+    return {false, "batch=" + std::to_string(p.batch) + " not supported by decode; supported: 1 to 65535"};
+  }
+  if (p.kv_heads < 1 || p.q_heads < 1 || p.q_heads % p.kv_heads != 0) {
+    return {false, "q_heads=" + std::to_string(p.q_heads) + ", kv_heads=" + std::to_string(p.kv_heads) +
+                       " not supported by decode; q_heads must be a positive multiple of kv_heads"};
+  }
+  if (p.group() > kDecodeMaxGroup) {
+    return {false, "group size " + std::to_string(p.group()) + " not supported by decode; supported: 1 to " +
+                       std::to_string(kDecodeMaxGroup)};
+  }
+  if (p.max_seq_len < 0) {
+    return {false, "max_seq_len=" + std::to_string(p.max_seq_len) + " not supported by decode; it must be >= 0"};
+  }
+  if (!(p.scale >= 0.0f)) return {false, "decode: scale must be positive, or 0 for 1/sqrt(head_dim)"};
+  return {};
+}
+
+}  // namespace ekv

@@ -1,0 +1,26 @@
+#pragma once
+// Launch constants of the decode kernel, shared by plan, run and tests.
+
+#include <algorithm>
+
+namespace ekv {
+
+template <typename T, int HeadDim>
+struct DecodeTraits {
+  // 16-byte loads, and one token's head never spans more than a warp
+  static constexpr int kLanes = std::min<int>(32, HeadDim * static_cast<int>(sizeof(T)) / 16);
+  static constexpr int kVec = HeadDim / kLanes;  // elements per lane
+  static constexpr int kVecBytes = kVec * static_cast<int>(sizeof(T));
+  static_assert(kVecBytes % 16 == 0, "lanes issue whole 16-byte loads");
+  static constexpr int kTokensPerWarp = 32 / kLanes;
+  static constexpr int kWarps = 4;         // untuned
+  static constexpr int kUnroll = 4;        // untuned: tokens per lane group in flight
+  static constexpr int kCtaThreads = kWarps * 32;
+  static constexpr int kTokensPerStep = kWarps * kTokensPerWarp * kUnroll;
+};
+
+// Fewest tokens worth a split of their own: below this, the merge costs more than the
+// parallelism gains (untuned).
+inline constexpr int kDecodeMinSplitTokens = 256;
+
+}  // namespace ekv

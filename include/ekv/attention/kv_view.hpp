@@ -1,0 +1,79 @@
+#pragma once
+// KVView<T>: where a batch's keys and values live, as pointers and strides, for the
+// paged pool and both contiguous layouts alike. A view owns nothing; kernels and the CPU
+// reference take it by value, so it works for device and host memory.
+
+#include <cstdint>
+#include <string>
+
+#include "ekv/core/error.hpp"
+#include "ekv/core/host_device.hpp"
+
+namespace ekv {
+
+// Token `pos` of sequence `seq`, head `head` starts at
+//   k + block(seq, pos / block_len) * block_stride + head * head_stride
+//     + (pos % block_len) * token_stride
+// where block() reads block_table [batch][max_blocks_per_seq] (int32), or is `seq` when
+// block_table is null (contiguous: one block of block_len = capacity per sequence).
+// lengths: int32 [batch], the number of valid tokens of each sequence.
+template <typename T>
+struct KVView {
+  const T* k = nullptr;
+  const T* v = nullptr;
+  const std::int32_t* block_table = nullptr;
+  const std::int32_t* lengths = nullptr;
+  int batch = 0;
+  int kv_heads = 0;
+  int head_dim = 0;
+  int block_len = 0;
+  int max_blocks_per_seq = 1;
+  std::int64_t block_stride = 0;
+  std::int64_t head_stride = 0;
+  std::int64_t token_stride = 0;
+
+  EKV_HOST_DEVICE std::int64_t offset(int seq, int head, int pos) const {
+    const int logical = pos / block_len;
+    const std::int64_t block =
+        block_table ? block_table[static_cast<std::int64_t>(seq) * max_blocks_per_seq + logical] : seq;
+    return block * block_stride + head * head_stride + static_cast<std::int64_t>(pos % block_len) * token_stride;
+  }
+  // Tokens a sequence can hold.
+  EKV_HOST_DEVICE int capacity() const { return block_len * max_blocks_per_seq; }
+};
+
+// Paged pool, K and V each [num_blocks][kv_heads][block_len][head_dim].
+template <typename T>
+KVView<T> paged_kv(const T* k, const T* v, const std::int32_t* block_table, const std::int32_t* lengths,
+                   int batch, int kv_heads, int head_dim, int block_len, int max_blocks_per_seq) {
+  if (block_table == nullptr) throw Error("paged_kv: a paged cache needs a block table");
+  KVView<T> view{k, v, block_table, lengths, batch, kv_heads, head_dim, block_len, max_blocks_per_seq};
+  view.token_stride = head_dim;
+  view.head_stride = static_cast<std::int64_t>(block_len) * head_dim;
+  view.block_stride = view.head_stride * kv_heads;
+  return view;
+}
+
+// Contiguous, K and V each [batch][kv_heads][capacity][head_dim] ("HND").
+template <typename T>
+KVView<T> contiguous_hnd_kv(const T* k, const T* v, const std::int32_t* lengths, int batch, int kv_heads,
+                            int head_dim, int capacity) {
+  KVView<T> view{k, v, nullptr, lengths, batch, kv_heads, head_dim, capacity, 1};
+  view.token_stride = head_dim;
+  view.head_stride = static_cast<std::int64_t>(capacity) * head_dim;
+  view.block_stride = view.head_stride * kv_heads;
+  return view;
+}
+
+// Contiguous, K and V each [batch][capacity][kv_heads][head_dim] ("NHD").
+template <typename T>
+KVView<T> contiguous_nhd_kv(const T* k, const T* v, const std::int32_t* lengths, int batch, int kv_heads,
+                            int head_dim, int capacity) {
+  KVView<T> view{k, v, nullptr, lengths, batch, kv_heads, head_dim, capacity, 1};
+  view.token_stride = static_cast<std::int64_t>(kv_heads) * head_dim;
+  view.head_stride = head_dim;
+  view.block_stride = view.token_stride * capacity;
+  return view;
+}
+
+}  // namespace ekv
