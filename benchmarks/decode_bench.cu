@@ -11,6 +11,7 @@
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/graph.hpp"
 #include "ekv/core/random.hpp"
+#include "ekv/kernels/random_fill.cuh"
 #include "gpu_bench.hpp"
 
 namespace {
@@ -33,14 +34,8 @@ void decode(benchmark::State& state) {
   ekv::DeviceBuffer<T> k(pool), v(pool), q(static_cast<std::size_t>(batch) * kQHeads * kHeadDim), o(q.size());
   ekv::DeviceBuffer<float> lse(static_cast<std::size_t>(batch) * kQHeads);
   ekv::DeviceBuffer<std::int32_t> lengths(batch), table(static_cast<std::size_t>(batch) * blocks_per_seq);
-  // random data in 64 MiB slices (host memory stays small at 128K tokens x 16 sequences)
-  const std::size_t slice = std::size_t{32} << 20;
-  for (std::size_t off = 0; off < pool; off += slice) {
-    const std::size_t n = std::min(slice, pool - off);
-    const auto r = ekv::random_uniform<T>(n, -1.0f, 1.0f, off + 1);
-    EKV_CUDA_CHECK(cudaMemcpy(k.data() + off, r.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-    EKV_CUDA_CHECK(cudaMemcpy(v.data() + off, r.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  }
+  ekv::random_uniform_fill<T>(k.span(), -1.0f, 1.0f, 1, stream);
+  ekv::random_uniform_fill<T>(v.span(), -1.0f, 1.0f, 2, stream);
   q.copy_from(ekv::random_uniform<T>(q.size(), -1.0f, 1.0f, 7));
   lengths.copy_from(std::vector<std::int32_t>(batch, len));
   std::vector<std::int32_t> host_table(table.size());

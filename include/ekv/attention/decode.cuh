@@ -13,6 +13,8 @@
 #include <cmath>
 #include <cstddef>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "ekv/attention/decode_kernel.cuh"
 #include "ekv/attention/decode_support.hpp"
@@ -40,9 +42,43 @@ struct DecodePlan {
   }
 };
 
-// Splits so that batch x kv heads x head tiles x splits fills every SM a few times over,
-// but no split is shorter than kDecodeMinSplitTokens. `num_splits` > 0 forces a count
-// (tests, tuning). Throws ekv::Error for an unsupported problem.
+namespace detail {
+
+// Calls f(kernel-tag) for the decode kernel instance of (dtype, head_dim, head_tile):
+// the one place where decode's runtime values become template arguments.
+template <typename F>
+void dispatch_decode(DType dtype, int head_dim, int head_tile, F&& f) {
+  dispatch<kDecodeDTypes>("dtype", "decode", dtype, [&](auto type) {
+    dispatch<kDecodeHeadDims>("head_dim", "decode", head_dim, [&](auto dim) {
+      dispatch<kDecodeHeadTiles>("head_tile", "decode", head_tile, [&](auto tile) {
+        f(type, dim, tile);
+      });
+    });
+  });
+}
+
+// Split count whose CTAs fill whole waves best: a last wave a third full costs as
+// much time as a full one. Prefers the fewest splits within 5% of the best fill.
+inline int choose_splits(long units, long slots, int most) {
+  double best = 0;
+  std::vector<double> fill(most + 1, 0.0);
+  for (int s = 1; s <= most; ++s) {
+    const double waves = static_cast<double>(units * s) / static_cast<double>(slots);
+    fill[s] = waves / std::ceil(waves);
+    best = std::max(best, fill[s]);
+  }
+  for (int s = 1; s <= most; ++s) {
+    if (fill[s] >= 0.95 * best) return s;
+  }
+  return 1;
+}
+
+}  // namespace detail
+
+// Splits so that batch x kv heads x head tiles x splits CTAs fill whole waves of the
+// SMs (occupancy read from the kernel instance), with no split shorter than
+// kDecodeMinSplitTokens. `num_splits` > 0 forces a count (tests, tuning).
+// Throws ekv::Error for an unsupported problem.
 inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& device, int num_splits = 0) {
   if (Support s = supports(problem); !s) throw Error(s.why);
   DecodePlan plan;
@@ -52,11 +88,19 @@ inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& de
   plan.head_tiles = (problem.group() + plan.head_tile - 1) / plan.head_tile;
   const int len = std::max(1, problem.max_seq_len);
   if (num_splits <= 0) {
+    int ctas_per_sm = 0;
+    detail::dispatch_decode(problem.dtype, problem.head_dim, plan.head_tile, [&](auto type, auto dim, auto tile) {
+      using T = typename decltype(type)::type;
+      constexpr int kDim = decltype(dim)::value;
+      EKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                         &ctas_per_sm, decode_kernel<T, kDim, decltype(tile)::value>,
+                         DecodeTraits<T, kDim>::kCtaThreads, 0),
+                     "plan_decode: cannot read the decode kernel's occupancy");
+    });
     const long units = static_cast<long>(problem.batch) * problem.kv_heads * plan.head_tiles;
-    const long target = 4L * device.sm_count;  // untuned: CTAs per SM to aim for
-    const long wanted = (target + units - 1) / units;
-    const long most = (len + kDecodeMinSplitTokens - 1) / kDecodeMinSplitTokens;
-    num_splits = static_cast<int>(std::clamp<long>(wanted, 1, std::max<long>(1, most)));
+    const long slots = static_cast<long>(std::max(1, ctas_per_sm)) * device.sm_count;
+    const int most = std::min(256, (len + kDecodeMinSplitTokens - 1) / kDecodeMinSplitTokens);
+    num_splits = detail::choose_splits(units, slots, std::max(1, most));
   }
   plan.split_tokens = (len + num_splits - 1) / num_splits;
   plan.num_splits = (len + plan.split_tokens - 1) / plan.split_tokens;
@@ -120,10 +164,10 @@ void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, f
     params.partial_o = static_cast<float*>(workspace);
     params.partial_lse = params.partial_o + static_cast<std::size_t>(rows) * plan.num_splits * p.head_dim;
   }
-  dispatch<kDecodeHeadDims>("head_dim", "decode", p.head_dim, [&](auto head_dim) {
-    dispatch<kDecodeHeadTiles>("head_tile", "decode", plan.head_tile, [&](auto head_tile) {
-      detail::launch_decode<T, decltype(head_dim)::value, decltype(head_tile)::value>(plan, params, stream);
-    });
+  detail::dispatch_decode(p.dtype, p.head_dim, plan.head_tile, [&](auto type, auto dim, auto tile) {
+    if constexpr (std::is_same_v<typename decltype(type)::type, T>) {  // checked above
+      detail::launch_decode<T, decltype(dim)::value, decltype(tile)::value>(plan, params, stream);
+    }
   });
   if (plan.num_splits > 1) {
     merge_states<T>(params.partial_o, params.partial_lse, rows, plan.num_splits, p.head_dim, o, lse, stream);
