@@ -7,6 +7,7 @@
 
 #include "ekv/attention/decode_traits.hpp"
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/core/async_copy.cuh"
 #include "ekv/core/dtype.hpp"
 #include "ekv/core/vec.cuh"
 
@@ -46,33 +47,72 @@ struct DecodeLaneState {
   }
 };
 
-// Token group `group` of `groups` (each kLanes lanes; `lane` within it) visits tokens
-// step + u * groups + group for u < kUnroll, step advancing by kUnroll * groups from
-// begin, and folds them into `state`. Every lane of a warp runs the same iterations, as
-// the shuffles require. q: this lane's kVec slice of each head, in log2 units.
+// Stages tile `tile` (tokens first .. first + kTileTokens, clipped to end) of K and V
+// into shared memory with cp.async: thread x copies 16-byte column x % kChunksPerToken
+// of every (kCtaThreads / kChunksPerToken)-th token. Tokens past `end` are not copied.
+template <typename T, int HeadDim>
+__device__ __forceinline__ void stage_tile(const KVView<T>& kv, int seq, int kv_head, int first, int end,
+                                           T* k_tile, T* v_tile) {
+  using Traits = DecodeTraits<T, HeadDim>;
+  constexpr int kElemsPerChunk = 16 / static_cast<int>(sizeof(T));
+  constexpr int kTokenStep = Traits::kCtaThreads / Traits::kChunksPerToken;
+  const int column = (threadIdx.x % Traits::kChunksPerToken) * kElemsPerChunk;
+#pragma unroll
+  for (int t = threadIdx.x / Traits::kChunksPerToken; t < Traits::kTileTokens; t += kTokenStep) {
+    if (first + t < end) {
+      const std::int64_t off = kv.offset(seq, kv_head, first + t) + column;
+      async_copy_16(k_tile + t * HeadDim + column, kv.k + off);
+      async_copy_16(v_tile + t * HeadDim + column, kv.v + off);
+    }
+  }
+}
+
+// Folds tokens [begin, end) of (seq, kv_head) into `state`. The whole CTA calls it: tiles
+// of kTileTokens tokens stream through `pipeline` (Traits::kPipelineBytes of shared
+// memory, 16-byte aligned) kStages deep, so loads stay in flight while earlier tiles are
+// computed. Within a tile, token group `group` (kLanes lanes; `lane` within it) takes
+// tokens u * kGroups + group. q: this lane's kVec slice of each head, in log2 units.
 template <typename T, int HeadDim, int HeadTile>
 __device__ __forceinline__ void decode_tokens(const KVView<T>& kv, int seq, int kv_head, int begin, int end,
-                                              int group, int groups, int lane,
+                                              int group, int lane,
                                               const float (&q)[HeadTile][DecodeTraits<T, HeadDim>::kVec],
-                                              DecodeLaneState<T, HeadDim, HeadTile>& state) {
+                                              DecodeLaneState<T, HeadDim, HeadTile>& state, T* pipeline) {
   using Traits = DecodeTraits<T, HeadDim>;
   constexpr int kVec = Traits::kVec;
-  constexpr int kUnroll = Traits::kUnroll;
+  constexpr int kStages = Traits::kStages;
+  constexpr int kTileElems = Traits::kTileTokens * HeadDim;
   using V = Vec<T, Traits::kVecBytes>;
-  for (int step = begin; step < end; step += kUnroll * groups) {
-    V k[kUnroll], v[kUnroll];
+  const int tiles = (end - begin + Traits::kTileTokens - 1) / Traits::kTileTokens;
+  auto k_stage = [&](int tile) { return pipeline + (tile % kStages) * 2 * kTileElems; };
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int t = step + u * groups + group;
-      if (t < end) {
-        const std::int64_t off = kv.offset(seq, kv_head, t) + lane * kVec;
-        k[u] = load_stream<T, Traits::kVecBytes>(kv.k + off);
-        v[u] = load_stream<T, Traits::kVecBytes>(kv.v + off);
-      }
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < tiles) {
+      stage_tile<T, HeadDim>(kv, seq, kv_head, begin + s * Traits::kTileTokens, end, k_stage(s), k_stage(s) + kTileElems);
     }
-    float s[kUnroll][HeadTile];
+    async_copy_commit();
+  }
+  for (int tile = 0; tile < tiles; ++tile) {
+    async_copy_wait<kStages - 2>();
+    __syncthreads();  // tile is visible to all; the stage refilled below was consumed by all
+    const int ahead = tile + kStages - 1;
+    if (ahead < tiles) {
+      stage_tile<T, HeadDim>(kv, seq, kv_head, begin + ahead * Traits::kTileTokens, end, k_stage(ahead),
+                             k_stage(ahead) + kTileElems);
+    }
+    async_copy_commit();
+
+    const T* k_tile = k_stage(tile);
+    const T* v_tile = k_tile + kTileElems;
+    const int first = begin + tile * Traits::kTileTokens;
+    V k[Traits::kUnroll];
+    float s[Traits::kUnroll][HeadTile];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < Traits::kUnroll; ++u) {
+      k[u] = load<T, Traits::kVecBytes>(k_tile + (u * Traits::kGroups + group) * HeadDim + lane * kVec);
+    }
+#pragma unroll
+    for (int u = 0; u < Traits::kUnroll; ++u) {
+      const bool valid = first + u * Traits::kGroups + group < end;
 #pragma unroll
       for (int g = 0; g < HeadTile; ++g) {
         float dot = 0.0f;
@@ -81,31 +121,37 @@ __device__ __forceinline__ void decode_tokens(const KVView<T>& kv, int seq, int 
         // the kLanes lanes of one token are contiguous: xor offsets below kLanes stay inside
 #pragma unroll
         for (int off = Traits::kLanes / 2; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-        s[u][g] = step + u * groups + group < end ? dot : -INFINITY;
+        s[u][g] = valid ? dot : -INFINITY;
       }
     }
 #pragma unroll
     for (int g = 0; g < HeadTile; ++g) {
       float mx = state.m[g];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) mx = fmaxf(mx, s[u][g]);
+      for (int u = 0; u < Traits::kUnroll; ++u) mx = fmaxf(mx, s[u][g]);
       if (mx == -INFINITY) continue;  // no valid token yet
       const float correction = exp2f(state.m[g] - mx);
       state.m[g] = mx;
       state.l[g] *= correction;
 #pragma unroll
       for (int e = 0; e < kVec; ++e) state.acc[g][e] *= correction;
+    }
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        if (step + u * groups + group < end) {
-          const float p = exp2f(s[u][g] - mx);
+    for (int u = 0; u < Traits::kUnroll; ++u) {
+      if (first + u * Traits::kGroups + group < end) {  // unstaged tokens hold stale data
+        const V v = load<T, Traits::kVecBytes>(v_tile + (u * Traits::kGroups + group) * HeadDim + lane * kVec);
+#pragma unroll
+        for (int g = 0; g < HeadTile; ++g) {
+          const float p = exp2f(s[u][g] - state.m[g]);
           state.l[g] += p;
 #pragma unroll
-          for (int e = 0; e < kVec; ++e) state.acc[g][e] += p * DTypeTraits<T>::to_float(v[u][e]);
+          for (int e = 0; e < kVec; ++e) state.acc[g][e] += p * DTypeTraits<T>::to_float(v[e]);
         }
       }
     }
   }
+  async_copy_wait<0>();
+  __syncthreads();  // the caller may reuse `pipeline`
 }
 
 }  // namespace ekv

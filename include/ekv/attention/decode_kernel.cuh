@@ -52,10 +52,12 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim>::kCtaThreads)
 #pragma unroll
     for (int e = 0; e < kVec; ++e) q[g][e] = DTypeTraits<T>::to_float(qv[e]) * p.scale_log2;
   }
+  // the tile pipeline first, then the same bytes hold the cross-warp merge
+  __shared__ __align__(16) unsigned char smem[Traits::kPipelineBytes];
   DecodeLaneState<T, HeadDim, HeadTile> state;
   state.init();
-  decode_tokens<T, HeadDim, HeadTile>(p.kv, seq, kv_head, begin, end, group, Traits::kCtaThreads / Traits::kLanes,
-                                      lane, q, state);
+  decode_tokens<T, HeadDim, HeadTile>(p.kv, seq, kv_head, begin, end, group, lane, q, state,
+                                      reinterpret_cast<T*>(smem));
 
   // token groups of a warp hold disjoint tokens of the same dimensions: merge them
 #pragma unroll
@@ -72,9 +74,16 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim>::kCtaThreads)
   }
 
   // then warps, through shared memory: [warp][head][HeadDim] accumulators, [warp][head] m, l
-  __shared__ float s_acc[kWarps][HeadTile][HeadDim];
-  __shared__ float s_m[kWarps][HeadTile];
-  __shared__ float s_l[kWarps][HeadTile];
+  struct Merge {
+    float acc[kWarps][HeadTile][HeadDim];
+    float m[kWarps][HeadTile];
+    float l[kWarps][HeadTile];
+  };
+  static_assert(sizeof(Merge) <= sizeof(smem), "the merge fits in the pipeline's shared memory");
+  Merge& merge = *reinterpret_cast<Merge*>(smem);
+  auto& s_acc = merge.acc;
+  auto& s_m = merge.m;
+  auto& s_l = merge.l;
   if (threadIdx.x % 32 < Traits::kLanes) {
 #pragma unroll
     for (int g = 0; g < HeadTile; ++g) {

@@ -13,10 +13,20 @@ struct DecodeTraits {
   static constexpr int kVecBytes = kVec * static_cast<int>(sizeof(T));
   static_assert(kVecBytes % 16 == 0, "lanes issue whole 16-byte loads");
   static constexpr int kTokensPerWarp = 32 / kLanes;
-  static constexpr int kWarps = 4;         // untuned
-  static constexpr int kUnroll = 4;        // untuned: tokens per lane group in flight
+  static constexpr int kWarps = 4;   // untuned
+  // tokens per lane group per tile (untuned); 32-byte lanes (float, head_dim 256) take
+  // half as many to keep a tile at 16 KB
+  static constexpr int kUnroll = kVecBytes == 16 ? 4 : 2;
   static constexpr int kCtaThreads = kWarps * 32;
-  static constexpr int kTokensPerStep = kWarps * kTokensPerWarp * kUnroll;
+  static constexpr int kGroups = kCtaThreads / kLanes;  // token groups in the CTA
+  static constexpr int kTileTokens = kGroups * kUnroll;
+  // K and V tiles staged in shared memory; kStages - 1 of them in flight while one is
+  // consumed (three stages: 48 KB for 16-byte lanes, the static shared-memory limit)
+  static constexpr int kStages = 3;
+  static constexpr int kTileBytes = 2 * kTileTokens * HeadDim * static_cast<int>(sizeof(T));
+  static constexpr int kChunksPerToken = HeadDim * static_cast<int>(sizeof(T)) / 16;
+  static_assert(kCtaThreads % kChunksPerToken == 0, "each thread copies one 16-byte column of a tile");
+  static constexpr int kPipelineBytes = kStages * kTileBytes;
 };
 
 // Fewest tokens worth a split of their own: below this, the merge costs more than the

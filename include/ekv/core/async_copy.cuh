@@ -1,0 +1,23 @@
+#pragma once
+// cp.async (sm_80+): 16-byte global-to-shared copies that bypass registers and L1, so a
+// CTA can keep several tiles in flight while it computes on an earlier one.
+
+#include <cstdint>
+
+namespace ekv {
+
+__device__ __forceinline__ void async_copy_16(void* smem, const void* gmem) {
+  const auto dst = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
+}
+
+// Closes the group of copies issued since the last commit.
+__device__ __forceinline__ void async_copy_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+// Waits until at most Pending committed groups are still in flight.
+template <int Pending>
+__device__ __forceinline__ void async_copy_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(Pending) : "memory");
+}
+
+}  // namespace ekv
