@@ -15,6 +15,7 @@
 #include "ekv/attention/decode.cuh"
 #include "ekv/attention/reference.hpp"
 #include "ekv/core/device_buffer.hpp"
+#include "ekv/core/graph.hpp"
 #include "ekv/core/random.hpp"
 #include "test_seed.hpp"
 
@@ -175,20 +176,76 @@ TEST_CASE("any split count gives the unsplit result") {
   }
 }
 
-TEST_CASE("unsupported problems raise the message listing what is supported") {
+TEST_CASE("plan_decode throws the supports() message for an unsupported problem") {
   ekv::DecodeProblem p;
   p.max_seq_len = 100;
   p.head_dim = 96;
-  CHECK_FALSE(ekv::supports(p).ok);
   CHECK_THROWS_WITH_AS(ekv::plan_decode(p, ekv::DeviceInfo::current()),
                        "head_dim=96 not supported by decode; supported: [64, 128, 256]", ekv::Error);
-  p.head_dim = 128;
-  p.dtype = ekv::DType::kFloat8E4M3;
-  CHECK(ekv::supports(p).why == "dtype=float8_e4m3 not supported by decode; supported: [float32, float16, bfloat16]");
-  p.dtype = ekv::DType::kFloat16;
-  p.q_heads = 12;
-  p.kv_heads = 8;
-  CHECK_FALSE(ekv::supports(p).ok);
-  p.q_heads = 17 * 8;
-  CHECK(ekv::supports(p).why == "group size 17 not supported by decode; supported: 1 to 16");
+}
+
+TEST_CASE("run_decode rejects a view that disagrees with its plan") {
+  ekv::DecodeProblem p;
+  p.max_seq_len = 64;
+  const ekv::DecodePlan plan = ekv::plan_decode(p, ekv::DeviceInfo::current());
+  ekv::DeviceBuffer<__half> kv(static_cast<std::size_t>(8) * 64 * 128), q(32 * 128), o(32 * 128);
+  ekv::DeviceBuffer<float> lse(32);
+  ekv::DeviceBuffer<std::int32_t> lengths(1);
+  ekv::Stream stream;
+  const auto view = ekv::contiguous_hnd_kv<__half>(kv.data(), kv.data(), lengths.data(), 1, 8, 128, 64);
+  auto small = view;
+  small.block_len = 32;
+  CHECK_THROWS_WITH_AS(ekv::run_decode<__half>(plan, small, q.data(), o.data(), lse.data(), nullptr, stream),
+                       "run_decode: the view holds 32 tokens per sequence, the plan 64", ekv::Error);
+  const auto float_view = ekv::contiguous_hnd_kv<float>(nullptr, nullptr, lengths.data(), 1, 8, 128, 64);
+  CHECK_THROWS_AS(ekv::run_decode<float>(plan, float_view, nullptr, nullptr, nullptr, nullptr, stream), ekv::Error);
+  CHECK_THROWS_AS(ekv::run_decode<__half>(plan, view, q.data() + 1, o.data(), lse.data(), nullptr, stream),
+                  ekv::Error);  // misaligned q
+}
+
+TEST_CASE("decode captured in a CUDA Graph replays like direct launches, for new lengths too") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const int batch = 3, kv_heads = 2, q_heads = 8, d = 128, capacity = 5000;
+  const std::size_t pool = static_cast<std::size_t>(batch) * kv_heads * capacity * d;
+  ekv::DeviceBuffer<__half> k(pool), v(pool), q(static_cast<std::size_t>(batch) * q_heads * d);
+  ekv::DeviceBuffer<__half> o_direct(q.size()), o_graph(q.size());
+  ekv::DeviceBuffer<float> lse_direct(batch * q_heads), lse_graph(batch * q_heads);
+  ekv::DeviceBuffer<std::int32_t> lengths(batch);
+  k.copy_from(ekv::random_uniform<__half>(pool, -1.0f, 1.0f, seed));
+  v.copy_from(ekv::random_uniform<__half>(pool, -1.0f, 1.0f, seed + 1));
+  q.copy_from(ekv::random_uniform<__half>(q.size(), -1.0f, 1.0f, seed + 2));
+  const auto view = ekv::contiguous_hnd_kv<__half>(k.data(), v.data(), lengths.data(), batch, kv_heads, d, capacity);
+  ekv::DecodeProblem p;
+  p.batch = batch;
+  p.q_heads = q_heads;
+  p.kv_heads = kv_heads;
+  p.head_dim = d;
+  p.max_seq_len = capacity;
+  const ekv::DecodePlan plan = ekv::plan_decode(p, ekv::DeviceInfo::current());
+  REQUIRE(plan.num_splits > 1);  // the graph holds decode and merge
+  ekv::DeviceBuffer<unsigned char> workspace(plan.workspace_bytes());
+  ekv::Stream stream;
+  ekv::Graph graph = ekv::Graph::capture(stream, [&](const ekv::Stream& s) {
+    ekv::run_decode<__half>(plan, view, q.data(), o_graph.data(), lse_graph.data(), workspace.data(), s);
+  });
+  for (const std::vector<std::int32_t>& lens : {std::vector<std::int32_t>{5000, 17, 0}, {1, 4999, 2048}}) {
+    lengths.copy_from(lens);
+    o_graph.fill_bytes(0xFF, stream);
+    o_direct.fill_bytes(0xFF, stream);
+    graph.launch(stream);
+    ekv::run_decode<__half>(plan, view, q.data(), o_direct.data(), lse_direct.data(), workspace.data(), stream);
+    stream.synchronize();
+    std::vector<__half> a(q.size()), b(q.size());
+    std::vector<float> la(batch * q_heads), lb(batch * q_heads);
+    o_graph.copy_to(a);
+    o_direct.copy_to(b);
+    lse_graph.copy_to(la);
+    lse_direct.copy_to(lb);
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      REQUIRE(std::isfinite(__half2float(a[i])));
+      REQUIRE(__half2float(a[i]) == __half2float(b[i]));  // same kernels, same inputs: bit-identical
+    }
+    for (std::size_t i = 0; i < la.size(); ++i) CHECK((la[i] == lb[i] || (std::isinf(la[i]) && std::isinf(lb[i]))));
+  }
 }

@@ -1,0 +1,113 @@
+// merge_states against the float64 reference: states of the parts of a split sequence
+// merge to the unsplit state, with empty parts, all parts empty, and more states than
+// one shared-memory chunk holds.
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "ekv/attention/merge_states.cuh"
+#include "ekv/attention/reference.hpp"
+#include "ekv/core/device_buffer.hpp"
+#include "ekv/core/random.hpp"
+#include "test_seed.hpp"
+
+namespace {
+
+// Splits [0, len) at `cuts` (sorted, may repeat: empty parts), attends each part on the
+// host, merges the parts on the GPU; returns {gpu o, gpu lse} for one row.
+std::pair<std::vector<float>, float> merge_parts(const ekv::KVView<float>& kv, const float* q, int len,
+                                                  std::vector<int> cuts, double scale) {
+  cuts.insert(cuts.begin(), 0);
+  cuts.push_back(len);
+  const int parts = static_cast<int>(cuts.size()) - 1;
+  const int d = kv.head_dim;
+  std::vector<float> states_o(static_cast<std::size_t>(parts) * d), states_lse(parts);
+  for (int i = 0; i < parts; ++i) {
+    const ekv::RefState st = ekv::reference_attend(kv, q, 0, 0, cuts[i], cuts[i + 1], scale);
+    for (int j = 0; j < d; ++j) states_o[static_cast<std::size_t>(i) * d + j] = static_cast<float>(st.o[j]);
+    states_lse[i] = static_cast<float>(st.lse);
+  }
+  ekv::DeviceBuffer<float> dso(states_o.size()), dsl(states_lse.size()), dout(d), dlse(1);
+  dso.copy_from(states_o);
+  dsl.copy_from(states_lse);
+  ekv::Stream stream;
+  dout.fill_bytes(0xFF, stream);
+  dlse.fill_bytes(0xFF, stream);
+  ekv::merge_states<float>(dso.data(), dsl.data(), 1, parts, d, dout.data(), dlse.data(), stream);
+  stream.synchronize();
+  std::vector<float> out(d), lse(1);
+  dout.copy_to(out);
+  dlse.copy_to(lse);
+  return {out, lse[0]};
+}
+
+}  // namespace
+
+TEST_CASE("merging the parts of a sequence gives the unsplit state") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const int d = 128, len = 3001;
+  const auto k = ekv::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed);
+  const auto v = ekv::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed + 1);
+  const auto q = ekv::random_uniform<float>(d, -2.0f, 2.0f, seed + 2);
+  const std::int32_t length = len;
+  const auto kv = ekv::contiguous_hnd_kv<float>(k.data(), v.data(), &length, 1, 1, d, len);
+  const double scale = 1.0 / std::sqrt(double(d));
+  const ekv::RefState whole = ekv::reference_attend(kv, q.data(), 0, 0, 0, len, scale);
+
+  std::mt19937 rng(static_cast<unsigned>(seed));
+  const std::vector<std::vector<int>> splits = {
+      {},                      // one part
+      {1500},                  // two
+      {0},                     // an empty first part
+      {3001},                  // an empty last part
+      {700, 700, 700, 2000},   // empty parts in the middle
+  };
+  std::vector<std::vector<int>> all = splits;
+  std::vector<int> many(299);  // 300 parts: more than one chunk of weights
+  for (int& c : many) c = std::uniform_int_distribution<int>(0, len)(rng);
+  std::sort(many.begin(), many.end());
+  all.push_back(many);
+  for (const auto& cuts : all) {
+    INFO("parts=" << cuts.size() + 1);
+    const auto [o, lse] = merge_parts(kv, q.data(), len, cuts, scale);
+    double err2 = 0, ref2 = 0;
+    for (int j = 0; j < d; ++j) {
+      REQUIRE(std::isfinite(o[j]));
+      err2 += (o[j] - whole.o[j]) * (o[j] - whole.o[j]);
+      ref2 += whole.o[j] * whole.o[j];
+    }
+    CHECK(std::sqrt(err2 / ref2) <= 1e-5);  // float merge of float64 states
+    CHECK(std::abs(lse - whole.lse) <= 1e-4);
+  }
+}
+
+TEST_CASE("all-empty states merge to zero output and -inf LSE, never NaN") {
+  const int d = 64, parts = 5;
+  std::vector<float> states_o(parts * d, 123.0f), states_lse(parts, -INFINITY);
+  ekv::DeviceBuffer<float> dso(states_o.size()), dsl(parts), dout(d), dlse(1);
+  dso.copy_from(states_o);
+  dsl.copy_from(states_lse);
+  ekv::Stream stream;
+  dout.fill_bytes(0xFF, stream);
+  ekv::merge_states<float>(dso.data(), dsl.data(), 1, parts, d, dout.data(), dlse.data(), stream);
+  stream.synchronize();
+  std::vector<float> out(d), lse(1);
+  dout.copy_to(out);
+  dlse.copy_to(lse);
+  for (float x : out) CHECK(x == 0.0f);
+  CHECK(std::isinf(lse[0]));
+  CHECK(lse[0] < 0);
+  ekv::RefState empty;
+  CHECK(ekv::reference_merge({empty, empty}, d).o == std::vector<double>(d, 0.0));
+}
+
+TEST_CASE("merge_states rejects bad sizes") {
+  ekv::Stream stream;
+  CHECK_THROWS_AS(ekv::merge_states<float>(nullptr, nullptr, 1, 0, 64, nullptr, nullptr, stream), ekv::Error);
+  CHECK_THROWS_AS(ekv::merge_states<float>(nullptr, nullptr, -1, 1, 64, nullptr, nullptr, stream), ekv::Error);
+}
