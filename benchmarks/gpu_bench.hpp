@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "ekv/bench/ceilings.cuh"
+#include "ekv/bench/l2_flush.cuh"
 #include "ekv/core/device.hpp"
 #include "ekv/core/event.hpp"
 #include "ekv/core/stream.hpp"

@@ -45,7 +45,7 @@ def time_us(torch, fn, scratch, reps, warmup):
     ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
           for _ in range(reps)]
     for start, end in ev:
-        scratch.zero_()  # outside the events: only the flush's effect on L2 is wanted
+        scratch.sum()  # outside the events; a read leaves L2 clean (a write would leave dirty lines to write back)
         start.record()
         fn()
         end.record()
@@ -144,7 +144,7 @@ def main():
         return 1
     dev = torch.cuda.get_device_name()
     print(f"device {dev}")
-    scratch = torch.empty(SCRATCH_BYTES, dtype=torch.uint8, device="cuda")
+    scratch = torch.zeros(SCRATCH_BYTES, dtype=torch.uint8, device="cuda")
     try:
         read_bw, copy_bw = bandwidths(torch, scratch)
     except Exception as e:  # noqa: BLE001

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <vector>
 
-#include "ekv/bench/timer.hpp"
+#include "ekv/bench/timer.cuh"
 #include "ekv/kernels/fill.cuh"
 
 TEST_CASE("time_ms runs warm-up plus repetitions and returns one positive sample each") {

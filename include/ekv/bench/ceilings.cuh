@@ -9,7 +9,7 @@
 #include <cstddef>
 
 #include "ekv/bench/statistics.hpp"
-#include "ekv/bench/timer.hpp"
+#include "ekv/bench/timer.cuh"
 #include "ekv/core/device.hpp"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/stream.hpp"

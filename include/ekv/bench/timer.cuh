@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ekv/core/device.hpp"
+#include "ekv/bench/l2_flush.cuh"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/event.hpp"
 #include "ekv/core/graph.hpp"
@@ -19,16 +20,6 @@ struct TimingOptions {
   int repetitions = 30;
   bool graph = false;     // capture the work once and time graph replays
   bool flush_l2 = false;  // evict L2 before each sample (outside the timed region)
-};
-
-// Evicts the L2 cache by writing a buffer twice its size.
-class L2Flusher {
- public:
-  explicit L2Flusher(const DeviceInfo& device) : buffer_(2 * device.l2_cache_bytes) {}
-  void flush(const Stream& stream) { buffer_.fill_bytes(0x5a, stream); }
-
- private:
-  DeviceBuffer<unsigned char> buffer_;
 };
 
 // Runs issue(stream) warmup times, then times `repetitions` samples, one event pair each.
