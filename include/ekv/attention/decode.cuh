@@ -42,19 +42,33 @@ struct DecodePlan {
   }
 };
 
+// Half and bfloat16 run on tensor cores; float on CUDA cores.
+template <typename T>
+inline constexpr bool kDecodeOnTensorCores = !std::is_same_v<T, float>;
+
 namespace detail {
 
-// Calls f(kernel-tag) for the decode kernel instance of (dtype, head_dim, head_tile):
-// the one place where decode's runtime values become template arguments.
+// Calls f(TypeTag<T>, integral_constant head_dim): the one place where decode's runtime
+// dtype and head_dim become template arguments.
 template <typename F>
-void dispatch_decode(DType dtype, int head_dim, int head_tile, F&& f) {
+void dispatch_decode(DType dtype, int head_dim, F&& f) {
   dispatch<kDecodeDTypes>("dtype", "decode", dtype, [&](auto type) {
-    dispatch<kDecodeHeadDims>("head_dim", "decode", head_dim, [&](auto dim) {
-      dispatch<kDecodeHeadTiles>("head_tile", "decode", head_tile, [&](auto tile) {
-        f(type, dim, tile);
-      });
-    });
+    dispatch<kDecodeHeadDims>("head_dim", "decode", head_dim, [&](auto dim) { f(type, dim); });
   });
+}
+
+// Calls f(kernel, cta_threads, dynamic_smem_bytes) for the decode kernel instance of
+// (T, HeadDim) and, on CUDA cores, of the head tile.
+template <typename T, int HeadDim, typename F>
+void with_decode_kernel(int head_tile, F&& f) {
+  if constexpr (kDecodeOnTensorCores<T>) {
+    using Traits = DecodeTcTraits<T, HeadDim>;
+    f(decode_tc_kernel<T, HeadDim>, Traits::kCtaThreads, Traits::kSmemBytes);
+  } else {
+    dispatch<kDecodeHeadTiles>("head_tile", "decode", head_tile, [&](auto tile) {
+      f(decode_kernel<T, HeadDim, decltype(tile)::value>, DecodeTraits<T, HeadDim>::kCtaThreads, 0);
+    });
+  }
 }
 
 // Split count whose CTAs fill whole waves best: a last wave a third full costs as
@@ -84,19 +98,25 @@ inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& de
   DecodePlan plan;
   plan.problem = problem;
   plan.scale = problem.scale > 0.0f ? problem.scale : 1.0f / std::sqrt(static_cast<float>(problem.head_dim));
-  plan.head_tile = decode_head_tile(problem.group());
+  int ctas_per_sm = 0;
+  detail::dispatch_decode(problem.dtype, problem.head_dim, [&](auto type, auto dim) {
+    using T = typename decltype(type)::type;
+    plan.head_tile = kDecodeOnTensorCores<T> ? DecodeTcTraits<T, decltype(dim)::value>::kHeads
+                                             : decode_head_tile(problem.group());
+    detail::with_decode_kernel<T, decltype(dim)::value>(plan.head_tile, [&](auto kernel, int threads, int smem) {
+      // above 48 KB a kernel must opt in; plan does it once, so run never sets attributes
+      if (smem > 48 * 1024) {
+        EKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+                       "plan_decode: cannot give the decode kernel " + std::to_string(smem) +
+                           " bytes of shared memory");
+      }
+      EKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas_per_sm, kernel, threads, smem),
+                     "plan_decode: cannot read the decode kernel's occupancy");
+    });
+  });
   plan.head_tiles = (problem.group() + plan.head_tile - 1) / plan.head_tile;
   const int len = std::max(1, problem.max_seq_len);
   if (num_splits <= 0) {
-    int ctas_per_sm = 0;
-    detail::dispatch_decode(problem.dtype, problem.head_dim, plan.head_tile, [&](auto type, auto dim, auto tile) {
-      using T = typename decltype(type)::type;
-      constexpr int kDim = decltype(dim)::value;
-      EKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                         &ctas_per_sm, decode_kernel<T, kDim, decltype(tile)::value>,
-                         DecodeTraits<T, kDim>::kCtaThreads, 0),
-                     "plan_decode: cannot read the decode kernel's occupancy");
-    });
     const long units = static_cast<long>(problem.batch) * problem.kv_heads * plan.head_tiles;
     const long slots = static_cast<long>(std::max(1, ctas_per_sm)) * device.sm_count;
     const int most = std::min(256, (len + kDecodeMinSplitTokens - 1) / kDecodeMinSplitTokens);
@@ -109,11 +129,12 @@ inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& de
 
 namespace detail {
 
-template <typename T, int HeadDim, int HeadTile>
+template <typename T, int HeadDim>
 void launch_decode(const DecodePlan& plan, const DecodeParams<T>& params, const Stream& stream) {
-  using Traits = DecodeTraits<T, HeadDim>;
   const dim3 grid(plan.num_splits, plan.problem.kv_heads * plan.head_tiles, plan.problem.batch);
-  decode_kernel<T, HeadDim, HeadTile><<<grid, Traits::kCtaThreads, 0, stream.get()>>>(params);
+  with_decode_kernel<T, HeadDim>(plan.head_tile, [&](auto kernel, int threads, int smem) {
+    kernel<<<grid, threads, smem, stream.get()>>>(params);
+  });
   check_launch("decode", stream.get());
 }
 
@@ -164,9 +185,9 @@ void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, f
     params.partial_o = static_cast<float*>(workspace);
     params.partial_lse = params.partial_o + static_cast<std::size_t>(rows) * plan.num_splits * p.head_dim;
   }
-  detail::dispatch_decode(p.dtype, p.head_dim, plan.head_tile, [&](auto type, auto dim, auto tile) {
+  detail::dispatch_decode(p.dtype, p.head_dim, [&](auto type, auto dim) {
     if constexpr (std::is_same_v<typename decltype(type)::type, T>) {  // checked above
-      detail::launch_decode<T, decltype(dim)::value, decltype(tile)::value>(plan, params, stream);
+      detail::launch_decode<T, decltype(dim)::value>(plan, params, stream);
     }
   });
   if (plan.num_splits > 1) {

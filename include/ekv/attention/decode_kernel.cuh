@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "ekv/attention/decode_block.cuh"
+#include "ekv/attention/decode_tc_block.cuh"
 #include "ekv/attention/decode_traits.hpp"
 #include "ekv/attention/kv_view.hpp"
 
@@ -26,29 +27,83 @@ struct DecodeParams {
   float scale_log2 = 0;  // softmax scale * log2(e)
 };
 
+// Per-warp states of a CTA, deposited in shared memory for the cross-warp merge.
+template <int Warps, int Heads, int HeadDim>
+struct DecodeWarpStates {
+  float acc[Warps][Heads][HeadDim];  // softmax-weighted sums of V, not yet divided by l
+  float m[Warps][Heads];             // running max, log2 units
+  float l[Warps][Heads];             // sum of exp2(score - m)
+};
+
+// Merges the warps' states of heads first_head .. + heads and writes O and LSE (one
+// split), or the float partial state of this split for merge_states. Empty states
+// (m = -inf) give o = 0 and lse = -inf.
+template <typename T, int HeadDim, int Warps, int Heads>
+__device__ void write_decode_output(const DecodeWarpStates<Warps, Heads, HeadDim>& w, const DecodeParams<T>& p,
+                                    int seq, int split, int first_head, int heads) {
+  constexpr float kLn2 = 0.693147180559945309f;
+  for (int i = threadIdx.x; i < heads * HeadDim; i += blockDim.x) {
+    const int g = i / HeadDim, d = i % HeadDim;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < Warps; ++k) mx = fmaxf(mx, w.m[k][g]);
+    float num = 0.0f, den = 0.0f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int k = 0; k < Warps; ++k) {
+        const float wt = exp2f(w.m[k][g] - mx);
+        num += wt * w.acc[k][g][d];
+        den += wt * w.l[k][g];
+      }
+    }
+    const float out = den > 0.0f ? num / den : 0.0f;
+    const float lse = den > 0.0f ? (mx + log2f(den)) * kLn2 : -INFINITY;
+    const std::int64_t row = static_cast<std::int64_t>(seq) * p.q_heads + first_head + g;
+    if (p.num_splits == 1) {
+      p.o[row * HeadDim + d] = DTypeTraits<T>::from_float(out);
+      if (d == 0) p.lse[row] = lse;
+    } else {
+      p.partial_o[(row * p.num_splits + split) * HeadDim + d] = out;
+      if (d == 0) p.partial_lse[row * p.num_splits + split] = lse;
+    }
+  }
+}
+
+// The CTA's work: sequence blockIdx.z, split blockIdx.x, kv head and head tile blockIdx.y.
+struct DecodeCta {
+  int seq, split, kv_head, first_head, heads, begin, end;
+};
+
+template <typename T>
+__device__ __forceinline__ DecodeCta decode_cta(const DecodeParams<T>& p, int head_tile) {
+  DecodeCta c;
+  c.seq = blockIdx.z;
+  c.split = blockIdx.x;
+  c.kv_head = blockIdx.y / p.head_tiles;
+  c.first_head = c.kv_head * p.group + (blockIdx.y % p.head_tiles) * head_tile;
+  c.heads = min(head_tile, (c.kv_head + 1) * p.group - c.first_head);
+  const int len = p.kv.lengths[c.seq];
+  c.begin = min(len, c.split * p.split_tokens);
+  c.end = min(len, c.begin + p.split_tokens);
+  return c;
+}
+
 template <typename T, int HeadDim, int HeadTile>
 __global__ void __launch_bounds__(DecodeTraits<T, HeadDim>::kCtaThreads)
     decode_kernel(const __grid_constant__ DecodeParams<T> p) {
   using Traits = DecodeTraits<T, HeadDim>;
   constexpr int kVec = Traits::kVec;
   constexpr int kWarps = Traits::kWarps;
-  const int split = blockIdx.x;
-  const int kv_head = blockIdx.y / p.head_tiles;
-  const int first_head = kv_head * p.group + (blockIdx.y % p.head_tiles) * HeadTile;
-  const int heads = min(HeadTile, (kv_head + 1) * p.group - first_head);
-  const int seq = blockIdx.z;
+  const DecodeCta c = decode_cta(p, HeadTile);
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % Traits::kLanes;
   const int group = threadIdx.x / Traits::kLanes;
-  const int len = p.kv.lengths[seq];
-  const int begin = min(len, split * p.split_tokens);
-  const int end = min(len, begin + p.split_tokens);
 
   float q[HeadTile][kVec];
 #pragma unroll
   for (int g = 0; g < HeadTile; ++g) {
     const auto qv = load<T, Traits::kVecBytes>(
-        p.q + (static_cast<std::int64_t>(seq) * p.q_heads + first_head + min(g, heads - 1)) * HeadDim + lane * kVec);
+        p.q + (static_cast<std::int64_t>(c.seq) * p.q_heads + c.first_head + min(g, c.heads - 1)) * HeadDim + lane * kVec);
 #pragma unroll
     for (int e = 0; e < kVec; ++e) q[g][e] = DTypeTraits<T>::to_float(qv[e]) * p.scale_log2;
   }
@@ -56,7 +111,7 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim>::kCtaThreads)
   __shared__ __align__(16) unsigned char smem[Traits::kPipelineBytes];
   DecodeLaneState<T, HeadDim, HeadTile> state;
   state.init();
-  decode_tokens<T, HeadDim, HeadTile>(p.kv, seq, kv_head, begin, end, group, lane, q, state,
+  decode_tokens<T, HeadDim, HeadTile>(p.kv, c.seq, c.kv_head, c.begin, c.end, group, lane, q, state,
                                       reinterpret_cast<T*>(smem));
 
   // token groups of a warp hold disjoint tokens of the same dimensions: merge them
@@ -73,55 +128,62 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim>::kCtaThreads)
     state.merge(m2, l2, acc2);
   }
 
-  // then warps, through shared memory: [warp][head][HeadDim] accumulators, [warp][head] m, l
-  struct Merge {
-    float acc[kWarps][HeadTile][HeadDim];
-    float m[kWarps][HeadTile];
-    float l[kWarps][HeadTile];
-  };
-  static_assert(sizeof(Merge) <= sizeof(smem), "the merge fits in the pipeline's shared memory");
-  Merge& merge = *reinterpret_cast<Merge*>(smem);
-  auto& s_acc = merge.acc;
-  auto& s_m = merge.m;
-  auto& s_l = merge.l;
+  // then warps, through shared memory
+  using States = DecodeWarpStates<kWarps, HeadTile, HeadDim>;
+  static_assert(sizeof(States) <= sizeof(smem), "the merge fits in the pipeline's shared memory");
+  States& w = *reinterpret_cast<States*>(smem);
   if (threadIdx.x % 32 < Traits::kLanes) {
 #pragma unroll
     for (int g = 0; g < HeadTile; ++g) {
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) s_acc[warp][g][lane * kVec + e] = state.acc[g][e];
+      for (int e = 0; e < kVec; ++e) w.acc[warp][g][lane * kVec + e] = state.acc[g][e];
       if (lane == 0) {
-        s_m[warp][g] = state.m[g];
-        s_l[warp][g] = state.l[g];
+        w.m[warp][g] = state.m[g];
+        w.l[warp][g] = state.l[g];
       }
     }
   }
   __syncthreads();
-  constexpr float kLn2 = 0.693147180559945309f;
-  for (int i = threadIdx.x; i < heads * HeadDim; i += Traits::kCtaThreads) {
-    const int g = i / HeadDim, d = i % HeadDim;
-    float mx = -INFINITY;
+  write_decode_output<T, HeadDim>(w, p, c.seq, c.split, c.first_head, c.heads);
+}
+
+// The tensor-core decode kernel (half, bfloat16): up to 16 heads of a group per CTA.
+template <typename T, int HeadDim>
+__global__ void __launch_bounds__(DecodeTcTraits<T, HeadDim>::kCtaThreads)
+    decode_tc_kernel(const __grid_constant__ DecodeParams<T> p) {
+  using Traits = DecodeTcTraits<T, HeadDim>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const DecodeCta c = decode_cta(p, Traits::kHeads);
+  std::uint32_t qa[HeadDim / 16][4];
+  load_q_fragments<T, HeadDim>(p.q + (static_cast<std::int64_t>(c.seq) * p.q_heads + c.first_head) * HeadDim,
+                               c.heads, qa);
+  DecodeTcState<T, HeadDim> state;
+  state.init();
+  decode_tc_tokens<T, HeadDim>(p.kv, c.seq, c.kv_head, c.begin, c.end, qa, p.scale_log2, state,
+                               reinterpret_cast<T*>(smem));
+
+  using States = DecodeWarpStates<Traits::kWarps, Traits::kHeads, HeadDim>;
+  static_assert(sizeof(States) <= Traits::kSmemBytes, "the merge fits in the pipeline's shared memory");
+  States& w = *reinterpret_cast<States*>(smem);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, s_m[w][g]);
-    float num = 0.0f, den = 0.0f;
-    if (mx != -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float wt = exp2f(s_m[w][g] - mx);
-        num += wt * s_acc[w][g][d];
-        den += wt * s_l[w][g];
-      }
+  for (int i = 0; i < 2; ++i) {
+    float l = state.l[i];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int row = lane / 4 + 8 * i;
+    if (lane % 4 == 0) {
+      w.m[warp][row] = state.m[i];
+      w.l[warp][row] = l;
     }
-    const float out = den > 0.0f ? num / den : 0.0f;
-    const float lse = den > 0.0f ? (mx + log2f(den)) * kLn2 : -INFINITY;
-    const std::int64_t row = static_cast<std::int64_t>(seq) * p.q_heads + first_head + g;
-    if (p.num_splits == 1) {
-      p.o[row * HeadDim + d] = DTypeTraits<T>::from_float(out);
-      if (d == 0) p.lse[row] = lse;
-    } else {
-      p.partial_o[(row * p.num_splits + split) * HeadDim + d] = out;
-      if (d == 0) p.partial_lse[row * p.num_splits + split] = lse;
+#pragma unroll
+    for (int d = 0; d < Traits::kDimTiles; ++d) {
+      w.acc[warp][row][d * 8 + 2 * (lane % 4)] = state.o[d][2 * i];
+      w.acc[warp][row][d * 8 + 2 * (lane % 4) + 1] = state.o[d][2 * i + 1];
     }
   }
+  __syncthreads();
+  write_decode_output<T, HeadDim>(w, p, c.seq, c.split, c.first_head, c.heads);
 }
 
 }  // namespace ekv

@@ -12,8 +12,9 @@ namespace ekv {
 
 inline constexpr DType kDecodeDTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
 inline constexpr int kDecodeHeadDims[] = {64, 128, 256};
-// Query heads one CTA carries in registers; a group of more heads uses several CTAs per
-// kv head (each re-reads K and V: untuned for groups above 8).
+// Query heads one CTA carries in registers on the CUDA-core path (float); a group of
+// more heads uses several CTAs per kv head, each re-reading K and V (untuned for groups
+// above 8). Half and bfloat16 run on tensor cores with 16 heads per CTA.
 inline constexpr int kDecodeHeadTiles[] = {1, 2, 4, 8};
 inline constexpr int kDecodeMaxGroup = 16;
 inline constexpr int kDecodeMinBlockLen = 1;

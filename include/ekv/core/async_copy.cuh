@@ -11,6 +11,13 @@ __device__ __forceinline__ void async_copy_16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
 }
 
+// Copies `bytes` (0 to 16) and zero-fills the rest of the 16: 0 writes zeros without
+// reading, for tokens past a sequence's end.
+__device__ __forceinline__ void async_copy_16_zfill(void* smem, const void* gmem, int bytes) {
+  const auto dst = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(bytes) : "memory");
+}
+
 // Closes the group of copies issued since the last commit.
 __device__ __forceinline__ void async_copy_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 
