@@ -33,9 +33,11 @@ struct KVView {
   std::int64_t token_stride = 0;
 
   EKV_HOST_DEVICE std::int64_t offset(int seq, int head, int pos) const {
+    if (block_table == nullptr) {  // contiguous: pos < block_len, no division needed
+      return seq * block_stride + head * head_stride + pos * token_stride;
+    }
     const int logical = pos / block_len;
-    const std::int64_t block =
-        block_table ? block_table[static_cast<std::int64_t>(seq) * max_blocks_per_seq + logical] : seq;
+    const std::int64_t block = block_table[static_cast<std::int64_t>(seq) * max_blocks_per_seq + logical];
     return block * block_stride + head * head_stride + static_cast<std::int64_t>(pos % block_len) * token_stride;
   }
   // Tokens a sequence can hold.
