@@ -23,9 +23,10 @@ struct DecodeTcTraits {
   static constexpr int kTileTokens = kWarps * kWarpTokens;
   // rows padded by 16 bytes so the 8 rows of an ldmatrix tile fall in distinct banks
   static constexpr int kRowElems = HeadDim + 8;
-  // two stages: 70 KB for head_dim 128, so 3 CTAs (12 warps) fit an SM; three stages
-  // (104 KB, 2 CTAs) measured 0.87 of the read ceiling at 16 x 32K, RESULTS.md
-  static constexpr int kStages = 2;
+  // Three stages (104 KB at head_dim 128, 2 CTAs per SM) against two (70 KB, 3 CTAs):
+  // within 5% either way on the H100, three faster at 1 x 4K (15.4 against 19.2 us),
+  // two at contiguous 16 x 32K (750 against 788 us); RESULTS.md. 256 fits only two.
+  static constexpr int kStages = HeadDim == 256 ? 2 : 3;
   static constexpr int kStageElems = 2 * kTileTokens * kRowElems;  // K then V
   static constexpr int kSmemBytes = kStages * kStageElems * static_cast<int>(sizeof(T));
   static constexpr int kChunksPerToken = HeadDim * static_cast<int>(sizeof(T)) / 16;
