@@ -3,6 +3,7 @@
 // tested against, and what the CPU backend and the CLI's check mode reuse.
 // LSE is the natural log of the sum of exp(score), score = scale * q.k.
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <limits>

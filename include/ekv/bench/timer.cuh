@@ -8,7 +8,6 @@
 
 #include "ekv/core/device.hpp"
 #include "ekv/bench/l2_flush.cuh"
-#include "ekv/core/device_buffer.hpp"
 #include "ekv/core/event.hpp"
 #include "ekv/core/graph.hpp"
 #include "ekv/core/stream.hpp"

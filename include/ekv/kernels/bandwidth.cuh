@@ -16,7 +16,7 @@
 #include "ekv/core/span.hpp"
 #include "ekv/core/stream.hpp"
 #include "ekv/core/vec.cuh"
-#include "ekv/kernels/launch.hpp"
+#include "ekv/kernels/grid.hpp"
 
 namespace ekv {
 
