@@ -51,14 +51,14 @@ void check_decode(const Case& c, std::uint64_t seed) {
   const int blocks_per_seq = (std::max(1, max_len) + block_len - 1) / block_len;
   const int num_blocks = batch * blocks_per_seq;
   const std::size_t pool = static_cast<std::size_t>(num_blocks) * c.kv_heads * block_len * c.head_dim;
-  const std::vector<T> k = ekv::random_uniform<T>(pool, -1.0f, 1.0f, seed);
-  const std::vector<T> v = ekv::random_uniform<T>(pool, -1.0f, 1.0f, seed + 1);
+  std::vector<T> k = ekv::random_uniform<T>(pool, -1.0f, 1.0f, seed);
+  std::vector<T> v = ekv::random_uniform<T>(pool, -1.0f, 1.0f, seed + 1);
   const std::vector<T> q = ekv::random_uniform<T>(static_cast<std::size_t>(batch) * q_heads * c.head_dim, -2.0f, 2.0f,
                                                  seed + 2);
   std::vector<std::int32_t> table(num_blocks);
   std::iota(table.begin(), table.end(), 0);
   std::shuffle(table.begin(), table.end(), std::mt19937(static_cast<unsigned>(seed)));
-  const std::vector<std::int32_t> lengths(c.lengths.begin(), c.lengths.end());
+  std::vector<std::int32_t> lengths(c.lengths.begin(), c.lengths.end());
 
   ekv::DeviceBuffer<T> dk(pool), dv(pool), dq(q.size()), dout(q.size());
   ekv::DeviceBuffer<std::int32_t> dtable(table.size()), dlengths(batch);
@@ -69,7 +69,7 @@ void check_decode(const Case& c, std::uint64_t seed) {
   dtable.copy_from(table);
   dlengths.copy_from(lengths);
 
-  auto make_view = [&](const T* kp, const T* vp, const std::int32_t* tp, const std::int32_t* lp) {
+  auto make_view = [&](T* kp, T* vp, const std::int32_t* tp, std::int32_t* lp) {
     switch (c.layout) {
       case Layout::kPaged:
         return ekv::paged_kv<T>(kp, vp, tp, lp, batch, c.kv_heads, c.head_dim, block_len, blocks_per_seq);

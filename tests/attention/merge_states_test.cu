@@ -51,10 +51,10 @@ TEST_CASE("merging the parts of a sequence gives the unsplit state") {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
   const int d = 128, len = 3001;
-  const auto k = ekv::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed);
-  const auto v = ekv::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed + 1);
+  auto k = ekv::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed);
+  auto v = ekv::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed + 1);
   const auto q = ekv::random_uniform<float>(d, -2.0f, 2.0f, seed + 2);
-  const std::int32_t length = len;
+  std::int32_t length = len;
   const auto kv = ekv::contiguous_hnd_kv<float>(k.data(), v.data(), &length, 1, 1, d, len);
   const double scale = 1.0 / std::sqrt(double(d));
   const ekv::RefState whole = ekv::reference_attend(kv, q.data(), 0, 0, 0, len, scale);

@@ -13,8 +13,8 @@
 
 TEST_CASE("reference_attend on a case worked by hand") {
   // q = (1, 0); keys (1, 0) and (0, 0): scores 1 and 0 at scale 1
-  const std::vector<float> k = {1, 0, 0, 0}, v = {1, 0, 0, 1}, q = {1, 0};
-  const std::int32_t len = 2;
+  std::vector<float> k = {1, 0, 0, 0}, v = {1, 0, 0, 1}, q = {1, 0};
+  std::int32_t len = 2;
   const auto kv = ekv::contiguous_hnd_kv<float>(k.data(), v.data(), &len, 1, 1, 2, 2);
   const ekv::RefState st = ekv::reference_attend(kv, q.data(), 0, 0, 0, 2, 1.0);
   const double e = std::exp(1.0);
@@ -49,7 +49,7 @@ TEST_CASE("paged, HND and NHD views of the same tokens give the same attention")
       }
     }
   }
-  const std::int32_t length = len;
+  std::int32_t length = len;
   const auto q = ekv::random_uniform<float>(4 * d, -1.0f, 1.0f, seed + 1);  // 4 q heads: group 2
   const auto a = ekv::reference_decode(ekv::contiguous_hnd_kv<float>(hnd_k.data(), hnd_v.data(), &length, 1, kv_heads, d, len), q.data(), 4, 0.3);
   const auto b = ekv::reference_decode(ekv::contiguous_nhd_kv<float>(nhd_k.data(), nhd_v.data(), &length, 1, kv_heads, d, len), q.data(), 4, 0.3);
@@ -70,10 +70,10 @@ TEST_CASE("reference_merge of the parts equals the whole, empty parts included")
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
   const int d = 16, len = 100;
-  const auto k = ekv::random_uniform<float>(len * d, -1.0f, 1.0f, seed);
-  const auto v = ekv::random_uniform<float>(len * d, -1.0f, 1.0f, seed + 1);
+  auto k = ekv::random_uniform<float>(len * d, -1.0f, 1.0f, seed);
+  auto v = ekv::random_uniform<float>(len * d, -1.0f, 1.0f, seed + 1);
   const auto q = ekv::random_uniform<float>(d, -1.0f, 1.0f, seed + 2);
-  const std::int32_t length = len;
+  std::int32_t length = len;
   const auto kv = ekv::contiguous_hnd_kv<float>(k.data(), v.data(), &length, 1, 1, d, len);
   const ekv::RefState whole = ekv::reference_attend(kv, q.data(), 0, 0, 0, len, 0.25);
   const ekv::RefState merged = ekv::reference_merge(
@@ -115,4 +115,23 @@ TEST_CASE("decode supports() names what is supported, for every listed value") {
   p.q_heads = 32;
   p.batch = 0;
   CHECK_FALSE(ekv::supports(p).ok);
+}
+
+TEST_CASE("reference_append writes at each sequence's length and stops at capacity") {
+  const int kv_heads = 1, d = 8, block_len = 4, blocks = 2;  // capacity 8
+  std::vector<float> k(2 * blocks * block_len * d, 0.5f), v(k.size(), 0.5f);
+  const std::vector<std::int32_t> table = {3, 0, 1, 2};
+  std::vector<std::int32_t> lengths = {3, 7};
+  const auto kv = ekv::paged_kv<float>(k.data(), v.data(), table.data(), lengths.data(), 2, kv_heads, d, block_len,
+                                       blocks);
+  std::vector<float> k_new(2 * 2 * d), v_new(k_new.size());
+  std::iota(k_new.begin(), k_new.end(), 1.0f);
+  std::iota(v_new.begin(), v_new.end(), 100.0f);
+  CHECK_FALSE(ekv::reference_append(kv, k_new.data(), v_new.data(), 2));  // sequence 1 overflows
+  CHECK(lengths == std::vector<std::int32_t>{5, 8});
+  // sequence 0, token 3 lives in logical block 0 (physical 3), token 4 in logical block 1 (physical 0)
+  CHECK(k[kv.offset(0, 0, 3)] == 1.0f);
+  CHECK(k[kv.offset(0, 0, 4)] == 1.0f + d);
+  CHECK(v[kv.offset(0, 0, 4) + d - 1] == 100.0f + 2 * d - 1);
+  CHECK(k[kv.offset(1, 0, 7)] == 1.0f + 2 * d);  // the one token of sequence 1 that fits
 }

@@ -1,7 +1,8 @@
 #pragma once
 // KVView<T>: where a batch's keys and values live, as pointers and strides, for the
 // paged pool and both contiguous layouts alike. A view owns nothing; kernels and the CPU
-// reference take it by value, so it works for device and host memory.
+// reference take it by value, so it works for device and host memory. Attention only
+// reads through it; append writes K and V (and lengths) through it.
 
 #include <cstdint>
 #include <string>
@@ -19,10 +20,10 @@ namespace ekv {
 // lengths: int32 [batch], the number of valid tokens of each sequence.
 template <typename T>
 struct KVView {
-  const T* k = nullptr;
-  const T* v = nullptr;
+  T* k = nullptr;
+  T* v = nullptr;
   const std::int32_t* block_table = nullptr;
-  const std::int32_t* lengths = nullptr;
+  std::int32_t* lengths = nullptr;
   int batch = 0;
   int kv_heads = 0;
   int head_dim = 0;
@@ -46,7 +47,7 @@ struct KVView {
 
 // Paged pool, K and V each [num_blocks][kv_heads][block_len][head_dim].
 template <typename T>
-KVView<T> paged_kv(const T* k, const T* v, const std::int32_t* block_table, const std::int32_t* lengths,
+KVView<T> paged_kv(T* k, T* v, const std::int32_t* block_table, std::int32_t* lengths,
                    int batch, int kv_heads, int head_dim, int block_len, int max_blocks_per_seq) {
   if (block_table == nullptr) throw Error("paged_kv: a paged cache needs a block table");
   KVView<T> view{k, v, block_table, lengths, batch, kv_heads, head_dim, block_len, max_blocks_per_seq};
@@ -58,7 +59,7 @@ KVView<T> paged_kv(const T* k, const T* v, const std::int32_t* block_table, cons
 
 // Contiguous, K and V each [batch][kv_heads][capacity][head_dim] ("HND").
 template <typename T>
-KVView<T> contiguous_hnd_kv(const T* k, const T* v, const std::int32_t* lengths, int batch, int kv_heads,
+KVView<T> contiguous_hnd_kv(T* k, T* v, std::int32_t* lengths, int batch, int kv_heads,
                             int head_dim, int capacity) {
   KVView<T> view{k, v, nullptr, lengths, batch, kv_heads, head_dim, capacity, 1};
   view.token_stride = head_dim;
@@ -69,7 +70,7 @@ KVView<T> contiguous_hnd_kv(const T* k, const T* v, const std::int32_t* lengths,
 
 // Contiguous, K and V each [batch][capacity][kv_heads][head_dim] ("NHD").
 template <typename T>
-KVView<T> contiguous_nhd_kv(const T* k, const T* v, const std::int32_t* lengths, int batch, int kv_heads,
+KVView<T> contiguous_nhd_kv(T* k, T* v, std::int32_t* lengths, int batch, int kv_heads,
                             int head_dim, int capacity) {
   KVView<T> view{k, v, nullptr, lengths, batch, kv_heads, head_dim, capacity, 1};
   view.token_stride = static_cast<std::int64_t>(kv_heads) * head_dim;

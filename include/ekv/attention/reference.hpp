@@ -65,6 +65,30 @@ std::vector<RefState> reference_decode(const KVView<T>& kv, const T* q, int q_he
   return out;
 }
 
+// append_kv on the host: the same writes, the same capacity rule. Returns whether every
+// token fit.
+template <typename T>
+bool reference_append(const KVView<T>& kv, const T* k_new, const T* v_new, int new_tokens) {
+  bool all_fit = true;
+  for (int b = 0; b < kv.batch; ++b) {
+    const int start = kv.lengths[b];
+    const int fits = std::max(0, std::min(new_tokens, kv.capacity() - start));
+    all_fit = all_fit && fits == new_tokens;
+    for (int t = 0; t < fits; ++t) {
+      for (int h = 0; h < kv.kv_heads; ++h) {
+        const std::size_t src = ((static_cast<std::size_t>(b) * new_tokens + t) * kv.kv_heads + h) * kv.head_dim;
+        const std::int64_t dst = kv.offset(b, h, start + t);
+        for (int d = 0; d < kv.head_dim; ++d) {
+          kv.k[dst + d] = k_new[src + d];
+          kv.v[dst + d] = v_new[src + d];
+        }
+      }
+    }
+    kv.lengths[b] = start + fits;
+  }
+  return all_fit;
+}
+
 // Merges states as DESIGN.md states: m = max lse; w_i = exp(lse_i - m);
 // o = sum w_i o_i / sum w_i; lse = m + log(sum w_i). Empty states (lse = -inf) weigh
 // nothing; all empty gives o = 0, lse = -inf.
