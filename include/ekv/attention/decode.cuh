@@ -18,7 +18,6 @@
 
 #include "ekv/attention/decode_kernel.cuh"
 #include "ekv/attention/decode_support.hpp"
-#include "ekv/attention/merge_states.cuh"
 #include "ekv/core/device.hpp"
 #include "ekv/core/dispatch.hpp"
 #include "ekv/core/launch.hpp"
@@ -38,7 +37,11 @@ struct DecodePlan {
   std::size_t workspace_bytes() const {
     if (num_splits == 1) return 0;
     const std::size_t rows = static_cast<std::size_t>(problem.batch) * problem.q_heads;
-    return rows * num_splits * (problem.head_dim + 1) * sizeof(float);
+    return rows * num_splits * (problem.head_dim + 1) * sizeof(float) + arrival_counters() * sizeof(int);
+  }
+  // one per CTA column (sequence, kv head, head tile): how many splits have finished
+  std::size_t arrival_counters() const {
+    return static_cast<std::size_t>(problem.batch) * problem.kv_heads * head_tiles;
   }
 };
 
@@ -140,7 +143,8 @@ void launch_decode(const DecodePlan& plan, const DecodeParams<T>& params, const 
 
 }  // namespace detail
 
-// Runs the plan. `workspace` must hold plan.workspace_bytes() (may be null when 0).
+// Runs the plan: a memset of split counters and one kernel launch. `workspace` must hold
+// plan.workspace_bytes() (may be null when 0) and not be shared by concurrent launches.
 // kv.lengths and kv.block_table are read on the device; every length must be at most
 // plan.problem.max_seq_len and the view's capacity. Throws ekv::Error where the view
 // disagrees with the plan.
@@ -184,15 +188,16 @@ void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, f
   if (plan.num_splits > 1) {
     params.partial_o = static_cast<float*>(workspace);
     params.partial_lse = params.partial_o + static_cast<std::size_t>(rows) * plan.num_splits * p.head_dim;
+    params.arrivals = reinterpret_cast<int*>(params.partial_lse + static_cast<std::size_t>(rows) * plan.num_splits);
+    // the last CTA resets its counter, but a launch that failed midway may have left counts
+    EKV_CUDA_CHECK(cudaMemsetAsync(params.arrivals, 0, plan.arrival_counters() * sizeof(int), stream.get()),
+                   "run_decode: cannot clear the split counters");
   }
   detail::dispatch_decode(p.dtype, p.head_dim, [&](auto type, auto dim) {
     if constexpr (std::is_same_v<typename decltype(type)::type, T>) {  // checked above
       detail::launch_decode<T, decltype(dim)::value>(plan, params, stream);
     }
   });
-  if (plan.num_splits > 1) {
-    merge_states<T>(params.partial_o, params.partial_lse, rows, plan.num_splits, p.head_dim, o, lse, stream);
-  }
 }
 
 }  // namespace ekv

@@ -8,6 +8,7 @@
 #include "ekv/attention/decode_tc_block.cuh"
 #include "ekv/attention/decode_traits.hpp"
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/merge_states.cuh"
 
 namespace ekv {
 
@@ -19,6 +20,7 @@ struct DecodeParams {
   float* lse = nullptr;        // [batch][q_heads], natural log, written when num_splits == 1
   float* partial_o = nullptr;  // [batch][q_heads][num_splits][head_dim] otherwise
   float* partial_lse = nullptr;  // [batch][q_heads][num_splits], natural log
+  int* arrivals = nullptr;  // [batch][kv_heads * head_tiles]: splits done; zero before launch
   int q_heads = 0;
   int group = 0;        // q_heads / kv_heads
   int head_tiles = 0;   // CTAs per kv head
@@ -66,6 +68,30 @@ __device__ void write_decode_output(const DecodeWarpStates<Warps, Heads, HeadDim
       p.partial_o[(row * p.num_splits + split) * HeadDim + d] = out;
       if (d == 0) p.partial_lse[row * p.num_splits + split] = lse;
     }
+  }
+}
+
+// With split KV, the last CTA of a (sequence, head tile) to finish merges all splits'
+// partial states (no second kernel): each CTA publishes its partials, then counts
+// itself in; the one that completes the count merges, one warp per head, and resets the
+// counter for the next launch.
+template <typename T, int HeadDim>
+__device__ void merge_if_last(const DecodeParams<T>& p, int seq, int first_head, int heads) {
+  __threadfence();  // this CTA's partials are visible before it is counted
+  __syncthreads();
+  bool counted_last = false;
+  if (threadIdx.x == 0) {
+    int* arrivals = p.arrivals + static_cast<std::int64_t>(seq) * gridDim.y + blockIdx.y;
+    counted_last = atomicAdd(arrivals, 1) == p.num_splits - 1;
+    if (counted_last) *arrivals = 0;
+  }
+  // broadcast thread 0's answer without shared memory (the CUDA-core kernel has none left)
+  if (!__syncthreads_or(counted_last)) return;
+  __threadfence();  // and the others' partials are visible to this one
+  for (int g = threadIdx.x / 32; g < heads; g += blockDim.x / 32) {
+    const std::int64_t row = static_cast<std::int64_t>(seq) * p.q_heads + first_head + g;
+    merge_row_warp<T>(p.partial_o + row * p.num_splits * HeadDim, p.partial_lse + row * p.num_splits, p.num_splits,
+                      HeadDim, p.o + row * HeadDim, p.lse + row);
   }
 }
 
@@ -145,6 +171,7 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim>::kCtaThreads)
   }
   __syncthreads();
   write_decode_output<T, HeadDim>(w, p, c.seq, c.split, c.first_head, c.heads);
+  if (p.num_splits > 1) merge_if_last<T, HeadDim>(p, c.seq, c.first_head, c.heads);
 }
 
 // The tensor-core decode kernel (half, bfloat16): up to 16 heads of a group per CTA.
@@ -184,6 +211,7 @@ __global__ void __launch_bounds__(DecodeTcTraits<T, HeadDim>::kCtaThreads)
   }
   __syncthreads();
   write_decode_output<T, HeadDim>(w, p, c.seq, c.split, c.first_head, c.heads);
+  if (p.num_splits > 1) merge_if_last<T, HeadDim>(p, c.seq, c.first_head, c.heads);
 }
 
 }  // namespace ekv

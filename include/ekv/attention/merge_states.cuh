@@ -1,9 +1,7 @@
 #pragma once
 // merge_states: combines attention states computed over disjoint token sets (split-KV
 // partitions, GPU and CPU parts of an offloaded cache) into one, through their LSE.
-
-#include <cub/block/block_reduce.cuh>
-#include <cuda/functional>
+// merge_row_warp is the device-side piece the decode kernels reuse.
 
 #include <cstdint>
 #include <string>
@@ -15,59 +13,51 @@
 
 namespace ekv {
 
-namespace detail {
-
-inline constexpr int kMergeCtaThreads = 128;
-inline constexpr int kMergeChunk = 256;  // states whose weights one pass keeps in shared memory
-
-// One CTA per row. The states' weights exp(lse - max) / sum are computed cooperatively,
-// a chunk at a time, into shared memory; then each thread sums its dimensions over the
-// chunk with several loads in flight (a serial loop over states would wait one L2
-// round trip per state: 15 us for 60 states on the H100, RESULTS.md). Empty states
-// (lse = -inf) weigh nothing; a row of only empty states gives o = 0, lse = -inf.
+// One warp merges the num_states states of one row: states_o float [num_states][head_dim],
+// states_lse float [num_states] (natural log). Writes o [head_dim] and *lse. Empty states
+// (lse = -inf) weigh nothing; only empty states give o = 0, lse = -inf (never NaN).
+// Loads bypass L1 (__ldcg): the states may have been written by other CTAs of the same
+// launch, which L1 does not see.
 template <typename T>
-__global__ void __launch_bounds__(kMergeCtaThreads)
-    merge_states_kernel(const float* __restrict__ states_o, const float* __restrict__ states_lse, int num_states,
-                        int head_dim, T* __restrict__ o, float* __restrict__ lse) {
-  using Reduce = cub::BlockReduce<float, kMergeCtaThreads>;
-  __shared__ typename Reduce::TempStorage reduce_storage;
-  __shared__ float weights[kMergeChunk];
-  __shared__ float row_max, row_sum;
-  const std::int64_t row = blockIdx.x;
-  const float* row_lse = states_lse + row * num_states;
-
+__device__ void merge_row_warp(const float* states_o, const float* states_lse, int num_states, int head_dim, T* o,
+                               float* lse) {
+  const int lane = threadIdx.x % 32;
   float mx = -INFINITY;
-  for (int s = threadIdx.x; s < num_states; s += kMergeCtaThreads) mx = fmaxf(mx, row_lse[s]);
-  mx = Reduce(reduce_storage).Reduce(mx, ::cuda::maximum<float>{});
-  if (threadIdx.x == 0) row_max = mx;
-  __syncthreads();
-  mx = row_max;
+  for (int s = lane; s < num_states; s += 32) mx = fmaxf(mx, __ldcg(states_lse + s));
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
   float sum = 0.0f;
   if (mx != -INFINITY) {
-    for (int s = threadIdx.x; s < num_states; s += kMergeCtaThreads) sum += __expf(row_lse[s] - mx);
+    for (int s = lane; s < num_states; s += 32) sum += __expf(__ldcg(states_lse + s) - mx);
   }
-  sum = Reduce(reduce_storage).Sum(sum);
-  if (threadIdx.x == 0) row_sum = sum;
-  __syncthreads();
-  sum = row_sum;
-
-  const float* row_o = states_o + row * num_states * head_dim;
-  for (int d0 = 0; d0 < head_dim; d0 += kMergeCtaThreads) {
-    const int d = d0 + threadIdx.x;
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  for (int d = lane; d < head_dim; d += 32) {
     float acc = 0.0f;
-    for (int c = 0; c < num_states && sum > 0.0f; c += kMergeChunk) {
-      const int n = min(kMergeChunk, num_states - c);
-      __syncthreads();
-      for (int s = threadIdx.x; s < n; s += kMergeCtaThreads) weights[s] = __expf(row_lse[c + s] - mx) / sum;
-      __syncthreads();
-      if (d < head_dim) {
+    if (sum > 0.0f) {
 #pragma unroll 8
-        for (int s = 0; s < n; ++s) acc += weights[s] * row_o[static_cast<std::int64_t>(c + s) * head_dim + d];
+      for (int s = 0; s < num_states; ++s) {
+        acc += __expf(__ldcg(states_lse + s) - mx) * __ldcg(states_o + static_cast<std::int64_t>(s) * head_dim + d);
       }
+      acc /= sum;
     }
-    if (d < head_dim) o[row * head_dim + d] = DTypeTraits<T>::from_float(acc);
+    o[d] = DTypeTraits<T>::from_float(acc);
   }
-  if (threadIdx.x == 0) lse[row] = sum > 0.0f ? mx + logf(sum) : -INFINITY;
+  if (lane == 0) *lse = sum > 0.0f ? mx + logf(sum) : -INFINITY;
+}
+
+namespace detail {
+
+inline constexpr int kMergeWarps = 4;
+
+template <typename T>
+__global__ void __launch_bounds__(kMergeWarps * 32)
+    merge_states_kernel(const float* __restrict__ states_o, const float* __restrict__ states_lse, int rows,
+                        int num_states, int head_dim, T* __restrict__ o, float* __restrict__ lse) {
+  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kMergeWarps + threadIdx.x / 32;
+  if (row >= rows) return;
+  merge_row_warp<T>(states_o + row * num_states * head_dim, states_lse + row * num_states, num_states, head_dim,
+                    o + row * head_dim, lse + row);
 }
 
 }  // namespace detail
@@ -84,7 +74,8 @@ void merge_states(const float* states_o, const float* states_lse, int rows, int 
                 ", head_dim=" + std::to_string(head_dim));
   }
   if (rows == 0) return;
-  detail::merge_states_kernel<T><<<rows, detail::kMergeCtaThreads, 0, stream.get()>>>(states_o, states_lse,
+  const int grid = (rows + detail::kMergeWarps - 1) / detail::kMergeWarps;
+  detail::merge_states_kernel<T><<<grid, detail::kMergeWarps * 32, 0, stream.get()>>>(states_o, states_lse, rows,
                                                                                       num_states, head_dim, o, lse);
   check_launch("merge_states", stream.get());
 }
