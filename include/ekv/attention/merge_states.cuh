@@ -14,10 +14,12 @@
 namespace ekv {
 
 // One warp merges the num_states states of one row: states_o float [num_states][head_dim],
-// states_lse float [num_states] (natural log). Writes o [head_dim] and *lse. Empty states
-// (lse = -inf) weigh nothing; only empty states give o = 0, lse = -inf (never NaN).
-// Loads bypass L1 (__ldcg): the states may have been written by other CTAs of the same
-// launch, which L1 does not see.
+// states_lse float [num_states] (natural log); head_dim a multiple of 4. Writes
+// o [head_dim] and *lse. Empty states (lse = -inf) weigh nothing; only empty states give
+// o = 0, lse = -inf (never NaN). Each lane owns 4 consecutive dimensions (one 16-byte
+// load per state) and takes each state's weight from the lane that computed it by a
+// shuffle, so the loads of 8 states are in flight at once. Loads bypass L1 (__ldcg):
+// the states may come from other CTAs of the same launch, which L1 does not see.
 template <typename T>
 __device__ void merge_row_warp(const float* states_o, const float* states_lse, int num_states, int head_dim, T* o,
                                float* lse) {
@@ -32,16 +34,27 @@ __device__ void merge_row_warp(const float* states_o, const float* states_lse, i
   }
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-  for (int d = lane; d < head_dim; d += 32) {
-    float acc = 0.0f;
-    if (sum > 0.0f) {
+  const float inv_sum = sum > 0.0f ? 1.0f / sum : 0.0f;
+  for (int d = 4 * lane; d < head_dim; d += 128) {
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int base = 0; base < num_states && sum > 0.0f; base += 32) {
+      const int s_mine = base + lane;
+      const float w_mine = s_mine < num_states ? __expf(__ldcg(states_lse + s_mine) - mx) * inv_sum : 0.0f;
+      const int n = min(32, num_states - base);
 #pragma unroll 8
-      for (int s = 0; s < num_states; ++s) {
-        acc += __expf(__ldcg(states_lse + s) - mx) * __ldcg(states_o + static_cast<std::int64_t>(s) * head_dim + d);
+      for (int j = 0; j < n; ++j) {
+        const float w = __shfl_sync(0xffffffffu, w_mine, j);
+        const float4 x = __ldcg(reinterpret_cast<const float4*>(states_o + static_cast<std::int64_t>(base + j) * head_dim + d));
+        acc.x += w * x.x;
+        acc.y += w * x.y;
+        acc.z += w * x.z;
+        acc.w += w * x.w;
       }
-      acc /= sum;
     }
-    o[d] = DTypeTraits<T>::from_float(acc);
+    o[d] = DTypeTraits<T>::from_float(acc.x);
+    o[d + 1] = DTypeTraits<T>::from_float(acc.y);
+    o[d + 2] = DTypeTraits<T>::from_float(acc.z);
+    o[d + 3] = DTypeTraits<T>::from_float(acc.w);
   }
   if (lane == 0) *lse = sum > 0.0f ? mx + logf(sum) : -INFINITY;
 }
@@ -62,18 +75,19 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
 
 }  // namespace detail
 
-// states_o: float [rows][num_states][head_dim]; states_lse: float [rows][num_states],
+// states_o: float [rows][num_states][head_dim], 16-byte aligned; states_lse: float [rows][num_states],
 // natural log. Writes o: T [rows][head_dim] and lse: float [rows] (natural log).
 // Stream-ordered, graph-capturable; throws ekv::Error on bad sizes.
 template <typename T>
 void merge_states(const float* states_o, const float* states_lse, int rows, int num_states, int head_dim, T* o,
                   float* lse, const Stream& stream) {
-  if (rows < 0 || num_states < 1 || head_dim < 1) {
-    throw Error("merge_states: needs rows >= 0, num_states >= 1 and head_dim >= 1, got rows=" +
+  if (rows < 0 || num_states < 1 || head_dim < 4 || head_dim % 4 != 0) {
+    throw Error("merge_states: needs rows >= 0, num_states >= 1 and head_dim a positive multiple of 4, got rows=" +
                 std::to_string(rows) + ", num_states=" + std::to_string(num_states) +
                 ", head_dim=" + std::to_string(head_dim));
   }
   if (rows == 0) return;
+  if (reinterpret_cast<std::uintptr_t>(states_o) % 16 != 0) throw Error("merge_states: states_o must be 16-byte aligned");
   const int grid = (rows + detail::kMergeWarps - 1) / detail::kMergeWarps;
   detail::merge_states_kernel<T><<<grid, detail::kMergeWarps * 32, 0, stream.get()>>>(states_o, states_lse, rows,
                                                                                       num_states, head_dim, o, lse);
