@@ -35,7 +35,11 @@ __device__ void merge_row_warp(const float* states_o, const float* states_lse, i
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
   const float inv_sum = sum > 0.0f ? 1.0f / sum : 0.0f;
-  for (int d = 4 * lane; d < head_dim; d += 128) {
+  // every lane runs every iteration (the shuffles need the whole warp); lanes past
+  // head_dim only skip their loads and stores
+  for (int d0 = 0; d0 < head_dim; d0 += 128) {
+    const int d = d0 + 4 * lane;
+    const bool active = d < head_dim;
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     for (int base = 0; base < num_states && sum > 0.0f; base += 32) {
       const int s_mine = base + lane;
@@ -44,17 +48,22 @@ __device__ void merge_row_warp(const float* states_o, const float* states_lse, i
 #pragma unroll 8
       for (int j = 0; j < n; ++j) {
         const float w = __shfl_sync(0xffffffffu, w_mine, j);
-        const float4 x = __ldcg(reinterpret_cast<const float4*>(states_o + static_cast<std::int64_t>(base + j) * head_dim + d));
-        acc.x += w * x.x;
-        acc.y += w * x.y;
-        acc.z += w * x.z;
-        acc.w += w * x.w;
+        if (active) {
+          const float4 x =
+              __ldcg(reinterpret_cast<const float4*>(states_o + static_cast<std::int64_t>(base + j) * head_dim + d));
+          acc.x += w * x.x;
+          acc.y += w * x.y;
+          acc.z += w * x.z;
+          acc.w += w * x.w;
+        }
       }
     }
-    o[d] = DTypeTraits<T>::from_float(acc.x);
-    o[d + 1] = DTypeTraits<T>::from_float(acc.y);
-    o[d + 2] = DTypeTraits<T>::from_float(acc.z);
-    o[d + 3] = DTypeTraits<T>::from_float(acc.w);
+    if (active) {
+      o[d] = DTypeTraits<T>::from_float(acc.x);
+      o[d + 1] = DTypeTraits<T>::from_float(acc.y);
+      o[d + 2] = DTypeTraits<T>::from_float(acc.z);
+      o[d + 3] = DTypeTraits<T>::from_float(acc.w);
+    }
   }
   if (lane == 0) *lse = sum > 0.0f ? mx + logf(sum) : -INFINITY;
 }
