@@ -50,7 +50,9 @@ std::pair<std::vector<float>, float> merge_parts(const ekv::KVView<float>& kv, c
 TEST_CASE("merging the parts of a sequence gives the unsplit state") {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
-  const int d = 128, len = 3001;
+  for (int d : {64, 128, 256}) {
+  INFO("head_dim=" << d);
+  const int len = 3001;
   auto k = ekv::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed);
   auto v = ekv::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed + 1);
   const auto q = ekv::random_uniform<float>(d, -2.0f, 2.0f, seed + 2);
@@ -83,6 +85,7 @@ TEST_CASE("merging the parts of a sequence gives the unsplit state") {
     }
     CHECK(std::sqrt(err2 / ref2) <= 1e-5);  // float merge of float64 states
     CHECK(std::abs(lse - whole.lse) <= 1e-4);
+  }
   }
 }
 
