@@ -51,41 +51,41 @@ TEST_CASE("merging the parts of a sequence gives the unsplit state") {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
   for (int d : {64, 128, 256}) {
-  INFO("head_dim=" << d);
-  const int len = 3001;
-  auto k = ekv::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed);
-  auto v = ekv::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed + 1);
-  const auto q = ekv::random_uniform<float>(d, -2.0f, 2.0f, seed + 2);
-  std::int32_t length = len;
-  const auto kv = ekv::contiguous_hnd_kv<float>(k.data(), v.data(), &length, 1, 1, d, len);
-  const double scale = 1.0 / std::sqrt(double(d));
-  const ekv::RefState whole = ekv::reference_attend(kv, q.data(), 0, 0, 0, len, scale);
+    INFO("head_dim=" << d);
+    const int len = 3001;
+    auto k = ekv::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed);
+    auto v = ekv::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed + 1);
+    const auto q = ekv::random_uniform<float>(d, -2.0f, 2.0f, seed + 2);
+    std::int32_t length = len;
+    const auto kv = ekv::contiguous_hnd_kv<float>(k.data(), v.data(), &length, 1, 1, d, len);
+    const double scale = 1.0 / std::sqrt(double(d));
+    const ekv::RefState whole = ekv::reference_attend(kv, q.data(), 0, 0, 0, len, scale);
 
-  std::mt19937 rng(static_cast<unsigned>(seed));
-  const std::vector<std::vector<int>> splits = {
-      {},                      // one part
-      {1500},                  // two
-      {0},                     // an empty first part
-      {3001},                  // an empty last part
-      {700, 700, 700, 2000},   // empty parts in the middle
-  };
-  std::vector<std::vector<int>> all = splits;
-  std::vector<int> many(299);  // 300 parts: more than one chunk of weights
-  for (int& c : many) c = std::uniform_int_distribution<int>(0, len)(rng);
-  std::sort(many.begin(), many.end());
-  all.push_back(many);
-  for (const auto& cuts : all) {
-    INFO("parts=" << cuts.size() + 1);
-    const auto [o, lse] = merge_parts(kv, q.data(), len, cuts, scale);
-    double err2 = 0, ref2 = 0;
-    for (int j = 0; j < d; ++j) {
-      REQUIRE(std::isfinite(o[j]));
-      err2 += (o[j] - whole.o[j]) * (o[j] - whole.o[j]);
-      ref2 += whole.o[j] * whole.o[j];
+    std::mt19937 rng(static_cast<unsigned>(seed));
+    const std::vector<std::vector<int>> splits = {
+        {},                      // one part
+        {1500},                  // two
+        {0},                     // an empty first part
+        {3001},                  // an empty last part
+        {700, 700, 700, 2000},   // empty parts in the middle
+    };
+    std::vector<std::vector<int>> all = splits;
+    std::vector<int> many(299);  // 300 parts: more than one chunk of weights
+    for (int& c : many) c = std::uniform_int_distribution<int>(0, len)(rng);
+    std::sort(many.begin(), many.end());
+    all.push_back(many);
+    for (const auto& cuts : all) {
+      INFO("parts=" << cuts.size() + 1);
+      const auto [o, lse] = merge_parts(kv, q.data(), len, cuts, scale);
+      double err2 = 0, ref2 = 0;
+      for (int j = 0; j < d; ++j) {
+        REQUIRE(std::isfinite(o[j]));
+        err2 += (o[j] - whole.o[j]) * (o[j] - whole.o[j]);
+        ref2 += whole.o[j] * whole.o[j];
+      }
+      CHECK(std::sqrt(err2 / ref2) <= 1e-5);  // float merge of float64 states
+      CHECK(std::abs(lse - whole.lse) <= 1e-4);
     }
-    CHECK(std::sqrt(err2 / ref2) <= 1e-5);  // float merge of float64 states
-    CHECK(std::abs(lse - whole.lse) <= 1e-4);
-  }
   }
 }
 
