@@ -103,14 +103,18 @@ void check_decode(const Case& c, std::uint64_t seed) {
 
   const auto ref = ekv::reference_decode<T>(make_view(k.data(), v.data(), table.data(), lengths.data()), q.data(),
                                             q_heads, plan.scale);
-  double err2 = 0, ref2 = 0, lse_err = 0;
+  // relative L2 error per row (one query head of one sequence), worst row: a pooled
+  // error would let short rows, whose outputs are larger, hide a wrong long row
+  double worst = 0, lse_err = 0;
   for (std::size_t r = 0; r < ref.size(); ++r) {
+    double err2 = 0, ref2 = 0;
     for (int d = 0; d < c.head_dim; ++d) {
       const double got = ekv::DTypeTraits<T>::to_float(out[r * c.head_dim + d]);
       REQUIRE(std::isfinite(got));
       err2 += (got - ref[r].o[d]) * (got - ref[r].o[d]);
       ref2 += ref[r].o[d] * ref[r].o[d];
     }
+    worst = std::max(worst, ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2));
     if (std::isinf(ref[r].lse)) {
       CHECK(std::isinf(lse[r]));
       CHECK(lse[r] < 0);
@@ -119,8 +123,7 @@ void check_decode(const Case& c, std::uint64_t seed) {
       lse_err = std::max(lse_err, std::abs(lse[r] - ref[r].lse));
     }
   }
-  const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
-  CHECK(rel <= tolerance<T>());
+  CHECK(worst <= tolerance<T>());
   CHECK(lse_err <= 1e-4);
 }
 
@@ -138,14 +141,14 @@ TEST_CASE_TEMPLATE("decode matches the reference over head_dim x group x layout 
                    __nv_bfloat16) {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
-  const int groups[] = {1, 3, 4, 8, 16};
+  const int groups[] = {1, 2, 3, 4, 8, 16};  // every head tile of the CUDA-core path: 1, 2, 4, 8
   const Layout layouts[] = {Layout::kPaged, Layout::kContiguousHnd, Layout::kContiguousNhd};
   int i = 0;
   for (int head_dim : ekv::kDecodeHeadDims) {
     for (Layout layout : layouts) {
       const int block_len = layout == Layout::kPaged ? (i % 2 ? 16 : 64) : 0;
       const int bl = std::max(block_len, 16);
-      Case c{2, groups[i % 5], head_dim, block_len, {1, 7, bl - 1, bl, 1000, i % 3 == 0 ? 33000 : 2500}, layout};
+      Case c{2, groups[i % 6], head_dim, block_len, {1, 7, bl - 1, bl, 1000, i % 3 == 0 ? 33000 : 2500}, layout};
       INFO(describe(c));
       check_decode<T>(c, seed + i);
       ++i;
@@ -233,6 +236,8 @@ TEST_CASE("decode captured in a CUDA Graph replays like direct launches, for new
     lengths.copy_from(lens);
     o_graph.fill_bytes(0xFF, stream);
     o_direct.fill_bytes(0xFF, stream);
+    lse_graph.fill_bytes(0xFF, stream);
+    lse_direct.fill_bytes(0xFF, stream);
     graph.launch(stream);
     ekv::run_decode<__half>(plan, view, q.data(), o_direct.data(), lse_direct.data(), workspace.data(), stream);
     stream.synchronize();
@@ -246,6 +251,9 @@ TEST_CASE("decode captured in a CUDA Graph replays like direct launches, for new
       REQUIRE(std::isfinite(__half2float(a[i])));
       REQUIRE(__half2float(a[i]) == __half2float(b[i]));  // same kernels, same inputs: bit-identical
     }
-    for (std::size_t i = 0; i < la.size(); ++i) CHECK((la[i] == lb[i] || (std::isinf(la[i]) && std::isinf(lb[i]))));
+    for (std::size_t i = 0; i < la.size(); ++i) {
+      REQUIRE_FALSE(std::isnan(la[i]));
+      CHECK((la[i] == lb[i] || (std::isinf(la[i]) && std::isinf(lb[i]))));
+    }
   }
 }

@@ -97,6 +97,7 @@ TEST_CASE("all-empty states merge to zero output and -inf LSE, never NaN") {
   dsl.copy_from(states_lse);
   ekv::Stream stream;
   dout.fill_bytes(0xFF, stream);
+  dlse.fill_bytes(0xFF, stream);
   ekv::merge_states<float>(dso.data(), dsl.data(), 1, parts, d, dout.data(), dlse.data(), stream);
   stream.synchronize();
   std::vector<float> out(d), lse(1);
@@ -109,8 +110,43 @@ TEST_CASE("all-empty states merge to zero output and -inf LSE, never NaN") {
   CHECK(ekv::reference_merge({empty, empty}, d).o == std::vector<double>(d, 0.0));
 }
 
+TEST_CASE("merge_states merges every row of a batch, with a partly filled last CTA") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const int rows = 5, parts = 3, d = 64;
+  auto states_o = ekv::random_uniform<float>(static_cast<std::size_t>(rows) * parts * d, -1.0f, 1.0f, seed);
+  auto states_lse = ekv::random_uniform<float>(static_cast<std::size_t>(rows) * parts, -3.0f, 3.0f, seed + 1);
+  states_lse[1 * parts + 2] = -INFINITY;  // an empty part in row 1
+  ekv::DeviceBuffer<float> dso(states_o.size()), dsl(states_lse.size()), dout(rows * d), dlse(rows);
+  dso.copy_from(states_o);
+  dsl.copy_from(states_lse);
+  ekv::Stream stream;
+  dout.fill_bytes(0xFF, stream);
+  dlse.fill_bytes(0xFF, stream);
+  ekv::merge_states<float>(dso.data(), dsl.data(), rows, parts, d, dout.data(), dlse.data(), stream);
+  stream.synchronize();
+  std::vector<float> out(rows * d), lse(rows);
+  dout.copy_to(out);
+  dlse.copy_to(lse);
+  for (int r = 0; r < rows; ++r) {
+    std::vector<ekv::RefState> states(parts);
+    for (int s = 0; s < parts; ++s) {
+      states[s].lse = states_lse[r * parts + s];
+      states[s].o.assign(states_o.begin() + (r * parts + s) * d, states_o.begin() + (r * parts + s + 1) * d);
+    }
+    const ekv::RefState want = ekv::reference_merge(states, d);
+    CHECK(std::abs(lse[r] - want.lse) <= 1e-5);
+    for (int j = 0; j < d; ++j) CHECK(std::abs(out[r * d + j] - want.o[j]) <= 1e-5);
+  }
+}
+
 TEST_CASE("merge_states rejects bad sizes") {
   ekv::Stream stream;
-  CHECK_THROWS_AS(ekv::merge_states<float>(nullptr, nullptr, 1, 0, 64, nullptr, nullptr, stream), ekv::Error);
+  CHECK_THROWS_WITH_AS(ekv::merge_states<float>(nullptr, nullptr, 1, 0, 64, nullptr, nullptr, stream),
+                       "merge_states: needs rows >= 0, num_states >= 1 and head_dim a positive multiple of 4, got "
+                       "rows=1, num_states=0, head_dim=64",
+                       ekv::Error);
+  CHECK_THROWS_WITH_AS(ekv::merge_states<float>(nullptr, nullptr, 1, 1, 64, nullptr, nullptr, stream),
+                       "merge_states: null states_o, states_lse, o or lse", ekv::Error);
   CHECK_THROWS_AS(ekv::merge_states<float>(nullptr, nullptr, -1, 1, 64, nullptr, nullptr, stream), ekv::Error);
 }

@@ -27,9 +27,10 @@ __global__ void append_kv_kernel(KVView<T> kv, const T* __restrict__ k_new, cons
   const int fits = max(0, min(new_tokens, kv.capacity() - start));
   const int chunks_per_token = kv.kv_heads * kv.head_dim / kChunk;
   const std::int64_t src_base = static_cast<std::int64_t>(seq) * new_tokens * kv.kv_heads * kv.head_dim;
-  for (int c = threadIdx.x; c < fits * chunks_per_token; c += blockDim.x) {
-    const int token = c / chunks_per_token;
-    const int within = (c % chunks_per_token) * kChunk;
+  const std::int64_t chunks = static_cast<std::int64_t>(fits) * chunks_per_token;
+  for (std::int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+    const int token = static_cast<int>(c / chunks_per_token);
+    const int within = static_cast<int>(c % chunks_per_token) * kChunk;
     const int head = within / kv.head_dim, d = within % kv.head_dim;
     const std::int64_t src = src_base + static_cast<std::int64_t>(token) * kv.kv_heads * kv.head_dim + within;
     const std::int64_t dst = kv.offset(seq, head, start + token) + d;
@@ -57,7 +58,7 @@ template <typename T>
 void append_kv(const KVView<T>& kv, const T* k_new, const T* v_new, int new_tokens, const Stream& stream,
                int* overflow = nullptr) {
   if (new_tokens < 0) throw Error("append_kv: new_tokens=" + std::to_string(new_tokens) + " must be >= 0");
-  if (kv.batch < 0 || kv.batch > 0x7fffffff) throw Error("append_kv: invalid batch");
+  if (kv.batch < 0) throw Error("append_kv: batch=" + std::to_string(kv.batch) + " must be >= 0");
   if (kv.head_dim * static_cast<int>(sizeof(T)) % 16 != 0) {
     throw Error("append_kv: head_dim=" + std::to_string(kv.head_dim) + " must fill whole 16-byte vectors");
   }

@@ -28,6 +28,7 @@ namespace ekv {
 
 struct DecodePlan {
   DecodeProblem problem;
+  int device = 0;  // the ordinal planned for: kernel attributes are per device
   float scale = 0;
   int head_tile = 1;
   int head_tiles = 1;
@@ -98,8 +99,15 @@ inline int choose_splits(long units, long slots, int most) {
 // Throws ekv::Error for an unsupported problem.
 inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& device, int num_splits = 0) {
   if (Support s = supports(problem); !s) throw Error(s.why);
+  int current = 0;
+  EKV_CUDA_CHECK(cudaGetDevice(&current), "plan_decode: no usable CUDA device");
+  if (current != device.ordinal) {
+    throw Error("plan_decode: plans for device " + std::to_string(device.ordinal) + " while device " +
+                std::to_string(current) + " is current; make it current first");
+  }
   DecodePlan plan;
   plan.problem = problem;
+  plan.device = device.ordinal;
   plan.scale = problem.scale > 0.0f ? problem.scale : 1.0f / std::sqrt(static_cast<float>(problem.head_dim));
   int ctas_per_sm = 0;
   detail::dispatch_decode(problem.dtype, problem.head_dim, [&](auto type, auto dim) {
@@ -145,9 +153,10 @@ void launch_decode(const DecodePlan& plan, const DecodeParams<T>& params, const 
 
 // Runs the plan: a memset of split counters and one kernel launch. `workspace` must hold
 // plan.workspace_bytes() (may be null when 0) and not be shared by concurrent launches.
-// kv.lengths and kv.block_table are read on the device; every length must be at most
-// plan.problem.max_seq_len and the view's capacity. Throws ekv::Error where the view
-// disagrees with the plan.
+// kv.lengths and kv.block_table are read on the device. Lengths up to the view's
+// capacity give exact results; beyond plan.problem.max_seq_len the last split takes the
+// extra tokens (slower, still exact). Throws ekv::Error where the view disagrees with
+// the plan or the plan's device is not current.
 template <typename T>
 void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, float* lse, void* workspace,
                 const Stream& stream) {
@@ -169,9 +178,15 @@ void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, f
   if (!is_aligned<16>(kv.k) || !is_aligned<16>(kv.v) || !is_aligned<16>(q)) {
     throw Error("run_decode: K, V and q must be 16-byte aligned");
   }
-  if (plan.num_splits > 1 && workspace == nullptr) {
+  if (plan.num_splits > 1 && (workspace == nullptr || !is_aligned<16>(workspace))) {
     throw Error("run_decode: the plan splits KV and needs " + std::to_string(plan.workspace_bytes()) +
-                " bytes of workspace");
+                " bytes of 16-byte-aligned workspace");
+  }
+  int current = 0;
+  EKV_CUDA_CHECK(cudaGetDevice(&current), "run_decode: no usable CUDA device");
+  if (current != plan.device) {
+    throw Error("run_decode: the plan is for device " + std::to_string(plan.device) + ", device " +
+                std::to_string(current) + " is current");
   }
   DecodeParams<T> params;
   params.kv = kv;

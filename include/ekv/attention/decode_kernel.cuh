@@ -108,9 +108,11 @@ __device__ __forceinline__ DecodeCta decode_cta(const DecodeParams<T>& p, int he
   c.kv_head = blockIdx.y / p.head_tiles;
   c.first_head = c.kv_head * p.group + (blockIdx.y % p.head_tiles) * head_tile;
   c.heads = min(head_tile, (c.kv_head + 1) * p.group - c.first_head);
-  const int len = p.kv.lengths[c.seq];
+  // a length past the view's capacity would read past its block-table row; a length
+  // past the planned maximum is still covered whole, by the last split
+  const int len = min(p.kv.lengths[c.seq], p.kv.capacity());
   c.begin = min(len, c.split * p.split_tokens);
-  c.end = min(len, c.begin + p.split_tokens);
+  c.end = c.split == p.num_splits - 1 ? len : min(len, c.begin + p.split_tokens);
   return c;
 }
 

@@ -2,6 +2,7 @@
 // What decode attention supports, in one place: dispatch (decode.cuh), supports() and
 // the tests all read these arrays, so they cannot drift.
 
+#include <cmath>
 #include <cstddef>
 #include <string>
 
@@ -17,7 +18,6 @@ inline constexpr int kDecodeHeadDims[] = {64, 128, 256};
 // above 8). Half and bfloat16 run on tensor cores with 16 heads per CTA.
 inline constexpr int kDecodeHeadTiles[] = {1, 2, 4, 8};
 inline constexpr int kDecodeMaxGroup = 16;
-inline constexpr int kDecodeMinBlockLen = 1;
 
 // One decode step's shapes: one query token per sequence.
 struct DecodeProblem {
@@ -57,7 +57,16 @@ inline Support supports(const DecodeProblem& p) {
   if (p.max_seq_len < 0) {
     return {false, "max_seq_len=" + std::to_string(p.max_seq_len) + " not supported by decode; it must be >= 0"};
   }
-  if (!(p.scale >= 0.0f)) return {false, "decode: scale must be positive, or 0 for 1/sqrt(head_dim)"};
+  if (!(p.scale >= 0.0f && p.scale < INFINITY)) {
+    return {false, "scale=" + std::to_string(p.scale) +
+                       " not supported by decode; supported: finite and positive, or 0 for 1/sqrt(head_dim)"};
+  }
+  // the grid's y dimension is kv heads x head tiles, at most ceil(group / 8) tiles
+  const int most_kv_heads = 65535 / ((p.group() + 7) / 8);
+  if (p.kv_heads > most_kv_heads) {
+    return {false, "kv_heads=" + std::to_string(p.kv_heads) + " not supported by decode with group size " +
+                       std::to_string(p.group()) + "; supported: 1 to " + std::to_string(most_kv_heads)};
+  }
   return {};
 }
 

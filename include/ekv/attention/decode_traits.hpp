@@ -12,7 +12,6 @@ struct DecodeTraits {
   static constexpr int kVec = HeadDim / kLanes;  // elements per lane
   static constexpr int kVecBytes = kVec * static_cast<int>(sizeof(T));
   static_assert(kVecBytes % 16 == 0, "lanes issue whole 16-byte loads");
-  static constexpr int kTokensPerWarp = 32 / kLanes;
   static constexpr int kWarps = 4;   // untuned
   // tokens per lane group per tile (untuned); 32-byte lanes (float, head_dim 256) take
   // half as many to keep a tile at 16 KB

@@ -70,7 +70,7 @@ __device__ void merge_row_warp(const float* states_o, const float* states_lse, i
 
 namespace detail {
 
-inline constexpr int kMergeWarps = 4;
+inline constexpr int kMergeWarps = 4;  // untuned: one row per warp
 
 template <typename T>
 __global__ void __launch_bounds__(kMergeWarps * 32)
@@ -96,7 +96,13 @@ void merge_states(const float* states_o, const float* states_lse, int rows, int 
                 ", head_dim=" + std::to_string(head_dim));
   }
   if (rows == 0) return;
-  if (reinterpret_cast<std::uintptr_t>(states_o) % 16 != 0) throw Error("merge_states: states_o must be 16-byte aligned");
+  if (states_o == nullptr || states_lse == nullptr || o == nullptr || lse == nullptr) {
+    throw Error("merge_states: null states_o, states_lse, o or lse");
+  }
+  if (reinterpret_cast<std::uintptr_t>(states_o) % 16 != 0) {
+    throw Error("merge_states: states_o at address " + std::to_string(reinterpret_cast<std::uintptr_t>(states_o)) +
+                " is not 16-byte aligned");
+  }
   const int grid = (rows + detail::kMergeWarps - 1) / detail::kMergeWarps;
   detail::merge_states_kernel<T><<<grid, detail::kMergeWarps * 32, 0, stream.get()>>>(states_o, states_lse, rows,
                                                                                       num_states, head_dim, o, lse);

@@ -69,11 +69,14 @@ class DeviceBuffer {
     stream_ordered_ = false;
   }
 
-  // Host to device, synchronously: `host` may be reused when this returns.
+  // Host to device, synchronously: the data is on the device when this returns, so work
+  // on any stream may read it. (A plain cudaMemcpy from pageable memory may return
+  // before the DMA lands, and ekv's streams do not wait for the legacy stream.)
   void copy_from(Span<const T> host) {
     check_fits("copy_from", host.size());
     EKV_CUDA_CHECK(cudaMemcpy(ptr_, host.data(), host.size_bytes(), cudaMemcpyHostToDevice),
                    "DeviceBuffer::copy_from: host-to-device copy failed");
+    EKV_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy), "DeviceBuffer::copy_from: host-to-device copy failed");
   }
   // Stream-ordered; `host` must stay alive (and pinned, for a truly async copy) until
   // the stream reaches the copy.
@@ -83,6 +86,8 @@ class DeviceBuffer {
                                    stream.get()),
                    "DeviceBuffer::copy_from: host-to-device copy failed");
   }
+  // Device to host, synchronously. Not ordered after work on other streams: synchronise
+  // the stream that wrote the buffer first.
   void copy_to(Span<T> host) const {
     check_fits("copy_to", host.size());
     EKV_CUDA_CHECK(cudaMemcpy(host.data(), ptr_, host.size_bytes(), cudaMemcpyDeviceToHost),
