@@ -49,9 +49,8 @@ class Error : public std::runtime_error {
 
 namespace detail {
 
-inline void check_cuda(cudaError_t code, const char* expression, const char* file, int line,
-                       const std::string& context = {}) {
-  if (code == cudaSuccess) return;
+[[noreturn]] inline void throw_cuda(cudaError_t code, const char* expression, const char* file, int line,
+                                   const std::string& context = {}) {
   // A failed call leaves a non-sticky error behind; clear it so the next check
   // reports its own call, not this one.
   cudaGetLastError();
@@ -63,6 +62,11 @@ inline void check_cuda(cudaError_t code, const char* expression, const char* fil
 }  // namespace ekv
 
 // Throws ekv::Error naming the call, its CUDA error and file:line. An optional second
-// argument is the sentence a user reads first, e.g. which object failed and why.
-#define EKV_CUDA_CHECK(expr, ...) \
-  ::ekv::detail::check_cuda((expr), #expr, __FILE__, __LINE__, ##__VA_ARGS__)
+// argument is the sentence a user reads first, e.g. which object failed and why; it is
+// evaluated only on failure, so checks on a decode step's path build no strings.
+#define EKV_CUDA_CHECK(expr, ...)                                                         \
+  [&](cudaError_t ekv_status_) {                                                           \
+    if (ekv_status_ != cudaSuccess) {                                                      \
+      ::ekv::detail::throw_cuda(ekv_status_, #expr, __FILE__, __LINE__, ##__VA_ARGS__);   \
+    }                                                                                      \
+  }(expr)
