@@ -18,13 +18,9 @@ namespace {
 
 constexpr int kQHeads = 32, kKvHeads = 8, kHeadDim = 128, kPagedBlock = 16;
 
-// state.range: batch, length, paged (0/1), graph replay (0/1)
-void decode(benchmark::State& state) {
+// forced_splits 0: the plan's; interleave -1: the plan's
+void run_case(benchmark::State& state, int batch, int len, bool paged, bool graph, int forced_splits, int interleave) {
   using T = __half;
-  const int batch = static_cast<int>(state.range(0));
-  const int len = static_cast<int>(state.range(1));
-  const bool paged = state.range(2) != 0;
-  const bool graph = state.range(3) != 0;
   const ekv::DeviceInfo device = ekv::DeviceInfo::current();
   ekv::Stream stream;
 
@@ -53,8 +49,9 @@ void decode(benchmark::State& state) {
   problem.kv_heads = kKvHeads;
   problem.head_dim = kHeadDim;
   problem.max_seq_len = len;
-  const ekv::DecodePlan plan = ekv::plan_decode(problem, device);
-  ekv::DeviceBuffer<unsigned char> workspace(plan.workspace_bytes());
+  ekv::DecodePlan plan = ekv::plan_decode(problem, device, forced_splits);
+  if (interleave >= 0) plan.interleave = interleave != 0;
+  ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
   auto issue = [&](const ekv::Stream& s) {
     ekv::run_decode<T>(plan, view, q.data(), o.data(), lse.data(), workspace.data(), s);
   };
@@ -72,6 +69,18 @@ void decode(benchmark::State& state) {
   state.counters["splits"] = plan.num_splits;
 }
 
+// state.range: batch, length, paged (0/1), graph replay (0/1)
+void decode(benchmark::State& state) {
+  run_case(state, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)), state.range(2) != 0,
+           state.range(3) != 0, 0, -1);
+}
+
+// state.range: batch, length, graph replay (0/1), split count, interleaved splits (0/1)
+void decode_split_sweep(benchmark::State& state) {
+  run_case(state, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)), false, state.range(2) != 0,
+           static_cast<int>(state.range(3)), static_cast<int>(state.range(4)));
+}
+
 void shapes(benchmark::internal::Benchmark* b) {
   for (int paged : {0, 1}) {
     b->Args({1, 4096, paged, 0})->Args({1, 4096, paged, 1});
@@ -82,8 +91,22 @@ void shapes(benchmark::internal::Benchmark* b) {
   b->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(5)->Repetitions(30)->ReportAggregatesOnly(true);
 }
 
+// Split count and split layout against shape, for tuning plan_decode
+void split_sweep(benchmark::internal::Benchmark* b) {
+  const int shapes[][2] = {{1, 4096}, {1, 32768}, {1, 131072}, {16, 32768}, {64, 4096}};
+  for (const auto& shape : shapes) {
+    for (int splits : {1, 2, 4, 8, 16, 32, 64}) {
+      if (shape[0] * splits > 512 || (shape[0] == 1 && splits < 8)) continue;
+      for (int interleave : {0, 1}) b->Args({shape[0], shape[1], shape[1] == 4096 && shape[0] == 1, splits, interleave});
+    }
+  }
+  b->ArgNames({"batch", "len", "graph", "splits", "interleave"});
+  b->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(5)->Repetitions(15)->ReportAggregatesOnly(true);
+}
+
 }  // namespace
 
 BENCHMARK(decode)->Apply(shapes);
+BENCHMARK(decode_split_sweep)->Apply(split_sweep);
 
 int main(int argc, char** argv) { return ekv::bench::main(argc, argv); }

@@ -125,12 +125,13 @@ TEST_CASE("a decode step (append + attention) captured in a graph replays like d
   p.head_dim = d;
   p.max_seq_len = 16 * 64;
   const ekv::DecodePlan plan = ekv::plan_decode(p, ekv::DeviceInfo::current());
-  ekv::DeviceBuffer<unsigned char> ws_graph(plan.workspace_bytes()), ws_direct(plan.workspace_bytes());
+  ekv::Stream stream;
+  ekv::DeviceBuffer<unsigned char> ws_graph = ekv::make_decode_workspace(plan, stream);
+  ekv::DeviceBuffer<unsigned char> ws_direct = ekv::make_decode_workspace(plan, stream);
   auto step = [&](Cache& c, __half* o, float* lse, void* ws, const ekv::Stream& s) {
     ekv::append_kv<__half>(c.device_view(), k_new.data(), v_new.data(), 1, s);
     ekv::run_decode<__half>(plan, c.device_view(), q.data(), o, lse, ws, s);
   };
-  ekv::Stream stream;
   ekv::Graph graph = ekv::Graph::capture(stream, [&](const ekv::Stream& s) {
     step(graphed, o_graph.data(), lse_graph.data(), ws_graph.data(), s);
   });

@@ -38,6 +38,7 @@ struct Case {
   std::vector<int> lengths;
   Layout layout;
   int forced_splits = 0;
+  bool interleave = false;
 };
 
 // Builds a cache of random K/V on host and device (the paged pool's blocks shuffled, so
@@ -87,10 +88,11 @@ void check_decode(const Case& c, std::uint64_t seed) {
   problem.kv_heads = c.kv_heads;
   problem.head_dim = c.head_dim;
   problem.max_seq_len = max_len;
-  const ekv::DecodePlan plan = ekv::plan_decode(problem, ekv::DeviceInfo::current(), c.forced_splits);
+  ekv::DecodePlan plan = ekv::plan_decode(problem, ekv::DeviceInfo::current(), c.forced_splits);
+  plan.interleave = c.interleave;
   INFO("splits=" << plan.num_splits << " split_tokens=" << plan.split_tokens << " head_tile=" << plan.head_tile);
-  ekv::DeviceBuffer<unsigned char> workspace(plan.workspace_bytes());
   ekv::Stream stream;
+  ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
   dout.fill_bytes(0xFF, stream);
   dlse.fill_bytes(0xFF, stream);
   ekv::run_decode<T>(plan, make_view(dk.data(), dv.data(), dtable.data(), dlengths.data()), dq.data(), dout.data(),
@@ -172,10 +174,14 @@ TEST_CASE_TEMPLATE("decode over batch 64 with ragged lengths, empty sequences in
 TEST_CASE("any split count gives the unsplit result") {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
-  for (int splits : {1, 2, 7, 64, 0}) {
-    INFO("forced splits=" << splits);
-    Case c{4, 2, 128, 32, {4099, 300, 1}, Layout::kPaged, splits};
-    check_decode<__half>(c, seed);
+  for (bool interleave : {false, true}) {
+    for (int splits : {1, 2, 7, 64, 0}) {
+      INFO("forced splits=" << splits << " interleave=" << interleave);
+      Case c{4, 2, 128, 32, {4099, 300, 1}, Layout::kPaged, splits, interleave};
+      check_decode<__half>(c, seed);
+      c.lengths = {5000, 1, 0};
+      check_decode<float>(c, seed);
+    }
   }
 }
 
@@ -227,8 +233,8 @@ TEST_CASE("decode captured in a CUDA Graph replays like direct launches, for new
   p.max_seq_len = capacity;
   const ekv::DecodePlan plan = ekv::plan_decode(p, ekv::DeviceInfo::current());
   REQUIRE(plan.num_splits > 1);  // the graph holds decode and merge
-  ekv::DeviceBuffer<unsigned char> workspace(plan.workspace_bytes());
   ekv::Stream stream;
+  ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
   ekv::Graph graph = ekv::Graph::capture(stream, [&](const ekv::Stream& s) {
     ekv::run_decode<__half>(plan, view, q.data(), o_graph.data(), lse_graph.data(), workspace.data(), s);
   });

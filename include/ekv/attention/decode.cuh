@@ -19,6 +19,7 @@
 #include "ekv/attention/decode_kernel.cuh"
 #include "ekv/attention/decode_support.hpp"
 #include "ekv/core/device.hpp"
+#include "ekv/core/device_buffer.hpp"
 #include "ekv/core/dispatch.hpp"
 #include "ekv/core/launch.hpp"
 #include "ekv/core/stream.hpp"
@@ -34,15 +35,20 @@ struct DecodePlan {
   int head_tiles = 1;
   int num_splits = 1;
   int split_tokens = 0;
+  bool interleave = false;
 
+  // The split counters, then the partial states: [batch][q_heads][num_splits][head_dim]
+  // o and [batch][q_heads][num_splits] lse.
   std::size_t workspace_bytes() const {
     if (num_splits == 1) return 0;
     const std::size_t rows = static_cast<std::size_t>(problem.batch) * problem.q_heads;
-    return rows * num_splits * (problem.head_dim + 1) * sizeof(float) + arrival_counters() * sizeof(int);
+    return counter_bytes() + rows * num_splits * (problem.head_dim + 1) * sizeof(float);
   }
-  // one per CTA column (sequence, kv head, head tile): how many splits have finished
-  std::size_t arrival_counters() const {
-    return static_cast<std::size_t>(problem.batch) * problem.kv_heads * head_tiles;
+  // one counter per CTA column (sequence, kv head, head tile): how many splits have
+  // finished; 16-byte aligned so the partials after them are
+  std::size_t counter_bytes() const {
+    const std::size_t counters = static_cast<std::size_t>(problem.batch) * problem.kv_heads * head_tiles;
+    return (counters * sizeof(int) + 15) / 16 * 16;
   }
 };
 
@@ -151,8 +157,27 @@ void launch_decode(const DecodePlan& plan, const DecodeParams<T>& params, const 
 
 }  // namespace detail
 
-// Runs the plan: a memset of split counters and one kernel launch. `workspace` must hold
-// plan.workspace_bytes() (may be null when 0) and not be shared by concurrent launches.
+// Zeroes a new workspace's split counters, once, before its first run_decode. Each run
+// leaves them at zero again, so later steps and graph replays need no clearing; a
+// workspace shared by several plans is cleared for the one with the largest
+// counter_bytes().
+inline void clear_decode_workspace(const DecodePlan& plan, void* workspace, const Stream& stream) {
+  if (plan.num_splits == 1) return;
+  if (workspace == nullptr) throw Error("clear_decode_workspace: null workspace for a plan that splits KV");
+  EKV_CUDA_CHECK(cudaMemsetAsync(workspace, 0, plan.counter_bytes(), stream.get()),
+                 "clear_decode_workspace: cannot clear the split counters");
+}
+
+// A workspace for `plan`, allocated and cleared (plain device memory, usable on any stream).
+inline DeviceBuffer<unsigned char> make_decode_workspace(const DecodePlan& plan, const Stream& stream) {
+  DeviceBuffer<unsigned char> workspace(plan.workspace_bytes());
+  clear_decode_workspace(plan, workspace.data(), stream);
+  return workspace;
+}
+
+// Runs the plan: one kernel launch. `workspace` must hold plan.workspace_bytes() (may be
+// null when 0), cleared once by clear_decode_workspace, and not be shared by concurrent
+// launches.
 // kv.lengths and kv.block_table are read on the device. Lengths up to the view's
 // capacity give exact results; beyond plan.problem.max_seq_len the last split takes the
 // extra tokens (slower, still exact). Throws ekv::Error where the view disagrees with
@@ -198,15 +223,13 @@ void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, f
   params.head_tiles = plan.head_tiles;
   params.num_splits = plan.num_splits;
   params.split_tokens = plan.split_tokens;
+  params.interleave = plan.interleave;
   params.scale_log2 = plan.scale * 1.4426950408889634f;
   const int rows = p.batch * p.q_heads;
   if (plan.num_splits > 1) {
-    params.partial_o = static_cast<float*>(workspace);
+    params.arrivals = static_cast<int*>(workspace);
+    params.partial_o = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + plan.counter_bytes());
     params.partial_lse = params.partial_o + static_cast<std::size_t>(rows) * plan.num_splits * p.head_dim;
-    params.arrivals = reinterpret_cast<int*>(params.partial_lse + static_cast<std::size_t>(rows) * plan.num_splits);
-    // the last CTA resets its counter, but a launch that failed midway may have left counts
-    EKV_CUDA_CHECK(cudaMemsetAsync(params.arrivals, 0, plan.arrival_counters() * sizeof(int), stream.get()),
-                   "run_decode: cannot clear the split counters");
   }
   detail::dispatch_decode(p.dtype, p.head_dim, [&](auto type, auto dim) {
     if constexpr (std::is_same_v<typename decltype(type)::type, T>) {  // checked above

@@ -7,14 +7,15 @@
 
 #include "ekv/attention/decode_traits.hpp"
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/tile_pipeline.cuh"
 #include "ekv/core/async_copy.cuh"
 #include "ekv/core/dtype.hpp"
 #include "ekv/core/vec.cuh"
 
 namespace ekv {
 
-// One lane's running softmax state for each head of the tile, over its kVec dimensions.
-// Scores are in log2 units (q is pre-scaled by scale * log2 e), so exp2 is one instruction.
+// One lane's running softmax state for each head of the tile, over its kVec dimensions,
+// in log2 units.
 template <typename T, int HeadDim, int HeadTile>
 struct DecodeLaneState {
   static constexpr int kVec = DecodeTraits<T, HeadDim>::kVec;
@@ -67,43 +68,36 @@ __device__ __forceinline__ void stage_tile(const KVView<T>& kv, int seq, int kv_
   }
 }
 
-// Folds tokens [begin, end) of (seq, kv_head) into `state`. The whole CTA calls it: tiles
-// of kTileTokens tokens stream through `pipeline` (Traits::kPipelineBytes of shared
-// memory, 16-byte aligned) kStages deep, so loads stay in flight while earlier tiles are
-// computed. Within a tile, token group `group` (kLanes lanes; `lane` within it) takes
-// tokens u * kGroups + group. q: this lane's kVec slice of each head, in log2 units.
+// Folds the tiles of (seq, kv_head) into `state`, for the query heads at q_rows (`heads`
+// of them; a smaller tile repeats the last). The whole CTA calls it: tiles of
+// kTileTokens tokens stream through `pipeline` (Traits::kPipelineBytes of shared memory,
+// 16-byte aligned). Within a tile, token group `group` (kLanes lanes; `lane` within it)
+// takes tokens u * kGroups + group. scale_log2 = softmax scale * log2(e).
 template <typename T, int HeadDim, int HeadTile>
-__device__ __forceinline__ void decode_tokens(const KVView<T>& kv, int seq, int kv_head, int begin, int end,
-                                              int group, int lane,
-                                              const float (&q)[HeadTile][DecodeTraits<T, HeadDim>::kVec],
-                                              DecodeLaneState<T, HeadDim, HeadTile>& state, T* pipeline) {
+__device__ __forceinline__ void decode_tiles(const KVView<T>& kv, int seq, int kv_head, const TokenTiles& tiles,
+                                             const T* q_rows, int heads, float scale_log2, int group, int lane,
+                                             DecodeLaneState<T, HeadDim, HeadTile>& state, T* pipeline) {
   using Traits = DecodeTraits<T, HeadDim>;
   constexpr int kVec = Traits::kVec;
-  constexpr int kStages = Traits::kStages;
   constexpr int kTileElems = Traits::kTileTokens * HeadDim;
   using V = Vec<T, Traits::kVecBytes>;
-  const int tiles = (end - begin + Traits::kTileTokens - 1) / Traits::kTileTokens;
-  auto k_stage = [&](int tile) { return pipeline + (tile % kStages) * 2 * kTileElems; };
+  auto stage = [&](int i, int slot) {
+    T* k_tile = pipeline + slot * 2 * kTileElems;
+    stage_tile<T, HeadDim>(kv, seq, kv_head, tiles.first(i), tiles.end, k_tile, k_tile + kTileElems);
+  };
+  pipeline_prologue<Traits::kStages>(tiles.count, stage);
+  float q[HeadTile][kVec];  // in log2 units, so exp2 is one instruction
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < tiles) {
-      stage_tile<T, HeadDim>(kv, seq, kv_head, begin + s * Traits::kTileTokens, end, k_stage(s), k_stage(s) + kTileElems);
-    }
-    async_copy_commit();
+  for (int g = 0; g < HeadTile; ++g) {
+    const auto qv = load<T, Traits::kVecBytes>(q_rows + min(g, heads - 1) * HeadDim + lane * kVec);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) q[g][e] = DTypeTraits<T>::to_float(qv[e]) * scale_log2;
   }
-  for (int tile = 0; tile < tiles; ++tile) {
-    async_copy_wait<kStages - 2>();
-    __syncthreads();  // tile is visible to all; the stage refilled below was consumed by all
-    const int ahead = tile + kStages - 1;
-    if (ahead < tiles) {
-      stage_tile<T, HeadDim>(kv, seq, kv_head, begin + ahead * Traits::kTileTokens, end, k_stage(ahead),
-                             k_stage(ahead) + kTileElems);
-    }
-    async_copy_commit();
 
-    const T* k_tile = k_stage(tile);
+  pipeline_run<Traits::kStages>(tiles.count, stage, [&](int i, int slot) {
+    const T* k_tile = pipeline + slot * 2 * kTileElems;
     const T* v_tile = k_tile + kTileElems;
-    const int first = begin + tile * Traits::kTileTokens;
+    const int first = tiles.first(i);
     V k[Traits::kUnroll];
     float s[Traits::kUnroll][HeadTile];
 #pragma unroll
@@ -112,7 +106,7 @@ __device__ __forceinline__ void decode_tokens(const KVView<T>& kv, int seq, int 
     }
 #pragma unroll
     for (int u = 0; u < Traits::kUnroll; ++u) {
-      const bool valid = first + u * Traits::kGroups + group < end;
+      const bool valid = first + u * Traits::kGroups + group < tiles.end;
 #pragma unroll
       for (int g = 0; g < HeadTile; ++g) {
         float dot = 0.0f;
@@ -138,7 +132,7 @@ __device__ __forceinline__ void decode_tokens(const KVView<T>& kv, int seq, int 
     }
 #pragma unroll
     for (int u = 0; u < Traits::kUnroll; ++u) {
-      if (first + u * Traits::kGroups + group < end) {  // unstaged tokens hold stale data
+      if (first + u * Traits::kGroups + group < tiles.end) {  // unstaged tokens hold stale data
         const V v = load<T, Traits::kVecBytes>(v_tile + (u * Traits::kGroups + group) * HeadDim + lane * kVec);
 #pragma unroll
         for (int g = 0; g < HeadTile; ++g) {
@@ -149,9 +143,7 @@ __device__ __forceinline__ void decode_tokens(const KVView<T>& kv, int seq, int 
         }
       }
     }
-  }
-  async_copy_wait<0>();
-  __syncthreads();  // the caller may reuse `pipeline`
+  });
 }
 
 }  // namespace ekv

@@ -26,6 +26,7 @@ struct DecodeParams {
   int head_tiles = 0;   // CTAs per kv head
   int num_splits = 1;
   int split_tokens = 0;  // tokens per split
+  bool interleave = false;  // splits take every num_splits-th tile instead of a run
   float scale_log2 = 0;  // softmax scale * log2(e)
 };
 
@@ -97,11 +98,12 @@ __device__ void merge_if_last(const DecodeParams<T>& p, int seq, int first_head,
 
 // The CTA's work: sequence blockIdx.z, split blockIdx.x, kv head and head tile blockIdx.y.
 struct DecodeCta {
-  int seq, split, kv_head, first_head, heads, begin, end;
+  int seq, split, kv_head, first_head, heads;
+  TokenTiles tiles;
 };
 
 template <typename T>
-__device__ __forceinline__ DecodeCta decode_cta(const DecodeParams<T>& p, int head_tile) {
+__device__ __forceinline__ DecodeCta decode_cta(const DecodeParams<T>& p, int head_tile, int tile_tokens) {
   DecodeCta c;
   c.seq = blockIdx.z;
   c.split = blockIdx.x;
@@ -109,10 +111,19 @@ __device__ __forceinline__ DecodeCta decode_cta(const DecodeParams<T>& p, int he
   c.first_head = c.kv_head * p.group + (blockIdx.y % p.head_tiles) * head_tile;
   c.heads = min(head_tile, (c.kv_head + 1) * p.group - c.first_head);
   // a length past the view's capacity would read past its block-table row; a length
-  // past the planned maximum is still covered whole, by the last split
+  // past the planned maximum is still covered whole
   const int len = min(p.kv.lengths[c.seq], p.kv.capacity());
-  c.begin = min(len, c.split * p.split_tokens);
-  c.end = c.split == p.num_splits - 1 ? len : min(len, c.begin + p.split_tokens);
+  TokenTiles& t = c.tiles;
+  if (p.interleave) {
+    t.begin = c.split * tile_tokens;
+    t.end = len;
+    t.stride = p.num_splits * tile_tokens;
+  } else {
+    t.begin = min(len, c.split * p.split_tokens);
+    t.end = c.split == p.num_splits - 1 ? len : min(len, t.begin + p.split_tokens);
+    t.stride = tile_tokens;
+  }
+  t.count = t.begin < t.end ? (t.end - t.begin + t.stride - 1) / t.stride : 0;
   return c;
 }
 
@@ -122,25 +133,18 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim>::kCtaThreads)
   using Traits = DecodeTraits<T, HeadDim>;
   constexpr int kVec = Traits::kVec;
   constexpr int kWarps = Traits::kWarps;
-  const DecodeCta c = decode_cta(p, HeadTile);
+  const DecodeCta c = decode_cta(p, HeadTile, Traits::kTileTokens);
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % Traits::kLanes;
   const int group = threadIdx.x / Traits::kLanes;
 
-  float q[HeadTile][kVec];
-#pragma unroll
-  for (int g = 0; g < HeadTile; ++g) {
-    const auto qv = load<T, Traits::kVecBytes>(
-        p.q + (static_cast<std::int64_t>(c.seq) * p.q_heads + c.first_head + min(g, c.heads - 1)) * HeadDim + lane * kVec);
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) q[g][e] = DTypeTraits<T>::to_float(qv[e]) * p.scale_log2;
-  }
   // the tile pipeline first, then the same bytes hold the cross-warp merge
   __shared__ __align__(16) unsigned char smem[Traits::kPipelineBytes];
   DecodeLaneState<T, HeadDim, HeadTile> state;
   state.init();
-  decode_tokens<T, HeadDim, HeadTile>(p.kv, c.seq, c.kv_head, c.begin, c.end, group, lane, q, state,
-                                      reinterpret_cast<T*>(smem));
+  decode_tiles<T, HeadDim, HeadTile>(p.kv, c.seq, c.kv_head, c.tiles,
+                                     p.q + (static_cast<std::int64_t>(c.seq) * p.q_heads + c.first_head) * HeadDim,
+                                     c.heads, p.scale_log2, group, lane, state, reinterpret_cast<T*>(smem));
 
   // token groups of a warp hold disjoint tokens of the same dimensions: merge them
 #pragma unroll
@@ -182,14 +186,12 @@ __global__ void __launch_bounds__(DecodeTcTraits<T, HeadDim>::kCtaThreads)
     decode_tc_kernel(const __grid_constant__ DecodeParams<T> p) {
   using Traits = DecodeTcTraits<T, HeadDim>;
   extern __shared__ __align__(16) unsigned char smem[];
-  const DecodeCta c = decode_cta(p, Traits::kHeads);
-  std::uint32_t qa[HeadDim / 16][4];
-  load_q_fragments<T, HeadDim>(p.q + (static_cast<std::int64_t>(c.seq) * p.q_heads + c.first_head) * HeadDim,
-                               c.heads, qa);
+  const DecodeCta c = decode_cta(p, Traits::kHeads, Traits::kTileTokens);
   DecodeTcState<T, HeadDim> state;
   state.init();
-  decode_tc_tokens<T, HeadDim>(p.kv, c.seq, c.kv_head, c.begin, c.end, qa, p.scale_log2, state,
-                               reinterpret_cast<T*>(smem));
+  decode_tc_tiles<T, HeadDim>(p.kv, c.seq, c.kv_head, c.tiles,
+                              p.q + (static_cast<std::int64_t>(c.seq) * p.q_heads + c.first_head) * HeadDim, c.heads,
+                              p.scale_log2, state, reinterpret_cast<T*>(smem));
 
   using States = DecodeWarpStates<Traits::kWarps, Traits::kHeads, HeadDim>;
   static_assert(sizeof(States) <= Traits::kSmemBytes, "the merge fits in the pipeline's shared memory");

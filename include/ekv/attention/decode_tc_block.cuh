@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/tile_pipeline.cuh"
 #include "ekv/core/async_copy.cuh"
 #include "ekv/core/mma.cuh"
 
@@ -90,36 +91,30 @@ __device__ __forceinline__ void stage_tc_tile(const KVView<T>& kv, int seq, int 
   }
 }
 
-// Folds tokens [begin, end) of (seq, kv_head) into each warp's `state`. The whole CTA
-// calls it; `pipeline` is Traits::kSmemBytes of 16-byte-aligned shared memory.
+// Folds the tiles of (seq, kv_head) into each warp's `state`, for the query heads at
+// q_rows (`heads` of them, rows past that are zero). The whole CTA calls it; `pipeline`
+// is Traits::kSmemBytes of 16-byte-aligned shared memory. The first tiles' loads are
+// issued before the query is read, so its latency hides under theirs.
 // scale_log2 = softmax scale * log2(e).
 template <typename T, int HeadDim>
-__device__ __forceinline__ void decode_tc_tokens(const KVView<T>& kv, int seq, int kv_head, int begin, int end,
-                                                 const std::uint32_t (&qa)[HeadDim / 16][4], float scale_log2,
-                                                 DecodeTcState<T, HeadDim>& state, T* pipeline) {
+__device__ __forceinline__ void decode_tc_tiles(const KVView<T>& kv, int seq, int kv_head, const TokenTiles& tiles,
+                                                const T* q_rows, int heads, float scale_log2,
+                                                DecodeTcState<T, HeadDim>& state, T* pipeline) {
   using Traits = DecodeTcTraits<T, HeadDim>;
-  constexpr int kStages = Traits::kStages;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int tiles = (end - begin + Traits::kTileTokens - 1) / Traits::kTileTokens;
-  auto stage_of = [&](int tile) { return pipeline + (tile % kStages) * Traits::kStageElems; };
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < tiles) stage_tc_tile<T, HeadDim>(kv, seq, kv_head, begin + s * Traits::kTileTokens, end, stage_of(s));
-    async_copy_commit();
-  }
-  for (int tile = 0; tile < tiles; ++tile) {
-    async_copy_wait<kStages - 2>();
-    __syncthreads();  // tile is visible to all; the stage refilled below was consumed by all
-    const int ahead = tile + kStages - 1;
-    if (ahead < tiles) {
-      stage_tc_tile<T, HeadDim>(kv, seq, kv_head, begin + ahead * Traits::kTileTokens, end, stage_of(ahead));
-    }
-    async_copy_commit();
+  auto stage = [&](int i, int slot) {
+    stage_tc_tile<T, HeadDim>(kv, seq, kv_head, tiles.first(i), tiles.end, pipeline + slot * Traits::kStageElems);
+  };
+  pipeline_prologue<Traits::kStages>(tiles.count, stage);
+  std::uint32_t qa[HeadDim / 16][4];
+  load_q_fragments<T, HeadDim>(q_rows, heads, qa);
 
-    const T* k_warp = stage_of(tile) + warp * Traits::kWarpTokens * Traits::kRowElems;
+  pipeline_run<Traits::kStages>(tiles.count, stage, [&](int i, int slot) {
+    const T* k_warp = pipeline + slot * Traits::kStageElems + warp * Traits::kWarpTokens * Traits::kRowElems;
     const T* v_warp = k_warp + Traits::kTileTokens * Traits::kRowElems;
-    const int first = begin + tile * Traits::kTileTokens + warp * Traits::kWarpTokens;
-    if (first >= end) continue;  // warp-uniform: this warp's tokens are all past the end
+    const int first = tiles.first(i) + warp * Traits::kWarpTokens;
+    const int end = tiles.end;
+    if (first >= end) return;  // warp-uniform: this warp's tokens are all past the end
 
     // S = Q K^T for the warp's 16 tokens: two N tiles of 8 tokens
     float s[2][4] = {};
@@ -133,37 +128,37 @@ __device__ __forceinline__ void decode_tc_tokens(const KVView<T>& kv, int seq, i
         mma_16816<T>(s[n], qa[2 * k + 1], b[2], b[3]);
       }
     }
-    // online softmax over the rows this lane holds: i = 0 for row lane/4, 1 for lane/4 + 8
+    // online softmax over the rows this lane holds: r = 0 for row lane/4, 1 for lane/4 + 8
     float correction[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
+    for (int r = 0; r < 2; ++r) {
       float mx = -INFINITY;
 #pragma unroll
       for (int n = 0; n < 2; ++n) {
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int token = first + n * 8 + 2 * (lane % 4) + j;
-          float& x = s[n][2 * i + j];
+          float& x = s[n][2 * r + j];
           x = token < end ? x * scale_log2 : -INFINITY;
           mx = fmaxf(mx, x);
         }
       }
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(state.m[i], mx);  // finite: token `first` is valid
-      correction[i] = exp2f(state.m[i] - m_new);
-      state.m[i] = m_new;
+      const float m_new = fmaxf(state.m[r], mx);  // finite: token `first` is valid
+      correction[r] = exp2f(state.m[r] - m_new);
+      state.m[r] = m_new;
       float sum = 0.0f;
 #pragma unroll
       for (int n = 0; n < 2; ++n) {
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          float& x = s[n][2 * i + j];
+          float& x = s[n][2 * r + j];
           x = exp2f(x - m_new);
           sum += x;
         }
       }
-      state.l[i] = state.l[i] * correction[i] + sum;
+      state.l[r] = state.l[r] * correction[r] + sum;
     }
 #pragma unroll
     for (int d = 0; d < Traits::kDimTiles; ++d) {
@@ -182,9 +177,7 @@ __device__ __forceinline__ void decode_tc_tokens(const KVView<T>& kv, int seq, i
       mma_16816<T>(state.o[2 * d], pa, b[0], b[1]);
       mma_16816<T>(state.o[2 * d + 1], pa, b[2], b[3]);
     }
-  }
-  async_copy_wait<0>();
-  __syncthreads();  // the caller may reuse `pipeline`
+  });
 }
 
 }  // namespace ekv
