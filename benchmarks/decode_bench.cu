@@ -18,8 +18,8 @@ namespace {
 
 constexpr int kQHeads = 32, kKvHeads = 8, kHeadDim = 128, kPagedBlock = 16;
 
-// forced_splits 0: the plan's; interleave -1: the plan's
-void run_case(benchmark::State& state, int batch, int len, bool paged, bool graph, int forced_splits, int interleave) {
+// forced_splits 0: the plan's choice
+void run_case(benchmark::State& state, int batch, int len, bool paged, bool graph, int forced_splits) {
   using T = __half;
   const ekv::DeviceInfo device = ekv::DeviceInfo::current();
   ekv::Stream stream;
@@ -49,8 +49,7 @@ void run_case(benchmark::State& state, int batch, int len, bool paged, bool grap
   problem.kv_heads = kKvHeads;
   problem.head_dim = kHeadDim;
   problem.max_seq_len = len;
-  ekv::DecodePlan plan = ekv::plan_decode(problem, device, forced_splits);
-  if (interleave >= 0) plan.interleave = interleave != 0;
+  const ekv::DecodePlan plan = ekv::plan_decode(problem, device, forced_splits);
   ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
   auto issue = [&](const ekv::Stream& s) {
     ekv::run_decode<T>(plan, view, q.data(), o.data(), lse.data(), workspace.data(), s);
@@ -72,13 +71,13 @@ void run_case(benchmark::State& state, int batch, int len, bool paged, bool grap
 // state.range: batch, length, paged (0/1), graph replay (0/1)
 void decode(benchmark::State& state) {
   run_case(state, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)), state.range(2) != 0,
-           state.range(3) != 0, 0, -1);
+           state.range(3) != 0, 0);
 }
 
-// state.range: batch, length, graph replay (0/1), split count, interleaved splits (0/1)
+// state.range: batch, length, graph replay (0/1), split count
 void decode_split_sweep(benchmark::State& state) {
   run_case(state, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)), false, state.range(2) != 0,
-           static_cast<int>(state.range(3)), static_cast<int>(state.range(4)));
+           static_cast<int>(state.range(3)));
 }
 
 void shapes(benchmark::internal::Benchmark* b) {
@@ -91,16 +90,16 @@ void shapes(benchmark::internal::Benchmark* b) {
   b->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(5)->Repetitions(30)->ReportAggregatesOnly(true);
 }
 
-// Split count and split layout against shape, for tuning plan_decode
+// Split count against shape, for tuning plan_decode
 void split_sweep(benchmark::internal::Benchmark* b) {
   const int shapes[][2] = {{1, 4096}, {1, 32768}, {1, 131072}, {16, 32768}, {64, 4096}};
   for (const auto& shape : shapes) {
     for (int splits : {1, 2, 4, 8, 16, 32, 64}) {
       if (shape[0] * splits > 512 || (shape[0] == 1 && splits < 8)) continue;
-      for (int interleave : {0, 1}) b->Args({shape[0], shape[1], shape[1] == 4096 && shape[0] == 1, splits, interleave});
+      b->Args({shape[0], shape[1], shape[1] == 4096 && shape[0] == 1, splits});
     }
   }
-  b->ArgNames({"batch", "len", "graph", "splits", "interleave"});
+  b->ArgNames({"batch", "len", "graph", "splits"});
   b->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(5)->Repetitions(15)->ReportAggregatesOnly(true);
 }
 

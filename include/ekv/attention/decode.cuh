@@ -34,8 +34,7 @@ struct DecodePlan {
   int head_tile = 1;
   int head_tiles = 1;
   int num_splits = 1;
-  int split_tokens = 0;
-  bool interleave = false;
+  int split_tokens = 0;  // a multiple of kDecodeSplitAlign
 
   // The split counters, then the partial states: [batch][q_heads][num_splits][head_dim]
   // o and [batch][q_heads][num_splits] lse.
@@ -100,8 +99,9 @@ inline int choose_splits(long units, long slots, int most) {
 }  // namespace detail
 
 // Splits so that batch x kv heads x head tiles x splits CTAs fill whole waves of the
-// SMs (occupancy read from the kernel instance), with no split shorter than
-// kDecodeMinSplitTokens. `num_splits` > 0 forces a count (tests, tuning).
+// SMs (occupancy read from the kernel instance), each split a multiple of
+// kDecodeSplitAlign tokens. `num_splits` > 0 asks for a count (tests, tuning); the plan
+// may take fewer where splits would be shorter than that.
 // Throws ekv::Error for an unsupported problem.
 inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& device, int num_splits = 0) {
   if (Support s = supports(problem); !s) throw Error(s.why);
@@ -118,8 +118,11 @@ inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& de
   int ctas_per_sm = 0;
   detail::dispatch_decode(problem.dtype, problem.head_dim, [&](auto type, auto dim) {
     using T = typename decltype(type)::type;
-    plan.head_tile = kDecodeOnTensorCores<T> ? DecodeTcTraits<T, decltype(dim)::value>::kHeads
-                                             : decode_head_tile(problem.group());
+    if constexpr (kDecodeOnTensorCores<T>) {
+      plan.head_tile = DecodeTcTraits<T, decltype(dim)::value>::kHeads;
+    } else {
+      plan.head_tile = decode_head_tile(problem.group());
+    }
     detail::with_decode_kernel<T, decltype(dim)::value>(plan.head_tile, [&](auto kernel, int threads, int smem) {
       // above 48 KB a kernel must opt in; plan does it once, so run never sets attributes
       if (smem > 48 * 1024) {
@@ -133,13 +136,14 @@ inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& de
   });
   plan.head_tiles = (problem.group() + plan.head_tile - 1) / plan.head_tile;
   const int len = std::max(1, problem.max_seq_len);
+  const int most = std::min(256, (len + kDecodeSplitAlign - 1) / kDecodeSplitAlign);
   if (num_splits <= 0) {
     const long units = static_cast<long>(problem.batch) * problem.kv_heads * plan.head_tiles;
     const long slots = static_cast<long>(std::max(1, ctas_per_sm)) * device.sm_count;
-    const int most = std::min(256, (len + kDecodeMinSplitTokens - 1) / kDecodeMinSplitTokens);
-    num_splits = detail::choose_splits(units, slots, std::max(1, most));
+    num_splits = detail::choose_splits(units, slots, most);
   }
-  plan.split_tokens = (len + num_splits - 1) / num_splits;
+  const int per_split = (len + std::min(num_splits, most) - 1) / std::min(num_splits, most);
+  plan.split_tokens = (per_split + kDecodeSplitAlign - 1) / kDecodeSplitAlign * kDecodeSplitAlign;
   plan.num_splits = (len + plan.split_tokens - 1) / plan.split_tokens;
   return plan;
 }
@@ -223,7 +227,6 @@ void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, f
   params.head_tiles = plan.head_tiles;
   params.num_splits = plan.num_splits;
   params.split_tokens = plan.split_tokens;
-  params.interleave = plan.interleave;
   params.scale_log2 = plan.scale * 1.4426950408889634f;
   const int rows = p.batch * p.q_heads;
   if (plan.num_splits > 1) {

@@ -25,8 +25,7 @@ struct DecodeParams {
   int group = 0;        // q_heads / kv_heads
   int head_tiles = 0;   // CTAs per kv head
   int num_splits = 1;
-  int split_tokens = 0;  // tokens per split
-  bool interleave = false;  // splits take every num_splits-th tile instead of a run
+  int split_tokens = 0;  // tokens per split, a multiple of every kernel's tile
   float scale_log2 = 0;  // softmax scale * log2(e)
 };
 
@@ -114,16 +113,10 @@ __device__ __forceinline__ DecodeCta decode_cta(const DecodeParams<T>& p, int he
   // past the planned maximum is still covered whole
   const int len = min(p.kv.lengths[c.seq], p.kv.capacity());
   TokenTiles& t = c.tiles;
-  if (p.interleave) {
-    t.begin = c.split * tile_tokens;
-    t.end = len;
-    t.stride = p.num_splits * tile_tokens;
-  } else {
-    t.begin = min(len, c.split * p.split_tokens);
-    t.end = c.split == p.num_splits - 1 ? len : min(len, t.begin + p.split_tokens);
-    t.stride = tile_tokens;
-  }
-  t.count = t.begin < t.end ? (t.end - t.begin + t.stride - 1) / t.stride : 0;
+  t.begin = min(len, c.split * p.split_tokens);
+  t.end = c.split == p.num_splits - 1 ? len : min(len, t.begin + p.split_tokens);
+  t.stride = tile_tokens;
+  t.count = (t.end - t.begin + t.stride - 1) / t.stride;
   return c;
 }
 
@@ -131,6 +124,7 @@ template <typename T, int HeadDim, int HeadTile>
 __global__ void __launch_bounds__(DecodeTraits<T, HeadDim>::kCtaThreads)
     decode_kernel(const __grid_constant__ DecodeParams<T> p) {
   using Traits = DecodeTraits<T, HeadDim>;
+  static_assert(kDecodeSplitAlign % Traits::kTileTokens == 0, "splits start on tile boundaries");
   constexpr int kVec = Traits::kVec;
   constexpr int kWarps = Traits::kWarps;
   const DecodeCta c = decode_cta(p, HeadTile, Traits::kTileTokens);
@@ -185,6 +179,7 @@ template <typename T, int HeadDim>
 __global__ void __launch_bounds__(DecodeTcTraits<T, HeadDim>::kCtaThreads)
     decode_tc_kernel(const __grid_constant__ DecodeParams<T> p) {
   using Traits = DecodeTcTraits<T, HeadDim>;
+  static_assert(kDecodeSplitAlign % Traits::kTileTokens == 0, "splits start on tile boundaries");
   extern __shared__ __align__(16) unsigned char smem[];
   const DecodeCta c = decode_cta(p, Traits::kHeads, Traits::kTileTokens);
   DecodeTcState<T, HeadDim> state;

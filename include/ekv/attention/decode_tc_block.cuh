@@ -17,17 +17,16 @@ namespace ekv {
 
 template <typename T, int HeadDim>
 struct DecodeTcTraits {
-  static constexpr int kWarps = 4;  // untuned
+  // 8 warps and 3 stages (209 KB at head_dim 128, one CTA per SM) measured best among
+  // 4 or 8 warps x 2 or 3 stages on the H100, by 1 to 6% (RESULTS.md); 256 fits 4 warps
+  static constexpr int kWarps = HeadDim == 256 ? 4 : 8;
   static constexpr int kCtaThreads = kWarps * 32;
   static constexpr int kHeads = 16;       // MMA rows: query heads per CTA
   static constexpr int kWarpTokens = 16;  // one k step of P V
   static constexpr int kTileTokens = kWarps * kWarpTokens;
   // rows padded by 16 bytes so the 8 rows of an ldmatrix tile fall in distinct banks
   static constexpr int kRowElems = HeadDim + 8;
-  // Three stages (104 KB at head_dim 128, 2 CTAs per SM) against two (70 KB, 3 CTAs):
-  // within 5% either way on the H100, three faster at 1 x 4K (15.4 against 19.2 us),
-  // two at contiguous 16 x 32K (750 against 788 us); RESULTS.md. 256 fits only two.
-  static constexpr int kStages = HeadDim == 256 ? 2 : 3;
+  static constexpr int kStages = 3;
   static constexpr int kStageElems = 2 * kTileTokens * kRowElems;  // K then V
   static constexpr int kSmemBytes = kStages * kStageElems * static_cast<int>(sizeof(T));
   static constexpr int kChunksPerToken = HeadDim * static_cast<int>(sizeof(T)) / 16;
@@ -73,111 +72,150 @@ __device__ __forceinline__ void load_q_fragments(const T* q_rows, int heads,
   }
 }
 
-// Stages tokens first .. first + kTileTokens of K and V (zeros past `end`).
+// Stages tokens first .. first + kTileTokens of K and V (zeros past `end`). Thread x
+// copies 16-byte column x % kChunksPerToken of tokens x / kChunksPerToken + j * kTokenStep.
+// A full tile needs no bounds checks, and in a contiguous view its rows are a fixed
+// stride apart, so only the last tile of a range pays for per-token checks.
 template <typename T, int HeadDim>
 __device__ __forceinline__ void stage_tc_tile(const KVView<T>& kv, int seq, int kv_head, int first, int end,
                                               T* stage) {
   using Traits = DecodeTcTraits<T, HeadDim>;
   constexpr int kElemsPerChunk = 16 / static_cast<int>(sizeof(T));
   constexpr int kTokenStep = Traits::kCtaThreads / Traits::kChunksPerToken;
+  constexpr int kCopies = Traits::kTileTokens / kTokenStep;
+  static_assert(Traits::kTileTokens % kTokenStep == 0, "every thread copies the same number of rows");
   const int column = (threadIdx.x % Traits::kChunksPerToken) * kElemsPerChunk;
-  T* v_stage = stage + Traits::kTileTokens * Traits::kRowElems;
+  const int t0 = threadIdx.x / Traits::kChunksPerToken;
+  T* k_dst = stage + t0 * Traits::kRowElems + column;
+  T* v_dst = k_dst + Traits::kTileTokens * Traits::kRowElems;
+  constexpr int kDstStep = kTokenStep * Traits::kRowElems;
+  if (first + Traits::kTileTokens <= end) {
+    if (kv.block_table == nullptr) {
+      const std::int64_t base = kv.offset(seq, kv_head, first + t0) + column;
+      const std::int64_t step = kTokenStep * kv.token_stride;
 #pragma unroll
-  for (int t = threadIdx.x / Traits::kChunksPerToken; t < Traits::kTileTokens; t += kTokenStep) {
-    const bool valid = first + t < end;
-    const std::int64_t off = valid ? kv.offset(seq, kv_head, first + t) + column : 0;
-    async_copy_16_zfill(stage + t * Traits::kRowElems + column, kv.k + off, valid ? 16 : 0);
-    async_copy_16_zfill(v_stage + t * Traits::kRowElems + column, kv.v + off, valid ? 16 : 0);
+      for (int j = 0; j < kCopies; ++j) {
+        async_copy_16(k_dst + j * kDstStep, kv.k + base + j * step);
+        async_copy_16(v_dst + j * kDstStep, kv.v + base + j * step);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kCopies; ++j) {
+        const std::int64_t off = kv.offset(seq, kv_head, first + t0 + j * kTokenStep) + column;
+        async_copy_16(k_dst + j * kDstStep, kv.k + off);
+        async_copy_16(v_dst + j * kDstStep, kv.v + off);
+      }
+    }
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < kCopies; ++j) {
+    const bool valid = first + t0 + j * kTokenStep < end;
+    const std::int64_t off = valid ? kv.offset(seq, kv_head, first + t0 + j * kTokenStep) + column : 0;
+    async_copy_16_zfill(k_dst + j * kDstStep, kv.k + off, valid ? 16 : 0);
+    async_copy_16_zfill(v_dst + j * kDstStep, kv.v + off, valid ? 16 : 0);
+  }
+}
+
+// One warp's 16 tokens of a staged tile, first .. first + 15 (those at or past `end`
+// masked), folded into its state. k_warp and v_warp point at its first rows.
+template <typename T, int HeadDim>
+__device__ __forceinline__ void decode_tc_warp_tile(const T* k_warp, const T* v_warp, int first, int end,
+                                                    const std::uint32_t (&qa)[HeadDim / 16][4], float scale_log2,
+                                                    DecodeTcState<T, HeadDim>& state) {
+  using Traits = DecodeTcTraits<T, HeadDim>;
+  const int lane = threadIdx.x % 32;
+  // S = Q K^T for the warp's 16 tokens: two N tiles of 8 tokens
+  float s[2][4] = {};
+#pragma unroll
+  for (int n = 0; n < 2; ++n) {
+#pragma unroll
+    for (int k = 0; k < HeadDim / 32; ++k) {
+      std::uint32_t b[4];
+      ldmatrix_x4<false>(b, k_warp + (n * 8 + lane % 8) * Traits::kRowElems + k * 32 + (lane / 8) * 8);
+      mma_16816<T>(s[n], qa[2 * k], b[0], b[1]);
+      mma_16816<T>(s[n], qa[2 * k + 1], b[2], b[3]);
+    }
+  }
+  // online softmax over the rows this lane holds: r = 0 for row lane/4, 1 for lane/4 + 8
+  float correction[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int token = first + n * 8 + 2 * (lane % 4) + j;
+        float& x = s[n][2 * r + j];
+        x = token < end ? x * scale_log2 : -INFINITY;
+        mx = fmaxf(mx, x);
+      }
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(state.m[r], mx);  // finite: token `first` is valid
+    correction[r] = exp2f(state.m[r] - m_new);
+    state.m[r] = m_new;
+    float sum = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        float& x = s[n][2 * r + j];
+        x = exp2f(x - m_new);
+        sum += x;
+      }
+    }
+    state.l[r] = state.l[r] * correction[r] + sum;
+  }
+#pragma unroll
+  for (int d = 0; d < Traits::kDimTiles; ++d) {
+    state.o[d][0] *= correction[0];
+    state.o[d][1] *= correction[0];
+    state.o[d][2] *= correction[1];
+    state.o[d][3] *= correction[1];
+  }
+  // O += P V: P's fragments are S's accumulators, rounded to T
+  const std::uint32_t pa[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]),
+                               pack2<T>(s[1][0], s[1][1]), pack2<T>(s[1][2], s[1][3])};
+#pragma unroll
+  for (int d = 0; d < HeadDim / 16; ++d) {
+    std::uint32_t b[4];
+    ldmatrix_x4<true>(b, v_warp + ((lane / 8) % 2 * 8 + lane % 8) * Traits::kRowElems + d * 16 + (lane / 16) * 8);
+    mma_16816<T>(state.o[2 * d], pa, b[0], b[1]);
+    mma_16816<T>(state.o[2 * d + 1], pa, b[2], b[3]);
   }
 }
 
 // Folds the tiles of (seq, kv_head) into each warp's `state`, for the query heads at
 // q_rows (`heads` of them, rows past that are zero). The whole CTA calls it; `pipeline`
-// is Traits::kSmemBytes of 16-byte-aligned shared memory. The first tiles' loads are
-// issued before the query is read, so its latency hides under theirs.
-// scale_log2 = softmax scale * log2(e).
+// is Traits::kSmemBytes of 16-byte-aligned shared memory, free again on return. The
+// first tiles' loads are issued before the query is read, so its latency hides under
+// theirs. scale_log2 = softmax scale * log2(e).
 template <typename T, int HeadDim>
 __device__ __forceinline__ void decode_tc_tiles(const KVView<T>& kv, int seq, int kv_head, const TokenTiles& tiles,
                                                 const T* q_rows, int heads, float scale_log2,
                                                 DecodeTcState<T, HeadDim>& state, T* pipeline) {
   using Traits = DecodeTcTraits<T, HeadDim>;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  std::uint32_t qa[HeadDim / 16][4];  // loaded once the first tiles are on their way
+  auto k_rows = [&](int slot) {
+    return pipeline + slot * Traits::kStageElems + warp * Traits::kWarpTokens * Traits::kRowElems;
+  };
+  auto v_rows = [&](int slot) { return k_rows(slot) + Traits::kTileTokens * Traits::kRowElems; };
+  auto consume = [&](int i, int slot) {
+    const int first = tiles.first(i) + warp * Traits::kWarpTokens;
+    if (first < tiles.end) {
+      decode_tc_warp_tile<T, HeadDim>(k_rows(slot), v_rows(slot), first, tiles.end, qa, scale_log2, state);
+    }
+  };
   auto stage = [&](int i, int slot) {
     stage_tc_tile<T, HeadDim>(kv, seq, kv_head, tiles.first(i), tiles.end, pipeline + slot * Traits::kStageElems);
   };
   pipeline_prologue<Traits::kStages>(tiles.count, stage);
-  std::uint32_t qa[HeadDim / 16][4];
   load_q_fragments<T, HeadDim>(q_rows, heads, qa);
-
-  pipeline_run<Traits::kStages>(tiles.count, stage, [&](int i, int slot) {
-    const T* k_warp = pipeline + slot * Traits::kStageElems + warp * Traits::kWarpTokens * Traits::kRowElems;
-    const T* v_warp = k_warp + Traits::kTileTokens * Traits::kRowElems;
-    const int first = tiles.first(i) + warp * Traits::kWarpTokens;
-    const int end = tiles.end;
-    if (first >= end) return;  // warp-uniform: this warp's tokens are all past the end
-
-    // S = Q K^T for the warp's 16 tokens: two N tiles of 8 tokens
-    float s[2][4] = {};
-#pragma unroll
-    for (int n = 0; n < 2; ++n) {
-#pragma unroll
-      for (int k = 0; k < HeadDim / 32; ++k) {
-        std::uint32_t b[4];
-        ldmatrix_x4<false>(b, k_warp + (n * 8 + lane % 8) * Traits::kRowElems + k * 32 + (lane / 8) * 8);
-        mma_16816<T>(s[n], qa[2 * k], b[0], b[1]);
-        mma_16816<T>(s[n], qa[2 * k + 1], b[2], b[3]);
-      }
-    }
-    // online softmax over the rows this lane holds: r = 0 for row lane/4, 1 for lane/4 + 8
-    float correction[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < 2; ++n) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int token = first + n * 8 + 2 * (lane % 4) + j;
-          float& x = s[n][2 * r + j];
-          x = token < end ? x * scale_log2 : -INFINITY;
-          mx = fmaxf(mx, x);
-        }
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(state.m[r], mx);  // finite: token `first` is valid
-      correction[r] = exp2f(state.m[r] - m_new);
-      state.m[r] = m_new;
-      float sum = 0.0f;
-#pragma unroll
-      for (int n = 0; n < 2; ++n) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          float& x = s[n][2 * r + j];
-          x = exp2f(x - m_new);
-          sum += x;
-        }
-      }
-      state.l[r] = state.l[r] * correction[r] + sum;
-    }
-#pragma unroll
-    for (int d = 0; d < Traits::kDimTiles; ++d) {
-      state.o[d][0] *= correction[0];
-      state.o[d][1] *= correction[0];
-      state.o[d][2] *= correction[1];
-      state.o[d][3] *= correction[1];
-    }
-    // O += P V: P's fragments are S's accumulators, rounded to T
-    const std::uint32_t pa[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]),
-                                 pack2<T>(s[1][0], s[1][1]), pack2<T>(s[1][2], s[1][3])};
-#pragma unroll
-    for (int d = 0; d < HeadDim / 16; ++d) {
-      std::uint32_t b[4];
-      ldmatrix_x4<true>(b, v_warp + ((lane / 8) % 2 * 8 + lane % 8) * Traits::kRowElems + d * 16 + (lane / 16) * 8);
-      mma_16816<T>(state.o[2 * d], pa, b[0], b[1]);
-      mma_16816<T>(state.o[2 * d + 1], pa, b[2], b[3]);
-    }
-  });
+  pipeline_run<Traits::kStages>(tiles.count, stage, consume, [] { __syncthreads(); });
 }
 
 }  // namespace ekv

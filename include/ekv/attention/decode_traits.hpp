@@ -28,9 +28,10 @@ struct DecodeTraits {
   static constexpr int kPipelineBytes = kStages * kTileBytes;
 };
 
-// Fewest tokens worth a split of their own: below this, the merge costs more than the
-// parallelism gains (untuned; 256 left 1 x 4K at 0.18 of the read ceiling on the H100,
-// too few bytes in flight).
-inline constexpr int kDecodeMinSplitTokens = 64;
+// Split-KV ranges start on multiples of this (a multiple of every decode kernel's tile),
+// so only a range's last tile can be partial and pay for per-token bounds checks. It is
+// also the shortest split: 256 left 1 x 4K at 0.18 of the read ceiling on the H100
+// (too few bytes in flight), and the tensor-core tile is 128 tokens.
+inline constexpr int kDecodeSplitAlign = 128;
 
 }  // namespace ekv

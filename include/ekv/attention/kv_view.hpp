@@ -32,14 +32,16 @@ struct KVView {
   std::int64_t block_stride = 0;
   std::int64_t head_stride = 0;
   std::int64_t token_stride = 0;
+  int block_shift = -1;  // log2(block_len) where that is a power of two: no division per token
 
   EKV_HOST_DEVICE std::int64_t offset(int seq, int head, int pos) const {
     if (block_table == nullptr) {  // contiguous: pos < block_len, no division needed
       return seq * block_stride + head * head_stride + pos * token_stride;
     }
-    const int logical = pos / block_len;
+    const int logical = block_shift >= 0 ? pos >> block_shift : pos / block_len;
+    const int within = block_shift >= 0 ? pos & (block_len - 1) : pos % block_len;
     const std::int64_t block = block_table[static_cast<std::int64_t>(seq) * max_blocks_per_seq + logical];
-    return block * block_stride + head * head_stride + static_cast<std::int64_t>(pos % block_len) * token_stride;
+    return block * block_stride + head * head_stride + static_cast<std::int64_t>(within) * token_stride;
   }
   // Tokens a sequence can hold.
   EKV_HOST_DEVICE int capacity() const { return block_len * max_blocks_per_seq; }
@@ -54,6 +56,10 @@ KVView<T> paged_kv(T* k, T* v, const std::int32_t* block_table, std::int32_t* le
   view.token_stride = head_dim;
   view.head_stride = static_cast<std::int64_t>(block_len) * head_dim;
   view.block_stride = view.head_stride * kv_heads;
+  if (block_len > 0 && (block_len & (block_len - 1)) == 0) {
+    view.block_shift = 0;
+    while ((1 << view.block_shift) < block_len) ++view.block_shift;
+  }
   return view;
 }
 

@@ -8,9 +8,8 @@
 namespace ekv {
 
 // The tokens one CTA attends to, as tiles: tile i holds tokens
-// [first(i), min(first(i) + tile_tokens, end)). A split-KV CTA takes either one
-// contiguous run of tiles (stride = tile_tokens) or every num_splits-th tile of its
-// sequence (stride = num_splits * tile_tokens).
+// [first(i), min(first(i) + tile_tokens, end)). A split-KV CTA takes a contiguous run
+// (stride = tile_tokens); a stride lets other walks (every n-th tile) share the loop.
 struct TokenTiles {
   int begin = 0;   // first token of tile 0
   int end = 0;     // one past the last token
@@ -32,19 +31,21 @@ __device__ __forceinline__ void pipeline_prologue(int tiles, Stage&& stage) {
 }
 
 // consume(i, slot) for every tile in order, each once its copy has landed, while later
-// tiles load. The whole CTA calls it; on return the pipeline's shared memory is free.
-template <int Stages, typename Stage, typename Consume>
-__device__ __forceinline__ void pipeline_run(int tiles, Stage&& stage, Consume&& consume) {
+// tiles load. All threads that stage and consume call it, and `sync` is their barrier
+// (__syncthreads for the CTA, __syncwarp for a warp's own pipeline); on return the
+// pipeline's shared memory is free.
+template <int Stages, typename Stage, typename Consume, typename Sync>
+__device__ __forceinline__ void pipeline_run(int tiles, Stage&& stage, Consume&& consume, Sync&& sync) {
   for (int i = 0; i < tiles; ++i) {
     async_copy_wait<Stages - 2>();
-    __syncthreads();  // tile i is visible to all; the slot refilled below was consumed by all
+    sync();  // tile i is visible to all; the slot refilled below was consumed by all
     const int ahead = i + Stages - 1;
     if (ahead < tiles) stage(ahead, ahead % Stages);
     async_copy_commit();
     consume(i, i % Stages);
   }
   async_copy_wait<0>();
-  __syncthreads();
+  sync();
 }
 
 }  // namespace ekv
