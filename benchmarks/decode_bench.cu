@@ -90,14 +90,20 @@ void shapes(benchmark::internal::Benchmark* b) {
   b->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(5)->Repetitions(30)->ReportAggregatesOnly(true);
 }
 
-// Split count against shape, for tuning plan_decode
+// Split count against shape, for tuning plan_decode. 33 and 66: with 128 or 8 CTA
+// columns, the counts that fill whole waves of 132 SMs at one CTA per SM.
 void split_sweep(benchmark::internal::Benchmark* b) {
-  const int shapes[][2] = {{1, 4096}, {1, 32768}, {1, 131072}, {16, 32768}, {64, 4096}};
-  for (const auto& shape : shapes) {
-    for (int splits : {1, 2, 4, 8, 16, 32, 64}) {
-      if (shape[0] * splits > 512 || (shape[0] == 1 && splits < 8)) continue;
-      b->Args({shape[0], shape[1], shape[1] == 4096 && shape[0] == 1, splits});
-    }
+  struct Shape {
+    int batch, len;
+    std::vector<int> splits;
+  };
+  const Shape shapes[] = {{1, 4096, {8, 16, 32}},
+                          {1, 32768, {8, 16, 32, 33, 66, 132}},
+                          {1, 131072, {8, 16, 32, 33, 66, 132}},
+                          {16, 32768, {1, 2, 4, 8, 33}},
+                          {64, 4096, {1, 2, 4, 8, 33}}};
+  for (const Shape& shape : shapes) {
+    for (int splits : shape.splits) b->Args({shape.batch, shape.len, shape.batch == 1 && shape.len == 4096, splits});
   }
   b->ArgNames({"batch", "len", "graph", "splits"});
   b->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(5)->Repetitions(15)->ReportAggregatesOnly(true);
