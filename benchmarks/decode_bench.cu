@@ -18,8 +18,8 @@ namespace {
 
 constexpr int kQHeads = 32, kKvHeads = 8, kHeadDim = 128, kPagedBlock = 16;
 
-// forced_ctas 0: the plan's grid
-void run_case(benchmark::State& state, int batch, int len, bool paged, bool graph, int forced_ctas) {
+// forced_splits 0: the plan's choice
+void run_case(benchmark::State& state, int batch, int len, bool paged, bool graph, int forced_splits) {
   using T = __half;
   const ekv::DeviceInfo device = ekv::DeviceInfo::current();
   ekv::Stream stream;
@@ -49,7 +49,7 @@ void run_case(benchmark::State& state, int batch, int len, bool paged, bool grap
   problem.kv_heads = kKvHeads;
   problem.head_dim = kHeadDim;
   problem.max_seq_len = len;
-  const ekv::DecodePlan plan = ekv::plan_decode(problem, device, forced_ctas);
+  const ekv::DecodePlan plan = ekv::plan_decode(problem, device, forced_splits);
   ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
   auto issue = [&](const ekv::Stream& s) {
     ekv::run_decode<T>(plan, view, q.data(), o.data(), lse.data(), workspace.data(), s);
@@ -65,8 +65,7 @@ void run_case(benchmark::State& state, int batch, int len, bool paged, bool grap
     }
   }, &flusher);
   ekv::bench::report_bandwidth(state, 2.0 * batch * kKvHeads * static_cast<double>(len) * kHeadDim * sizeof(T), s);
-  state.counters["ctas"] = plan.num_ctas;
-  state.counters["pieces"] = plan.max_pieces;
+  state.counters["splits"] = plan.num_splits;
 }
 
 // state.range: batch, length, paged (0/1), graph replay (0/1)
@@ -75,8 +74,8 @@ void decode(benchmark::State& state) {
            state.range(3) != 0, 0);
 }
 
-// state.range: batch, length, graph replay (0/1), CTAs
-void decode_grid_sweep(benchmark::State& state) {
+// state.range: batch, length, graph replay (0/1), split count
+void decode_split_sweep(benchmark::State& state) {
   run_case(state, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)), false, state.range(2) != 0,
            static_cast<int>(state.range(3)));
 }
@@ -91,19 +90,28 @@ void shapes(benchmark::internal::Benchmark* b) {
   b->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(5)->Repetitions(30)->ReportAggregatesOnly(true);
 }
 
-// Grid size against shape, for tuning plan_decode (132 SMs: 132 is one CTA per SM)
-void grid_sweep(benchmark::internal::Benchmark* b) {
-  const int shapes[][2] = {{1, 4096}, {1, 32768}, {1, 131072}, {16, 32768}, {64, 4096}};
-  for (const auto& shape : shapes) {
-    for (int ctas : {66, 132, 264, 528}) b->Args({shape[0], shape[1], shape[0] == 1 && shape[1] == 4096, ctas});
+// Split count against shape, for tuning plan_decode. 33 and 66: with 128 or 8 CTA
+// columns, the counts that fill whole waves of 132 SMs at one CTA per SM.
+void split_sweep(benchmark::internal::Benchmark* b) {
+  struct Shape {
+    int batch, len;
+    std::vector<int> splits;
+  };
+  const Shape shapes[] = {{1, 4096, {8, 16, 32}},
+                          {1, 32768, {8, 16, 32, 33, 66, 132}},
+                          {1, 131072, {8, 16, 32, 33, 66, 132}},
+                          {16, 32768, {1, 2, 4, 8, 33}},
+                          {64, 4096, {1, 2, 4, 8, 33}}};
+  for (const Shape& shape : shapes) {
+    for (int splits : shape.splits) b->Args({shape.batch, shape.len, shape.batch == 1 && shape.len == 4096, splits});
   }
-  b->ArgNames({"batch", "len", "graph", "ctas"});
+  b->ArgNames({"batch", "len", "graph", "splits"});
   b->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(5)->Repetitions(15)->ReportAggregatesOnly(true);
 }
 
 }  // namespace
 
 BENCHMARK(decode)->Apply(shapes);
-BENCHMARK(decode_grid_sweep)->Apply(grid_sweep);
+BENCHMARK(decode_split_sweep)->Apply(split_sweep);
 
 int main(int argc, char** argv) { return ekv::bench::main(argc, argv); }

@@ -37,7 +37,7 @@ struct Case {
   int kv_heads, group, head_dim, block_len;
   std::vector<int> lengths;
   Layout layout;
-  int forced_ctas = 0;
+  int forced_splits = 0;
 };
 
 // Builds a cache of random K/V on host and device (the paged pool's blocks shuffled, so
@@ -87,8 +87,8 @@ void check_decode(const Case& c, std::uint64_t seed) {
   problem.kv_heads = c.kv_heads;
   problem.head_dim = c.head_dim;
   problem.max_seq_len = max_len;
-  const ekv::DecodePlan plan = ekv::plan_decode(problem, ekv::DeviceInfo::current(), c.forced_ctas);
-  INFO("ctas=" << plan.num_ctas << " max_pieces=" << plan.max_pieces << " head_tile=" << plan.head_tile);
+  const ekv::DecodePlan plan = ekv::plan_decode(problem, ekv::DeviceInfo::current(), c.forced_splits);
+  INFO("splits=" << plan.num_splits << " split_tokens=" << plan.split_tokens << " head_tile=" << plan.head_tile);
   ekv::Stream stream;
   ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
   dout.fill_bytes(0xFF, stream);
@@ -170,13 +170,12 @@ TEST_CASE_TEMPLATE("decode over batch 64 with ragged lengths, empty sequences in
   check_decode<T>(c, seed);
 }
 
-TEST_CASE("any grid gives the one-CTA result") {
+TEST_CASE("any split count gives the unsplit result") {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
-  // 1: one CTA walks every unit; 7: uneven runs; 64 and the plan's own: units in many pieces
-  for (int ctas : {1, 2, 7, 64, 0}) {
-    INFO("forced ctas=" << ctas);
-    Case c{4, 2, 128, 32, {4099, 300, 1}, Layout::kPaged, ctas};
+  for (int splits : {1, 2, 7, 64, 0}) {
+    INFO("forced splits=" << splits);
+    Case c{4, 2, 128, 32, {4099, 300, 1}, Layout::kPaged, splits};
     check_decode<__half>(c, seed);
     c.lengths = {5000, 1, 0};
     check_decode<float>(c, seed);
@@ -230,7 +229,7 @@ TEST_CASE("decode captured in a CUDA Graph replays like direct launches, for new
   p.head_dim = d;
   p.max_seq_len = capacity;
   const ekv::DecodePlan plan = ekv::plan_decode(p, ekv::DeviceInfo::current());
-  REQUIRE(plan.max_pieces > 1);  // the graph holds decode and merge
+  REQUIRE(plan.num_splits > 1);  // the graph holds decode and merge
   ekv::Stream stream;
   ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
   ekv::Graph graph = ekv::Graph::capture(stream, [&](const ekv::Stream& s) {

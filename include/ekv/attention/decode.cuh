@@ -33,20 +33,22 @@ struct DecodePlan {
   float scale = 0;
   int head_tile = 1;
   int head_tiles = 1;
-  int units = 1;       // batch x kv heads x head tiles
-  int chunks = 1;      // per unit: kDecodeSplitAlign-token chunks of max_seq_len
-  int num_ctas = 1;    // the grid: one run of units x chunks / num_ctas chunks each
-  int max_pieces = 1;  // the most pieces any unit is cut into
+  int num_splits = 1;
+  int split_tokens = 0;  // a multiple of kDecodeSplitAlign
 
-  // The arrival counters, then the partial states: [batch][q_heads][max_pieces][head_dim]
-  // o and [batch][q_heads][max_pieces] lse. None where no unit is cut.
+  // The split counters, then the partial states: [batch][q_heads][num_splits][head_dim]
+  // o and [batch][q_heads][num_splits] lse.
   std::size_t workspace_bytes() const {
-    if (max_pieces == 1) return 0;
+    if (num_splits == 1) return 0;
     const std::size_t rows = static_cast<std::size_t>(problem.batch) * problem.q_heads;
-    return counter_bytes() + rows * max_pieces * (problem.head_dim + 1) * sizeof(float);
+    return counter_bytes() + rows * num_splits * (problem.head_dim + 1) * sizeof(float);
   }
-  // one counter per unit (pieces finished), 16-byte aligned so the partials after are
-  std::size_t counter_bytes() const { return (static_cast<std::size_t>(units) * sizeof(int) + 15) / 16 * 16; }
+  // one counter per CTA column (sequence, kv head, head tile): how many splits have
+  // finished; 16-byte aligned so the partials after them are
+  std::size_t counter_bytes() const {
+    const std::size_t counters = static_cast<std::size_t>(problem.batch) * problem.kv_heads * head_tiles;
+    return (counters * sizeof(int) + 15) / 16 * 16;
+  }
 };
 
 // Half and bfloat16 run on tensor cores; float on CUDA cores.
@@ -78,13 +80,30 @@ void with_decode_kernel(int head_tile, F&& f) {
   }
 }
 
+// Split count whose CTAs fill whole waves best: a last wave a third full costs as
+// much time as a full one. Prefers the fewest splits within 5% of the best fill.
+inline int choose_splits(long units, long slots, int most) {
+  double best = 0;
+  std::vector<double> fill(most + 1, 0.0);
+  for (int s = 1; s <= most; ++s) {
+    const double waves = static_cast<double>(units * s) / static_cast<double>(slots);
+    fill[s] = waves / std::ceil(waves);
+    best = std::max(best, fill[s]);
+  }
+  for (int s = 1; s <= most; ++s) {
+    if (fill[s] >= 0.95 * best) return s;
+  }
+  return 1;
+}
+
 }  // namespace detail
 
-// One CTA per resident slot (occupancy read from the kernel instance), each taking an
-// equal run of the units' chunks, so every SM streams the same bytes. `num_ctas` > 0
-// asks for another grid (tests, tuning); no CTA gets less than one chunk.
+// Splits so that batch x kv heads x head tiles x splits CTAs fill whole waves of the
+// SMs (occupancy read from the kernel instance), each split a multiple of
+// kDecodeSplitAlign tokens. `num_splits` > 0 asks for a count (tests, tuning); the plan
+// may take fewer where splits would be shorter than that.
 // Throws ekv::Error for an unsupported problem.
-inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& device, int num_ctas = 0) {
+inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& device, int num_splits = 0) {
   if (Support s = supports(problem); !s) throw Error(s.why);
   int current = 0;
   EKV_CUDA_CHECK(cudaGetDevice(&current), "plan_decode: no usable CUDA device");
@@ -116,16 +135,16 @@ inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& de
     });
   });
   plan.head_tiles = (problem.group() + plan.head_tile - 1) / plan.head_tile;
-  plan.units = problem.batch * problem.kv_heads * plan.head_tiles;
-  plan.chunks = (std::max(1, problem.max_seq_len) + kDecodeSplitAlign - 1) / kDecodeSplitAlign;
-  const long long n = static_cast<long long>(plan.units) * plan.chunks;
-  const long long slots = static_cast<long long>(std::max(1, ctas_per_sm)) * device.sm_count;
-  plan.num_ctas = static_cast<int>(std::min(n, num_ctas > 0 ? num_ctas : slots));
-  for (int u = 0; u < plan.units; ++u) {
-    const long long first = static_cast<long long>(u) * plan.chunks;
-    plan.max_pieces = std::max(plan.max_pieces, decode_cta_of(first + plan.chunks - 1, n, plan.num_ctas) -
-                                                    decode_cta_of(first, n, plan.num_ctas) + 1);
+  const int len = std::max(1, problem.max_seq_len);
+  const int most = std::min(256, (len + kDecodeSplitAlign - 1) / kDecodeSplitAlign);
+  if (num_splits <= 0) {
+    const long units = static_cast<long>(problem.batch) * problem.kv_heads * plan.head_tiles;
+    const long slots = static_cast<long>(std::max(1, ctas_per_sm)) * device.sm_count;
+    num_splits = detail::choose_splits(units, slots, most);
   }
+  const int per_split = (len + std::min(num_splits, most) - 1) / std::min(num_splits, most);
+  plan.split_tokens = (per_split + kDecodeSplitAlign - 1) / kDecodeSplitAlign * kDecodeSplitAlign;
+  plan.num_splits = (len + plan.split_tokens - 1) / plan.split_tokens;
   return plan;
 }
 
@@ -133,7 +152,7 @@ namespace detail {
 
 template <typename T, int HeadDim>
 void launch_decode(const DecodePlan& plan, const DecodeParams<T>& params, const Stream& stream) {
-  const dim3 grid(plan.num_ctas);
+  const dim3 grid(plan.num_splits, plan.problem.kv_heads * plan.head_tiles, plan.problem.batch);
   with_decode_kernel<T, HeadDim>(plan.head_tile, [&](auto kernel, int threads, int smem) {
     kernel<<<grid, threads, smem, stream.get()>>>(params);
   });
@@ -147,8 +166,8 @@ void launch_decode(const DecodePlan& plan, const DecodeParams<T>& params, const 
 // workspace shared by several plans is cleared for the one with the largest
 // counter_bytes().
 inline void clear_decode_workspace(const DecodePlan& plan, void* workspace, const Stream& stream) {
-  if (plan.workspace_bytes() == 0) return;
-  if (workspace == nullptr) throw Error("clear_decode_workspace: null workspace for a plan that needs one");
+  if (plan.num_splits == 1) return;
+  if (workspace == nullptr) throw Error("clear_decode_workspace: null workspace for a plan that splits KV");
   EKV_CUDA_CHECK(cudaMemsetAsync(workspace, 0, plan.counter_bytes(), stream.get()),
                  "clear_decode_workspace: cannot clear the split counters");
 }
@@ -188,8 +207,8 @@ void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, f
   if (!is_aligned<16>(kv.k) || !is_aligned<16>(kv.v) || !is_aligned<16>(q)) {
     throw Error("run_decode: K, V and q must be 16-byte aligned");
   }
-  if (plan.workspace_bytes() > 0 && (workspace == nullptr || !is_aligned<16>(workspace))) {
-    throw Error("run_decode: the plan cuts sequences in pieces and needs " + std::to_string(plan.workspace_bytes()) +
+  if (plan.num_splits > 1 && (workspace == nullptr || !is_aligned<16>(workspace))) {
+    throw Error("run_decode: the plan splits KV and needs " + std::to_string(plan.workspace_bytes()) +
                 " bytes of 16-byte-aligned workspace");
   }
   int current = 0;
@@ -206,15 +225,14 @@ void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, f
   params.q_heads = p.q_heads;
   params.group = p.group();
   params.head_tiles = plan.head_tiles;
-  params.units = plan.units;
-  params.chunks = plan.chunks;
-  params.max_pieces = plan.max_pieces;
+  params.num_splits = plan.num_splits;
+  params.split_tokens = plan.split_tokens;
   params.scale_log2 = plan.scale * 1.4426950408889634f;
   const int rows = p.batch * p.q_heads;
-  if (plan.workspace_bytes() > 0) {
+  if (plan.num_splits > 1) {
     params.arrivals = static_cast<int*>(workspace);
     params.partial_o = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + plan.counter_bytes());
-    params.partial_lse = params.partial_o + static_cast<std::size_t>(rows) * plan.max_pieces * p.head_dim;
+    params.partial_lse = params.partial_o + static_cast<std::size_t>(rows) * plan.num_splits * p.head_dim;
   }
   detail::dispatch_decode(p.dtype, p.head_dim, [&](auto type, auto dim) {
     if constexpr (std::is_same_v<typename decltype(type)::type, T>) {  // checked above

@@ -3,8 +3,6 @@
 
 #include <algorithm>
 
-#include "ekv/core/host_device.hpp"
-
 namespace ekv {
 
 template <typename T, int HeadDim>
@@ -30,15 +28,10 @@ struct DecodeTraits {
   static constexpr int kPipelineBytes = kStages * kTileBytes;
 };
 
-// Decode cuts work in chunks of this many tokens (a multiple of every decode kernel's
-// tile), so only a piece's last tile can be partial and pay for per-token bounds checks,
-// and no piece is shorter (the tensor-core tile is 128 tokens).
+// Split-KV ranges start on multiples of this (a multiple of every decode kernel's tile),
+// so only a range's last tile can be partial and pay for per-token bounds checks. It is
+// also the shortest split: 256 left 1 x 4K at 0.18 of the read ceiling on the H100
+// (too few bytes in flight), and the tensor-core tile is 128 tokens.
 inline constexpr int kDecodeSplitAlign = 128;
-
-// The CTA whose run holds chunk x when n chunks are cut into g equal runs (run c starts
-// at chunk c * n / g). Plan and kernels share it, so they agree on every cut.
-EKV_HOST_DEVICE inline int decode_cta_of(long long x, long long n, int g) {
-  return static_cast<int>(((x + 1) * g - 1) / n);
-}
 
 }  // namespace ekv
