@@ -111,7 +111,7 @@ __device__ __forceinline__ DecodeCta decode_cta(const DecodeParams<T>& p, int he
   c.heads = min(head_tile, (c.kv_head + 1) * p.group - c.first_head);
   // a length past the view's capacity would read past its block-table row; a length
   // past the planned maximum is still covered whole
-  const int len = min(p.kv.lengths[c.seq], p.kv.capacity());
+  const int len = min(p.kv.length(c.seq, c.kv_head), p.kv.capacity());
   TokenTiles& t = c.tiles;
   t.begin = min(len, c.split * p.split_tokens);
   t.end = c.split == p.num_splits - 1 ? len : min(len, t.begin + p.split_tokens);

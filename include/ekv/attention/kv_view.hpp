@@ -17,7 +17,9 @@ namespace ekv {
 //     + (pos % block_len) * token_stride
 // where block() reads block_table [batch][max_blocks_per_seq] (int32), or is `seq` when
 // block_table is null (contiguous: one block of block_len = capacity per sequence).
-// lengths: int32 [batch], the number of valid tokens of each sequence.
+// lengths: int32 [batch], the number of valid tokens of each sequence. A block-sparse
+// view (block_sparse_view) gives each kv head its own table row and length, through the
+// table and length strides.
 template <typename T>
 struct KVView {
   T* k = nullptr;
@@ -33,6 +35,12 @@ struct KVView {
   std::int64_t head_stride = 0;
   std::int64_t token_stride = 0;
   int block_shift = -1;  // log2(block_len) where that is a power of two: no division per token
+  // block_table row of (seq, head): seq * table_seq_stride + head * table_head_stride
+  std::int64_t table_seq_stride = 1;
+  std::int64_t table_head_stride = 0;
+  // length of (seq, head): lengths[seq * length_seq_stride + head * length_head_stride]
+  int length_seq_stride = 1;
+  int length_head_stride = 0;
 
   EKV_HOST_DEVICE std::int64_t offset(int seq, int head, int pos) const {
     if (block_table == nullptr) {  // contiguous: pos < block_len, no division needed
@@ -40,8 +48,11 @@ struct KVView {
     }
     const int logical = block_shift >= 0 ? pos >> block_shift : pos / block_len;
     const int within = block_shift >= 0 ? pos & (block_len - 1) : pos % block_len;
-    const std::int64_t block = block_table[static_cast<std::int64_t>(seq) * max_blocks_per_seq + logical];
+    const std::int64_t block = block_table[seq * table_seq_stride + head * table_head_stride + logical];
     return block * block_stride + head * head_stride + static_cast<std::int64_t>(within) * token_stride;
+  }
+  EKV_HOST_DEVICE int length(int seq, int head) const {
+    return lengths[seq * length_seq_stride + head * length_head_stride];
   }
   // Tokens a sequence can hold.
   EKV_HOST_DEVICE int capacity() const { return block_len * max_blocks_per_seq; }
@@ -53,6 +64,7 @@ KVView<T> paged_kv(T* k, T* v, const std::int32_t* block_table, std::int32_t* le
                    int batch, int kv_heads, int head_dim, int block_len, int max_blocks_per_seq) {
   if (block_table == nullptr) throw Error("paged_kv: a paged cache needs a block table");
   KVView<T> view{k, v, block_table, lengths, batch, kv_heads, head_dim, block_len, max_blocks_per_seq};
+  view.table_seq_stride = max_blocks_per_seq;
   view.token_stride = head_dim;
   view.head_stride = static_cast<std::int64_t>(block_len) * head_dim;
   view.block_stride = view.head_stride * kv_heads;

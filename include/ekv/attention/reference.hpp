@@ -59,7 +59,7 @@ std::vector<RefState> reference_decode(const KVView<T>& kv, const T* q, int q_he
   for (int b = 0; b < kv.batch; ++b) {
     for (int h = 0; h < q_heads; ++h) {
       const T* qh = q + (static_cast<std::size_t>(b) * q_heads + h) * kv.head_dim;
-      out.push_back(reference_attend(kv, qh, b, h / group, 0, kv.lengths[b], scale));
+      out.push_back(reference_attend(kv, qh, b, h / group, 0, kv.length(b, h / group), scale));
     }
   }
   return out;

@@ -1,0 +1,83 @@
+#pragma once
+// Block-sparse decode is exact decode over a view that holds only the selected blocks:
+// each (sequence, kv head) gets its own compacted block-table row and length, and the
+// decode kernels (split-KV and merge included) run on it unchanged, so the sparse path
+// reuses the dense inner loop rather than a copy of it.
+
+#include <cstdint>
+#include <string>
+
+#include "ekv/attention/kv_view.hpp"
+#include "ekv/core/error.hpp"
+#include "ekv/core/launch.hpp"
+#include "ekv/core/stream.hpp"
+
+namespace ekv {
+
+// A view of base's blocks listed in tables [batch][kv_heads][max_selected] (physical
+// block ids) holding lengths [batch][kv_heads] tokens: what gather_selected_blocks writes.
+template <typename T>
+KVView<T> block_sparse_view(const KVView<T>& base, const std::int32_t* tables, std::int32_t* lengths,
+                            int max_selected) {
+  if (base.block_table == nullptr) throw Error("block_sparse_view: the base view must be paged");
+  if (tables == nullptr || lengths == nullptr || max_selected < 1) {
+    throw Error("block_sparse_view: needs tables, lengths and max_selected >= 1");
+  }
+  KVView<T> view = base;
+  view.block_table = tables;
+  view.lengths = lengths;
+  view.max_blocks_per_seq = max_selected;
+  view.table_seq_stride = static_cast<std::int64_t>(base.kv_heads) * max_selected;
+  view.table_head_stride = max_selected;
+  view.length_seq_stride = base.kv_heads;
+  view.length_head_stride = 1;
+  return view;
+}
+
+namespace detail {
+
+// One CTA per (kv head, sequence): copies the physical ids of the selected blocks and
+// sums their valid tokens. Only a sequence's last block can be partial, and ascending
+// lists put it last, so the compacted row's tokens are contiguous from 0.
+template <typename T>
+__global__ void gather_selected_kernel(const KVView<T> base, const std::int32_t* selected, const std::int32_t* counts,
+                                       int max_selected, std::int32_t* tables, std::int32_t* lengths) {
+  const int head = blockIdx.x, seq = blockIdx.y;
+  const std::int64_t row = static_cast<std::int64_t>(seq) * base.kv_heads + head;
+  const int len = min(base.length(seq, head), base.capacity());
+  const int blocks = (len + base.block_len - 1) / base.block_len;
+  const int count = min(counts[row], max_selected);
+  for (int i = threadIdx.x; i < count; i += blockDim.x) {
+    const int logical = min(max(selected[row * max_selected + i], 0), blocks - 1);
+    tables[row * max_selected + i] =
+        base.block_table[seq * base.table_seq_stride + head * base.table_head_stride + logical];
+  }
+  if (threadIdx.x == 0) {
+    const int last = count > 0 ? min(max(selected[row * max_selected + count - 1], 0), blocks - 1) : 0;
+    lengths[row] = count > 0 && blocks > 0 ? (count - 1) * base.block_len + min(base.block_len, len - last * base.block_len)
+                                           : 0;
+  }
+}
+
+}  // namespace detail
+
+// From selected [batch][kv_heads][max_selected] logical block indices (ascending, the
+// first counts[b][h] of each row used) of a paged view, writes the block-sparse view's
+// tables and lengths (see block_sparse_view). Ids past a sequence's last block are
+// clamped to it. Stream-ordered; reads lengths and the block table on the device.
+template <typename T>
+void gather_selected_blocks(const KVView<T>& base, const std::int32_t* selected, const std::int32_t* counts,
+                            int max_selected, std::int32_t* tables, std::int32_t* lengths, const Stream& stream) {
+  if (base.block_table == nullptr) throw Error("gather_selected_blocks: the base view must be paged");
+  if (selected == nullptr || counts == nullptr || tables == nullptr || lengths == nullptr || max_selected < 1) {
+    throw Error("gather_selected_blocks: null selection or output, or max_selected < 1");
+  }
+  if (base.batch < 1 || base.batch > 65535 || base.kv_heads < 1) {
+    throw Error("gather_selected_blocks: batch must be 1 to 65535, got " + std::to_string(base.batch));
+  }
+  detail::gather_selected_kernel<T><<<dim3(base.kv_heads, base.batch), 128, 0, stream.get()>>>(
+      base, selected, counts, max_selected, tables, lengths);
+  check_launch("gather_selected_blocks", stream.get());
+}
+
+}  // namespace ekv
