@@ -1,0 +1,118 @@
+#pragma once
+// attend_range: one thread's attention for the query heads of one GQA group over a token
+// range of one (sequence, kv head), with an online softmax in float. Each K and V row is
+// read from memory once for the whole group. cpu_decode runs it once per work item.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "ekv/attention/kv_view.hpp"
+#include "ekv/core/dtype.hpp"
+#include "ekv/cpu/exp.hpp"
+#include "ekv/cpu/row_ops.hpp"
+#include "ekv/cpu/to_float.hpp"
+
+namespace ekv {
+
+// Rows widened to float per step, K and V each: 16, 32 and 64 were within 5% (AMD EPYC,
+// one thread, fp16, group 4, head_dim 128; 32 best).
+inline constexpr int kAttendTileTokens = 32;
+
+
+// A group's running attention state and the scratch it is computed in. One per thread,
+// reused across work items: it allocates only when the shape grows.
+struct AttendState {
+  int group = 0;
+  int head_dim = 0;
+  std::vector<float> q;       // [group][head_dim], times the softmax scale
+  std::vector<float> acc;     // [group][head_dim]: sum of p * v, not yet divided by `sum`
+  std::vector<float> max;     // [group]: the largest score so far
+  std::vector<float> sum;     // [group]: sum of exp(score - max)
+  std::vector<float> scores;  // [group][kAttendTileTokens]
+  std::vector<float> k_wide;  // [kAttendTileTokens][head_dim]: K widened (unused for float)
+  std::vector<float> v_wide;  // [kAttendTileTokens][head_dim]: V widened (unused for float)
+
+  // Starts an empty state for q [group][head_dim] (consecutive query heads).
+  template <typename T>
+  void begin(const T* q_in, int group_in, int head_dim_in, float scale) {
+    group = group_in;
+    head_dim = head_dim_in;
+    const std::size_t row = static_cast<std::size_t>(head_dim);
+    q.resize(group * row);
+    for (std::size_t i = 0; i < q.size(); ++i) q[i] = DTypeTraits<T>::to_float(q_in[i]) * scale;
+    acc.assign(group * row, 0.0f);
+    max.assign(group, -std::numeric_limits<float>::infinity());
+    sum.assign(group, 0.0f);
+    scores.resize(static_cast<std::size_t>(group) * kAttendTileTokens);
+    k_wide.resize(kAttendTileTokens * row);
+    v_wide.resize(kAttendTileTokens * row);
+  }
+
+  // Writes head g's o = acc / sum to o + g * o_stride (Out: T or float) and its
+  // lse = max + log(sum) to lse[g * lse_stride]. No token gives o = 0, lse = -inf.
+  template <typename Out>
+  void write(Out* o, std::int64_t o_stride, float* lse, std::int64_t lse_stride) const {
+    for (int g = 0; g < group; ++g) {
+      const float inv = sum[g] > 0.0f ? 1.0f / sum[g] : 0.0f;
+      const float* a = &acc[static_cast<std::size_t>(g) * head_dim];
+      Out* out = o + g * o_stride;
+      for (int i = 0; i < head_dim; ++i) out[i] = DTypeTraits<Out>::from_float(a[i] * inv);
+      lse[g * lse_stride] = sum[g] > 0.0f ? max[g] + std::log(sum[g]) : -std::numeric_limits<float>::infinity();
+    }
+  }
+};
+
+// Adds tokens [begin, end) of (seq, kv_head) to `state` (begun with the group's q).
+// head_dim a multiple of 8; the tokens must lie within the view.
+template <typename T>
+void attend_range(const KVView<T>& kv, int seq, int kv_head, int begin, int end, AttendState& state) {
+  constexpr int kTile = kAttendTileTokens;
+  const int d = kv.head_dim;
+  // Rows of the next tile are requested while this one computes: the hardware prefetcher
+  // cannot follow a block table's jumps, nor start a stream early enough at each tile.
+  std::int64_t offsets[2][kTile];
+  auto locate = [&](int t0, std::int64_t* off) {
+    const int n = std::min(kTile, end - t0);
+    for (int t = 0; t < n; ++t) {
+      off[t] = kv.offset(seq, kv_head, t0 + t);
+      prefetch_row(kv.k + off[t], d);
+      prefetch_row(kv.v + off[t], d);
+    }
+    return n;
+  };
+  const float* k_rows[kTile];
+  const float* v_rows[kTile];
+  int n_next = begin < end ? locate(begin, offsets[0]) : 0;
+  for (int t0 = begin, cur = 0; t0 < end; t0 += kTile, cur ^= 1) {
+    const int n = n_next;
+    const std::int64_t* off = offsets[cur];
+    if (t0 + kTile < end) n_next = locate(t0 + kTile, offsets[cur ^ 1]);
+    for (int t = 0; t < n; ++t) k_rows[t] = row_as_float(kv.k + off[t], &state.k_wide[static_cast<std::size_t>(t) * d], d);
+    for (int g = 0; g < state.group; ++g) {
+      float* s = &state.scores[static_cast<std::size_t>(g) * kTile];
+      const float* q = &state.q[static_cast<std::size_t>(g) * d];
+      int t = 0;
+      for (; t + 4 <= n; t += 4) dot_rows4(q, k_rows + t, d, s + t);
+      for (; t < n; ++t) s[t] = dot_row(q, k_rows[t], d);
+      const float tile_max = *std::max_element(s, s + n);
+      const float new_max = std::max(state.max[g], tile_max);
+      const float rescale = std::exp(state.max[g] - new_max);  // 0 for the first tile
+      state.sum[g] = state.sum[g] * rescale + exp_row(s, n, new_max);
+      state.max[g] = new_max;
+      if (rescale != 1.0f) {
+        float* a = &state.acc[static_cast<std::size_t>(g) * d];
+        for (int i = 0; i < d; ++i) a[i] *= rescale;
+      }
+    }
+    for (int t = 0; t < n; ++t) v_rows[t] = row_as_float(kv.v + off[t], &state.v_wide[static_cast<std::size_t>(t) * d], d);
+    for (int g = 0; g < state.group; ++g) {
+      accumulate_rows(&state.acc[static_cast<std::size_t>(g) * d],
+                              &state.scores[static_cast<std::size_t>(g) * kTile], v_rows, n, d);
+    }
+  }
+}
+
+}  // namespace ekv

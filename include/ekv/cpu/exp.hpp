@@ -1,0 +1,42 @@
+#pragma once
+// exp_row: e^x over a row of softmax exponents, in a branch-free loop that -O3 vectorizes
+// for any target. std::exp is a call per value: 13% of CPU attention's time at group 4
+// (AMD EPYC, fp16, head_dim 128). Within 2 ulp of it (tests/cpu/exp_test.cpp).
+
+#include <cstdint>
+
+#include "ekv/cpu/to_float.hpp"
+
+namespace ekv {
+
+// e^x for x <= 0, not NaN (a score minus the running maximum); below -87.3, -inf included,
+// it returns e^-87.3 (about 1e-38: nothing next to the maximum's weight of 1). Cody-Waite
+// reduction x = n ln2 + r, |r| <= ln2 / 2, Cephes' expf polynomial for e^r, and 2^n built
+// in the exponent bits.
+inline float exp_nonpositive(float x) {
+  // a mask, not ?: or std::max, so that the loop vectorizes (g++ 12 keeps those a branch here)
+  const std::uint32_t below = 0u - static_cast<std::uint32_t>(x < -87.3f);
+  x = detail::float_from_bits((detail::bits_from_float(x) & ~below) | (detail::bits_from_float(-87.3f) & below));
+  const float t = x * 1.44269504f;
+  const float n = (t + 12582912.0f) - 12582912.0f;  // rounds to nearest: 1.5 * 2^23
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const auto exponent = static_cast<std::uint32_t>(static_cast<std::int32_t>(n) + 127) << 23;
+  return p * detail::float_from_bits(exponent);
+}
+
+// x[i] = e^(x[i] - shift) for i < n, every x[i] <= shift; returns the sum of the results.
+inline float exp_row(float* x, int n, float shift) {
+  for (int i = 0; i < n; ++i) x[i] = exp_nonpositive(x[i] - shift);
+  float sum = 0.0f;
+  for (int i = 0; i < n; ++i) sum += x[i];
+  return sum;
+}
+
+}  // namespace ekv

@@ -1,0 +1,38 @@
+// The Float8 row kernels against sums in double, on rows of 8, 72 and 256 floats and row
+// counts that are not multiples of the kernels' blocks.
+
+#include <doctest/doctest.h>
+
+#include <vector>
+
+#include "ekv/core/random.hpp"
+#include "ekv/cpu/row_ops.hpp"
+#include "test_seed.hpp"
+
+TEST_CASE("dot_rows4, dot_row and accumulate_rows equal their sums in double") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  for (int n : {8, 72, 256}) {
+    INFO("n=" << n);
+    const int count = 13;
+    const auto q = ekv::random_uniform<float>(n, -1.0f, 1.0f, seed);
+    const auto data = ekv::random_uniform<float>(static_cast<std::size_t>(count) * n, -1.0f, 1.0f, seed + 1);
+    const auto p = ekv::random_uniform<float>(count, 0.0f, 1.0f, seed + 2);
+    std::vector<const float*> rows(count);
+    for (int r = 0; r < count; ++r) rows[r] = data.data() + static_cast<std::size_t>(r) * n;
+    std::vector<double> dots(count, 0.0), sums(n, 0.0);
+    for (int r = 0; r < count; ++r) {
+      for (int i = 0; i < n; ++i) {
+        dots[r] += double(q[i]) * rows[r][i];
+        sums[i] += double(p[r]) * rows[r][i];
+      }
+    }
+    float four[4];
+    ekv::dot_rows4(q.data(), rows.data() + 5, n, four);
+    for (int r = 0; r < 4; ++r) CHECK(four[r] == doctest::Approx(dots[5 + r]).epsilon(1e-5));
+    CHECK(ekv::dot_row(q.data(), rows[12], n) == doctest::Approx(dots[12]).epsilon(1e-5));
+    std::vector<float> acc(n, 0.0f);
+    ekv::accumulate_rows(acc.data(), p.data(), rows.data(), count, n);  // one pass of eight, five single rows
+    for (int i = 0; i < n; ++i) CHECK(acc[i] == doctest::Approx(sums[i]).epsilon(1e-5));
+  }
+}
