@@ -1,0 +1,76 @@
+#pragma once
+// What elastic attention costs in accuracy, measured against exact attention on the same
+// inputs (DESIGN.md): the relative L2 error of its outputs, and the attention mass (exact
+// softmax weight) of the tokens it read.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/reference.hpp"
+#include "ekv/core/error.hpp"
+#include "ekv/elastic/reference.hpp"
+#include "ekv/elastic/reference_anchors.hpp"
+
+namespace ekv {
+
+// Per row |got - ref| / |ref|, or |got| where the reference row is zero (an empty
+// attention state) and no ratio exists. worst: the largest row; pooled: |all got - all ref| / |all ref|.
+struct L2Error {
+  std::vector<double> rows;
+  double worst = 0;
+  double pooled = 0;
+};
+
+// The outputs o of states, stacked [states][head_dim], as kernels write them.
+inline std::vector<double> stacked_outputs(const std::vector<RefState>& states) {
+  std::vector<double> out;
+  for (const RefState& s : states) out.insert(out.end(), s.o.begin(), s.o.end());
+  return out;
+}
+
+// got and ref: [rows][head_dim]; got of any ekv dtype, float or double.
+template <typename T>
+L2Error relative_l2_error(const T* got, const double* ref, int rows, int head_dim) {
+  const auto ratio = [](double diff2, double ref2) { return std::sqrt(ref2 > 0 ? diff2 / ref2 : diff2); };
+  L2Error e;
+  double diff_all = 0, ref_all = 0;
+  for (std::size_t r = 0; r < static_cast<std::size_t>(rows); ++r) {
+    double diff2 = 0, ref2 = 0;
+    for (std::size_t i = r * head_dim; i < (r + 1) * head_dim; ++i) {
+      const double d = detail::to_double(got[i]) - ref[i];
+      diff2 += d * d;
+      ref2 += ref[i] * ref[i];
+    }
+    e.rows.push_back(ratio(diff2, ref2));
+    e.worst = std::max(e.worst, e.rows.back());
+    diff_all += diff2;
+    ref_all += ref2;
+  }
+  e.pooled = ratio(diff_all, ref_all);
+  return e;
+}
+
+// Against reference states, e.g. reference_decode's [batch][q_heads].
+template <typename T>
+L2Error relative_l2_error(const T* got, const std::vector<RefState>& ref, int head_dim) {
+  return relative_l2_error(got, stacked_outputs(ref).data(), static_cast<int>(ref.size()), head_dim);
+}
+
+// The exact softmax weight, in float64, of the tokens in `blocks` (reference_attend_blocks'
+// list rules) for query head q [head_dim] of sequence seq, which reads kv_head: exp of the
+// blocks' LSE minus the whole sequence's. 1 when every block is listed. Throws for an empty
+// sequence, which has no weight to capture.
+template <typename T>
+double attention_mass_captured(const KVView<T>& kv, const T* q, int seq, int kv_head, const std::vector<int>& blocks,
+                               double scale) {
+  const int length = kv.length(seq, kv_head);
+  if (length == 0) throw Error("attention_mass_captured: sequence " + std::to_string(seq) + " is empty");
+  const double whole = reference_attend(kv, q, seq, kv_head, 0, length, scale).lse;
+  return std::exp(reference_attend_blocks(kv, q, seq, kv_head, blocks, scale).lse - whole);
+}
+
+}  // namespace ekv
