@@ -1,0 +1,104 @@
+#pragma once
+// Anchors on the GPU: float32 [num_blocks][kv_heads][anchor_floats] indexed by physical
+// block, so they travel with the paged pool's blocks. The values are those of
+// elastic/reference_anchors.hpp, computed from the block's valid tokens; after an append
+// only the blocks that received tokens are recomputed (at most block_len tokens each), so
+// the cost of keeping anchors current does not grow with the cache.
+
+#include <cstdint>
+#include <string>
+
+#include "ekv/attention/kv_view.hpp"
+#include "ekv/core/dtype.hpp"
+#include "ekv/core/error.hpp"
+#include "ekv/core/launch.hpp"
+#include "ekv/core/stream.hpp"
+#include "ekv/elastic/elastic_config.hpp"
+#include "ekv/elastic/sequence_blocks.hpp"
+
+namespace ekv {
+
+// What the GPU computes: every kind but DYNAMIC (whose importance comes from exact
+// attention steps, not yet recorded on the GPU).
+inline Support anchors_supported(const ElasticConfig& config) {
+  if (config.anchor == AnchorKind::kDynamic) {
+    return {false, "anchor kind dynamic not supported by GPU anchors; supported: quest, block_mean, block_max, fixed"};
+  }
+  return {};
+}
+
+namespace detail {
+
+// CTA (i, kv head, sequence) recomputes logical block first + i, where first is the block
+// holding token from[seq] (0 without `from`); threads take channels.
+template <typename T>
+__global__ void block_anchors_kernel(const KVView<T> kv, float* anchors, AnchorKind kind, int anchor_num,
+                                     const std::int32_t* from) {
+  const int seq = blockIdx.z, head = blockIdx.y;
+  const int len = min(kv.length(seq, head), kv.capacity());
+  const int block = (from != nullptr ? min(from[seq], len) / kv.block_len : 0) + blockIdx.x;
+  const int valid = block_valid_tokens(len, kv.block_len, block);
+  if (valid == 0) return;
+  const int d = kv.head_dim;
+  const std::int64_t physical = kv.block_table[seq * kv.table_seq_stride + head * kv.table_head_stride + block];
+  float* out = anchors + (physical * kv.kv_heads + head) * anchor_floats(kind, anchor_num, d);
+  const T* k = kv.k + kv.offset(seq, head, block * kv.block_len);  // a block's rows are token_stride apart
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    if (kind == AnchorKind::kFixed) {
+      for (int i = 0; i < anchor_num; ++i) {
+        out[i * d + c] = DTypeTraits<T>::to_float(k[static_cast<std::int64_t>(i) * valid / anchor_num * kv.token_stride + c]);
+      }
+      continue;
+    }
+    float lo = INFINITY, hi = -INFINITY, sum = 0.0f;
+    for (int t = 0; t < valid; ++t) {
+      const float x = DTypeTraits<T>::to_float(k[t * kv.token_stride + c]);
+      lo = fminf(lo, x);
+      hi = fmaxf(hi, x);
+      sum += x;
+    }
+    if (kind == AnchorKind::kQuest) {
+      out[c] = lo;
+      out[d + c] = hi;
+    } else {
+      out[c] = kind == AnchorKind::kBlockMean ? sum / valid : hi;
+    }
+  }
+}
+
+template <typename T>
+void launch_block_anchors(const KVView<T>& kv, float* anchors, const ElasticConfig& config, const std::int32_t* from,
+                          int blocks_per_seq, const char* what, const Stream& stream) {
+  if (Support s = anchors_supported(config); !s) throw Error(std::string(what) + ": " + s.why);
+  if (Support s = config.validate(); !s) throw Error(std::string(what) + ": " + s.why);
+  if (kv.block_table == nullptr || anchors == nullptr || kv.lengths == nullptr) {
+    throw Error(std::string(what) + ": needs a paged view with lengths, and anchors");
+  }
+  if (kv.batch < 1 || kv.batch > 65535 || kv.kv_heads < 1 || kv.kv_heads > 65535 || blocks_per_seq < 1) {
+    throw Error(std::string(what) + ": batch and kv_heads must be 1 to 65535");
+  }
+  block_anchors_kernel<T><<<dim3(blocks_per_seq, kv.kv_heads, kv.batch), 128, 0, stream.get()>>>(
+      kv, anchors, config.anchor, config.anchor_num, from);
+  check_launch(what, stream.get());
+}
+
+}  // namespace detail
+
+// Anchors of every block of every sequence, e.g. after a prefill.
+template <typename T>
+void build_anchors(const KVView<T>& kv, float* anchors, const ElasticConfig& config, const Stream& stream) {
+  detail::launch_block_anchors(kv, anchors, config, nullptr, kv.max_blocks_per_seq, "build_anchors", stream);
+}
+
+// After append_kv of at most max_new_tokens tokens per sequence: recomputes the blocks
+// holding tokens from[b] .. lengths[b] - 1, where from (int32 [batch], device) holds the
+// lengths before the append.
+template <typename T>
+void update_anchors(const KVView<T>& kv, float* anchors, const ElasticConfig& config, const std::int32_t* from,
+                    int max_new_tokens, const Stream& stream) {
+  if (from == nullptr || max_new_tokens < 1) throw Error("update_anchors: needs from and max_new_tokens >= 1");
+  const int blocks = (max_new_tokens + kv.block_len - 2) / kv.block_len + 1;  // a run may straddle a boundary
+  detail::launch_block_anchors(kv, anchors, config, from, blocks, "update_anchors", stream);
+}
+
+}  // namespace ekv

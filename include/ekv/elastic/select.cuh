@@ -1,0 +1,189 @@
+#pragma once
+// Query-aware block selection on the GPU, the semantics of elastic/reference_select.hpp:
+// score_blocks scores every block from its anchors (many CTAs, one warp per block), then
+// select_blocks keeps per granule the sinks, the window and the top pick_block_num by
+// score (one CTA per granule: a stable CUB radix sort, so equal scores keep the lower
+// block), ascending, in the [batch][kv_heads][max_selected] rows gather_selected_blocks
+// reads. LAYER and KVHEAD selections; a QHEAD selection has no block-sparse view yet.
+
+#include <cub/block/block_radix_sort.cuh>
+#include <cub/block/block_scan.cuh>
+
+#include <cstdint>
+#include <string>
+
+#include "ekv/attention/kv_view.hpp"
+#include "ekv/core/dtype.hpp"
+#include "ekv/core/error.hpp"
+#include "ekv/core/launch.hpp"
+#include "ekv/core/stream.hpp"
+#include "ekv/elastic/anchors.cuh"
+#include "ekv/elastic/elastic_config.hpp"
+#include "ekv/elastic/policy.hpp"
+#include "ekv/elastic/sequence_blocks.hpp"
+
+namespace ekv {
+
+inline constexpr int kSelectThreads = 256;
+inline constexpr int kSelectItems = 16;
+// The most blocks one sequence may have for select_blocks (128K tokens in blocks of 32).
+inline constexpr int kSelectMaxBlocks = kSelectThreads * kSelectItems;
+
+inline Support select_supported(const ElasticConfig& config, int blocks_per_seq, int head_dim) {
+  if (Support s = anchors_supported(config); !s) return s;
+  if (config.retrieval == RetrievalType::kQHead) {
+    return {false, "retrieval type qhead not supported by GPU selection; supported: layer, kvhead"};
+  }
+  if (blocks_per_seq > kSelectMaxBlocks) {
+    return {false, "blocks per sequence " + std::to_string(blocks_per_seq) + " not supported by GPU selection; "
+                   "supported: up to " + std::to_string(kSelectMaxBlocks) + " (use longer blocks)"};
+  }
+  if (head_dim % 32 != 0 || head_dim > 256) {
+    return {false, "head_dim=" + std::to_string(head_dim) + " not supported by GPU selection; supported: multiples of 32 up to 256"};
+  }
+  return {};
+}
+
+namespace detail {
+
+// Warp w of CTA (x, kv head, seq) scores logical block x * 8 + w for each query head of
+// the group and stores the group's max: scores [batch][kv_heads][max_blocks].
+template <typename T, int HeadDim>
+__global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads, const float* anchors,
+                                    AnchorKind kind, int anchor_num, float* scores) {
+  constexpr int kPerLane = HeadDim / 32;
+  const int seq = blockIdx.z, head = blockIdx.y, lane = threadIdx.x % 32;
+  const int block = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int len = min(kv.length(seq, head), kv.capacity());
+  if (block >= sequence_blocks(len, kv.block_len)) return;
+  const std::int64_t physical = kv.block_table[seq * kv.table_seq_stride + head * kv.table_head_stride + block];
+  const int floats = anchor_floats(kind, anchor_num, HeadDim);
+  const float* a = anchors + (physical * kv.kv_heads + head) * floats;
+  const int group = q_heads / kv.kv_heads;
+  float best = -INFINITY;
+  for (int h = head * group; h < (head + 1) * group; ++h) {
+    const T* qh = q + (static_cast<std::int64_t>(seq) * q_heads + h) * HeadDim;
+    float s = -INFINITY;
+    const int anchors_here = kind == AnchorKind::kQuest ? 1 : floats / HeadDim;
+    for (int i = 0; i < anchors_here; ++i) {
+      float part = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const int c = lane + 32 * j;
+        const float qc = DTypeTraits<T>::to_float(qh[c]);
+        part += kind == AnchorKind::kQuest ? fmaxf(qc * a[c], qc * a[HeadDim + c]) : qc * a[i * HeadDim + c];
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off /= 2) part += __shfl_xor_sync(0xffffffffu, part, off);
+      s = fmaxf(s, part);
+    }
+    best = fmaxf(best, s);
+  }
+  if (lane == 0) scores[(static_cast<std::int64_t>(seq) * kv.kv_heads + head) * kv.max_blocks_per_seq + block] = best;
+}
+
+// CTA (granule, seq): sinks and window get +inf so they sort first, the rest their score
+// (the max over kv heads for LAYER); the first counts.total() of a stable descending sort
+// are flagged, and a scan over the flags writes them in ascending block order.
+template <typename T>
+__global__ void __launch_bounds__(kSelectThreads)
+    select_blocks_kernel(const KVView<T> kv, const float* scores, bool layer, BlockCounts counts,
+                         std::int32_t* selected, std::int32_t* num_selected, int max_selected) {
+  using Sort = cub::BlockRadixSort<float, kSelectThreads, kSelectItems, int>;
+  using Scan = cub::BlockScan<int, kSelectThreads>;
+  __shared__ union {
+    typename Sort::TempStorage sort;
+    typename Scan::TempStorage scan;
+  } temp;
+  __shared__ unsigned char flags[kSelectMaxBlocks];
+  const int seq = blockIdx.y, granule = blockIdx.x;
+  const int len = min(kv.length(seq, granule), kv.capacity());
+  const int n = sequence_blocks(len, kv.block_len);
+  const int keep = min(n, counts.total());
+  float key[kSelectItems];
+  int index[kSelectItems];
+#pragma unroll
+  for (int i = 0; i < kSelectItems; ++i) {
+    const int b = threadIdx.x * kSelectItems + i;  // blocked: the sort is stable in index order
+    index[i] = b;
+    float s = -INFINITY;
+    if (b < n) {
+      const int heads = layer ? kv.kv_heads : 1;
+      for (int h = 0; h < heads; ++h) {
+        const int row = layer ? h : granule;
+        s = fmaxf(s, scores[(static_cast<std::int64_t>(seq) * kv.kv_heads + row) * kv.max_blocks_per_seq + b]);
+      }
+      s += 0.0f;  // -0.0 and +0.0 are one score, as in the reference
+      if (b < counts.init || b >= n - counts.local) s = INFINITY;
+    }
+    key[i] = b < n ? s : -INFINITY;
+  }
+  for (int b = threadIdx.x; b < kSelectMaxBlocks; b += kSelectThreads) flags[b] = 0;
+  Sort(temp.sort).SortDescending(key, index);
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < kSelectItems; ++i) {
+    if (threadIdx.x * kSelectItems + i < keep) flags[index[i]] = 1;  // rank r holds the r-th best
+  }
+  __syncthreads();
+  int flag[kSelectItems], position[kSelectItems];
+#pragma unroll
+  for (int i = 0; i < kSelectItems; ++i) flag[i] = flags[threadIdx.x * kSelectItems + i];
+  Scan(temp.scan).ExclusiveSum(flag, position);
+  const int rows = layer ? kv.kv_heads : 1;
+  for (int r = 0; r < rows; ++r) {
+    const std::int64_t row = static_cast<std::int64_t>(seq) * kv.kv_heads + (layer ? r : granule);
+#pragma unroll
+    for (int i = 0; i < kSelectItems; ++i) {
+      if (flag[i] && position[i] < max_selected) selected[row * max_selected + position[i]] = threadIdx.x * kSelectItems + i;
+    }
+    if (threadIdx.x == 0) num_selected[row] = min(keep, max_selected);
+  }
+}
+
+template <typename T, typename F>
+void dispatch_select_head_dim(int head_dim, F&& f) {
+  switch (head_dim) {
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    case 256: return f(std::integral_constant<int, 256>{});
+    default: throw Error("head_dim=" + std::to_string(head_dim) + " not supported by GPU selection; supported: 64, 128, 256");
+  }
+}
+
+}  // namespace detail
+
+// scores: float [batch][kv_heads][kv.max_blocks_per_seq], each kv head's max over its group.
+template <typename T>
+void score_blocks(const KVView<T>& kv, const T* q, int q_heads, const float* anchors, const ElasticConfig& config,
+                  float* scores, const Stream& stream) {
+  if (Support s = anchors_supported(config); !s) throw Error("score_blocks: " + s.why);
+  if (kv.block_table == nullptr || q == nullptr || anchors == nullptr || scores == nullptr || q_heads % kv.kv_heads) {
+    throw Error("score_blocks: needs a paged view, q, anchors, scores and q_heads a multiple of kv_heads");
+  }
+  constexpr int kWarps = 8;
+  const dim3 grid((kv.max_blocks_per_seq + kWarps - 1) / kWarps, kv.kv_heads, kv.batch);
+  detail::dispatch_select_head_dim<T>(kv.head_dim, [&](auto dim) {
+    detail::score_blocks_kernel<T, decltype(dim)::value><<<grid, kWarps * 32, 0, stream.get()>>>(
+        kv, q, q_heads, anchors, config.anchor, config.anchor_num, scores);
+  });
+  check_launch("score_blocks", stream.get());
+}
+
+// From score_blocks' scores: selected int32 [batch][kv_heads][max_selected] (ascending
+// logical blocks; LAYER writes one list to every kv head) and num_selected [batch][kv_heads].
+template <typename T>
+void select_blocks(const KVView<T>& kv, const float* scores, const ElasticConfig& config, const BlockCounts& counts,
+                   std::int32_t* selected, std::int32_t* num_selected, int max_selected, const Stream& stream) {
+  if (Support s = select_supported(config, kv.max_blocks_per_seq, kv.head_dim); !s) throw Error("select_blocks: " + s.why);
+  if (scores == nullptr || selected == nullptr || num_selected == nullptr || max_selected < counts.total() ||
+      counts.init < 0 || counts.local < 0 || counts.pick < 0) {
+    throw Error("select_blocks: needs scores, outputs, non-negative counts and max_selected >= their total");
+  }
+  const bool layer = config.retrieval == RetrievalType::kLayer;
+  detail::select_blocks_kernel<T><<<dim3(layer ? 1 : kv.kv_heads, kv.batch), kSelectThreads, 0, stream.get()>>>(
+      kv, scores, layer, counts, selected, num_selected, max_selected);
+  check_launch("select_blocks", stream.get());
+}
+
+}  // namespace ekv

@@ -1,0 +1,182 @@
+// GPU anchors, block scores and selection against the float64 references of
+// elastic/reference_anchors.hpp and elastic/reference_select.hpp.
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "decode_check.hpp"
+#include "ekv/attention/append.cuh"
+#include "ekv/core/device_buffer.hpp"
+#include "ekv/elastic/anchors.cuh"
+#include "ekv/elastic/reference_select.hpp"
+#include "ekv/elastic/select.cuh"
+#include "test_seed.hpp"
+
+namespace {
+
+using T = __half;
+
+struct Device {
+  ekv::DeviceBuffer<T> k, v, q;
+  ekv::DeviceBuffer<std::int32_t> table, lengths;
+  explicit Device(const ekv::test::HostCache<T>& c)
+      : k(c.k.size()), v(c.v.size()), q(c.q.size()), table(c.table.size()), lengths(c.lengths.size()) {
+    k.copy_from(c.k);
+    v.copy_from(c.v);
+    q.copy_from(c.q);
+    table.copy_from(c.table);
+    lengths.copy_from(c.lengths);
+  }
+};
+
+// Every valid block's GPU anchors against reference_block_anchors: min, max and copied
+// keys exactly, means to float rounding.
+void check_anchors(const ekv::test::HostCache<T>& cache, ekv::test::HostCache<T>& host, const std::vector<float>& anchors,
+                   const ekv::ElasticConfig& config) {
+  const auto& s = cache.shape;
+  const int floats = ekv::anchor_floats(config.anchor, config.anchor_num, s.head_dim);
+  const ekv::KVView<T> view = host.host_view();
+  for (int b = 0; b < s.batch(); ++b) {
+    for (int h = 0; h < s.kv_heads; ++h) {
+      for (int block = 0; block < ekv::sequence_blocks(host.lengths[b], cache.block_len); ++block) {
+        const auto ref = ekv::reference_block_anchors(view, b, h, block, config.anchor, config.anchor_num);
+        const std::int64_t physical = host.table[static_cast<std::size_t>(b) * cache.blocks_per_seq + block];
+        const float* got = anchors.data() + (physical * s.kv_heads + h) * floats;
+        for (int i = 0; i < floats; ++i) REQUIRE(std::abs(got[i] - ref[i]) <= 1e-6 * (1 + std::abs(ref[i])));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("GPU anchors, scores and selection match the references") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const ekv::AnchorKind kinds[] = {ekv::AnchorKind::kQuest, ekv::AnchorKind::kBlockMean, ekv::AnchorKind::kBlockMax,
+                                   ekv::AnchorKind::kFixed};
+  int i = 0;
+  for (ekv::AnchorKind kind : kinds) {
+    for (ekv::RetrievalType retrieval : {ekv::RetrievalType::kKvHead, ekv::RetrievalType::kLayer}) {
+      const int block_len = i % 2 ? 64 : 16;
+      const ekv::test::CacheShape shape{2, 4, 128, block_len, {1000, 37, 2040, 0}, ekv::test::Layout::kPaged};
+      INFO(ekv::test::describe(shape) << " anchor=" << ekv::to_string(kind) << " retrieval=" << ekv::to_string(retrieval));
+      ekv::test::HostCache<T> cache(shape, seed + i++);
+      ekv::ElasticConfig config;
+      config.anchor = kind;
+      config.anchor_num = 3;
+      config.retrieval = retrieval;
+      const ekv::BlockCounts counts{1, 2, 5};
+      Device dev(cache);
+      ekv::Stream stream;
+      const ekv::KVView<T> view = cache.view(dev.k.data(), dev.v.data(), dev.table.data(), dev.lengths.data());
+      const int floats = ekv::anchor_floats(kind, config.anchor_num, shape.head_dim);
+      ekv::DeviceBuffer<float> anchors(cache.table.size() * shape.kv_heads * floats);
+      anchors.fill_bytes(0xFF, stream);
+      ekv::build_anchors<T>(view, anchors.data(), config, stream);
+
+      // five more tokens per sequence, then only the blocks they touched are recomputed
+      const int new_tokens = 5;
+      const auto k_new = ekv::random_uniform<T>(static_cast<std::size_t>(shape.batch()) * shape.kv_heads * new_tokens * shape.head_dim, -1, 1, seed + 100);
+      const auto v_new = ekv::random_uniform<T>(k_new.size(), -1, 1, seed + 101);
+      ekv::DeviceBuffer<T> dk_new(k_new.size()), dv_new(v_new.size());
+      dk_new.copy_from(k_new);
+      dv_new.copy_from(v_new);
+      ekv::DeviceBuffer<std::int32_t> before(cache.lengths.size());
+      before.copy_from(cache.lengths);
+      ekv::append_kv<T>(view, dk_new.data(), dv_new.data(), new_tokens, stream);
+      ekv::update_anchors<T>(view, anchors.data(), config, before.data(), new_tokens, stream);
+
+      ekv::DeviceBuffer<float> scores(static_cast<std::size_t>(shape.batch()) * shape.kv_heads * cache.blocks_per_seq);
+      const int max_selected = counts.total();
+      ekv::DeviceBuffer<std::int32_t> selected(static_cast<std::size_t>(shape.batch()) * shape.kv_heads * max_selected);
+      ekv::DeviceBuffer<std::int32_t> num_selected(static_cast<std::size_t>(shape.batch()) * shape.kv_heads);
+      ekv::score_blocks<T>(view, dev.q.data(), shape.q_heads(), anchors.data(), config, scores.data(), stream);
+      ekv::select_blocks<T>(view, scores.data(), config, counts, selected.data(), num_selected.data(), max_selected,
+                            stream);
+      stream.synchronize();
+
+      ekv::test::HostCache<T> host = cache;  // the cache after the append, read back
+      dev.k.copy_to(host.k);
+      dev.lengths.copy_to(host.lengths);
+      for (int b = 0; b < shape.batch(); ++b) CHECK(host.lengths[b] == std::min(cache.lengths[b] + new_tokens, cache.block_len * cache.blocks_per_seq));
+      std::vector<float> got_anchors(anchors.size()), got_scores(scores.size());
+      std::vector<std::int32_t> got_selected(selected.size()), got_counts(num_selected.size());
+      anchors.copy_to(got_anchors);
+      scores.copy_to(got_scores);
+      selected.copy_to(got_selected);
+      num_selected.copy_to(got_counts);
+      check_anchors(cache, host, got_anchors, config);
+
+      const ekv::KVView<T> host_view = host.host_view();
+      for (int b = 0; b < shape.batch(); ++b) {
+        const int blocks = ekv::sequence_blocks(host.lengths[b], cache.block_len);
+        const auto ref_scores = ekv::reference_granule_scores(host_view, host.q.data() + static_cast<std::size_t>(b) * shape.q_heads() * shape.head_dim,
+                                                              shape.q_heads(), b, config);
+        std::vector<double> layer_scores(blocks, -INFINITY);
+        for (int h = 0; h < shape.kv_heads; ++h) {
+          std::vector<double> gpu(blocks);
+          for (int block = 0; block < blocks; ++block) {
+            gpu[block] = got_scores[(static_cast<std::size_t>(b) * shape.kv_heads + h) * cache.blocks_per_seq + block];
+            layer_scores[block] = std::max(layer_scores[block], gpu[block]);
+            if (retrieval == ekv::RetrievalType::kKvHead) {
+              REQUIRE(std::abs(gpu[block] - ref_scores[h][block]) <= 1e-4 * (1 + std::abs(ref_scores[h][block])));
+            }
+          }
+          if (retrieval == ekv::RetrievalType::kKvHead) {
+            // the selection logic on the GPU's own scores: exact, ties included
+            const auto want = ekv::reference_select_blocks(gpu, counts);
+            const std::size_t row = static_cast<std::size_t>(b) * shape.kv_heads + h;
+            REQUIRE(got_counts[row] == static_cast<int>(want.size()));
+            for (std::size_t j = 0; j < want.size(); ++j) CHECK(got_selected[row * max_selected + j] == want[j]);
+          }
+        }
+        if (retrieval == ekv::RetrievalType::kLayer) {
+          for (int block = 0; block < blocks; ++block) {
+            REQUIRE(std::abs(layer_scores[block] - ref_scores[0][block]) <= 1e-4 * (1 + std::abs(ref_scores[0][block])));
+          }
+          const auto want = ekv::reference_select_blocks(layer_scores, counts);
+          for (int h = 0; h < shape.kv_heads; ++h) {
+            const std::size_t row = static_cast<std::size_t>(b) * shape.kv_heads + h;
+            REQUIRE(got_counts[row] == static_cast<int>(want.size()));
+            for (std::size_t j = 0; j < want.size(); ++j) CHECK(got_selected[row * max_selected + j] == want[j]);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("GPU selection breaks exact ties toward the lower block, like the reference") {
+  ekv::test::HostCache<T> cache({1, 1, 128, 16, {16 * 40}, ekv::test::Layout::kPaged}, 7);
+  Device dev(cache);
+  ekv::Stream stream;
+  const ekv::KVView<T> view = cache.view(dev.k.data(), dev.v.data(), dev.table.data(), dev.lengths.data());
+  std::vector<float> scores(40);
+  for (int b = 0; b < 40; ++b) scores[b] = static_cast<float>(b % 4);  // blocks 3, 7, 11, ... tie at 3
+  scores[20] = -0.0f;
+  ekv::DeviceBuffer<float> dscores(scores.size());
+  dscores.copy_from(scores);
+  const ekv::BlockCounts counts{2, 3, 6};
+  ekv::DeviceBuffer<std::int32_t> selected(counts.total()), num_selected(1);
+  ekv::ElasticConfig config;
+  ekv::select_blocks<T>(view, dscores.data(), config, counts, selected.data(), num_selected.data(), counts.total(),
+                        stream);
+  std::vector<std::int32_t> got(counts.total());
+  selected.copy_to(got);
+  const auto want = ekv::reference_select_blocks(std::vector<double>(scores.begin(), scores.end()), counts);
+  REQUIRE(want.size() == got.size());
+  for (std::size_t j = 0; j < want.size(); ++j) CHECK(got[j] == want[j]);
+}
+
+TEST_CASE("GPU selection rejects what it does not support") {
+  ekv::ElasticConfig config;
+  config.retrieval = ekv::RetrievalType::kQHead;
+  CHECK_FALSE(ekv::select_supported(config, 100, 128));
+  config.retrieval = ekv::RetrievalType::kKvHead;
+  CHECK_FALSE(ekv::select_supported(config, ekv::kSelectMaxBlocks + 1, 128));
+  config.anchor = ekv::AnchorKind::kDynamic;
+  CHECK_FALSE(ekv::anchors_supported(config));
+}
