@@ -164,6 +164,7 @@ TEST_CASE("GPU selection breaks exact ties toward the lower block, like the refe
   ekv::ElasticConfig config;
   ekv::select_blocks<T>(view, dscores.data(), config, counts, selected.data(), num_selected.data(), counts.total(),
                         stream);
+  stream.synchronize();
   std::vector<std::int32_t> got(counts.total());
   selected.copy_to(got);
   const auto want = ekv::reference_select_blocks(std::vector<double>(scores.begin(), scores.end()), counts);
