@@ -61,7 +61,7 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
   for (ekv::AnchorKind kind : kinds) {
     for (ekv::RetrievalType retrieval : {ekv::RetrievalType::kKvHead, ekv::RetrievalType::kLayer}) {
       const int block_len = i % 2 ? 64 : 16;
-      const ekv::test::CacheShape shape{2, 4, 128, block_len, {1000, 37, 2040, 0}, ekv::test::Layout::kPaged};
+      const ekv::test::CacheShape shape{2, 4, 128, block_len, {1000, 37, 5000, 0}, ekv::test::Layout::kPaged};
       INFO(ekv::test::describe(shape) << " anchor=" << ekv::to_string(kind) << " retrieval=" << ekv::to_string(retrieval));
       ekv::test::HostCache<T> cache(shape, seed + i++);
       ekv::ElasticConfig config;

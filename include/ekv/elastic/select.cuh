@@ -12,7 +12,9 @@
 #include <cstdint>
 #include <string>
 
+#include "ekv/attention/decode_support.hpp"
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/core/dispatch.hpp"
 #include "ekv/core/dtype.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/core/launch.hpp"
@@ -25,9 +27,11 @@
 namespace ekv {
 
 inline constexpr int kSelectThreads = 256;
-inline constexpr int kSelectItems = 16;
+// Blocks per thread of the selection sort: the fewest that hold a sequence's blocks (the
+// sort's cost follows the items, not the blocks).
+inline constexpr int kSelectItemCounts[] = {1, 2, 4, 8, 16};
 // The most blocks one sequence may have for select_blocks (128K tokens in blocks of 32).
-inline constexpr int kSelectMaxBlocks = kSelectThreads * kSelectItems;
+inline constexpr int kSelectMaxBlocks = kSelectThreads * 16;
 
 inline Support select_supported(const ElasticConfig& config, int blocks_per_seq, int head_dim) {
   if (Support s = anchors_supported(config); !s) return s;
@@ -53,6 +57,12 @@ __global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads,
                                     AnchorKind kind, int anchor_num, float* scores) {
   constexpr int kPerLane = HeadDim / 32;
   const int seq = blockIdx.z, head = blockIdx.y, lane = threadIdx.x % 32;
+  // the group's queries, shared by the CTA's warps (blocks of the same kv head)
+  __shared__ float q_group[kDecodeMaxGroup * HeadDim];
+  const int group_size = q_heads / kv.kv_heads;
+  const T* q_first = q + (static_cast<std::int64_t>(seq) * q_heads + head * group_size) * HeadDim;
+  for (int i = threadIdx.x; i < group_size * HeadDim; i += blockDim.x) q_group[i] = DTypeTraits<T>::to_float(q_first[i]);
+  __syncthreads();
   const int block = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int len = min(kv.length(seq, head), kv.capacity());
   if (block >= sequence_blocks(len, kv.block_len)) return;
@@ -61,8 +71,8 @@ __global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads,
   const float* a = anchors + (physical * kv.kv_heads + head) * floats;
   const int group = q_heads / kv.kv_heads;
   float best = -INFINITY;
-  for (int h = head * group; h < (head + 1) * group; ++h) {
-    const T* qh = q + (static_cast<std::int64_t>(seq) * q_heads + h) * HeadDim;
+  for (int g = 0; g < group; ++g) {
+    const float* qh = q_group + g * HeadDim;
     float s = -INFINITY;
     const int anchors_here = kind == AnchorKind::kQuest ? 1 : floats / HeadDim;
     for (int i = 0; i < anchors_here; ++i) {
@@ -70,7 +80,7 @@ __global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads,
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) {
         const int c = lane + 32 * j;
-        const float qc = DTypeTraits<T>::to_float(qh[c]);
+        const float qc = qh[c];
         part += kind == AnchorKind::kQuest ? fmaxf(qc * a[c], qc * a[HeadDim + c]) : qc * a[i * HeadDim + c];
       }
 #pragma unroll
@@ -85,26 +95,26 @@ __global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads,
 // CTA (granule, seq): sinks and window get +inf so they sort first, the rest their score
 // (the max over kv heads for LAYER); the first counts.total() of a stable descending sort
 // are flagged, and a scan over the flags writes them in ascending block order.
-template <typename T>
+template <typename T, int Items>
 __global__ void __launch_bounds__(kSelectThreads)
     select_blocks_kernel(const KVView<T> kv, const float* scores, bool layer, BlockCounts counts,
                          std::int32_t* selected, std::int32_t* num_selected, int max_selected) {
-  using Sort = cub::BlockRadixSort<float, kSelectThreads, kSelectItems, int>;
+  using Sort = cub::BlockRadixSort<float, kSelectThreads, Items, int>;
   using Scan = cub::BlockScan<int, kSelectThreads>;
   __shared__ union {
     typename Sort::TempStorage sort;
     typename Scan::TempStorage scan;
   } temp;
-  __shared__ unsigned char flags[kSelectMaxBlocks];
+  __shared__ unsigned char flags[kSelectThreads * Items];
   const int seq = blockIdx.y, granule = blockIdx.x;
   const int len = min(kv.length(seq, granule), kv.capacity());
   const int n = sequence_blocks(len, kv.block_len);
   const int keep = min(n, counts.total());
-  float key[kSelectItems];
-  int index[kSelectItems];
+  float key[Items];
+  int index[Items];
 #pragma unroll
-  for (int i = 0; i < kSelectItems; ++i) {
-    const int b = threadIdx.x * kSelectItems + i;  // blocked: the sort is stable in index order
+  for (int i = 0; i < Items; ++i) {
+    const int b = threadIdx.x * Items + i;  // blocked: the sort is stable in index order
     index[i] = b;
     float s = -INFINITY;
     if (b < n) {
@@ -118,24 +128,24 @@ __global__ void __launch_bounds__(kSelectThreads)
     }
     key[i] = b < n ? s : -INFINITY;
   }
-  for (int b = threadIdx.x; b < kSelectMaxBlocks; b += kSelectThreads) flags[b] = 0;
+  for (int b = threadIdx.x; b < kSelectThreads * Items; b += kSelectThreads) flags[b] = 0;
   Sort(temp.sort).SortDescending(key, index);
   __syncthreads();
 #pragma unroll
-  for (int i = 0; i < kSelectItems; ++i) {
-    if (threadIdx.x * kSelectItems + i < keep) flags[index[i]] = 1;  // rank r holds the r-th best
+  for (int i = 0; i < Items; ++i) {
+    if (threadIdx.x * Items + i < keep) flags[index[i]] = 1;  // rank r holds the r-th best
   }
   __syncthreads();
-  int flag[kSelectItems], position[kSelectItems];
+  int flag[Items], position[Items];
 #pragma unroll
-  for (int i = 0; i < kSelectItems; ++i) flag[i] = flags[threadIdx.x * kSelectItems + i];
+  for (int i = 0; i < Items; ++i) flag[i] = flags[threadIdx.x * Items + i];
   Scan(temp.scan).ExclusiveSum(flag, position);
   const int rows = layer ? kv.kv_heads : 1;
   for (int r = 0; r < rows; ++r) {
     const std::int64_t row = static_cast<std::int64_t>(seq) * kv.kv_heads + (layer ? r : granule);
 #pragma unroll
-    for (int i = 0; i < kSelectItems; ++i) {
-      if (flag[i] && position[i] < max_selected) selected[row * max_selected + position[i]] = threadIdx.x * kSelectItems + i;
+    for (int i = 0; i < Items; ++i) {
+      if (flag[i] && position[i] < max_selected) selected[row * max_selected + position[i]] = threadIdx.x * Items + i;
     }
     if (threadIdx.x == 0) num_selected[row] = min(keep, max_selected);
   }
@@ -158,8 +168,10 @@ template <typename T>
 void score_blocks(const KVView<T>& kv, const T* q, int q_heads, const float* anchors, const ElasticConfig& config,
                   float* scores, const Stream& stream) {
   if (Support s = anchors_supported(config); !s) throw Error("score_blocks: " + s.why);
-  if (kv.block_table == nullptr || q == nullptr || anchors == nullptr || scores == nullptr || q_heads % kv.kv_heads) {
-    throw Error("score_blocks: needs a paged view, q, anchors, scores and q_heads a multiple of kv_heads");
+  if (kv.block_table == nullptr || q == nullptr || anchors == nullptr || scores == nullptr || q_heads % kv.kv_heads ||
+      q_heads / kv.kv_heads > kDecodeMaxGroup) {
+    throw Error("score_blocks: needs a paged view, q, anchors, scores and q_heads a multiple of kv_heads, group <= " +
+                std::to_string(kDecodeMaxGroup));
   }
   constexpr int kWarps = 8;
   const dim3 grid((kv.max_blocks_per_seq + kWarps - 1) / kWarps, kv.kv_heads, kv.batch);
@@ -181,8 +193,14 @@ void select_blocks(const KVView<T>& kv, const float* scores, const ElasticConfig
     throw Error("select_blocks: needs scores, outputs, non-negative counts and max_selected >= their total");
   }
   const bool layer = config.retrieval == RetrievalType::kLayer;
-  detail::select_blocks_kernel<T><<<dim3(layer ? 1 : kv.kv_heads, kv.batch), kSelectThreads, 0, stream.get()>>>(
-      kv, scores, layer, counts, selected, num_selected, max_selected);
+  int items = 1;
+  while (items * kSelectThreads < kv.max_blocks_per_seq) items *= 2;
+  dispatch<kSelectItemCounts>("items", "select_blocks", items, [&](auto n) {
+    detail::select_blocks_kernel<T, decltype(n)::value>
+        <<<dim3(layer ? 1 : kv.kv_heads, kv.batch), kSelectThreads, 0, stream.get()>>>(kv, scores, layer, counts,
+                                                                                       selected, num_selected,
+                                                                                       max_selected);
+  });
   check_launch("select_blocks", stream.get());
 }
 
