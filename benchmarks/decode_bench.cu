@@ -43,12 +43,7 @@ void run_case(benchmark::State& state, int batch, int len, bool paged, bool grap
                                blocks_per_seq)
             : ekv::contiguous_hnd_kv<T>(k.data(), v.data(), lengths.data(), batch, kKvHeads, kHeadDim, len);
 
-  ekv::DecodeProblem problem;
-  problem.batch = batch;
-  problem.q_heads = kQHeads;
-  problem.kv_heads = kKvHeads;
-  problem.head_dim = kHeadDim;
-  problem.max_seq_len = len;
+  const ekv::DecodeProblem problem{ekv::DType::kFloat16, batch, kQHeads, kKvHeads, kHeadDim, len};
   const ekv::DecodePlan plan = ekv::plan_decode(problem, device, forced_splits);
   ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
   auto issue = [&](const ekv::Stream& s) {

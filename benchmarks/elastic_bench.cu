@@ -78,12 +78,7 @@ void elastic(benchmark::State& state) {
   const ekv::KVView<T> view =
       ekv::paged_kv<T>(k.data(), v.data(), table.data(), lengths.data(), batch, kKvHeads, kHeadDim, kBlockLen, blocks);
 
-  ekv::DecodeProblem problem;
-  problem.batch = batch;
-  problem.q_heads = kQHeads;
-  problem.kv_heads = kKvHeads;
-  problem.head_dim = kHeadDim;
-  problem.max_seq_len = len;
+  const ekv::DecodeProblem problem{ekv::DType::kFloat16, batch, kQHeads, kKvHeads, kHeadDim, len};
   const ekv::DecodePlan exact = ekv::plan_decode(problem, device);
   ekv::DeviceBuffer<unsigned char> exact_workspace = ekv::make_decode_workspace(exact, stream);
   ekv::ElasticConfig config;

@@ -6,7 +6,7 @@
 #include <random>
 #include <vector>
 
-#include "decode_check.hpp"
+#include "device_cache.cuh"
 #include "ekv/attention/decode.cuh"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/elastic/block_sparse.cuh"
@@ -45,36 +45,26 @@ void check_block_sparse(const ekv::test::CacheShape& shape, std::uint64_t seed) 
   }
 
   ekv::Stream stream;
-  ekv::DeviceBuffer<T> dk(cache.k.size()), dv(cache.v.size()), dq(cache.q.size()), dout(cache.q.size());
-  ekv::DeviceBuffer<std::int32_t> dtable(cache.table.size()), dlengths(cache.lengths.size());
+  ekv::test::DeviceCache<T> dev(cache);
+  ekv::DeviceBuffer<T> dout(cache.q.size());
   ekv::DeviceBuffer<std::int32_t> dselected(selected.size()), dcounts(counts.size());
   ekv::DeviceBuffer<std::int32_t> dsparse_tables(selected.size()), dsparse_lengths(counts.size());
   ekv::DeviceBuffer<float> dlse(static_cast<std::size_t>(shape.batch()) * shape.q_heads());
-  dk.copy_from(cache.k);
-  dv.copy_from(cache.v);
-  dq.copy_from(cache.q);
-  dtable.copy_from(cache.table);
-  dlengths.copy_from(cache.lengths);
   dselected.copy_from(selected);
   dcounts.copy_from(counts);
-  const ekv::KVView<T> base = cache.view(dk.data(), dv.data(), dtable.data(), dlengths.data());
+  const ekv::KVView<T> base = dev.view(cache);
   ekv::gather_selected_blocks<T>(base, dselected.data(), dcounts.data(), max_selected, dsparse_tables.data(),
                                  dsparse_lengths.data(), stream);
   const ekv::KVView<T> sparse =
       ekv::block_sparse_view<T>(base, dsparse_tables.data(), dsparse_lengths.data(), max_selected);
 
-  ekv::DecodeProblem problem;
-  problem.dtype = ekv::kDTypeOf<T>;
-  problem.batch = shape.batch();
-  problem.q_heads = shape.q_heads();
-  problem.kv_heads = shape.kv_heads;
-  problem.head_dim = shape.head_dim;
+  ekv::DecodeProblem problem = ekv::test::decode_problem(shape, ekv::kDTypeOf<T>);
   problem.max_seq_len = max_selected * cache.block_len;
   const ekv::DecodePlan plan = ekv::plan_decode(problem, ekv::DeviceInfo::current());
   ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
   dout.fill_bytes(0xFF, stream);
   dlse.fill_bytes(0xFF, stream);
-  ekv::run_decode<T>(plan, sparse, dq.data(), dout.data(), dlse.data(), workspace.data(), stream);
+  ekv::run_decode<T>(plan, sparse, dev.q.data(), dout.data(), dlse.data(), workspace.data(), stream);
   stream.synchronize();
   std::vector<T> out(dout.size());
   std::vector<float> lse(dlse.size());

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <vector>
 
-#include "decode_check.hpp"
+#include "device_cache.cuh"
 #include "ekv/attention/append.cuh"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/elastic/anchors.cuh"
@@ -17,19 +17,6 @@
 namespace {
 
 using T = __half;
-
-struct Device {
-  ekv::DeviceBuffer<T> k, v, q;
-  ekv::DeviceBuffer<std::int32_t> table, lengths;
-  explicit Device(const ekv::test::HostCache<T>& c)
-      : k(c.k.size()), v(c.v.size()), q(c.q.size()), table(c.table.size()), lengths(c.lengths.size()) {
-    k.copy_from(c.k);
-    v.copy_from(c.v);
-    q.copy_from(c.q);
-    table.copy_from(c.table);
-    lengths.copy_from(c.lengths);
-  }
-};
 
 // Every valid block's GPU anchors against reference_block_anchors: min, max and copied
 // keys exactly, means to float rounding.
@@ -69,9 +56,9 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
       config.anchor_num = 3;
       config.retrieval = retrieval;
       const ekv::BlockCounts counts{1, 2, 5};
-      Device dev(cache);
+      ekv::test::DeviceCache<T> dev(cache);
       ekv::Stream stream;
-      const ekv::KVView<T> view = cache.view(dev.k.data(), dev.v.data(), dev.table.data(), dev.lengths.data());
+      const ekv::KVView<T> view = dev.view(cache);
       const int floats = ekv::anchor_floats(kind, config.anchor_num, shape.head_dim);
       ekv::DeviceBuffer<float> anchors(cache.table.size() * shape.kv_heads * floats);
       anchors.fill_bytes(0xFF, stream);
@@ -151,9 +138,9 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
 
 TEST_CASE("GPU selection breaks exact ties toward the lower block, like the reference") {
   ekv::test::HostCache<T> cache({1, 1, 128, 16, {16 * 40}, ekv::test::Layout::kPaged}, 7);
-  Device dev(cache);
+  ekv::test::DeviceCache<T> dev(cache);
   ekv::Stream stream;
-  const ekv::KVView<T> view = cache.view(dev.k.data(), dev.v.data(), dev.table.data(), dev.lengths.data());
+  const ekv::KVView<T> view = dev.view(cache);
   std::vector<float> scores(40);
   for (int b = 0; b < 40; ++b) scores[b] = static_cast<float>(b % 4);  // blocks 3, 7, 11, ... tie at 3
   scores[20] = -0.0f;
