@@ -86,6 +86,18 @@ TEST_CASE_TEMPLATE("decode over batch 64 with ragged lengths, empty sequences in
   check_decode<T>(c, seed);
 }
 
+TEST_CASE_TEMPLATE("decode of a batch of one, short and long", T, float, __half, __nv_bfloat16) {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  for (int len : {1, 7, 33000}) {
+    for (Layout layout : ekv::test::kAllLayouts) {
+      const CacheShape c{2, 4, 128, 16, {len}, layout};
+      INFO(ekv::test::describe(c));
+      check_decode<T>(c, seed + len);
+    }
+  }
+}
+
 TEST_CASE("any split count gives the unsplit result") {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
