@@ -2,11 +2,10 @@
 // Query-aware block selection on the GPU, the semantics of elastic/reference_select.hpp:
 // score_blocks scores every block from its anchors (many CTAs, one warp per block), then
 // select_blocks keeps per granule the sinks, the window and the top pick_block_num by
-// score (one CTA per granule: a stable CUB radix sort, so equal scores keep the lower
-// block), ascending, in the [batch][kv_heads][max_selected] rows gather_selected_blocks
+// score (one CTA per granule: a radix select of the k-th score, then CUB scans; equal
+// scores go to the lower block), ascending, in the [batch][kv_heads][max_selected] rows gather_selected_blocks
 // reads. LAYER and KVHEAD selections; a QHEAD selection has no block-sparse view yet.
 
-#include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 
 #include <cstdint>
@@ -92,30 +91,77 @@ __global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads,
   if (lane == 0) scores[(static_cast<std::int64_t>(seq) * kv.kv_heads + head) * kv.max_blocks_per_seq + block] = best;
 }
 
-// CTA (granule, seq): sinks and window get +inf so they sort first, the rest their score
-// (the max over kv heads for LAYER); the first counts.total() of a stable descending sort
-// are flagged, and a scan over the flags writes them in ascending block order.
+// A float's bits as an unsigned key in the same order (-inf lowest, +inf highest).
+__device__ __forceinline__ unsigned ordered_key(float x) {
+  const unsigned u = __float_as_uint(x);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// The k-th largest of the CTA's keys (1 <= k <= the number of keys), by radix select
+// over 8-bit digits from the top: returns it and, through `take`, how many of the keys
+// equal to it belong to the k largest.
+template <int Items>
+__device__ unsigned kth_largest(const unsigned (&key)[Items], int k, int& take) {
+  __shared__ int hist[256];
+  __shared__ unsigned chosen_prefix;
+  __shared__ int chosen_remaining;
+  unsigned prefix = 0, mask = 0;
+  int remaining = k;
+  const int lane = threadIdx.x % 32;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < Items; ++i) {
+      if ((key[i] & mask) == prefix) atomicAdd(&hist[(key[i] >> shift) & 255], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      // lane l holds digits 8l .. 8l + 7; its suffix sum counts the keys of digits >= 8l,
+      // so exactly one lane has suffix >= remaining > suffix - mine
+      int mine = 0;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) mine += hist[lane * 8 + j];
+      int suffix = mine;
+#pragma unroll
+      for (int off = 1; off < 32; off *= 2) {
+        const int higher = __shfl_down_sync(0xffffffffu, suffix, off);
+        if (lane + off < 32) suffix += higher;
+      }
+      int cum = suffix - mine;
+      if (cum < remaining && suffix >= remaining) {
+        int digit = lane * 8 + 7;
+        while (cum + hist[digit] < remaining) cum += hist[digit--];
+        chosen_prefix = prefix | static_cast<unsigned>(digit) << shift;
+        chosen_remaining = remaining - cum;
+      }
+    }
+    __syncthreads();
+    prefix = chosen_prefix;
+    remaining = chosen_remaining;
+    mask |= 255u << shift;
+  }
+  take = remaining;
+  return prefix;
+}
+
+// CTA (granule, seq): sinks and window get +inf so they rank first, the rest their score
+// (the max over kv heads for LAYER); the keep largest are flagged, equal scores to the
+// lower block, and a scan over the flags writes them in ascending block order.
 template <typename T, int Items>
 __global__ void __launch_bounds__(kSelectThreads)
     select_blocks_kernel(const KVView<T> kv, const float* scores, bool layer, BlockCounts counts,
                          std::int32_t* selected, std::int32_t* num_selected, int max_selected) {
-  using Sort = cub::BlockRadixSort<float, kSelectThreads, Items, int>;
   using Scan = cub::BlockScan<int, kSelectThreads>;
-  __shared__ union {
-    typename Sort::TempStorage sort;
-    typename Scan::TempStorage scan;
-  } temp;
-  __shared__ unsigned char flags[kSelectThreads * Items];
+  __shared__ typename Scan::TempStorage scan;
   const int seq = blockIdx.y, granule = blockIdx.x;
   const int len = min(kv.length(seq, granule), kv.capacity());
   const int n = sequence_blocks(len, kv.block_len);
   const int keep = min(n, counts.total());
-  float key[Items];
-  int index[Items];
+  unsigned key[Items];  // blocked: thread t holds blocks t * Items .. + Items - 1
 #pragma unroll
   for (int i = 0; i < Items; ++i) {
-    const int b = threadIdx.x * Items + i;  // blocked: the sort is stable in index order
-    index[i] = b;
+    const int b = threadIdx.x * Items + i;
     float s = -INFINITY;
     if (b < n) {
       const int heads = layer ? kv.kv_heads : 1;
@@ -126,20 +172,22 @@ __global__ void __launch_bounds__(kSelectThreads)
       s += 0.0f;  // -0.0 and +0.0 are one score, as in the reference
       if (b < counts.init || b >= n - counts.local) s = INFINITY;
     }
-    key[i] = b < n ? s : -INFINITY;
+    key[i] = b < n ? ordered_key(s) : 0u;  // below every score's key: never among the keep largest
   }
-  for (int b = threadIdx.x; b < kSelectThreads * Items; b += kSelectThreads) flags[b] = 0;
-  Sort(temp.sort).SortDescending(key, index);
-  __syncthreads();
+  int take = 0;
+  const unsigned threshold = keep > 0 ? kth_largest<Items>(key, keep, take) : ~0u;
+  // among keys equal to the threshold, the lowest blocks first
+  int equal[Items], equal_before[Items];
 #pragma unroll
-  for (int i = 0; i < Items; ++i) {
-    if (threadIdx.x * Items + i < keep) flags[index[i]] = 1;  // rank r holds the r-th best
-  }
+  for (int i = 0; i < Items; ++i) equal[i] = keep > 0 && key[i] == threshold;
+  Scan(scan).ExclusiveSum(equal, equal_before);
   __syncthreads();
   int flag[Items], position[Items];
 #pragma unroll
-  for (int i = 0; i < Items; ++i) flag[i] = flags[threadIdx.x * Items + i];
-  Scan(temp.scan).ExclusiveSum(flag, position);
+  for (int i = 0; i < Items; ++i) {
+    flag[i] = keep > 0 && (key[i] > threshold || (equal[i] && equal_before[i] < take));
+  }
+  Scan(scan).ExclusiveSum(flag, position);
   const int rows = layer ? kv.kv_heads : 1;
   for (int r = 0; r < rows; ++r) {
     const std::int64_t row = static_cast<std::int64_t>(seq) * kv.kv_heads + (layer ? r : granule);
