@@ -1,7 +1,8 @@
 // Elastic against exact decode on the same paged cache: fp16, q_heads 32, kv_heads 8,
 // head_dim 128, blocks of 64 tokens, QUEST anchors with one kv-head selection, one sink
 // and one window block, compression C. Both timed by graph replay on cold L2 in the same
-// benchmark; the elastic step includes scoring, selection and the gather. Accuracy: the
+// benchmark; a refreshing elastic step includes scoring, selection and the gather, a
+// reusing one (between refreshes, ElasticConfig::token_step) only the gather. Accuracy: the
 // relative L2 error of elastic O against exact O (both from the GPU), and at batch 1 the
 // attention mass the selection captured (float64, host). Data: random, or random with
 // planted needles (a few blocks per kv head whose keys point along the query).
@@ -95,9 +96,13 @@ void elastic(benchmark::State& state) {
     elastic_step.run(view, q.data(), anchors.data(), o_elastic.data(), lse_elastic.data(), s);
   };
   auto run_selection = [&](const ekv::Stream& s) { elastic_step.select(view, q.data(), anchors.data(), s); };
+  auto run_reuse = [&](const ekv::Stream& s) {  // a step between refreshes
+    elastic_step.attend(view, q.data(), o_elastic.data(), lse_elastic.data(), s);
+  };
   ekv::Graph exact_graph = ekv::Graph::capture(stream, run_exact);
   ekv::Graph elastic_graph = ekv::Graph::capture(stream, run_elastic);
   ekv::Graph selection_graph = ekv::Graph::capture(stream, run_selection);
+  ekv::Graph reuse_graph = ekv::Graph::capture(stream, run_reuse);
   ekv::L2Flusher flusher(device);
   ekv::Event start, stop;
   auto sample = [&](ekv::Graph& graph) {
@@ -108,17 +113,20 @@ void elastic(benchmark::State& state) {
     stop.synchronize();
     return ekv::Event::elapsed_ms(start, stop) * 1e-3;
   };
-  // interleaved: each iteration times one exact, one elastic and one selection-only step
-  std::vector<double> exact_s, elastic_s, selection_s;
+  // interleaved: each iteration times an exact step, a refreshing elastic step, the
+  // selection alone and a step that reuses the selection
+  std::vector<double> exact_s, elastic_s, selection_s, reuse_s;
   for (auto _ : state) {
     exact_s.push_back(sample(exact_graph));
     elastic_s.push_back(sample(elastic_graph));
     selection_s.push_back(sample(selection_graph));
+    reuse_s.push_back(sample(reuse_graph));
     state.SetIterationTime(elastic_s.back());
   }
   const double exact_median = ekv::summarize(exact_s).median;
   const double elastic_median = ekv::summarize(elastic_s).median;
   const double selection_median = ekv::summarize(selection_s).median;
+  const double reuse_median = ekv::summarize(reuse_s).median;
   elastic_graph.launch(stream);  // the outputs compared below
   stream.synchronize();
   std::vector<T> exact_o(o_exact.size()), elastic_o(o_elastic.size());
@@ -134,6 +142,8 @@ void elastic(benchmark::State& state) {
   state.counters["elastic_us"] = elastic_median * 1e6;
   state.counters["select_us"] = selection_median * 1e6;
   state.counters["speedup"] = exact_median / elastic_median;
+  state.counters["reuse_us"] = reuse_median * 1e6;
+  state.counters["speedup_reuse"] = exact_median / reuse_median;
   state.counters["bytes_ratio"] = exact_bytes / static_cast<double>(bytes.total());
   state.counters["rel_err"] = error.pooled;
   state.counters["rel_err_worst"] = error.worst;
@@ -141,19 +151,19 @@ void elastic(benchmark::State& state) {
   if (batch == 1) {
     // attention mass captured, averaged over query heads, from the host copy of the cache
     std::vector<T> host_k(pool), host_v(pool);
-    std::vector<std::int32_t> host_lengths(batch, len), selected(static_cast<std::size_t>(kKvHeads) * elastic_step.max_selected()),
+    std::vector<std::int32_t> host_lengths(batch, len), selected(static_cast<std::size_t>(kKvHeads) * elastic_step.max_attended()),
         counts(kKvHeads);
     k.copy_to(host_k);
     v.copy_to(host_v);
-    EKV_CUDA_CHECK(cudaMemcpy(selected.data(), elastic_step.selected(), selected.size() * sizeof(std::int32_t), cudaMemcpyDeviceToHost));
-    EKV_CUDA_CHECK(cudaMemcpy(counts.data(), elastic_step.num_selected(), counts.size() * sizeof(std::int32_t), cudaMemcpyDeviceToHost));
+    EKV_CUDA_CHECK(cudaMemcpy(selected.data(), elastic_step.attended(), selected.size() * sizeof(std::int32_t), cudaMemcpyDeviceToHost));
+    EKV_CUDA_CHECK(cudaMemcpy(counts.data(), elastic_step.num_attended(), counts.size() * sizeof(std::int32_t), cudaMemcpyDeviceToHost));
     const ekv::KVView<T> host = ekv::paged_kv<T>(host_k.data(), host_v.data(), host_table.data(), host_lengths.data(), 1,
                                                  kKvHeads, kHeadDim, kBlockLen, blocks);
     double mass = 0;
     for (int qh = 0; qh < kQHeads; ++qh) {
       const int h = qh / (kQHeads / kKvHeads);
-      const std::vector<int> chosen(selected.begin() + static_cast<std::ptrdiff_t>(h) * elastic_step.max_selected(),
-                                    selected.begin() + static_cast<std::ptrdiff_t>(h) * elastic_step.max_selected() + counts[h]);
+      const std::vector<int> chosen(selected.begin() + static_cast<std::ptrdiff_t>(h) * elastic_step.max_attended(),
+                                    selected.begin() + static_cast<std::ptrdiff_t>(h) * elastic_step.max_attended() + counts[h]);
       mass += ekv::attention_mass_captured(host, host_q.data() + static_cast<std::size_t>(qh) * kHeadDim, 0, h, chosen,
                                            1.0 / std::sqrt(static_cast<double>(kHeadDim)));
     }

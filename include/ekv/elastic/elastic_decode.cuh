@@ -1,10 +1,16 @@
 #pragma once
 // ElasticDecode: one elastic decode step over a paged cache, sized once: score every
 // block from its anchors, select sinks + window + top-k per granule, gather the selected
-// blocks into a block-sparse view and run exact decode over it. Every buffer is allocated
-// at construction, so run() never allocates or synchronizes and a step can be captured
-// in a CUDA Graph.
+// blocks into a block-sparse view and run exact decode over it. Steps that do not
+// refresh the selection (ElasticConfig::token_step) skip scoring and attend to the last
+// selection plus the blocks appended since. Every buffer is allocated at construction,
+// so a step never allocates or synchronizes and can be captured in a CUDA Graph (one
+// graph for refreshing steps, one for the others).
+//
+// Layers that share a selection (ElasticConfig::selection_layer) and whose caches share
+// the block table: select() on the selecting layer, then attend() with each layer's view.
 
+#include <algorithm>
 #include <cstdint>
 
 #include "ekv/attention/decode.cuh"
@@ -20,57 +26,69 @@ class ElasticDecode {
  public:
   // problem: the dense decode problem (max_seq_len: the longest sequence); the block
   // counts come from the policy at that length, so a shorter sequence of a ragged batch
-  // may keep all its blocks. Throws ekv::Error for what selection or decode cannot do.
+  // may keep all its blocks. max_new_tokens: tokens a sequence gains per step, which sizes
+  // the room for blocks appended between refreshes. Throws ekv::Error for what selection
+  // or decode cannot do.
   ElasticDecode(const DecodeProblem& problem, int block_len, const ElasticPolicy& policy, const DeviceInfo& device,
-                const Stream& stream)
+                const Stream& stream, int max_new_tokens = 1)
       : policy_(policy), block_len_(block_len) {
-    if (block_len < 1) throw Error("ElasticDecode: block_len must be >= 1");
+    if (block_len < 1 || max_new_tokens < 1) throw Error("ElasticDecode: block_len and max_new_tokens must be >= 1");
     const int max_blocks = sequence_blocks(std::max(1, problem.max_seq_len), block_len);
     if (Support s = select_supported(policy.config(), max_blocks, problem.head_dim); !s) {
       throw Error("ElasticDecode: " + s.why);
     }
     counts_ = policy.counts(max_blocks);
     max_selected_ = std::max(1, counts_.total());
+    const long long gained = static_cast<long long>(policy.config().token_step) * max_new_tokens;
+    max_attended_ = max_selected_ + static_cast<int>((gained + block_len - 1) / block_len) + 1;
     DecodeProblem sparse = problem;
-    sparse.max_seq_len = max_selected_ * block_len;
+    sparse.max_seq_len = max_attended_ * block_len;
     plan_ = plan_decode(sparse, device);
     const std::size_t rows = static_cast<std::size_t>(problem.batch) * problem.kv_heads;
     scores_ = DeviceBuffer<float>(rows * max_blocks);
     selected_ = DeviceBuffer<std::int32_t>(rows * max_selected_);
     num_selected_ = DeviceBuffer<std::int32_t>(rows);
-    tables_ = DeviceBuffer<std::int32_t>(rows * max_selected_);
+    blocks_then_ = DeviceBuffer<std::int32_t>(rows);
+    attended_ = DeviceBuffer<std::int32_t>(rows * max_attended_);
+    num_attended_ = DeviceBuffer<std::int32_t>(rows);
+    tables_ = DeviceBuffer<std::int32_t>(rows * max_attended_);
     lengths_ = DeviceBuffer<std::int32_t>(rows);
     workspace_ = make_decode_workspace(plan_, stream);
   }
 
-  // One step: select, then attend. kv: the paged cache (its max_blocks_per_seq covering
-  // the planned length); anchors current (build_anchors, update_anchors); o and lse as for
-  // run_decode.
-  void run(const KVView<T>& kv, const T* q, const float* anchors, T* o, float* lse, const Stream& stream) {
-    select(kv, q, anchors, stream);
+  // Decode step `step` (0 at the sequence's first): selects when the config's token_step
+  // says so, then attends. kv: the paged cache (its max_blocks_per_seq covering the planned
+  // length); anchors current (build_anchors, update_anchors); o and lse as for run_decode.
+  // The first step run must refresh.
+  void run(const KVView<T>& kv, const T* q, const float* anchors, T* o, float* lse, const Stream& stream,
+           int step = 0) {
+    if (policy_.config().refreshes_selection(step)) select(kv, q, anchors, stream);
     attend(kv, q, o, lse, stream);
   }
-  // Scores every block, selects and gathers the selection into the block-sparse view.
+  // Scores every block and selects.
   void select(const KVView<T>& kv, const T* q, const float* anchors, const Stream& stream) {
     score_blocks<T>(kv, q, plan_.problem.q_heads, anchors, policy_.config(), scores_.data(), stream);
     select_blocks<T>(kv, scores_.data(), policy_.config(), counts_, selected_.data(), num_selected_.data(),
-                     max_selected_, stream);
-    gather_selected_blocks<T>(kv, selected_.data(), num_selected_.data(), max_selected_, tables_.data(),
-                              lengths_.data(), stream);
+                     max_selected_, stream, blocks_then_.data());
   }
-  // Exact attention over the last selection's blocks.
+  // Exact attention over the last selection plus the blocks appended since.
   void attend(const KVView<T>& kv, const T* q, T* o, float* lse, const Stream& stream) {
-    run_decode<T>(plan_, block_sparse_view<T>(kv, tables_.data(), lengths_.data(), max_selected_), q, o, lse,
+    extend_selection<T>(kv, selected_.data(), num_selected_.data(), blocks_then_.data(), max_selected_,
+                        attended_.data(), num_attended_.data(), max_attended_, stream);
+    gather_selected_blocks<T>(kv, attended_.data(), num_attended_.data(), max_attended_, tables_.data(),
+                              lengths_.data(), stream);
+    run_decode<T>(plan_, block_sparse_view<T>(kv, tables_.data(), lengths_.data(), max_attended_), q, o, lse,
                   workspace_.data(), stream);
   }
 
   const BlockCounts& counts() const { return counts_; }
-  int max_selected() const { return max_selected_; }
-  // The last run's selection: int32 [batch][kv_heads][max_selected] logical blocks,
+  int max_attended() const { return max_attended_; }
+  // The last step's blocks: int32 [batch][kv_heads][max_attended] logical blocks,
   // ascending, and their counts [batch][kv_heads].
-  const std::int32_t* selected() const { return selected_.data(); }
-  const std::int32_t* num_selected() const { return num_selected_.data(); }
-  // K and V bytes one sequence of seq_len tokens reads per step, anchors included.
+  const std::int32_t* attended() const { return attended_.data(); }
+  const std::int32_t* num_attended() const { return num_attended_.data(); }
+  // K and V bytes one sequence of seq_len tokens reads on a refreshing step, anchors
+  // included (a reusing step reads BytesRead::kv).
   BytesRead bytes_read(int seq_len) const {
     return policy_.bytes_read(seq_len, block_len_, plan_.problem.kv_heads, plan_.problem.head_dim, kDTypeOf<T>);
   }
@@ -80,9 +98,10 @@ class ElasticDecode {
   int block_len_ = 0;
   BlockCounts counts_;
   int max_selected_ = 1;
+  int max_attended_ = 1;
   DecodePlan plan_;
   DeviceBuffer<float> scores_;
-  DeviceBuffer<std::int32_t> selected_, num_selected_, tables_, lengths_;
+  DeviceBuffer<std::int32_t> selected_, num_selected_, blocks_then_, attended_, num_attended_, tables_, lengths_;
   DeviceBuffer<unsigned char> workspace_;
 };
 

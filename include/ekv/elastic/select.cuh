@@ -151,7 +151,8 @@ __device__ unsigned kth_largest(const unsigned (&key)[Items], int k, int& take) 
 template <typename T, int Items>
 __global__ void __launch_bounds__(kSelectThreads)
     select_blocks_kernel(const KVView<T> kv, const float* scores, bool layer, BlockCounts counts,
-                         std::int32_t* selected, std::int32_t* num_selected, int max_selected) {
+                         std::int32_t* selected, std::int32_t* num_selected, int max_selected,
+                         std::int32_t* blocks_then) {
   using Scan = cub::BlockScan<int, kSelectThreads>;
   __shared__ typename Scan::TempStorage scan;
   const int seq = blockIdx.y, granule = blockIdx.x;
@@ -195,8 +196,29 @@ __global__ void __launch_bounds__(kSelectThreads)
     for (int i = 0; i < Items; ++i) {
       if (flag[i] && position[i] < max_selected) selected[row * max_selected + position[i]] = threadIdx.x * Items + i;
     }
-    if (threadIdx.x == 0) num_selected[row] = min(keep, max_selected);
+    if (threadIdx.x == 0) {
+      num_selected[row] = min(keep, max_selected);
+      if (blocks_then != nullptr) blocks_then[row] = n;
+    }
   }
+}
+
+// Row (kv head, seq): the selection made when the sequence had blocks_then blocks, then
+// every block appended since (reference_reuse_selection), at most max_out.
+template <typename T>
+__global__ void extend_selection_kernel(const KVView<T> kv, const std::int32_t* selected, const std::int32_t* counts,
+                                        const std::int32_t* blocks_then, int max_selected, std::int32_t* out,
+                                        std::int32_t* out_counts, int max_out) {
+  const int head = blockIdx.x, seq = blockIdx.y;
+  const std::int64_t row = static_cast<std::int64_t>(seq) * kv.kv_heads + head;
+  const int n = sequence_blocks(min(kv.length(seq, head), kv.capacity()), kv.block_len);
+  const int kept = min(counts[row], max_out);
+  const int then = min(blocks_then[row], n);
+  for (int i = threadIdx.x; i < kept; i += blockDim.x) out[row * max_out + i] = selected[row * max_selected + i];
+  for (int b = then + threadIdx.x; b < n && kept + b - then < max_out; b += blockDim.x) {
+    out[row * max_out + kept + b - then] = b;
+  }
+  if (threadIdx.x == 0) out_counts[row] = min(max_out, kept + n - then);
 }
 
 template <typename T, typename F>
@@ -231,10 +253,13 @@ void score_blocks(const KVView<T>& kv, const T* q, int q_heads, const float* anc
 }
 
 // From score_blocks' scores: selected int32 [batch][kv_heads][max_selected] (ascending
-// logical blocks; LAYER writes one list to every kv head) and num_selected [batch][kv_heads].
+// logical blocks; LAYER writes one list to every kv head) and num_selected [batch][kv_heads];
+// blocks_then [batch][kv_heads], if given, the blocks each sequence had (for
+// extend_selection on the steps that reuse this selection).
 template <typename T>
 void select_blocks(const KVView<T>& kv, const float* scores, const ElasticConfig& config, const BlockCounts& counts,
-                   std::int32_t* selected, std::int32_t* num_selected, int max_selected, const Stream& stream) {
+                   std::int32_t* selected, std::int32_t* num_selected, int max_selected, const Stream& stream,
+                   std::int32_t* blocks_then = nullptr) {
   if (Support s = select_supported(config, kv.max_blocks_per_seq, kv.head_dim); !s) throw Error("select_blocks: " + s.why);
   if (scores == nullptr || selected == nullptr || num_selected == nullptr || max_selected < counts.total() ||
       counts.init < 0 || counts.local < 0 || counts.pick < 0) {
@@ -245,11 +270,27 @@ void select_blocks(const KVView<T>& kv, const float* scores, const ElasticConfig
   while (items * kSelectThreads < kv.max_blocks_per_seq) items *= 2;
   dispatch<kSelectItemCounts>("items", "select_blocks", items, [&](auto n) {
     detail::select_blocks_kernel<T, decltype(n)::value>
-        <<<dim3(layer ? 1 : kv.kv_heads, kv.batch), kSelectThreads, 0, stream.get()>>>(kv, scores, layer, counts,
-                                                                                       selected, num_selected,
-                                                                                       max_selected);
+        <<<dim3(layer ? 1 : kv.kv_heads, kv.batch), kSelectThreads, 0, stream.get()>>>(
+            kv, scores, layer, counts, selected, num_selected, max_selected, blocks_then);
   });
   check_launch("select_blocks", stream.get());
+}
+
+// A selection made earlier (select_blocks with blocks_then) plus every block the
+// sequences gained since, as rows of max_out for gather_selected_blocks: what a step
+// that does not refresh its selection (ElasticConfig::token_step) attends to. Blocks
+// past max_out are not attended: size it for the tokens appended between refreshes.
+template <typename T>
+void extend_selection(const KVView<T>& kv, const std::int32_t* selected, const std::int32_t* num_selected,
+                      const std::int32_t* blocks_then, int max_selected, std::int32_t* out, std::int32_t* out_counts,
+                      int max_out, const Stream& stream) {
+  if (selected == nullptr || num_selected == nullptr || blocks_then == nullptr || out == nullptr ||
+      out_counts == nullptr || max_out < max_selected) {
+    throw Error("extend_selection: needs the selection, blocks_then, outputs and max_out >= max_selected");
+  }
+  detail::extend_selection_kernel<T><<<dim3(kv.kv_heads, kv.batch), 128, 0, stream.get()>>>(
+      kv, selected, num_selected, blocks_then, max_selected, out, out_counts, max_out);
+  check_launch("extend_selection", stream.get());
 }
 
 }  // namespace ekv
