@@ -166,5 +166,6 @@ TEST_CASE("GPU selection rejects what it does not support") {
   config.retrieval = ekv::RetrievalType::kKvHead;
   CHECK_FALSE(ekv::select_supported(config, ekv::kSelectMaxBlocks + 1, 128));
   config.anchor = ekv::AnchorKind::kDynamic;
-  CHECK_FALSE(ekv::anchors_supported(config));
+  CHECK_FALSE(ekv::anchors_supported(config, false));
+  CHECK(ekv::anchors_supported(config, true));
 }

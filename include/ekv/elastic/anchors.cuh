@@ -18,11 +18,15 @@
 
 namespace ekv {
 
-// What the GPU computes: every kind but DYNAMIC (whose importance comes from exact
-// attention steps, not yet recorded on the GPU).
-inline Support anchors_supported(const ElasticConfig& config) {
-  if (config.anchor == AnchorKind::kDynamic) {
-    return {false, "anchor kind dynamic not supported by GPU anchors; supported: quest, block_mean, block_max, fixed"};
+// DYNAMIC anchors a block may keep (its choice lives in shared memory).
+inline constexpr int kMaxDynamicAnchors = 16;
+
+// What the GPU computes: every kind; DYNAMIC needs the tokens' importance
+// (record_importance, importance.cuh).
+inline Support anchors_supported(const ElasticConfig& config, bool has_importance) {
+  if (config.anchor == AnchorKind::kDynamic && !has_importance) {
+    return {false, "anchor kind dynamic needs token importance (record_importance); without it supported: quest, "
+                   "block_mean, block_max, fixed"};
   }
   return {};
 }
@@ -33,7 +37,7 @@ namespace detail {
 // holding token from[seq] (0 without `from`); threads take channels.
 template <typename T>
 __global__ void block_anchors_kernel(const KVView<T> kv, float* anchors, AnchorKind kind, int anchor_num,
-                                     const std::int32_t* from) {
+                                     const std::int32_t* from, float* importance) {
   const int seq = blockIdx.z, head = blockIdx.y;
   const int len = min(kv.length(seq, head), kv.capacity());
   const int block = (from != nullptr ? min(from[seq], len) / kv.block_len : 0) + blockIdx.x;
@@ -43,6 +47,34 @@ __global__ void block_anchors_kernel(const KVView<T> kv, float* anchors, AnchorK
   const std::int64_t physical = kv.block_table[seq * kv.table_seq_stride + head * kv.table_head_stride + block];
   float* out = anchors + (physical * kv.kv_heads + head) * anchor_floats(kind, anchor_num, d);
   const T* k = kv.k + kv.offset(seq, head, block * kv.block_len);  // a block's rows are token_stride apart
+  if (kind == AnchorKind::kDynamic) {
+    float* weight = importance + (physical * kv.kv_heads + head) * kv.block_len;
+    // tokens new since the last update start with no importance
+    const int fresh = from != nullptr ? max(0, from[seq] - block * kv.block_len) : valid;
+    for (int t = fresh + threadIdx.x; t < valid; t += blockDim.x) weight[t] = 0.0f;
+    __syncthreads();
+    // the anchor_num most important tokens, ties to the lower; a short block repeats its last
+    __shared__ int chosen[kMaxDynamicAnchors];
+    if (threadIdx.x == 0) {
+      unsigned long long taken[4] = {};  // bit t: token t chosen (block_len <= 256)
+      for (int i = 0; i < anchor_num; ++i) {
+        int best = -1;
+        for (int t = 0; t < valid; ++t) {
+          if (!(taken[t / 64] >> (t % 64) & 1ull) && (best < 0 || weight[t] > weight[best])) best = t;
+        }
+        if (best < 0) best = chosen[i - 1];
+        taken[best / 64] |= 1ull << (best % 64);
+        chosen[i] = best;
+      }
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+      for (int i = 0; i < anchor_num; ++i) {
+        out[i * d + c] = DTypeTraits<T>::to_float(k[static_cast<std::int64_t>(chosen[i]) * kv.token_stride + c]);
+      }
+    }
+    return;
+  }
   for (int c = threadIdx.x; c < d; c += blockDim.x) {
     if (kind == AnchorKind::kFixed) {
       for (int i = 0; i < anchor_num; ++i) {
@@ -68,9 +100,13 @@ __global__ void block_anchors_kernel(const KVView<T> kv, float* anchors, AnchorK
 
 template <typename T>
 void launch_block_anchors(const KVView<T>& kv, float* anchors, const ElasticConfig& config, const std::int32_t* from,
-                          int blocks_per_seq, const char* what, const Stream& stream) {
-  if (Support s = anchors_supported(config); !s) throw Error(std::string(what) + ": " + s.why);
+                          int blocks_per_seq, float* importance, const char* what, const Stream& stream) {
+  if (Support s = anchors_supported(config, importance != nullptr); !s) throw Error(std::string(what) + ": " + s.why);
   if (Support s = config.validate(); !s) throw Error(std::string(what) + ": " + s.why);
+  if (config.anchor == AnchorKind::kDynamic && (config.anchor_num > kMaxDynamicAnchors || kv.block_len > 256)) {
+    throw Error(std::string(what) + ": dynamic anchors support anchor_num up to " + std::to_string(kMaxDynamicAnchors) +
+                " and block_len up to 256");
+  }
   if (kv.block_table == nullptr || anchors == nullptr || kv.lengths == nullptr) {
     throw Error(std::string(what) + ": needs a paged view with lengths, and anchors");
   }
@@ -78,27 +114,31 @@ void launch_block_anchors(const KVView<T>& kv, float* anchors, const ElasticConf
     throw Error(std::string(what) + ": batch and kv_heads must be 1 to 65535");
   }
   block_anchors_kernel<T><<<dim3(blocks_per_seq, kv.kv_heads, kv.batch), 128, 0, stream.get()>>>(
-      kv, anchors, config.anchor, config.anchor_num, from);
+      kv, anchors, config.anchor, config.anchor_num, from, importance);
   check_launch(what, stream.get());
 }
 
 }  // namespace detail
 
-// Anchors of every block of every sequence, e.g. after a prefill.
+// Anchors of every block of every sequence, e.g. after a prefill. DYNAMIC reads the
+// tokens' importance, float [num_blocks][kv_heads][block_len] by physical block
+// (record_importance), and leaves it as it is.
 template <typename T>
-void build_anchors(const KVView<T>& kv, float* anchors, const ElasticConfig& config, const Stream& stream) {
-  detail::launch_block_anchors(kv, anchors, config, nullptr, kv.max_blocks_per_seq, "build_anchors", stream);
+void build_anchors(const KVView<T>& kv, float* anchors, const ElasticConfig& config, const Stream& stream,
+                   float* importance = nullptr) {
+  detail::launch_block_anchors(kv, anchors, config, nullptr, kv.max_blocks_per_seq, importance, "build_anchors",
+                               stream);
 }
 
 // After append_kv of at most max_new_tokens tokens per sequence: recomputes the blocks
 // holding tokens from[b] .. lengths[b] - 1, where from (int32 [batch], device) holds the
-// lengths before the append.
+// lengths before the append. DYNAMIC also zeroes the new tokens' importance.
 template <typename T>
 void update_anchors(const KVView<T>& kv, float* anchors, const ElasticConfig& config, const std::int32_t* from,
-                    int max_new_tokens, const Stream& stream) {
+                    int max_new_tokens, const Stream& stream, float* importance = nullptr) {
   if (from == nullptr || max_new_tokens < 1) throw Error("update_anchors: needs from and max_new_tokens >= 1");
   const int blocks = (max_new_tokens + kv.block_len - 2) / kv.block_len + 1;  // a run may straddle a boundary
-  detail::launch_block_anchors(kv, anchors, config, from, blocks, "update_anchors", stream);
+  detail::launch_block_anchors(kv, anchors, config, from, blocks, importance, "update_anchors", stream);
 }
 
 }  // namespace ekv

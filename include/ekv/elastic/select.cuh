@@ -33,7 +33,6 @@ inline constexpr int kSelectItemCounts[] = {1, 2, 4, 8, 16};
 inline constexpr int kSelectMaxBlocks = kSelectThreads * 16;
 
 inline Support select_supported(const ElasticConfig& config, int blocks_per_seq, int head_dim) {
-  if (Support s = anchors_supported(config); !s) return s;
   if (config.retrieval == RetrievalType::kQHead) {
     return {false, "retrieval type qhead not supported by GPU selection; supported: layer, kvhead"};
   }
@@ -237,7 +236,6 @@ void dispatch_select_head_dim(int head_dim, F&& f) {
 template <typename T>
 void score_blocks(const KVView<T>& kv, const T* q, int q_heads, const float* anchors, const ElasticConfig& config,
                   float* scores, const Stream& stream) {
-  if (Support s = anchors_supported(config); !s) throw Error("score_blocks: " + s.why);
   if (kv.block_table == nullptr || q == nullptr || anchors == nullptr || scores == nullptr || q_heads % kv.kv_heads ||
       q_heads / kv.kv_heads > kDecodeMaxGroup) {
     throw Error("score_blocks: needs a paged view, q, anchors, scores and q_heads a multiple of kv_heads, group <= " +
