@@ -55,7 +55,13 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
       config.anchor = kind;
       config.anchor_num = 3;
       config.retrieval = retrieval;
-      const ekv::BlockCounts counts{1, 2, 5};
+      config.init_block_num = 1;
+      config.local_block_num = 2;
+      config.pick_block_num = 5;
+      // a fixed budget of 8 blocks, or a quarter of each sequence's blocks (counted per sequence)
+      const ekv::ElasticPolicy policy = retrieval == ekv::RetrievalType::kLayer
+                                            ? ekv::ElasticPolicy(config, ekv::ElasticBudget::ratio(4.0))
+                                            : ekv::ElasticPolicy(config);
       ekv::test::DeviceCache<T> dev(cache);
       ekv::Stream stream;
       const ekv::KVView<T> view = dev.view(cache);
@@ -77,12 +83,11 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
       ekv::update_anchors<T>(view, anchors.data(), config, before.data(), new_tokens, stream);
 
       ekv::DeviceBuffer<float> scores(static_cast<std::size_t>(shape.batch()) * shape.kv_heads * cache.blocks_per_seq);
-      const int max_selected = counts.total();
+      const int max_selected = policy.counts(cache.blocks_per_seq).total();
       ekv::DeviceBuffer<std::int32_t> selected(static_cast<std::size_t>(shape.batch()) * shape.kv_heads * max_selected);
       ekv::DeviceBuffer<std::int32_t> num_selected(static_cast<std::size_t>(shape.batch()) * shape.kv_heads);
       ekv::score_blocks<T>(view, dev.q.data(), shape.q_heads(), anchors.data(), config, scores.data(), stream);
-      ekv::select_blocks<T>(view, scores.data(), config, counts, selected.data(), num_selected.data(), max_selected,
-                            stream);
+      ekv::select_blocks<T>(view, scores.data(), policy, selected.data(), num_selected.data(), max_selected, stream);
       stream.synchronize();
 
       ekv::test::HostCache<T> host = cache;  // the cache after the append, read back
@@ -114,7 +119,7 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
           }
           if (retrieval == ekv::RetrievalType::kKvHead) {
             // the selection logic on the GPU's own scores: exact, ties included
-            const auto want = ekv::reference_select_blocks(gpu, counts);
+            const auto want = ekv::reference_select_blocks(gpu, policy.counts(blocks));
             const std::size_t row = static_cast<std::size_t>(b) * shape.kv_heads + h;
             REQUIRE(got_counts[row] == static_cast<int>(want.size()));
             for (std::size_t j = 0; j < want.size(); ++j) CHECK(got_selected[row * max_selected + j] == want[j]);
@@ -124,7 +129,7 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
           for (int block = 0; block < blocks; ++block) {
             REQUIRE(std::abs(layer_scores[block] - ref_scores[0][block]) <= 1e-4 * (1 + std::abs(ref_scores[0][block])));
           }
-          const auto want = ekv::reference_select_blocks(layer_scores, counts);
+          const auto want = ekv::reference_select_blocks(layer_scores, policy.counts(blocks));
           for (int h = 0; h < shape.kv_heads; ++h) {
             const std::size_t row = static_cast<std::size_t>(b) * shape.kv_heads + h;
             REQUIRE(got_counts[row] == static_cast<int>(want.size()));
@@ -146,11 +151,14 @@ TEST_CASE("GPU selection breaks exact ties toward the lower block, like the refe
   scores[20] = -0.0f;
   ekv::DeviceBuffer<float> dscores(scores.size());
   dscores.copy_from(scores);
-  const ekv::BlockCounts counts{2, 3, 6};
-  ekv::DeviceBuffer<std::int32_t> selected(counts.total()), num_selected(1);
   ekv::ElasticConfig config;
-  ekv::select_blocks<T>(view, dscores.data(), config, counts, selected.data(), num_selected.data(), counts.total(),
-                        stream);
+  config.init_block_num = 2;
+  config.local_block_num = 3;
+  config.pick_block_num = 6;
+  const ekv::ElasticPolicy policy(config);
+  const ekv::BlockCounts counts = policy.counts(40);
+  ekv::DeviceBuffer<std::int32_t> selected(counts.total()), num_selected(1);
+  ekv::select_blocks<T>(view, dscores.data(), policy, selected.data(), num_selected.data(), counts.total(), stream);
   stream.synchronize();
   std::vector<std::int32_t> got(counts.total());
   selected.copy_to(got);

@@ -162,9 +162,9 @@ void launch_decode(const DecodePlan& plan, const DecodeParams<T>& params, const 
 }  // namespace detail
 
 // Zeroes a new workspace's split counters, once, before its first run_decode. Each run
-// leaves them at zero again, so later steps and graph replays need no clearing; a
-// workspace shared by several plans is cleared for the one with the largest
-// counter_bytes().
+// leaves them at zero again, so later steps and graph replays of the same plan need no
+// clearing. Another plan lays its partial states out differently: clear again before a
+// workspace serves another plan.
 inline void clear_decode_workspace(const DecodePlan& plan, void* workspace, const Stream& stream) {
   if (plan.num_splits == 1) return;
   if (workspace == nullptr) throw Error("clear_decode_workspace: null workspace for a plan that splits KV");
@@ -172,10 +172,12 @@ inline void clear_decode_workspace(const DecodePlan& plan, void* workspace, cons
                  "clear_decode_workspace: cannot clear the split counters");
 }
 
-// A workspace for `plan`, allocated and cleared (plain device memory, usable on any stream).
+// A workspace for `plan`, allocated and cleared before it returns (plain device memory,
+// so usable on any stream; it waits for the clearing, once, at allocation time).
 inline DeviceBuffer<unsigned char> make_decode_workspace(const DecodePlan& plan, const Stream& stream) {
   DeviceBuffer<unsigned char> workspace(plan.workspace_bytes());
   clear_decode_workspace(plan, workspace.data(), stream);
+  stream.synchronize();
   return workspace;
 }
 

@@ -143,7 +143,7 @@ __device__ __forceinline__ void decode_tiles(const KVView<T>& kv, int seq, int k
         }
       }
     }
-  }, [] { __syncthreads(); });
+  });
 }
 
 }  // namespace ekv

@@ -1,6 +1,7 @@
 #pragma once
-// The decode kernel: grid (split, kv head x head tile, sequence), one CTA each; it maps
-// its coordinates to a token range and a tile of query heads and calls decode_tokens.
+// The decode kernels: grid (split, kv head x head tile, sequence), one CTA each; each maps
+// its coordinates to a token range and a tile of query heads and calls its inner loop
+// (decode_tiles, decode_tc_tiles).
 
 #include <cstdint>
 
@@ -115,8 +116,8 @@ __device__ __forceinline__ DecodeCta decode_cta(const DecodeParams<T>& p, int he
   TokenTiles& t = c.tiles;
   t.begin = min(len, c.split * p.split_tokens);
   t.end = c.split == p.num_splits - 1 ? len : min(len, t.begin + p.split_tokens);
-  t.stride = tile_tokens;
-  t.count = (t.end - t.begin + t.stride - 1) / t.stride;
+  t.tile = tile_tokens;
+  t.count = (t.end - t.begin + t.tile - 1) / t.tile;
   return c;
 }
 

@@ -215,7 +215,7 @@ __device__ __forceinline__ void decode_tc_tiles(const KVView<T>& kv, int seq, in
   };
   pipeline_prologue<Traits::kStages>(tiles.count, stage);
   load_q_fragments<T, HeadDim>(q_rows, heads, qa);
-  pipeline_run<Traits::kStages>(tiles.count, stage, consume, [] { __syncthreads(); });
+  pipeline_run<Traits::kStages>(tiles.count, stage, consume);
 }
 
 }  // namespace ekv

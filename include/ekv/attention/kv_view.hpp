@@ -35,8 +35,9 @@ struct KVView {
   std::int64_t head_stride = 0;
   std::int64_t token_stride = 0;
   int block_shift = -1;  // log2(block_len) where that is a power of two: no division per token
-  // block_table row of (seq, head): seq * table_seq_stride + head * table_head_stride
-  std::int64_t table_seq_stride = 1;
+  // block_table row of (seq, head): seq * table_seq_stride + head * table_head_stride;
+  // a table_seq_stride of 0 means max_blocks_per_seq (one row per sequence)
+  std::int64_t table_seq_stride = 0;
   std::int64_t table_head_stride = 0;
   // length of (seq, head): lengths[seq * length_seq_stride + head * length_head_stride]
   int length_seq_stride = 1;
@@ -48,8 +49,12 @@ struct KVView {
     }
     const int logical = block_shift >= 0 ? pos >> block_shift : pos / block_len;
     const int within = block_shift >= 0 ? pos & (block_len - 1) : pos % block_len;
-    const std::int64_t block = block_table[seq * table_seq_stride + head * table_head_stride + logical];
+    const std::int64_t block = block_table[table_row(seq, head) + logical];
     return block * block_stride + head * head_stride + static_cast<std::int64_t>(within) * token_stride;
+  }
+  // Where (seq, head)'s row of block_table starts.
+  EKV_HOST_DEVICE std::int64_t table_row(int seq, int head) const {
+    return seq * (table_seq_stride != 0 ? table_seq_stride : max_blocks_per_seq) + head * table_head_stride;
   }
   EKV_HOST_DEVICE int length(int seq, int head) const {
     return lengths[seq * length_seq_stride + head * length_head_stride];
@@ -64,7 +69,6 @@ KVView<T> paged_kv(T* k, T* v, const std::int32_t* block_table, std::int32_t* le
                    int batch, int kv_heads, int head_dim, int block_len, int max_blocks_per_seq) {
   if (block_table == nullptr) throw Error("paged_kv: a paged cache needs a block table");
   KVView<T> view{k, v, block_table, lengths, batch, kv_heads, head_dim, block_len, max_blocks_per_seq};
-  view.table_seq_stride = max_blocks_per_seq;
   view.token_stride = head_dim;
   view.head_stride = static_cast<std::int64_t>(block_len) * head_dim;
   view.block_stride = view.head_stride * kv_heads;

@@ -8,15 +8,14 @@
 namespace ekv {
 
 // The tokens one CTA attends to, as tiles: tile i holds tokens
-// [first(i), min(first(i) + tile_tokens, end)). A split-KV CTA takes a contiguous run
-// (stride = tile_tokens); a stride lets other walks (every n-th tile) share the loop.
+// [first(i), min(first(i) + tile, end)).
 struct TokenTiles {
   int begin = 0;   // first token of tile 0
   int end = 0;     // one past the last token
-  int stride = 0;  // from one tile's first token to the next's
+  int tile = 0;  // tokens per tile
   int count = 0;
 
-  __device__ int first(int i) const { return begin + i * stride; }
+  __device__ int first(int i) const { return begin + i * tile; }
 };
 
 // Issues the loads of the first Stages - 1 tiles: stage(i, slot) copies tile i into
@@ -31,21 +30,19 @@ __device__ __forceinline__ void pipeline_prologue(int tiles, Stage&& stage) {
 }
 
 // consume(i, slot) for every tile in order, each once its copy has landed, while later
-// tiles load. All threads that stage and consume call it, and `sync` is their barrier
-// (__syncthreads for the CTA, __syncwarp for a warp's own pipeline); on return the
-// pipeline's shared memory is free.
-template <int Stages, typename Stage, typename Consume, typename Sync>
-__device__ __forceinline__ void pipeline_run(int tiles, Stage&& stage, Consume&& consume, Sync&& sync) {
+// tiles load. The whole CTA calls it; on return the pipeline's shared memory is free.
+template <int Stages, typename Stage, typename Consume>
+__device__ __forceinline__ void pipeline_run(int tiles, Stage&& stage, Consume&& consume) {
   for (int i = 0; i < tiles; ++i) {
     async_copy_wait<Stages - 2>();
-    sync();  // tile i is visible to all; the slot refilled below was consumed by all
+    __syncthreads();  // tile i is visible to all; the slot refilled below was consumed by all
     const int ahead = i + Stages - 1;
     if (ahead < tiles) stage(ahead, ahead % Stages);
     async_copy_commit();
     consume(i, i % Stages);
   }
   async_copy_wait<0>();
-  sync();
+  __syncthreads();
 }
 
 }  // namespace ekv

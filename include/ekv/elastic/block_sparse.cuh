@@ -36,9 +36,24 @@ KVView<T> block_sparse_view(const KVView<T>& base, const std::int32_t* tables, s
 
 namespace detail {
 
-// One CTA per (kv head, sequence): copies the physical ids of the selected blocks and
-// sums their valid tokens. Only a sequence's last block can be partial, and ascending
-// lists put it last, so the compacted row's tokens are contiguous from 0.
+// The first index of an ascending list whose id is >= bound.
+__device__ __forceinline__ int lower_bound(const std::int32_t* list, int count, int bound) {
+  int lo = 0, hi = count;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (list[mid] < bound) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+// One CTA per (kv head, sequence): copies the physical ids of the selected blocks that
+// exist (ids outside [0, blocks) are dropped, never clamped onto another block) and sums
+// their valid tokens. Only a sequence's last block can be partial, and ascending lists
+// put it last, so the compacted row's tokens are contiguous from 0.
 template <typename T>
 __global__ void gather_selected_kernel(const KVView<T> base, const std::int32_t* selected, const std::int32_t* counts,
                                        int max_selected, std::int32_t* tables, std::int32_t* lengths) {
@@ -46,16 +61,16 @@ __global__ void gather_selected_kernel(const KVView<T> base, const std::int32_t*
   const std::int64_t row = static_cast<std::int64_t>(seq) * base.kv_heads + head;
   const int len = min(base.length(seq, head), base.capacity());
   const int blocks = (len + base.block_len - 1) / base.block_len;
-  const int count = min(counts[row], max_selected);
-  for (int i = threadIdx.x; i < count; i += blockDim.x) {
-    const int logical = min(max(selected[row * max_selected + i], 0), blocks - 1);
-    tables[row * max_selected + i] =
-        base.block_table[seq * base.table_seq_stride + head * base.table_head_stride + logical];
+  const std::int32_t* list = selected + row * max_selected;
+  const int count = max(0, min(counts[row], max_selected));
+  const int first = lower_bound(list, count, 0), end = lower_bound(list, count, blocks);
+  for (int i = first + threadIdx.x; i < end; i += blockDim.x) {
+    tables[row * max_selected + i - first] = base.block_table[base.table_row(seq, head) + list[i]];
   }
   if (threadIdx.x == 0) {
-    const int last = count > 0 ? min(max(selected[row * max_selected + count - 1], 0), blocks - 1) : 0;
-    lengths[row] = count > 0 && blocks > 0 ? (count - 1) * base.block_len + min(base.block_len, len - last * base.block_len)
-                                           : 0;
+    const int kept = end - first;
+    lengths[row] = kept > 0 ? (kept - 1) * base.block_len + min(base.block_len, len - list[end - 1] * base.block_len)
+                            : 0;
   }
 }
 
@@ -63,8 +78,8 @@ __global__ void gather_selected_kernel(const KVView<T> base, const std::int32_t*
 
 // From selected [batch][kv_heads][max_selected] logical block indices (ascending, the
 // first counts[b][h] of each row used) of a paged view, writes the block-sparse view's
-// tables and lengths (see block_sparse_view). Ids past a sequence's last block are
-// clamped to it. Stream-ordered; reads lengths and the block table on the device.
+// tables and lengths (see block_sparse_view). Ids outside a sequence's blocks are
+// dropped. Stream-ordered; reads lengths and the block table on the device.
 template <typename T>
 void gather_selected_blocks(const KVView<T>& base, const std::int32_t* selected, const std::int32_t* counts,
                             int max_selected, std::int32_t* tables, std::int32_t* lengths, const Stream& stream) {

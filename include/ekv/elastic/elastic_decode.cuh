@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
 #include "ekv/attention/decode.cuh"
 #include "ekv/core/device_buffer.hpp"
@@ -24,11 +25,10 @@ namespace ekv {
 template <typename T>
 class ElasticDecode {
  public:
-  // problem: the dense decode problem (max_seq_len: the longest sequence); the block
-  // counts come from the policy at that length, so a shorter sequence of a ragged batch
-  // may keep all its blocks. max_new_tokens: tokens a sequence gains per step, which sizes
-  // the room for blocks appended between refreshes. Throws ekv::Error for what selection
-  // or decode cannot do.
+  // problem: the dense decode problem (max_seq_len: the longest sequence, which sizes
+  // the selection; each sequence's block counts come from the policy at its own length).
+  // max_new_tokens: tokens a sequence gains per step, which sizes the room for blocks
+  // appended between refreshes. Throws ekv::Error for what selection or decode cannot do.
   ElasticDecode(const DecodeProblem& problem, int block_len, const ElasticPolicy& policy, const DeviceInfo& device,
                 const Stream& stream, int max_new_tokens = 1)
       : policy_(policy), block_len_(block_len) {
@@ -37,10 +37,12 @@ class ElasticDecode {
     if (Support s = select_supported(policy.config(), max_blocks, problem.head_dim); !s) {
       throw Error("ElasticDecode: " + s.why);
     }
+    max_blocks_ = max_blocks;
     counts_ = policy.counts(max_blocks);
     max_selected_ = std::max(1, counts_.total());
     const long long gained = static_cast<long long>(policy.config().token_step) * max_new_tokens;
-    max_attended_ = max_selected_ + static_cast<int>((gained + block_len - 1) / block_len) + 1;
+    max_attended_ = static_cast<int>(
+        std::min<long long>(max_blocks, max_selected_ + (gained + block_len - 1) / block_len + 1));
     DecodeProblem sparse = problem;
     sparse.max_seq_len = max_attended_ * block_len;
     plan_ = plan_decode(sparse, device);
@@ -53,13 +55,15 @@ class ElasticDecode {
     num_attended_ = DeviceBuffer<std::int32_t>(rows);
     tables_ = DeviceBuffer<std::int32_t>(rows * max_attended_);
     lengths_ = DeviceBuffer<std::int32_t>(rows);
+    num_selected_.fill_bytes(0, stream);
+    blocks_then_.fill_bytes(0, stream);
     workspace_ = make_decode_workspace(plan_, stream);
   }
 
   // Decode step `step` (0 at the sequence's first): selects when the config's token_step
   // says so, then attends. kv: the paged cache (its max_blocks_per_seq covering the planned
   // length); anchors current (build_anchors, update_anchors); o and lse as for run_decode.
-  // The first step run must refresh.
+  // The first step run must refresh (attend() throws otherwise).
   void run(const KVView<T>& kv, const T* q, const float* anchors, T* o, float* lse, const Stream& stream,
            int step = 0) {
     if (policy_.config().refreshes_selection(step)) select(kv, q, anchors, stream);
@@ -67,12 +71,16 @@ class ElasticDecode {
   }
   // Scores every block and selects.
   void select(const KVView<T>& kv, const T* q, const float* anchors, const Stream& stream) {
+    check_view(kv, "select");
     score_blocks<T>(kv, q, plan_.problem.q_heads, anchors, policy_.config(), scores_.data(), stream);
-    select_blocks<T>(kv, scores_.data(), policy_.config(), counts_, selected_.data(), num_selected_.data(),
-                     max_selected_, stream, blocks_then_.data());
+    select_blocks<T>(kv, scores_.data(), policy_, selected_.data(), num_selected_.data(), max_selected_, stream,
+                     blocks_then_.data());
+    selected_once_ = true;
   }
   // Exact attention over the last selection plus the blocks appended since.
   void attend(const KVView<T>& kv, const T* q, T* o, float* lse, const Stream& stream) {
+    check_view(kv, "attend");
+    if (!selected_once_) throw Error("ElasticDecode::attend: no selection yet; the first step must select");
     extend_selection<T>(kv, selected_.data(), num_selected_.data(), blocks_then_.data(), max_selected_,
                         attended_.data(), num_attended_.data(), max_attended_, stream);
     gather_selected_blocks<T>(kv, attended_.data(), num_attended_.data(), max_attended_, tables_.data(),
@@ -81,6 +89,7 @@ class ElasticDecode {
                   workspace_.data(), stream);
   }
 
+  // The counts at the planned length; a shorter sequence's come from the policy at its own.
   const BlockCounts& counts() const { return counts_; }
   int max_attended() const { return max_attended_; }
   // The last step's blocks: int32 [batch][kv_heads][max_attended] logical blocks,
@@ -94,8 +103,20 @@ class ElasticDecode {
   }
 
  private:
+  void check_view(const KVView<T>& kv, const char* what) const {
+    const DecodeProblem& p = plan_.problem;
+    if (kv.batch != p.batch || kv.kv_heads != p.kv_heads || kv.head_dim != p.head_dim || kv.block_len != block_len_ ||
+        kv.max_blocks_per_seq > max_blocks_ || kv.block_table == nullptr) {
+      throw Error(std::string("ElasticDecode::") + what + ": the view's batch, kv_heads, head_dim or block_len differ " +
+                  "from the plan's, it is not paged, or it holds more than " + std::to_string(max_blocks_) +
+                  " blocks per sequence");
+    }
+  }
+
   ElasticPolicy policy_;
   int block_len_ = 0;
+  int max_blocks_ = 0;
+  bool selected_once_ = false;
   BlockCounts counts_;
   int max_selected_ = 1;
   int max_attended_ = 1;

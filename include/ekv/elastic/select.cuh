@@ -1,10 +1,11 @@
 #pragma once
 // Query-aware block selection on the GPU, the semantics of elastic/reference_select.hpp:
 // score_blocks scores every block from its anchors (many CTAs, one warp per block), then
-// select_blocks keeps per granule the sinks, the window and the top pick_block_num by
-// score (one CTA per granule: a radix select of the k-th score, then CUB scans; equal
-// scores go to the lower block), ascending, in the [batch][kv_heads][max_selected] rows gather_selected_blocks
-// reads. LAYER and KVHEAD selections; a QHEAD selection has no block-sparse view yet.
+// select_blocks keeps per granule the sinks, the window and the top blocks by score,
+// counted by the policy at each sequence's own length (one CTA per granule: a radix
+// select of the k-th score, then CUB scans; equal scores go to the lower block),
+// ascending, in the [batch][kv_heads][max_selected] rows gather_selected_blocks reads.
+// LAYER and KVHEAD selections; a QHEAD selection has no block-sparse view yet.
 
 #include <cub/block/block_scan.cuh>
 
@@ -26,9 +27,10 @@
 namespace ekv {
 
 inline constexpr int kSelectThreads = 256;
-// Blocks per thread of the selection sort: the fewest that hold a sequence's blocks (the
-// sort's cost follows the items, not the blocks).
+// Blocks per thread of the selection: the fewest that hold a sequence's blocks (the
+// radix select's passes cost in items, not in blocks).
 inline constexpr int kSelectItemCounts[] = {1, 2, 4, 8, 16};
+inline constexpr int kSelectHeadDims[] = {64, 128, 256};
 // The most blocks one sequence may have for select_blocks (128K tokens in blocks of 32).
 inline constexpr int kSelectMaxBlocks = kSelectThreads * 16;
 
@@ -40,10 +42,7 @@ inline Support select_supported(const ElasticConfig& config, int blocks_per_seq,
     return {false, "blocks per sequence " + std::to_string(blocks_per_seq) + " not supported by GPU selection; "
                    "supported: up to " + std::to_string(kSelectMaxBlocks) + " (use longer blocks)"};
   }
-  if (head_dim % 32 != 0 || head_dim > 256) {
-    return {false, "head_dim=" + std::to_string(head_dim) + " not supported by GPU selection; supported: multiples of 32 up to 256"};
-  }
-  return {};
+  return check_supported<kSelectHeadDims>("head_dim", "GPU selection", head_dim);
 }
 
 namespace detail {
@@ -57,17 +56,16 @@ __global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads,
   const int seq = blockIdx.z, head = blockIdx.y, lane = threadIdx.x % 32;
   // the group's queries, shared by the CTA's warps (blocks of the same kv head)
   __shared__ float q_group[kDecodeMaxGroup * HeadDim];
-  const int group_size = q_heads / kv.kv_heads;
-  const T* q_first = q + (static_cast<std::int64_t>(seq) * q_heads + head * group_size) * HeadDim;
-  for (int i = threadIdx.x; i < group_size * HeadDim; i += blockDim.x) q_group[i] = DTypeTraits<T>::to_float(q_first[i]);
+  const int group = q_heads / kv.kv_heads;
+  const T* q_first = q + (static_cast<std::int64_t>(seq) * q_heads + head * group) * HeadDim;
+  for (int i = threadIdx.x; i < group * HeadDim; i += blockDim.x) q_group[i] = DTypeTraits<T>::to_float(q_first[i]);
   __syncthreads();
   const int block = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int len = min(kv.length(seq, head), kv.capacity());
   if (block >= sequence_blocks(len, kv.block_len)) return;
-  const std::int64_t physical = kv.block_table[seq * kv.table_seq_stride + head * kv.table_head_stride + block];
+  const std::int64_t physical = kv.block_table[kv.table_row(seq, head) + block];
   const int floats = anchor_floats(kind, anchor_num, HeadDim);
   const float* a = anchors + (physical * kv.kv_heads + head) * floats;
-  const int group = q_heads / kv.kv_heads;
   float best = -INFINITY;
   for (int g = 0; g < group; ++g) {
     const float* qh = q_group + g * HeadDim;
@@ -144,12 +142,13 @@ __device__ unsigned kth_largest(const unsigned (&key)[Items], int k, int& take) 
   return prefix;
 }
 
-// CTA (granule, seq): sinks and window get +inf so they rank first, the rest their score
-// (the max over kv heads for LAYER); the keep largest are flagged, equal scores to the
-// lower block, and a scan over the flags writes them in ascending block order.
+// CTA (granule, seq): sinks and window get the top key so they rank first, the rest
+// their score (the max over kv heads for LAYER; NaN as -inf); the keep largest are
+// flagged, equal scores to the lower block, and a scan over the flags writes them in
+// ascending block order.
 template <typename T, int Items>
 __global__ void __launch_bounds__(kSelectThreads)
-    select_blocks_kernel(const KVView<T> kv, const float* scores, bool layer, BlockCounts counts,
+    select_blocks_kernel(const KVView<T> kv, const float* scores, bool layer, ElasticPolicy policy,
                          std::int32_t* selected, std::int32_t* num_selected, int max_selected,
                          std::int32_t* blocks_then) {
   using Scan = cub::BlockScan<int, kSelectThreads>;
@@ -157,6 +156,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   const int seq = blockIdx.y, granule = blockIdx.x;
   const int len = min(kv.length(seq, granule), kv.capacity());
   const int n = sequence_blocks(len, kv.block_len);
+  const BlockCounts counts = policy.counts(n);
   const int keep = min(n, counts.total());
   unsigned key[Items];  // blocked: thread t holds blocks t * Items .. + Items - 1
 #pragma unroll
@@ -169,10 +169,11 @@ __global__ void __launch_bounds__(kSelectThreads)
         const int row = layer ? h : granule;
         s = fmaxf(s, scores[(static_cast<std::int64_t>(seq) * kv.kv_heads + row) * kv.max_blocks_per_seq + b]);
       }
-      s += 0.0f;  // -0.0 and +0.0 are one score, as in the reference
-      if (b < counts.init || b >= n - counts.local) s = INFINITY;
+      s = isnan(s) ? -INFINITY : s + 0.0f;  // -0.0 and +0.0 are one score, as in the reference
     }
-    key[i] = b < n ? ordered_key(s) : 0u;  // below every score's key: never among the keep largest
+    const bool always = b < counts.init || b >= n - counts.local;
+    // 0 lies below every score's key, ~0u above (+inf's is 0xff800000)
+    key[i] = b >= n ? 0u : always ? ~0u : ordered_key(s);
   }
   int take = 0;
   const unsigned threshold = keep > 0 ? kth_largest<Items>(key, keep, take) : ~0u;
@@ -203,7 +204,9 @@ __global__ void __launch_bounds__(kSelectThreads)
 }
 
 // Row (kv head, seq): the selection made when the sequence had blocks_then blocks, then
-// every block appended since (reference_reuse_selection), at most max_out.
+// every block appended since (reference_reuse_selection); past max_out the oldest go
+// first, so the newest blocks are always read. A sequence shorter than at its selection
+// (a slot reused by a new sequence) has no valid selection: it reads its last blocks.
 template <typename T>
 __global__ void extend_selection_kernel(const KVView<T> kv, const std::int32_t* selected, const std::int32_t* counts,
                                         const std::int32_t* blocks_then, int max_selected, std::int32_t* out,
@@ -211,23 +214,14 @@ __global__ void extend_selection_kernel(const KVView<T> kv, const std::int32_t* 
   const int head = blockIdx.x, seq = blockIdx.y;
   const std::int64_t row = static_cast<std::int64_t>(seq) * kv.kv_heads + head;
   const int n = sequence_blocks(min(kv.length(seq, head), kv.capacity()), kv.block_len);
-  const int kept = min(counts[row], max_out);
-  const int then = min(blocks_then[row], n);
-  for (int i = threadIdx.x; i < kept; i += blockDim.x) out[row * max_out + i] = selected[row * max_selected + i];
-  for (int b = then + threadIdx.x; b < n && kept + b - then < max_out; b += blockDim.x) {
-    out[row * max_out + kept + b - then] = b;
+  const bool stale = blocks_then[row] > n;
+  const int then = stale ? 0 : blocks_then[row];
+  const int kept = stale ? 0 : min(max(counts[row], 0), max_selected);
+  const int total = kept + n - then, skip = max(0, total - max_out);
+  for (int i = skip + threadIdx.x; i < total; i += blockDim.x) {
+    out[row * max_out + i - skip] = i < kept ? selected[row * max_selected + i] : then + i - kept;
   }
-  if (threadIdx.x == 0) out_counts[row] = min(max_out, kept + n - then);
-}
-
-template <typename T, typename F>
-void dispatch_select_head_dim(int head_dim, F&& f) {
-  switch (head_dim) {
-    case 64: return f(std::integral_constant<int, 64>{});
-    case 128: return f(std::integral_constant<int, 128>{});
-    case 256: return f(std::integral_constant<int, 256>{});
-    default: throw Error("head_dim=" + std::to_string(head_dim) + " not supported by GPU selection; supported: 64, 128, 256");
-  }
+  if (threadIdx.x == 0) out_counts[row] = total - skip;
 }
 
 }  // namespace detail
@@ -243,7 +237,7 @@ void score_blocks(const KVView<T>& kv, const T* q, int q_heads, const float* anc
   }
   constexpr int kWarps = 8;
   const dim3 grid((kv.max_blocks_per_seq + kWarps - 1) / kWarps, kv.kv_heads, kv.batch);
-  detail::dispatch_select_head_dim<T>(kv.head_dim, [&](auto dim) {
+  dispatch<kSelectHeadDims>("head_dim", "GPU selection", kv.head_dim, [&](auto dim) {
     detail::score_blocks_kernel<T, decltype(dim)::value><<<grid, kWarps * 32, 0, stream.get()>>>(
         kv, q, q_heads, anchors, config.anchor, config.anchor_num, scores);
   });
@@ -251,17 +245,20 @@ void score_blocks(const KVView<T>& kv, const T* q, int q_heads, const float* anc
 }
 
 // From score_blocks' scores: selected int32 [batch][kv_heads][max_selected] (ascending
-// logical blocks; LAYER writes one list to every kv head) and num_selected [batch][kv_heads];
+// logical blocks, as many as policy.counts(the sequence's blocks) gives; LAYER writes one
+// list to every kv head) and num_selected [batch][kv_heads];
 // blocks_then [batch][kv_heads], if given, the blocks each sequence had (for
 // extend_selection on the steps that reuse this selection).
 template <typename T>
-void select_blocks(const KVView<T>& kv, const float* scores, const ElasticConfig& config, const BlockCounts& counts,
-                   std::int32_t* selected, std::int32_t* num_selected, int max_selected, const Stream& stream,
+void select_blocks(const KVView<T>& kv, const float* scores, const ElasticPolicy& policy, std::int32_t* selected,
+                   std::int32_t* num_selected, int max_selected, const Stream& stream,
                    std::int32_t* blocks_then = nullptr) {
+  const ElasticConfig& config = policy.config();
   if (Support s = select_supported(config, kv.max_blocks_per_seq, kv.head_dim); !s) throw Error("select_blocks: " + s.why);
-  if (scores == nullptr || selected == nullptr || num_selected == nullptr || max_selected < counts.total() ||
-      counts.init < 0 || counts.local < 0 || counts.pick < 0) {
-    throw Error("select_blocks: needs scores, outputs, non-negative counts and max_selected >= their total");
+  // counts grow with the blocks, so the view's most blocks bound every sequence's
+  if (scores == nullptr || selected == nullptr || num_selected == nullptr ||
+      max_selected < policy.counts(kv.max_blocks_per_seq).total()) {
+    throw Error("select_blocks: needs scores, outputs and max_selected >= policy.counts(max_blocks_per_seq).total()");
   }
   const bool layer = config.retrieval == RetrievalType::kLayer;
   int items = 1;
@@ -269,15 +266,16 @@ void select_blocks(const KVView<T>& kv, const float* scores, const ElasticConfig
   dispatch<kSelectItemCounts>("items", "select_blocks", items, [&](auto n) {
     detail::select_blocks_kernel<T, decltype(n)::value>
         <<<dim3(layer ? 1 : kv.kv_heads, kv.batch), kSelectThreads, 0, stream.get()>>>(
-            kv, scores, layer, counts, selected, num_selected, max_selected, blocks_then);
+            kv, scores, layer, policy, selected, num_selected, max_selected, blocks_then);
   });
   check_launch("select_blocks", stream.get());
 }
 
 // A selection made earlier (select_blocks with blocks_then) plus every block the
 // sequences gained since, as rows of max_out for gather_selected_blocks: what a step
-// that does not refresh its selection (ElasticConfig::token_step) attends to. Blocks
-// past max_out are not attended: size it for the tokens appended between refreshes.
+// that does not refresh its selection (ElasticConfig::token_step) attends to. Past
+// max_out the oldest selected blocks are dropped: size it for the tokens appended
+// between refreshes.
 template <typename T>
 void extend_selection(const KVView<T>& kv, const std::int32_t* selected, const std::int32_t* num_selected,
                       const std::int32_t* blocks_then, int max_selected, std::int32_t* out, std::int32_t* out_counts,
