@@ -17,6 +17,25 @@
 
 namespace {
 
+// Merges one row's states (float [parts][d] and their LSEs) on the GPU into poisoned
+// outputs; returns {o, lse}.
+std::pair<std::vector<float>, float> merge_on_device(const std::vector<float>& states_o,
+                                                     const std::vector<float>& states_lse, int d) {
+  const int parts = static_cast<int>(states_lse.size());
+  ekv::DeviceBuffer<float> dso(states_o.size()), dsl(states_lse.size()), dout(d), dlse(1);
+  dso.copy_from(states_o);
+  dsl.copy_from(states_lse);
+  ekv::Stream stream;
+  dout.fill_bytes(0xFF, stream);
+  dlse.fill_bytes(0xFF, stream);
+  ekv::merge_states<float>(dso.data(), dsl.data(), 1, parts, d, dout.data(), dlse.data(), stream);
+  stream.synchronize();
+  std::vector<float> out(d), lse(1);
+  dout.copy_to(out);
+  dlse.copy_to(lse);
+  return {out, lse[0]};
+}
+
 // Splits [0, len) at `cuts` (sorted, may repeat: empty parts), attends each part on the
 // host, merges the parts on the GPU; returns {gpu o, gpu lse} for one row.
 std::pair<std::vector<float>, float> merge_parts(const ekv::KVView<float>& kv, const float* q, int len,
@@ -31,18 +50,7 @@ std::pair<std::vector<float>, float> merge_parts(const ekv::KVView<float>& kv, c
     for (int j = 0; j < d; ++j) states_o[static_cast<std::size_t>(i) * d + j] = static_cast<float>(st.o[j]);
     states_lse[i] = static_cast<float>(st.lse);
   }
-  ekv::DeviceBuffer<float> dso(states_o.size()), dsl(states_lse.size()), dout(d), dlse(1);
-  dso.copy_from(states_o);
-  dsl.copy_from(states_lse);
-  ekv::Stream stream;
-  dout.fill_bytes(0xFF, stream);
-  dlse.fill_bytes(0xFF, stream);
-  ekv::merge_states<float>(dso.data(), dsl.data(), 1, parts, d, dout.data(), dlse.data(), stream);
-  stream.synchronize();
-  std::vector<float> out(d), lse(1);
-  dout.copy_to(out);
-  dlse.copy_to(lse);
-  return {out, lse[0]};
+  return merge_on_device(states_o, states_lse, d);
 }
 
 }  // namespace
@@ -91,21 +99,10 @@ TEST_CASE("merging the parts of a sequence gives the unsplit state") {
 
 TEST_CASE("all-empty states merge to zero output and -inf LSE, never NaN") {
   const int d = 64, parts = 5;
-  std::vector<float> states_o(parts * d, 123.0f), states_lse(parts, -INFINITY);
-  ekv::DeviceBuffer<float> dso(states_o.size()), dsl(parts), dout(d), dlse(1);
-  dso.copy_from(states_o);
-  dsl.copy_from(states_lse);
-  ekv::Stream stream;
-  dout.fill_bytes(0xFF, stream);
-  dlse.fill_bytes(0xFF, stream);
-  ekv::merge_states<float>(dso.data(), dsl.data(), 1, parts, d, dout.data(), dlse.data(), stream);
-  stream.synchronize();
-  std::vector<float> out(d), lse(1);
-  dout.copy_to(out);
-  dlse.copy_to(lse);
+  const auto [out, lse] = merge_on_device(std::vector<float>(parts * d, 123.0f), std::vector<float>(parts, -INFINITY), d);
   for (float x : out) CHECK(x == 0.0f);
-  CHECK(std::isinf(lse[0]));
-  CHECK(lse[0] < 0);
+  CHECK(std::isinf(lse));
+  CHECK(lse < 0);
   ekv::RefState empty;
   CHECK(ekv::reference_merge({empty, empty}, d).o == std::vector<double>(d, 0.0));
 }

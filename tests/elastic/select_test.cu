@@ -4,12 +4,15 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "device_cache.cuh"
 #include "ekv/attention/append.cuh"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/elastic/anchors.cuh"
+#include "ekv/elastic/elastic_decode.cuh"
+#include "ekv/elastic/importance.cuh"
 #include "ekv/elastic/reference_select.hpp"
 #include "ekv/elastic/select.cuh"
 #include "test_seed.hpp"
@@ -176,4 +179,68 @@ TEST_CASE("GPU selection rejects what it does not support") {
   config.anchor = ekv::AnchorKind::kDynamic;
   CHECK_FALSE(ekv::anchors_supported(config, false));
   CHECK(ekv::anchors_supported(config, true));
+}
+
+namespace {
+
+// Whether f throws ekv::Error whose message contains `part`.
+template <typename F>
+bool throws_containing(F&& f, const std::string& part) {
+  try {
+    f();
+  } catch (const ekv::Error& e) {
+    return std::string(e.what()).find(part) != std::string::npos;
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("the elastic GPU functions reject bad input before launching anything") {
+  ekv::test::HostCache<T> cache({2, 1, 128, 16, {40}, ekv::test::Layout::kPaged}, 3);
+  ekv::test::DeviceCache<T> dev(cache);
+  ekv::Stream stream;
+  const ekv::KVView<T> view = dev.view(cache);
+  ekv::DeviceBuffer<std::int32_t> list(8), counts(1), then(1), out(8), out_counts(1);
+  ekv::DeviceBuffer<float> scores(8), anchors(cache.table.size() * 2 * 2 * 128);
+  ekv::ElasticConfig config;
+  const ekv::ElasticPolicy policy(config);
+
+  const auto contiguous = ekv::contiguous_hnd_kv<T>(dev.k.data(), dev.v.data(), dev.lengths.data(), 1, 2, 128, 40);
+  CHECK(throws_containing([&] { ekv::block_sparse_view<T>(contiguous, list.data(), counts.data(), 8); }, "paged"));
+  CHECK(throws_containing(
+      [&] { ekv::gather_selected_blocks<T>(view, nullptr, counts.data(), 8, out.data(), out_counts.data(), stream); },
+      "null selection"));
+  CHECK(throws_containing([&] {
+    ekv::extend_selection<T>(view, list.data(), counts.data(), then.data(), 8, out.data(), out_counts.data(), 4, stream);
+  }, "max_out >= max_selected"));
+  CHECK(throws_containing([&] { ekv::score_blocks<T>(view, dev.q.data(), 3, anchors.data(), config, scores.data(), stream); },
+                          "multiple of kv_heads"));
+  CHECK(throws_containing(
+      [&] { ekv::select_blocks<T>(view, scores.data(), policy, list.data(), counts.data(), 0, stream); },
+      "max_selected"));
+  CHECK(throws_containing([&] { ekv::update_anchors<T>(view, anchors.data(), config, nullptr, 1, stream); },
+                          "needs from"));
+  config.anchor = ekv::AnchorKind::kDynamic;
+  CHECK(throws_containing([&] { ekv::build_anchors<T>(view, anchors.data(), config, stream); }, "record_importance"));
+  CHECK(throws_containing(
+      [&] { ekv::record_importance<T>(view, dev.q.data(), nullptr, 2, 0.1f, scores.data(), stream); }, "lse"));
+
+  // ElasticDecode: nothing to attend before a selection, and only the planned view
+  const ekv::ElasticPolicy quest(ekv::ElasticConfig{});
+  ekv::ElasticDecode<T> step(ekv::test::decode_problem(cache.shape, ekv::DType::kFloat16), 16, quest,
+                             ekv::DeviceInfo::current(), stream);
+  ekv::DeviceBuffer<T> o(cache.q.size());
+  ekv::DeviceBuffer<float> lse(cache.shape.q_heads());
+  CHECK(throws_containing([&] { step.attend(view, dev.q.data(), o.data(), lse.data(), stream); }, "no selection"));
+  ekv::KVView<T> other = view;
+  other.head_dim = 64;
+  CHECK(throws_containing([&] { step.select(other, dev.q.data(), anchors.data(), stream); }, "differ"));
+
+  // a plan that splits needs a workspace to clear
+  ekv::DecodeProblem problem = ekv::test::decode_problem(cache.shape, ekv::DType::kFloat16);
+  problem.max_seq_len = 4096;
+  const ekv::DecodePlan plan = ekv::plan_decode(problem, ekv::DeviceInfo::current(), 4);
+  REQUIRE(plan.workspace_bytes() > 0);
+  CHECK(throws_containing([&] { ekv::clear_decode_workspace(plan, nullptr, stream); }, "null workspace"));
 }

@@ -49,8 +49,11 @@ struct KVView {
     }
     const int logical = block_shift >= 0 ? pos >> block_shift : pos / block_len;
     const int within = block_shift >= 0 ? pos & (block_len - 1) : pos % block_len;
-    const std::int64_t block = block_table[table_row(seq, head) + logical];
-    return block * block_stride + head * head_stride + static_cast<std::int64_t>(within) * token_stride;
+    return block_id(seq, head, logical) * block_stride + head * head_stride + static_cast<std::int64_t>(within) * token_stride;
+  }
+  // The pool block holding logical block `logical` of (seq, head); paged views only.
+  EKV_HOST_DEVICE std::int64_t block_id(int seq, int head, int logical) const {
+    return block_table[table_row(seq, head) + logical];
   }
   // Where (seq, head)'s row of block_table starts.
   EKV_HOST_DEVICE std::int64_t table_row(int seq, int head) const {

@@ -44,7 +44,7 @@ __global__ void block_anchors_kernel(const KVView<T> kv, float* anchors, AnchorK
   const int valid = block_valid_tokens(len, kv.block_len, block);
   if (valid == 0) return;
   const int d = kv.head_dim;
-  const std::int64_t physical = kv.block_table[kv.table_row(seq, head) + block];
+  const std::int64_t physical = kv.block_id(seq, head, block);
   float* out = anchors + (physical * kv.kv_heads + head) * anchor_floats(kind, anchor_num, d);
   const T* k = kv.k + kv.offset(seq, head, block * kv.block_len);  // a block's rows are token_stride apart
   if (kind == AnchorKind::kDynamic) {

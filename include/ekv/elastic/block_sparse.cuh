@@ -65,7 +65,7 @@ __global__ void gather_selected_kernel(const KVView<T> base, const std::int32_t*
   const int count = max(0, min(counts[row], max_selected));
   const int first = lower_bound(list, count, 0), end = lower_bound(list, count, blocks);
   for (int i = first + threadIdx.x; i < end; i += blockDim.x) {
-    tables[row * max_selected + i - first] = base.block_table[base.table_row(seq, head) + list[i]];
+    tables[row * max_selected + i - first] = static_cast<std::int32_t>(base.block_id(seq, head, list[i]));
   }
   if (threadIdx.x == 0) {
     const int kept = end - first;

@@ -32,7 +32,7 @@ __global__ void record_importance_kernel(const KVView<T> kv, const T* q, const f
   for (int i = threadIdx.x; i < group * d; i += blockDim.x) q_group[i] = DTypeTraits<T>::to_float(q[first_row * d + i]);
   for (int g = threadIdx.x; g < group; g += blockDim.x) q_group[group * d + g] = lse[first_row + g];
   __syncthreads();
-  const std::int64_t physical = kv.block_table[kv.table_row(seq, head) + block];
+  const std::int64_t physical = kv.block_id(seq, head, block);
   float* weight = importance + (physical * kv.kv_heads + head) * kv.block_len;
   const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
   for (int t = threadIdx.x / 32; t < valid; t += warps) {

@@ -63,7 +63,7 @@ __global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads,
   const int block = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int len = min(kv.length(seq, head), kv.capacity());
   if (block >= sequence_blocks(len, kv.block_len)) return;
-  const std::int64_t physical = kv.block_table[kv.table_row(seq, head) + block];
+  const std::int64_t physical = kv.block_id(seq, head, block);
   const int floats = anchor_floats(kind, anchor_num, HeadDim);
   const float* a = anchors + (physical * kv.kv_heads + head) * floats;
   float best = -INFINITY;
