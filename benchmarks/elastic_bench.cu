@@ -174,8 +174,9 @@ void elastic(benchmark::State& state) {
 void shapes(benchmark::internal::Benchmark* b) {
   for (int needles : {0, 1}) {
     for (int c : {2, 4, 8, 16}) {
-      b->Args({1, 131072, c, needles});
-      b->Args({16, 32768, c, needles});
+      for (int batch : {1, 16}) {
+        for (int len : {32768, 131072}) b->Args({batch, len, c, needles});
+      }
     }
   }
   b->ArgNames({"batch", "len", "C", "needles"});

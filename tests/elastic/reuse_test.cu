@@ -2,7 +2,7 @@
 // runs ElasticDecode; refreshing steps must attend to reference_select's blocks, the
 // others to the last selection plus the blocks appended since
 // (reference_reuse_selection), and O and LSE must match the float64 reference over those
-// blocks, step by step.
+// blocks, step by step; per kv head, per layer and per query head.
 
 #include <doctest/doctest.h>
 
@@ -15,10 +15,11 @@
 #include "ekv/elastic/reference.hpp"
 #include "test_seed.hpp"
 
-TEST_CASE("selection reuse between refreshes, checked step by step") {
+namespace {
+
+void check_reuse(ekv::RetrievalType retrieval, std::uint64_t seed) {
   using T = __half;
-  const auto seed = ekv::test::seed();
-  INFO("seed=" << seed);
+  INFO("retrieval=" << ekv::to_string(retrieval) << " seed=" << seed);
   // room for the steps' tokens: the cache is planned for 40 more than the longest
   const ekv::test::CacheShape shape{2, 2, 128, 16, {297, 100}, ekv::test::Layout::kPaged};
   ekv::test::CacheShape planned = shape;
@@ -31,13 +32,18 @@ TEST_CASE("selection reuse between refreshes, checked step by step") {
 
   ekv::ElasticConfig config;
   config.token_step = 4;
+  config.retrieval = retrieval;
   const ekv::ElasticPolicy policy(config, ekv::ElasticBudget::blocks(5));
   ekv::ElasticDecode<T> step(ekv::test::decode_problem(planned, ekv::DType::kFloat16), cache.block_len, policy,
                              ekv::DeviceInfo::current(), stream);
   ekv::DeviceBuffer<float> anchors(cache.table.size() * shape.kv_heads * 2 * shape.head_dim);
   ekv::build_anchors<T>(view, anchors.data(), config, stream);
-  const int rows = shape.batch() * shape.kv_heads;
-  ekv::DeviceBuffer<T> o(cache.q.size()), k_new(static_cast<std::size_t>(rows) * shape.head_dim), v_new(k_new.size());
+  const int kv_rows = shape.batch() * shape.kv_heads;
+  // ElasticDecode's rows: a query head's blocks under QHEAD, else a kv head's
+  const int rows_per_seq = retrieval == ekv::RetrievalType::kQHead ? shape.q_heads() : shape.kv_heads;
+  const int rows = shape.batch() * rows_per_seq;
+  ekv::DeviceBuffer<T> o(cache.q.size()), k_new(static_cast<std::size_t>(kv_rows) * shape.head_dim);
+  ekv::DeviceBuffer<T> v_new(k_new.size());
   ekv::DeviceBuffer<float> lse(static_cast<std::size_t>(shape.batch()) * shape.q_heads());
   ekv::DeviceBuffer<std::int32_t> before(shape.batch());
   const double scale = 1.0 / std::sqrt(static_cast<double>(shape.head_dim));
@@ -77,9 +83,9 @@ TEST_CASE("selection reuse between refreshes, checked step by step") {
     EKV_CUDA_CHECK(cudaMemcpy(attended.data(), step.attended(), attended.size() * 4, cudaMemcpyDeviceToHost));
     EKV_CUDA_CHECK(cudaMemcpy(counts.data(), step.num_attended(), counts.size() * 4, cudaMemcpyDeviceToHost));
     for (int b = 0; b < shape.batch(); ++b) {
-      for (int h = 0; h < shape.kv_heads; ++h) {
-        const auto& want = expected[b][h];
-        const std::size_t row = static_cast<std::size_t>(b) * shape.kv_heads + h;
+      for (int h = 0; h < rows_per_seq; ++h) {
+        const auto& want = expected[b][retrieval == ekv::RetrievalType::kLayer ? 0 : h];
+        const std::size_t row = static_cast<std::size_t>(b) * rows_per_seq + h;
         REQUIRE(counts[row] == static_cast<int>(want.size()));
         for (std::size_t j = 0; j < want.size(); ++j) CHECK(attended[row * step.max_attended() + j] == want[j]);
       }
@@ -88,8 +94,17 @@ TEST_CASE("selection reuse between refreshes, checked step by step") {
     std::vector<float> got_lse(lse.size());
     o.copy_to(got_o);
     lse.copy_to(got_lse);
-    const auto ref = ekv::reference_elastic_decode(host, cache.q.data(), shape.q_heads(), expected,
-                                                   ekv::RetrievalType::kKvHead, scale);
+    const auto ref = ekv::reference_elastic_decode(host, cache.q.data(), shape.q_heads(), expected, retrieval, scale);
     ekv::test::check_against_reference<T>(ref, got_o, got_lse, shape.head_dim);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("selection reuse between refreshes, checked step by step") {
+  const auto seed = ekv::test::seed();
+  for (ekv::RetrievalType retrieval :
+       {ekv::RetrievalType::kKvHead, ekv::RetrievalType::kLayer, ekv::RetrievalType::kQHead}) {
+    check_reuse(retrieval, seed);
   }
 }

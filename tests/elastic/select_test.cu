@@ -49,7 +49,8 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
                                    ekv::AnchorKind::kFixed};
   int i = 0;
   for (ekv::AnchorKind kind : kinds) {
-    for (ekv::RetrievalType retrieval : {ekv::RetrievalType::kKvHead, ekv::RetrievalType::kLayer}) {
+    for (ekv::RetrievalType retrieval :
+         {ekv::RetrievalType::kKvHead, ekv::RetrievalType::kLayer, ekv::RetrievalType::kQHead}) {
       const int block_len = i % 2 ? 64 : 16;
       const ekv::test::CacheShape shape{2, 4, 128, block_len, {1000, 37, 5000, 0}, ekv::test::Layout::kPaged};
       INFO(ekv::test::describe(shape) << " anchor=" << ekv::to_string(kind) << " retrieval=" << ekv::to_string(retrieval));
@@ -85,12 +86,15 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
       ekv::append_kv<T>(view, dk_new.data(), dv_new.data(), new_tokens, stream);
       ekv::update_anchors<T>(view, anchors.data(), config, before.data(), new_tokens, stream);
 
-      ekv::DeviceBuffer<float> scores(static_cast<std::size_t>(shape.batch()) * shape.kv_heads * cache.blocks_per_seq);
+      // score and selection rows per sequence: a query head's own under QHEAD, else a kv head's
+      const int rows = retrieval == ekv::RetrievalType::kQHead ? shape.q_heads() : shape.kv_heads;
+      ekv::DeviceBuffer<float> scores(static_cast<std::size_t>(shape.batch()) * rows * cache.blocks_per_seq);
       const int max_selected = policy.counts(cache.blocks_per_seq).total();
-      ekv::DeviceBuffer<std::int32_t> selected(static_cast<std::size_t>(shape.batch()) * shape.kv_heads * max_selected);
-      ekv::DeviceBuffer<std::int32_t> num_selected(static_cast<std::size_t>(shape.batch()) * shape.kv_heads);
+      ekv::DeviceBuffer<std::int32_t> selected(static_cast<std::size_t>(shape.batch()) * rows * max_selected);
+      ekv::DeviceBuffer<std::int32_t> num_selected(static_cast<std::size_t>(shape.batch()) * rows);
       ekv::score_blocks<T>(view, dev.q.data(), shape.q_heads(), anchors.data(), config, scores.data(), stream);
-      ekv::select_blocks<T>(view, scores.data(), policy, selected.data(), num_selected.data(), max_selected, stream);
+      ekv::select_blocks<T>(view, shape.q_heads(), scores.data(), policy, selected.data(), num_selected.data(),
+                            max_selected, stream);
       stream.synchronize();
 
       ekv::test::HostCache<T> host = cache;  // the cache after the append, read back
@@ -111,19 +115,19 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
         const auto ref_scores = ekv::reference_granule_scores(host_view, host.q.data() + static_cast<std::size_t>(b) * shape.q_heads() * shape.head_dim,
                                                               shape.q_heads(), b, config);
         std::vector<double> layer_scores(blocks, -INFINITY);
-        for (int h = 0; h < shape.kv_heads; ++h) {
+        for (int h = 0; h < rows; ++h) {
           std::vector<double> gpu(blocks);
           for (int block = 0; block < blocks; ++block) {
-            gpu[block] = got_scores[(static_cast<std::size_t>(b) * shape.kv_heads + h) * cache.blocks_per_seq + block];
+            gpu[block] = got_scores[(static_cast<std::size_t>(b) * rows + h) * cache.blocks_per_seq + block];
             layer_scores[block] = std::max(layer_scores[block], gpu[block]);
-            if (retrieval == ekv::RetrievalType::kKvHead) {
+            if (retrieval != ekv::RetrievalType::kLayer) {
               REQUIRE(std::abs(gpu[block] - ref_scores[h][block]) <= 1e-4 * (1 + std::abs(ref_scores[h][block])));
             }
           }
-          if (retrieval == ekv::RetrievalType::kKvHead) {
+          if (retrieval != ekv::RetrievalType::kLayer) {
             // the selection logic on the GPU's own scores: exact, ties included
             const auto want = ekv::reference_select_blocks(gpu, policy.counts(blocks));
-            const std::size_t row = static_cast<std::size_t>(b) * shape.kv_heads + h;
+            const std::size_t row = static_cast<std::size_t>(b) * rows + h;
             REQUIRE(got_counts[row] == static_cast<int>(want.size()));
             for (std::size_t j = 0; j < want.size(); ++j) CHECK(got_selected[row * max_selected + j] == want[j]);
           }
@@ -161,7 +165,7 @@ TEST_CASE("GPU selection breaks exact ties toward the lower block, like the refe
   const ekv::ElasticPolicy policy(config);
   const ekv::BlockCounts counts = policy.counts(40);
   ekv::DeviceBuffer<std::int32_t> selected(counts.total()), num_selected(1);
-  ekv::select_blocks<T>(view, dscores.data(), policy, selected.data(), num_selected.data(), counts.total(), stream);
+  ekv::select_blocks<T>(view, 1, dscores.data(), policy, selected.data(), num_selected.data(), counts.total(), stream);
   stream.synchronize();
   std::vector<std::int32_t> got(counts.total());
   selected.copy_to(got);
@@ -171,11 +175,10 @@ TEST_CASE("GPU selection breaks exact ties toward the lower block, like the refe
 }
 
 TEST_CASE("GPU selection rejects what it does not support") {
+  CHECK(ekv::select_supported(ekv::kSelectMaxBlocks, 128));
+  CHECK_FALSE(ekv::select_supported(ekv::kSelectMaxBlocks + 1, 128));
+  CHECK_FALSE(ekv::select_supported(100, 96));
   ekv::ElasticConfig config;
-  config.retrieval = ekv::RetrievalType::kQHead;
-  CHECK_FALSE(ekv::select_supported(config, 100, 128));
-  config.retrieval = ekv::RetrievalType::kKvHead;
-  CHECK_FALSE(ekv::select_supported(config, ekv::kSelectMaxBlocks + 1, 128));
   config.anchor = ekv::AnchorKind::kDynamic;
   CHECK_FALSE(ekv::anchors_supported(config, false));
   CHECK(ekv::anchors_supported(config, true));
@@ -212,13 +215,22 @@ TEST_CASE("the elastic GPU functions reject bad input before launching anything"
       [&] { ekv::gather_selected_blocks<T>(view, nullptr, counts.data(), 8, out.data(), out_counts.data(), stream); },
       "null selection"));
   CHECK(throws_containing([&] {
-    ekv::extend_selection<T>(view, list.data(), counts.data(), then.data(), 8, out.data(), out_counts.data(), 4, stream);
-  }, "max_out >= max_selected"));
+    ekv::gather_selection<T>(view, {list.data(), counts.data(), 8, 2, then.data()}, {out.data(), out_counts.data(), 4},
+                             stream);
+  }, "at least as long"));
+  CHECK(throws_containing([&] {
+    ekv::gather_selection<T>(view, {list.data(), counts.data(), 8, 3}, {out.data(), out_counts.data(), 8}, stream);
+  }, "multiple of kv_heads"));
+  CHECK(throws_containing([&] { ekv::qhead_sparse_view<T>(view, 3, list.data(), counts.data(), 8); },
+                          "multiple of kv_heads"));
   CHECK(throws_containing([&] { ekv::score_blocks<T>(view, dev.q.data(), 3, anchors.data(), config, scores.data(), stream); },
                           "multiple of kv_heads"));
   CHECK(throws_containing(
-      [&] { ekv::select_blocks<T>(view, scores.data(), policy, list.data(), counts.data(), 0, stream); },
+      [&] { ekv::select_blocks<T>(view, 2, scores.data(), policy, list.data(), counts.data(), 0, stream); },
       "max_selected"));
+  CHECK(throws_containing(
+      [&] { ekv::select_blocks<T>(view, 3, scores.data(), policy, list.data(), counts.data(), 8, stream); },
+      "multiple of kv_heads"));
   CHECK(throws_containing([&] { ekv::update_anchors<T>(view, anchors.data(), config, nullptr, 1, stream); },
                           "needs from"));
   config.anchor = ekv::AnchorKind::kDynamic;

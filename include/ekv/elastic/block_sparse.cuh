@@ -1,8 +1,8 @@
 #pragma once
 // Block-sparse decode is exact decode over a view that holds only the selected blocks:
-// each (sequence, kv head) gets its own compacted block-table row and length, and the
-// decode kernels (split-KV and merge included) run on it unchanged, so the sparse path
-// reuses the dense inner loop rather than a copy of it.
+// each selection row (a kv head, or a query head under QHEAD) gets its own compacted
+// block-table row and length, and the decode kernels (split-KV and merge included) run
+// on it unchanged, so the sparse path reuses the dense inner loop rather than a copy of it.
 
 #include <cstdint>
 #include <string>
@@ -11,6 +11,7 @@
 #include "ekv/core/error.hpp"
 #include "ekv/core/launch.hpp"
 #include "ekv/core/stream.hpp"
+#include "ekv/elastic/sequence_blocks.hpp"
 
 namespace ekv {
 
@@ -34,6 +35,52 @@ KVView<T> block_sparse_view(const KVView<T>& base, const std::int32_t* tables, s
   return view;
 }
 
+// The QHEAD form: one row per query head, each its own kv head to the decode kernels
+// (group 1), so tables hold block-head units, physical block * kv_heads + kv head, with
+// rows [batch][q_heads][max_selected] and lengths [batch][q_heads]. Needs the paged
+// pool's layout, a block's heads side by side.
+template <typename T>
+KVView<T> qhead_sparse_view(const KVView<T>& base, int q_heads, const std::int32_t* tables, std::int32_t* lengths,
+                            int max_selected) {
+  KVView<T> view = block_sparse_view(base, tables, lengths, max_selected);
+  if (q_heads < 1 || q_heads % base.kv_heads != 0 || base.block_stride != base.kv_heads * base.head_stride) {
+    throw Error("qhead_sparse_view: q_heads must be a multiple of kv_heads and the base view a paged pool "
+                "[blocks][kv_heads][block_len][head_dim]");
+  }
+  view.kv_heads = q_heads;
+  view.block_stride = base.head_stride;
+  view.head_stride = 0;
+  view.table_seq_stride = static_cast<std::int64_t>(q_heads) * max_selected;
+  view.length_seq_stride = q_heads;
+  return view;
+}
+
+// Selection rows to gather: blocks [batch][rows_per_seq][max_per_row], logical block
+// indices ascending, the first counts[row] of each used; rows_per_seq is kv_heads, or
+// q_heads for a QHEAD selection (row r reads kv head r / group). A selection reused on a
+// later step names in blocks_then [batch][rows_per_seq] the blocks its sequence had when
+// it was made: the blocks appended since join it.
+struct SelectionRows {
+  const std::int32_t* blocks = nullptr;
+  const std::int32_t* counts = nullptr;
+  int max_per_row = 0;
+  int rows_per_seq = 0;
+  const std::int32_t* blocks_then = nullptr;
+};
+
+// Where the gathered rows go: tables and lengths as block_sparse_view reads them (or,
+// with head_units, qhead_sparse_view), rows of max_per_row; past it the oldest blocks are
+// dropped, so the newest are always read. attended and num_attended, if given, receive
+// the rows' logical blocks and counts.
+struct SparseRows {
+  std::int32_t* tables = nullptr;
+  std::int32_t* lengths = nullptr;
+  int max_per_row = 0;
+  bool head_units = false;
+  std::int32_t* attended = nullptr;
+  std::int32_t* num_attended = nullptr;
+};
+
 namespace detail {
 
 // The first index of an ascending list whose id is >= bound.
@@ -50,49 +97,71 @@ __device__ __forceinline__ int lower_bound(const std::int32_t* list, int count, 
   return lo;
 }
 
-// One CTA per (kv head, sequence): copies the physical ids of the selected blocks that
-// exist (ids outside [0, blocks) are dropped, never clamped onto another block) and sums
-// their valid tokens. Only a sequence's last block can be partial, and ascending lists
-// put it last, so the compacted row's tokens are contiguous from 0.
+// One CTA per (row, sequence): keeps the selected blocks that exist (ids outside the
+// sequence's blocks are dropped, never clamped onto another block), adds the blocks
+// appended since a reused selection, and sums the valid tokens. Only a sequence's last
+// block can be partial, and ascending rows put it last, so a row's tokens are contiguous
+// from 0. A selection made for a longer sequence (its slot since reused) is stale: the
+// row reads the sequence's newest blocks.
 template <typename T>
-__global__ void gather_selected_kernel(const KVView<T> base, const std::int32_t* selected, const std::int32_t* counts,
-                                       int max_selected, std::int32_t* tables, std::int32_t* lengths) {
-  const int head = blockIdx.x, seq = blockIdx.y;
-  const std::int64_t row = static_cast<std::int64_t>(seq) * base.kv_heads + head;
+__global__ void gather_selection_kernel(const KVView<T> base, const SelectionRows in, const SparseRows out) {
+  const int row_head = blockIdx.x, seq = blockIdx.y;
+  const int head = row_head / (in.rows_per_seq / base.kv_heads);
+  const std::int64_t row = static_cast<std::int64_t>(seq) * in.rows_per_seq + row_head;
   const int len = min(base.length(seq, head), base.capacity());
-  const int blocks = (len + base.block_len - 1) / base.block_len;
-  const std::int32_t* list = selected + row * max_selected;
-  const int count = max(0, min(counts[row], max_selected));
-  const int first = lower_bound(list, count, 0), end = lower_bound(list, count, blocks);
-  for (int i = first + threadIdx.x; i < end; i += blockDim.x) {
-    tables[row * max_selected + i - first] = static_cast<std::int32_t>(base.block_id(seq, head, list[i]));
+  const int n = sequence_blocks(len, base.block_len);
+  const bool stale = in.blocks_then != nullptr && in.blocks_then[row] > n;
+  const int then = in.blocks_then == nullptr ? n : stale ? 0 : in.blocks_then[row];
+  const std::int32_t* list = in.blocks + row * in.max_per_row;
+  const int count = stale ? 0 : max(0, min(in.counts[row], in.max_per_row));
+  const int first = lower_bound(list, count, 0), kept = lower_bound(list, count, then) - first;
+  const int total = kept + n - then, skip = max(0, total - out.max_per_row);
+  const auto logical_at = [&](int i) { return i < kept ? list[first + i] : then + i - kept; };
+  for (int j = threadIdx.x; j < total - skip; j += blockDim.x) {
+    const int logical = logical_at(j + skip);
+    const std::int64_t id = base.block_id(seq, head, logical);
+    out.tables[row * out.max_per_row + j] = static_cast<std::int32_t>(out.head_units ? id * base.kv_heads + head : id);
+    if (out.attended != nullptr) out.attended[row * out.max_per_row + j] = logical;
   }
   if (threadIdx.x == 0) {
-    const int kept = end - first;
-    lengths[row] = kept > 0 ? (kept - 1) * base.block_len + min(base.block_len, len - list[end - 1] * base.block_len)
-                            : 0;
+    const int rows = total - skip;
+    out.lengths[row] =
+        rows > 0 ? (rows - 1) * base.block_len + block_valid_tokens(len, base.block_len, logical_at(total - 1)) : 0;
+    if (out.num_attended != nullptr) out.num_attended[row] = rows;
   }
 }
 
 }  // namespace detail
 
+// Gathers selection rows of a paged view into block-sparse rows (see SelectionRows and
+// SparseRows). Stream-ordered; reads lengths and the block table on the device.
+template <typename T>
+void gather_selection(const KVView<T>& base, const SelectionRows& in, const SparseRows& out, const Stream& stream) {
+  if (base.block_table == nullptr) throw Error("gather_selection: the base view must be paged");
+  if (in.blocks == nullptr || in.counts == nullptr || in.max_per_row < 1 || out.tables == nullptr ||
+      out.lengths == nullptr || out.max_per_row < 1) {
+    throw Error("gather_selection: null selection or output, or rows shorter than 1");
+  }
+  if (in.blocks_then != nullptr && out.max_per_row < in.max_per_row) {
+    throw Error("gather_selection: a reused selection needs output rows at least as long as its own");
+  }
+  if (base.batch < 1 || base.batch > 65535 || base.kv_heads < 1 || in.rows_per_seq < base.kv_heads ||
+      in.rows_per_seq % base.kv_heads != 0) {
+    throw Error("gather_selection: batch must be 1 to 65535 and rows_per_seq a multiple of kv_heads " +
+                std::to_string(base.kv_heads) + ", got batch " + std::to_string(base.batch) + ", rows_per_seq " +
+                std::to_string(in.rows_per_seq));
+  }
+  detail::gather_selection_kernel<T><<<dim3(in.rows_per_seq, base.batch), 128, 0, stream.get()>>>(base, in, out);
+  check_launch("gather_selection", stream.get());
+}
+
 // From selected [batch][kv_heads][max_selected] logical block indices (ascending, the
 // first counts[b][h] of each row used) of a paged view, writes the block-sparse view's
-// tables and lengths (see block_sparse_view). Ids outside a sequence's blocks are
-// dropped. Stream-ordered; reads lengths and the block table on the device.
+// tables and lengths (see block_sparse_view). Ids outside a sequence's blocks are dropped.
 template <typename T>
 void gather_selected_blocks(const KVView<T>& base, const std::int32_t* selected, const std::int32_t* counts,
                             int max_selected, std::int32_t* tables, std::int32_t* lengths, const Stream& stream) {
-  if (base.block_table == nullptr) throw Error("gather_selected_blocks: the base view must be paged");
-  if (selected == nullptr || counts == nullptr || tables == nullptr || lengths == nullptr || max_selected < 1) {
-    throw Error("gather_selected_blocks: null selection or output, or max_selected < 1");
-  }
-  if (base.batch < 1 || base.batch > 65535 || base.kv_heads < 1) {
-    throw Error("gather_selected_blocks: batch must be 1 to 65535, got " + std::to_string(base.batch));
-  }
-  detail::gather_selected_kernel<T><<<dim3(base.kv_heads, base.batch), 128, 0, stream.get()>>>(
-      base, selected, counts, max_selected, tables, lengths);
-  check_launch("gather_selected_blocks", stream.get());
+  gather_selection<T>(base, {selected, counts, max_selected, base.kv_heads}, {tables, lengths, max_selected}, stream);
 }
 
 }  // namespace ekv

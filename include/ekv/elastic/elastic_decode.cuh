@@ -7,8 +7,12 @@
 // so a step never allocates or synchronizes and can be captured in a CUDA Graph (one
 // graph for refreshing steps, one for the others).
 //
-// Layers that share a selection (ElasticConfig::selection_layer) and whose caches share
-// the block table: select() on the selecting layer, then attend() with each layer's view.
+// Layers that share a selection (ElasticConfig::layer_step, layer_offset) and whose
+// caches share the block table use one ElasticDecode for all of them: run_layer() selects
+// on the layers that own a selection and reuses it on the others.
+//
+// QHEAD gives each query head its own blocks: decode then runs with group 1 over a
+// per-query-head view (qhead_sparse_view), so a group no longer shares its K and V loads.
 
 #include <algorithm>
 #include <cstdint>
@@ -34,7 +38,7 @@ class ElasticDecode {
       : policy_(policy), block_len_(block_len) {
     if (block_len < 1 || max_new_tokens < 1) throw Error("ElasticDecode: block_len and max_new_tokens must be >= 1");
     const int max_blocks = sequence_blocks(std::max(1, problem.max_seq_len), block_len);
-    if (Support s = select_supported(policy.config(), max_blocks, problem.head_dim); !s) {
+    if (Support s = select_supported(max_blocks, problem.head_dim); !s) {
       throw Error("ElasticDecode: " + s.why);
     }
     max_blocks_ = max_blocks;
@@ -43,10 +47,15 @@ class ElasticDecode {
     const long long gained = static_cast<long long>(policy.config().token_step) * max_new_tokens;
     max_attended_ = static_cast<int>(
         std::min<long long>(max_blocks, max_selected_ + (gained + block_len - 1) / block_len + 1));
+    q_heads_ = problem.q_heads;
+    kv_heads_ = problem.kv_heads;
+    per_query_ = policy.config().retrieval == RetrievalType::kQHead;
+    rows_per_seq_ = per_query_ ? problem.q_heads : problem.kv_heads;
     DecodeProblem sparse = problem;
     sparse.max_seq_len = max_attended_ * block_len;
+    sparse.kv_heads = rows_per_seq_;
     plan_ = plan_decode(sparse, device);
-    const std::size_t rows = static_cast<std::size_t>(problem.batch) * problem.kv_heads;
+    const std::size_t rows = static_cast<std::size_t>(problem.batch) * rows_per_seq_;
     scores_ = DeviceBuffer<float>(rows * max_blocks);
     selected_ = DeviceBuffer<std::int32_t>(rows * max_selected_);
     num_selected_ = DeviceBuffer<std::int32_t>(rows);
@@ -69,43 +78,56 @@ class ElasticDecode {
     if (policy_.config().refreshes_selection(step)) select(kv, q, anchors, stream);
     attend(kv, q, o, lse, stream);
   }
+  // Layer `layer` of decode step `step`, the layers sharing selections as the config's
+  // layer_step and layer_offset say: selects when this layer owns its selection and the
+  // step refreshes, then attends with this layer's view, query and anchors.
+  void run_layer(const KVView<T>& kv, const T* q, const float* anchors, T* o, float* lse, const Stream& stream,
+                 int step, int layer) {
+    const ElasticConfig& config = policy_.config();
+    if (config.selection_layer(layer) == layer && config.refreshes_selection(step)) select(kv, q, anchors, stream);
+    attend(kv, q, o, lse, stream);
+  }
   // Scores every block and selects.
   void select(const KVView<T>& kv, const T* q, const float* anchors, const Stream& stream) {
     check_view(kv, "select");
-    score_blocks<T>(kv, q, plan_.problem.q_heads, anchors, policy_.config(), scores_.data(), stream);
-    select_blocks<T>(kv, scores_.data(), policy_, selected_.data(), num_selected_.data(), max_selected_, stream,
-                     blocks_then_.data());
+    score_blocks<T>(kv, q, q_heads_, anchors, policy_.config(), scores_.data(), stream);
+    select_blocks<T>(kv, q_heads_, scores_.data(), policy_, selected_.data(), num_selected_.data(), max_selected_,
+                     stream, blocks_then_.data());
     selected_once_ = true;
   }
   // Exact attention over the last selection plus the blocks appended since.
   void attend(const KVView<T>& kv, const T* q, T* o, float* lse, const Stream& stream) {
     check_view(kv, "attend");
     if (!selected_once_) throw Error("ElasticDecode::attend: no selection yet; the first step must select");
-    extend_selection<T>(kv, selected_.data(), num_selected_.data(), blocks_then_.data(), max_selected_,
-                        attended_.data(), num_attended_.data(), max_attended_, stream);
-    gather_selected_blocks<T>(kv, attended_.data(), num_attended_.data(), max_attended_, tables_.data(),
-                              lengths_.data(), stream);
-    run_decode<T>(plan_, block_sparse_view<T>(kv, tables_.data(), lengths_.data(), max_attended_), q, o, lse,
-                  workspace_.data(), stream);
+    const SelectionRows selection{selected_.data(), num_selected_.data(), max_selected_, rows_per_seq_,
+                                  blocks_then_.data()};
+    gather_selection<T>(kv, selection,
+                        {tables_.data(), lengths_.data(), max_attended_, per_query_, attended_.data(),
+                         num_attended_.data()},
+                        stream);
+    const KVView<T> sparse = per_query_
+                                 ? qhead_sparse_view<T>(kv, q_heads_, tables_.data(), lengths_.data(), max_attended_)
+                                 : block_sparse_view<T>(kv, tables_.data(), lengths_.data(), max_attended_);
+    run_decode<T>(plan_, sparse, q, o, lse, workspace_.data(), stream);
   }
 
   // The counts at the planned length; a shorter sequence's come from the policy at its own.
   const BlockCounts& counts() const { return counts_; }
   int max_attended() const { return max_attended_; }
-  // The last step's blocks: int32 [batch][kv_heads][max_attended] logical blocks,
-  // ascending, and their counts [batch][kv_heads].
+  // The last step's blocks: int32 [batch][rows][max_attended] logical blocks, ascending,
+  // and their counts [batch][rows], where rows is q_heads for QHEAD and kv_heads otherwise.
   const std::int32_t* attended() const { return attended_.data(); }
   const std::int32_t* num_attended() const { return num_attended_.data(); }
   // K and V bytes one sequence of seq_len tokens reads on a refreshing step, anchors
   // included (a reusing step reads BytesRead::kv).
   BytesRead bytes_read(int seq_len) const {
-    return policy_.bytes_read(seq_len, block_len_, plan_.problem.kv_heads, plan_.problem.head_dim, kDTypeOf<T>);
+    return policy_.bytes_read(seq_len, block_len_, kv_heads_, plan_.problem.head_dim, kDTypeOf<T>);
   }
 
  private:
   void check_view(const KVView<T>& kv, const char* what) const {
     const DecodeProblem& p = plan_.problem;
-    if (kv.batch != p.batch || kv.kv_heads != p.kv_heads || kv.head_dim != p.head_dim || kv.block_len != block_len_ ||
+    if (kv.batch != p.batch || kv.kv_heads != kv_heads_ || kv.head_dim != p.head_dim || kv.block_len != block_len_ ||
         kv.max_blocks_per_seq > max_blocks_ || kv.block_table == nullptr) {
       throw Error(std::string("ElasticDecode::") + what + ": the view's batch, kv_heads, head_dim or block_len differ " +
                   "from the plan's, it is not paged, or it holds more than " + std::to_string(max_blocks_) +
@@ -115,6 +137,10 @@ class ElasticDecode {
 
   ElasticPolicy policy_;
   int block_len_ = 0;
+  int q_heads_ = 0;
+  int kv_heads_ = 0;
+  bool per_query_ = false;
+  int rows_per_seq_ = 0;  // selection rows: q_heads for QHEAD, else kv_heads
   int max_blocks_ = 0;
   bool selected_once_ = false;
   BlockCounts counts_;

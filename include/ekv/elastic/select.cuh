@@ -4,8 +4,8 @@
 // select_blocks keeps per granule the sinks, the window and the top blocks by score,
 // counted by the policy at each sequence's own length (one CTA per granule: a radix
 // select of the k-th score, then CUB scans; equal scores go to the lower block),
-// ascending, in the [batch][kv_heads][max_selected] rows gather_selected_blocks reads.
-// LAYER and KVHEAD selections; a QHEAD selection has no block-sparse view yet.
+// ascending, in the selection rows gather_selection reads: [batch][kv_heads][max_selected]
+// for LAYER and KVHEAD, [batch][q_heads][max_selected] for QHEAD.
 
 #include <cub/block/block_scan.cuh>
 
@@ -34,10 +34,7 @@ inline constexpr int kSelectHeadDims[] = {64, 128, 256};
 // The most blocks one sequence may have for select_blocks (128K tokens in blocks of 32).
 inline constexpr int kSelectMaxBlocks = kSelectThreads * 16;
 
-inline Support select_supported(const ElasticConfig& config, int blocks_per_seq, int head_dim) {
-  if (config.retrieval == RetrievalType::kQHead) {
-    return {false, "retrieval type qhead not supported by GPU selection; supported: layer, kvhead"};
-  }
+inline Support select_supported(int blocks_per_seq, int head_dim) {
   if (blocks_per_seq > kSelectMaxBlocks) {
     return {false, "blocks per sequence " + std::to_string(blocks_per_seq) + " not supported by GPU selection; "
                    "supported: up to " + std::to_string(kSelectMaxBlocks) + " (use longer blocks)"};
@@ -48,10 +45,11 @@ inline Support select_supported(const ElasticConfig& config, int blocks_per_seq,
 namespace detail {
 
 // Warp w of CTA (x, kv head, seq) scores logical block x * 8 + w for each query head of
-// the group and stores the group's max: scores [batch][kv_heads][max_blocks].
+// the group and stores the group's max, scores [batch][kv_heads][max_blocks], or
+// per_query each head's own, scores [batch][q_heads][max_blocks].
 template <typename T, int HeadDim>
 __global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads, const float* anchors,
-                                    AnchorKind kind, int anchor_num, float* scores) {
+                                    AnchorKind kind, int anchor_num, bool per_query, float* scores) {
   constexpr int kPerLane = HeadDim / 32;
   const int seq = blockIdx.z, head = blockIdx.y, lane = threadIdx.x % 32;
   // the group's queries, shared by the CTA's warps (blocks of the same kv head)
@@ -83,9 +81,14 @@ __global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads,
       for (int off = 16; off > 0; off /= 2) part += __shfl_xor_sync(0xffffffffu, part, off);
       s = fmaxf(s, part);
     }
+    if (per_query && lane == 0) {
+      scores[(static_cast<std::int64_t>(seq) * q_heads + head * group + g) * kv.max_blocks_per_seq + block] = s;
+    }
     best = fmaxf(best, s);
   }
-  if (lane == 0) scores[(static_cast<std::int64_t>(seq) * kv.kv_heads + head) * kv.max_blocks_per_seq + block] = best;
+  if (!per_query && lane == 0) {
+    scores[(static_cast<std::int64_t>(seq) * kv.kv_heads + head) * kv.max_blocks_per_seq + block] = best;
+  }
 }
 
 // A float's bits as an unsigned key in the same order (-inf lowest, +inf highest).
@@ -145,16 +148,17 @@ __device__ unsigned kth_largest(const unsigned (&key)[Items], int k, int& take) 
 // CTA (granule, seq): sinks and window get the top key so they rank first, the rest
 // their score (the max over kv heads for LAYER; NaN as -inf); the keep largest are
 // flagged, equal scores to the lower block, and a scan over the flags writes them in
-// ascending block order.
+// ascending block order. rows: score and selection rows per sequence (q_heads for
+// QHEAD, else kv_heads).
 template <typename T, int Items>
 __global__ void __launch_bounds__(kSelectThreads)
-    select_blocks_kernel(const KVView<T> kv, const float* scores, bool layer, ElasticPolicy policy,
+    select_blocks_kernel(const KVView<T> kv, const float* scores, int rows, bool layer, ElasticPolicy policy,
                          std::int32_t* selected, std::int32_t* num_selected, int max_selected,
                          std::int32_t* blocks_then) {
   using Scan = cub::BlockScan<int, kSelectThreads>;
   __shared__ typename Scan::TempStorage scan;
   const int seq = blockIdx.y, granule = blockIdx.x;
-  const int len = min(kv.length(seq, granule), kv.capacity());
+  const int len = min(kv.length(seq, layer ? 0 : granule / (rows / kv.kv_heads)), kv.capacity());
   const int n = sequence_blocks(len, kv.block_len);
   const BlockCounts counts = policy.counts(n);
   const int keep = min(n, counts.total());
@@ -164,10 +168,10 @@ __global__ void __launch_bounds__(kSelectThreads)
     const int b = threadIdx.x * Items + i;
     float s = -INFINITY;
     if (b < n) {
-      const int heads = layer ? kv.kv_heads : 1;
+      const int heads = layer ? rows : 1;
       for (int h = 0; h < heads; ++h) {
         const int row = layer ? h : granule;
-        s = fmaxf(s, scores[(static_cast<std::int64_t>(seq) * kv.kv_heads + row) * kv.max_blocks_per_seq + b]);
+        s = fmaxf(s, scores[(static_cast<std::int64_t>(seq) * rows + row) * kv.max_blocks_per_seq + b]);
       }
       s = isnan(s) ? -INFINITY : s + 0.0f;  // -0.0 and +0.0 are one score, as in the reference
     }
@@ -189,9 +193,8 @@ __global__ void __launch_bounds__(kSelectThreads)
     flag[i] = keep > 0 && (key[i] > threshold || (equal[i] && equal_before[i] < take));
   }
   Scan(scan).ExclusiveSum(flag, position);
-  const int rows = layer ? kv.kv_heads : 1;
-  for (int r = 0; r < rows; ++r) {
-    const std::int64_t row = static_cast<std::int64_t>(seq) * kv.kv_heads + (layer ? r : granule);
+  for (int r = 0; r < (layer ? rows : 1); ++r) {
+    const std::int64_t row = static_cast<std::int64_t>(seq) * rows + (layer ? r : granule);
 #pragma unroll
     for (int i = 0; i < Items; ++i) {
       if (flag[i] && position[i] < max_selected) selected[row * max_selected + position[i]] = threadIdx.x * Items + i;
@@ -203,30 +206,10 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
 }
 
-// Row (kv head, seq): the selection made when the sequence had blocks_then blocks, then
-// every block appended since (reference_reuse_selection); past max_out the oldest go
-// first, so the newest blocks are always read. A sequence shorter than at its selection
-// (a slot reused by a new sequence) has no valid selection: it reads its last blocks.
-template <typename T>
-__global__ void extend_selection_kernel(const KVView<T> kv, const std::int32_t* selected, const std::int32_t* counts,
-                                        const std::int32_t* blocks_then, int max_selected, std::int32_t* out,
-                                        std::int32_t* out_counts, int max_out) {
-  const int head = blockIdx.x, seq = blockIdx.y;
-  const std::int64_t row = static_cast<std::int64_t>(seq) * kv.kv_heads + head;
-  const int n = sequence_blocks(min(kv.length(seq, head), kv.capacity()), kv.block_len);
-  const bool stale = blocks_then[row] > n;
-  const int then = stale ? 0 : blocks_then[row];
-  const int kept = stale ? 0 : min(max(counts[row], 0), max_selected);
-  const int total = kept + n - then, skip = max(0, total - max_out);
-  for (int i = skip + threadIdx.x; i < total; i += blockDim.x) {
-    out[row * max_out + i - skip] = i < kept ? selected[row * max_selected + i] : then + i - kept;
-  }
-  if (threadIdx.x == 0) out_counts[row] = total - skip;
-}
-
 }  // namespace detail
 
-// scores: float [batch][kv_heads][kv.max_blocks_per_seq], each kv head's max over its group.
+// scores: float [batch][kv_heads][kv.max_blocks_per_seq], each kv head's max over its
+// group, or for QHEAD [batch][q_heads][kv.max_blocks_per_seq], each query head's own.
 template <typename T>
 void score_blocks(const KVView<T>& kv, const T* q, int q_heads, const float* anchors, const ElasticConfig& config,
                   float* scores, const Stream& stream) {
@@ -239,22 +222,28 @@ void score_blocks(const KVView<T>& kv, const T* q, int q_heads, const float* anc
   const dim3 grid((kv.max_blocks_per_seq + kWarps - 1) / kWarps, kv.kv_heads, kv.batch);
   dispatch<kSelectHeadDims>("head_dim", "GPU selection", kv.head_dim, [&](auto dim) {
     detail::score_blocks_kernel<T, decltype(dim)::value><<<grid, kWarps * 32, 0, stream.get()>>>(
-        kv, q, q_heads, anchors, config.anchor, config.anchor_num, scores);
+        kv, q, q_heads, anchors, config.anchor, config.anchor_num, config.retrieval == RetrievalType::kQHead, scores);
   });
   check_launch("score_blocks", stream.get());
 }
 
-// From score_blocks' scores: selected int32 [batch][kv_heads][max_selected] (ascending
-// logical blocks, as many as policy.counts(the sequence's blocks) gives; LAYER writes one
-// list to every kv head) and num_selected [batch][kv_heads];
-// blocks_then [batch][kv_heads], if given, the blocks each sequence had (for
-// extend_selection on the steps that reuse this selection).
+// From score_blocks' scores for q_heads query heads: selected int32 [batch][rows]
+// [max_selected] (ascending logical blocks, as many as policy.counts(the sequence's
+// blocks) gives; LAYER writes one list to every row) and num_selected [batch][rows], where
+// rows is q_heads for QHEAD and kv_heads otherwise; blocks_then [batch][rows], if given,
+// the blocks each sequence had (for gather_selection on the steps that reuse this selection).
 template <typename T>
-void select_blocks(const KVView<T>& kv, const float* scores, const ElasticPolicy& policy, std::int32_t* selected,
-                   std::int32_t* num_selected, int max_selected, const Stream& stream,
+void select_blocks(const KVView<T>& kv, int q_heads, const float* scores, const ElasticPolicy& policy,
+                   std::int32_t* selected, std::int32_t* num_selected, int max_selected, const Stream& stream,
                    std::int32_t* blocks_then = nullptr) {
   const ElasticConfig& config = policy.config();
-  if (Support s = select_supported(config, kv.max_blocks_per_seq, kv.head_dim); !s) throw Error("select_blocks: " + s.why);
+  if (Support s = select_supported(kv.max_blocks_per_seq, kv.head_dim); !s) throw Error("select_blocks: " + s.why);
+  if (kv.kv_heads < 1 || q_heads < kv.kv_heads || q_heads % kv.kv_heads != 0) {
+    throw Error("select_blocks: q_heads=" + std::to_string(q_heads) + " must be a multiple of kv_heads=" +
+                std::to_string(kv.kv_heads));
+  }
+  const bool per_query = config.retrieval == RetrievalType::kQHead;
+  const int rows = per_query ? q_heads : kv.kv_heads;
   // counts grow with the blocks, so the view's most blocks bound every sequence's
   if (scores == nullptr || selected == nullptr || num_selected == nullptr ||
       max_selected < policy.counts(kv.max_blocks_per_seq).total()) {
@@ -265,28 +254,10 @@ void select_blocks(const KVView<T>& kv, const float* scores, const ElasticPolicy
   while (items * kSelectThreads < kv.max_blocks_per_seq) items *= 2;
   dispatch<kSelectItemCounts>("items", "select_blocks", items, [&](auto n) {
     detail::select_blocks_kernel<T, decltype(n)::value>
-        <<<dim3(layer ? 1 : kv.kv_heads, kv.batch), kSelectThreads, 0, stream.get()>>>(
-            kv, scores, layer, policy, selected, num_selected, max_selected, blocks_then);
+        <<<dim3(layer ? 1 : rows, kv.batch), kSelectThreads, 0, stream.get()>>>(
+            kv, scores, rows, layer, policy, selected, num_selected, max_selected, blocks_then);
   });
   check_launch("select_blocks", stream.get());
-}
-
-// A selection made earlier (select_blocks with blocks_then) plus every block the
-// sequences gained since, as rows of max_out for gather_selected_blocks: what a step
-// that does not refresh its selection (ElasticConfig::token_step) attends to. Past
-// max_out the oldest selected blocks are dropped: size it for the tokens appended
-// between refreshes.
-template <typename T>
-void extend_selection(const KVView<T>& kv, const std::int32_t* selected, const std::int32_t* num_selected,
-                      const std::int32_t* blocks_then, int max_selected, std::int32_t* out, std::int32_t* out_counts,
-                      int max_out, const Stream& stream) {
-  if (selected == nullptr || num_selected == nullptr || blocks_then == nullptr || out == nullptr ||
-      out_counts == nullptr || max_out < max_selected) {
-    throw Error("extend_selection: needs the selection, blocks_then, outputs and max_out >= max_selected");
-  }
-  detail::extend_selection_kernel<T><<<dim3(kv.kv_heads, kv.batch), 128, 0, stream.get()>>>(
-      kv, selected, num_selected, blocks_then, max_selected, out, out_counts, max_out);
-  check_launch("extend_selection", stream.get());
 }
 
 }  // namespace ekv
