@@ -1,5 +1,5 @@
 // Elastic against exact decode on the same paged cache: fp16, q_heads 32, kv_heads 8,
-// head_dim 128, blocks of 64 tokens, QUEST anchors with one kv-head selection, one sink
+// head_dim 128, blocks of 64 tokens, QUEST anchors (half) with one kv-head selection, one sink
 // and one window block, compression C. Both timed by graph replay on cold L2 in the same
 // benchmark; a refreshing elastic step includes scoring, selection and the gather, a
 // reusing one (between refreshes, ElasticConfig::token_step) only the gather. Accuracy: the
@@ -85,8 +85,8 @@ void elastic(benchmark::State& state) {
   ekv::ElasticConfig config;
   const ekv::ElasticPolicy policy(config, ekv::ElasticBudget::ratio(compression));
   ekv::ElasticDecode<T> elastic_step(problem, kBlockLen, policy, device, stream);
-  ekv::DeviceBuffer<float> anchors(static_cast<std::size_t>(batch) * blocks * kKvHeads *
-                                   ekv::anchor_floats(config.anchor, config.anchor_num, kHeadDim));
+  ekv::DeviceBuffer<T> anchors(static_cast<std::size_t>(batch) * blocks * kKvHeads *
+                               ekv::anchor_values(config.anchor, config.anchor_num, kHeadDim));
   ekv::build_anchors<T>(view, anchors.data(), config, stream);
 
   auto run_exact = [&](const ekv::Stream& s) {

@@ -63,9 +63,9 @@ TEST_CASE("granules and anchor sizes") {
   CHECK(ekv::granule_of(ekv::RetrievalType::kLayer, 13, 4) == 0);
   CHECK(ekv::granule_of(ekv::RetrievalType::kKvHead, 13, 4) == 3);
   CHECK(ekv::granule_of(ekv::RetrievalType::kQHead, 13, 4) == 13);
-  CHECK(ekv::anchor_floats(ekv::AnchorKind::kQuest, 4, 128) == 256);
-  CHECK(ekv::anchor_floats(ekv::AnchorKind::kBlockMean, 4, 128) == 128);
-  CHECK(ekv::anchor_floats(ekv::AnchorKind::kBlockMax, 4, 128) == 128);
-  CHECK(ekv::anchor_floats(ekv::AnchorKind::kFixed, 4, 128) == 512);
-  CHECK(ekv::anchor_floats(ekv::AnchorKind::kDynamic, 3, 64) == 192);
+  CHECK(ekv::anchor_values(ekv::AnchorKind::kQuest, 4, 128) == 256);
+  CHECK(ekv::anchor_values(ekv::AnchorKind::kBlockMean, 4, 128) == 128);
+  CHECK(ekv::anchor_values(ekv::AnchorKind::kBlockMax, 4, 128) == 128);
+  CHECK(ekv::anchor_values(ekv::AnchorKind::kFixed, 4, 128) == 512);
+  CHECK(ekv::anchor_values(ekv::AnchorKind::kDynamic, 3, 64) == 192);
 }

@@ -21,7 +21,7 @@ using T = __half;
 // DYNAMIC anchors of every valid block against the reference fed the GPU's own
 // importance (so ties break the same way): the chosen keys, exactly.
 void check_dynamic_anchors(ekv::test::HostCache<T>& host, const std::vector<float>& importance,
-                           const std::vector<float>& anchors, int anchor_num) {
+                           const std::vector<T>& anchors, int anchor_num) {
   const auto& s = host.shape;
   const ekv::KVView<T> view = host.host_view();
   for (int b = 0; b < s.batch(); ++b) {
@@ -32,8 +32,8 @@ void check_dynamic_anchors(ekv::test::HostCache<T>& host, const std::vector<floa
         const std::vector<double> weights(w, w + host.block_len);
         const auto want = ekv::reference_block_anchors(view, b, h, block, ekv::AnchorKind::kDynamic, anchor_num,
                                                        weights.data());
-        const float* got = anchors.data() + (physical * s.kv_heads + h) * anchor_num * s.head_dim;
-        for (std::size_t i = 0; i < want.size(); ++i) REQUIRE(got[i] == want[i]);
+        const T* got = anchors.data() + (physical * s.kv_heads + h) * anchor_num * s.head_dim;
+        for (std::size_t i = 0; i < want.size(); ++i) REQUIRE(__half2float(got[i]) == want[i]);
       }
     }
   }
@@ -67,11 +67,12 @@ TEST_CASE("importance after an exact step, and DYNAMIC anchors from it, match th
   ekv::ElasticConfig config;
   config.anchor = ekv::AnchorKind::kDynamic;
   config.anchor_num = 3;
-  const std::size_t anchor_floats = cache.table.size() * shape.kv_heads * config.anchor_num * shape.head_dim;
-  ekv::DeviceBuffer<float> anchors(anchor_floats);
+  const std::size_t anchor_values = cache.table.size() * shape.kv_heads * config.anchor_num * shape.head_dim;
+  ekv::DeviceBuffer<T> anchors(anchor_values);
   ekv::build_anchors<T>(view, anchors.data(), config, stream, importance.data());
   stream.synchronize();
-  std::vector<float> got_importance(slots), got_anchors(anchor_floats);
+  std::vector<float> got_importance(slots);
+  std::vector<T> got_anchors(anchor_values);
   importance.copy_to(got_importance);
   anchors.copy_to(got_anchors);
 

@@ -36,7 +36,7 @@ void check_reuse(ekv::RetrievalType retrieval, std::uint64_t seed) {
   const ekv::ElasticPolicy policy(config, ekv::ElasticBudget::blocks(5));
   ekv::ElasticDecode<T> step(ekv::test::decode_problem(planned, ekv::DType::kFloat16), cache.block_len, policy,
                              ekv::DeviceInfo::current(), stream);
-  ekv::DeviceBuffer<float> anchors(cache.table.size() * shape.kv_heads * 2 * shape.head_dim);
+  ekv::DeviceBuffer<T> anchors(cache.table.size() * shape.kv_heads * 2 * shape.head_dim);
   ekv::build_anchors<T>(view, anchors.data(), config, stream);
   const int kv_rows = shape.batch() * shape.kv_heads;
   // ElasticDecode's rows: a query head's blocks under QHEAD, else a kv head's

@@ -21,23 +21,57 @@ namespace {
 
 using T = __half;
 
+// Sequence b's GPU anchors of kv head h, block `block`, as doubles.
+std::vector<double> gpu_anchors(const ekv::test::HostCache<T>& host, const std::vector<T>& anchors,
+                                const ekv::ElasticConfig& config, int b, int h, int block) {
+  const auto& s = host.shape;
+  const int values = ekv::anchor_values(config.anchor, config.anchor_num, s.head_dim);
+  const std::int64_t physical = host.table[static_cast<std::size_t>(b) * host.blocks_per_seq + block];
+  const T* got = anchors.data() + (physical * s.kv_heads + h) * values;
+  std::vector<double> out(values);
+  for (int i = 0; i < values; ++i) out[i] = __half2float(got[i]);
+  return out;
+}
+
 // Every valid block's GPU anchors against reference_block_anchors: min, max and copied
-// keys exactly, means to float rounding.
-void check_anchors(const ekv::test::HostCache<T>& cache, ekv::test::HostCache<T>& host, const std::vector<float>& anchors,
-                   const ekv::ElasticConfig& config) {
-  const auto& s = cache.shape;
-  const int floats = ekv::anchor_floats(config.anchor, config.anchor_num, s.head_dim);
+// keys exactly; means, stored in half precision, within one rounding to half (2^-11
+// relative) plus float32 summation.
+void check_anchors(ekv::test::HostCache<T>& host, const std::vector<T>& anchors, const ekv::ElasticConfig& config) {
+  const auto& s = host.shape;
   const ekv::KVView<T> view = host.host_view();
+  const double tolerance = config.anchor == ekv::AnchorKind::kBlockMean ? 1.0 / 2048 + 1e-6 : 0.0;
   for (int b = 0; b < s.batch(); ++b) {
     for (int h = 0; h < s.kv_heads; ++h) {
-      for (int block = 0; block < ekv::sequence_blocks(host.lengths[b], cache.block_len); ++block) {
-        const auto ref = ekv::reference_block_anchors(view, b, h, block, config.anchor, config.anchor_num);
-        const std::int64_t physical = host.table[static_cast<std::size_t>(b) * cache.blocks_per_seq + block];
-        const float* got = anchors.data() + (physical * s.kv_heads + h) * floats;
-        for (int i = 0; i < floats; ++i) REQUIRE(std::abs(got[i] - ref[i]) <= 1e-6 * (1 + std::abs(ref[i])));
+      for (int block = 0; block < ekv::sequence_blocks(host.lengths[b], host.block_len); ++block) {
+        const auto want = ekv::reference_block_anchors(view, b, h, block, config.anchor, config.anchor_num);
+        const auto got = gpu_anchors(host, anchors, config, b, h, block);
+        for (std::size_t i = 0; i < want.size(); ++i) {
+          REQUIRE(std::abs(got[i] - want[i]) <= tolerance * std::abs(want[i]) + 1e-7);
+        }
       }
     }
   }
+}
+
+// Sequence b's granule scores from the GPU's own anchors (reference_granule_scores'
+// scoring over what the GPU stored): the GPU's scores must match these to float rounding.
+std::vector<std::vector<double>> scores_from_gpu_anchors(ekv::test::HostCache<T>& host, const std::vector<T>& anchors,
+                                                         const ekv::ElasticConfig& config, int b) {
+  const auto& s = host.shape;
+  const int blocks = ekv::sequence_blocks(host.lengths[b], host.block_len);
+  std::vector<std::vector<double>> out(ekv::num_granules(config.retrieval, s.q_heads(), s.kv_heads),
+                                       std::vector<double>(blocks, -INFINITY));
+  for (int h = 0; h < s.kv_heads; ++h) {
+    for (int block = 0; block < blocks; ++block) {
+      const auto a = gpu_anchors(host, anchors, config, b, h, block);
+      for (int qh = h * s.group; qh < (h + 1) * s.group; ++qh) {
+        const T* q = host.q.data() + (static_cast<std::size_t>(b) * s.q_heads() + qh) * s.head_dim;
+        double& score = out[ekv::granule_of(config.retrieval, qh, s.group)][block];
+        score = std::max(score, ekv::reference_anchor_score(q, a, config.anchor, s.head_dim));
+      }
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -69,8 +103,8 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
       ekv::test::DeviceCache<T> dev(cache);
       ekv::Stream stream;
       const ekv::KVView<T> view = dev.view(cache);
-      const int floats = ekv::anchor_floats(kind, config.anchor_num, shape.head_dim);
-      ekv::DeviceBuffer<float> anchors(cache.table.size() * shape.kv_heads * floats);
+      const int values = ekv::anchor_values(kind, config.anchor_num, shape.head_dim);
+      ekv::DeviceBuffer<T> anchors(cache.table.size() * shape.kv_heads * values);
       anchors.fill_bytes(0xFF, stream);
       ekv::build_anchors<T>(view, anchors.data(), config, stream);
 
@@ -101,19 +135,18 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
       dev.k.copy_to(host.k);
       dev.lengths.copy_to(host.lengths);
       for (int b = 0; b < shape.batch(); ++b) CHECK(host.lengths[b] == std::min(cache.lengths[b] + new_tokens, cache.block_len * cache.blocks_per_seq));
-      std::vector<float> got_anchors(anchors.size()), got_scores(scores.size());
+      std::vector<T> got_anchors(anchors.size());
+      std::vector<float> got_scores(scores.size());
       std::vector<std::int32_t> got_selected(selected.size()), got_counts(num_selected.size());
       anchors.copy_to(got_anchors);
       scores.copy_to(got_scores);
       selected.copy_to(got_selected);
       num_selected.copy_to(got_counts);
-      check_anchors(cache, host, got_anchors, config);
+      check_anchors(host, got_anchors, config);
 
-      const ekv::KVView<T> host_view = host.host_view();
       for (int b = 0; b < shape.batch(); ++b) {
         const int blocks = ekv::sequence_blocks(host.lengths[b], cache.block_len);
-        const auto ref_scores = ekv::reference_granule_scores(host_view, host.q.data() + static_cast<std::size_t>(b) * shape.q_heads() * shape.head_dim,
-                                                              shape.q_heads(), b, config);
+        const auto ref_scores = scores_from_gpu_anchors(host, got_anchors, config, b);
         std::vector<double> layer_scores(blocks, -INFINITY);
         for (int h = 0; h < rows; ++h) {
           std::vector<double> gpu(blocks);
@@ -205,7 +238,8 @@ TEST_CASE("the elastic GPU functions reject bad input before launching anything"
   ekv::Stream stream;
   const ekv::KVView<T> view = dev.view(cache);
   ekv::DeviceBuffer<std::int32_t> list(8), counts(1), then(1), out(8), out_counts(1);
-  ekv::DeviceBuffer<float> scores(8), anchors(cache.table.size() * 2 * 2 * 128);
+  ekv::DeviceBuffer<float> scores(8);
+  ekv::DeviceBuffer<T> anchors(cache.table.size() * 2 * 2 * 128);
   ekv::ElasticConfig config;
   const ekv::ElasticPolicy policy(config);
 
@@ -245,6 +279,20 @@ TEST_CASE("the elastic GPU functions reject bad input before launching anything"
   ekv::DeviceBuffer<T> o(cache.q.size());
   ekv::DeviceBuffer<float> lse(cache.shape.q_heads());
   CHECK(throws_containing([&] { step.attend(view, dev.q.data(), o.data(), lse.data(), stream); }, "no selection"));
+  CHECK(throws_containing([&] { ekv::score_blocks<T>(view, dev.q.data(), 2, anchors.data() + 1, config, scores.data(), stream); },
+                          "aligned"));
+
+  // layer_step 2 from layer 1: layers 1 and 2 share layer 1's selection, layer 0 has its own
+  ekv::ElasticConfig shared;
+  shared.layer_step = 2;
+  shared.layer_offset = 1;
+  ekv::ElasticDecode<T> layers(ekv::test::decode_problem(cache.shape, ekv::DType::kFloat16), 16,
+                               ekv::ElasticPolicy(shared), ekv::DeviceInfo::current(), stream);
+  CHECK(throws_containing(
+      [&] { layers.run_layer(view, dev.q.data(), anchors.data(), o.data(), lse.data(), stream, 0, 2); }, "no selection"));
+  layers.run_layer(view, dev.q.data(), anchors.data(), o.data(), lse.data(), stream, 0, 1);
+  layers.run_layer(view, dev.q.data(), anchors.data(), o.data(), lse.data(), stream, 0, 2);
+  stream.synchronize();
   ekv::KVView<T> other = view;
   other.head_dim = 64;
   CHECK(throws_containing([&] { step.select(other, dev.q.data(), anchors.data(), stream); }, "differ"));

@@ -70,9 +70,9 @@ inline RetrievalType parse_retrieval_type(const std::string& name) {
   return detail::parse_enum<kRetrievalTypes>(name, "retrieval type");
 }
 
-// float32 values stored per block and kv head: QUEST keeps min then max of each channel,
-// MEAN and MAX one key-sized vector, FIXED and DYNAMIC anchor_num keys.
-EKV_HOST_DEVICE constexpr int anchor_floats(AnchorKind kind, int anchor_num, int head_dim) {
+// Values stored per block and kv head, in the cache's own dtype: QUEST keeps min then max
+// of each channel, MEAN and MAX one key-sized vector, FIXED and DYNAMIC anchor_num keys.
+EKV_HOST_DEVICE constexpr int anchor_values(AnchorKind kind, int anchor_num, int head_dim) {
   if (kind == AnchorKind::kQuest) return 2 * head_dim;
   if (kind == AnchorKind::kFixed || kind == AnchorKind::kDynamic) return anchor_num * head_dim;
   return head_dim;

@@ -73,7 +73,7 @@ class ElasticDecode {
   // says so, then attends. kv: the paged cache (its max_blocks_per_seq covering the planned
   // length); anchors current (build_anchors, update_anchors); o and lse as for run_decode.
   // The first step run must refresh (attend() throws otherwise).
-  void run(const KVView<T>& kv, const T* q, const float* anchors, T* o, float* lse, const Stream& stream,
+  void run(const KVView<T>& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream,
            int step = 0) {
     if (policy_.config().refreshes_selection(step)) select(kv, q, anchors, stream);
     attend(kv, q, o, lse, stream);
@@ -81,14 +81,14 @@ class ElasticDecode {
   // Layer `layer` of decode step `step`, the layers sharing selections as the config's
   // layer_step and layer_offset say: selects when this layer owns its selection and the
   // step refreshes, then attends with this layer's view, query and anchors.
-  void run_layer(const KVView<T>& kv, const T* q, const float* anchors, T* o, float* lse, const Stream& stream,
+  void run_layer(const KVView<T>& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream,
                  int step, int layer) {
     const ElasticConfig& config = policy_.config();
     if (config.selection_layer(layer) == layer && config.refreshes_selection(step)) select(kv, q, anchors, stream);
     attend(kv, q, o, lse, stream);
   }
   // Scores every block and selects.
-  void select(const KVView<T>& kv, const T* q, const float* anchors, const Stream& stream) {
+  void select(const KVView<T>& kv, const T* q, const T* anchors, const Stream& stream) {
     check_view(kv, "select");
     score_blocks<T>(kv, q, q_heads_, anchors, policy_.config(), scores_.data(), stream);
     select_blocks<T>(kv, q_heads_, scores_.data(), policy_, selected_.data(), num_selected_.data(), max_selected_,

@@ -27,7 +27,7 @@ struct BlockCounts {
 // selection read `kv` alone.
 struct BytesRead {
   std::size_t kv = 0;       // K and V of the attended tokens
-  std::size_t anchors = 0;  // float32 anchors scanned for scoring
+  std::size_t anchors = 0;  // anchors scanned for scoring (in the cache's dtype)
   std::size_t total() const { return kv + anchors; }
 };
 
@@ -73,7 +73,7 @@ class ElasticPolicy {
     const std::size_t per_token = static_cast<std::size_t>(kv_heads) * head_dim * dtype_size(kv_dtype);
     const int scored = everything || c.pick == 0 ? 0 : num_blocks - c.init - c.local;
     const std::size_t per_anchor_block =
-        static_cast<std::size_t>(kv_heads) * anchor_floats(config_.anchor, config_.anchor_num, head_dim) * sizeof(float);
+        static_cast<std::size_t>(kv_heads) * anchor_values(config_.anchor, config_.anchor_num, head_dim) * dtype_size(kv_dtype);
     return {2 * tokens * per_token, scored * per_anchor_block};
   }
 

@@ -1,7 +1,8 @@
 #pragma once
 // Float64 reference of the anchor kinds: the anchors of one block, computed from its keys,
-// and a query head's score of the block from them. The GPU stores the same values as
-// float32 (elastic_config.hpp's anchor_floats() gives the count) and must match these.
+// and a query head's score of the block from them. The GPU stores the same values in the
+// cache's dtype (elastic_config.hpp's anchor_values() gives the count): min, max and keys
+// exactly, means rounded once to that dtype.
 
 #include <algorithm>
 #include <cstdint>
@@ -60,7 +61,7 @@ std::vector<double> reference_block_anchors(const KVView<T>& kv, int seq, int kv
                 " has no valid tokens");
   }
   const auto key = [&](int t) { return kv.k + kv.offset(seq, kv_head, block * kv.block_len + t); };
-  std::vector<double> out(anchor_floats(kind, anchor_num, d));
+  std::vector<double> out(anchor_values(kind, anchor_num, d));
   if (kind == AnchorKind::kFixed || kind == AnchorKind::kDynamic) {
     std::vector<int> order(valid);
     std::iota(order.begin(), order.end(), 0);

@@ -19,6 +19,7 @@
 #include "ekv/core/error.hpp"
 #include "ekv/core/launch.hpp"
 #include "ekv/core/stream.hpp"
+#include "ekv/core/vec.cuh"
 #include "ekv/elastic/anchors.cuh"
 #include "ekv/elastic/elastic_config.hpp"
 #include "ekv/elastic/policy.hpp"
@@ -48,12 +49,14 @@ namespace detail {
 // the group and stores the group's max, scores [batch][kv_heads][max_blocks], or
 // per_query each head's own, scores [batch][q_heads][max_blocks].
 template <typename T, int HeadDim>
-__global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads, const float* anchors,
+__global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads, const T* anchors,
                                     AnchorKind kind, int anchor_num, bool per_query, float* scores) {
+  // each lane takes contiguous channels: one vector load of an anchor's, one of a query's
   constexpr int kPerLane = HeadDim / 32;
+  constexpr int kAnchorBytes = kPerLane * static_cast<int>(sizeof(T)), kQueryBytes = kPerLane * 4;
   const int seq = blockIdx.z, head = blockIdx.y, lane = threadIdx.x % 32;
   // the group's queries, shared by the CTA's warps (blocks of the same kv head)
-  __shared__ float q_group[kDecodeMaxGroup * HeadDim];
+  __shared__ __align__(32) float q_group[kDecodeMaxGroup * HeadDim];
   const int group = q_heads / kv.kv_heads;
   const T* q_first = q + (static_cast<std::int64_t>(seq) * q_heads + head * group) * HeadDim;
   for (int i = threadIdx.x; i < group * HeadDim; i += blockDim.x) q_group[i] = DTypeTraits<T>::to_float(q_first[i]);
@@ -62,20 +65,26 @@ __global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads,
   const int len = min(kv.length(seq, head), kv.capacity());
   if (block >= sequence_blocks(len, kv.block_len)) return;
   const std::int64_t physical = kv.block_id(seq, head, block);
-  const int floats = anchor_floats(kind, anchor_num, HeadDim);
-  const float* a = anchors + (physical * kv.kv_heads + head) * floats;
+  const int values = anchor_values(kind, anchor_num, HeadDim);
+  const T* a = anchors + (physical * kv.kv_heads + head) * values + lane * kPerLane;
+  const int anchors_here = kind == AnchorKind::kQuest ? 1 : values / HeadDim;
   float best = -INFINITY;
   for (int g = 0; g < group; ++g) {
-    const float* qh = q_group + g * HeadDim;
+    const Vec<float, kQueryBytes> qv = load<float, kQueryBytes>(q_group + g * HeadDim + lane * kPerLane);
     float s = -INFINITY;
-    const int anchors_here = kind == AnchorKind::kQuest ? 1 : floats / HeadDim;
     for (int i = 0; i < anchors_here; ++i) {
+      // QUEST's min and max: the bound max(q * min, q * max) per channel
+      const Vec<T, kAnchorBytes> av = load<T, kAnchorBytes>(a + i * HeadDim);
       float part = 0.0f;
+      if (kind == AnchorKind::kQuest) {
+        const Vec<T, kAnchorBytes> hv = load<T, kAnchorBytes>(a + HeadDim);
 #pragma unroll
-      for (int j = 0; j < kPerLane; ++j) {
-        const int c = lane + 32 * j;
-        const float qc = qh[c];
-        part += kind == AnchorKind::kQuest ? fmaxf(qc * a[c], qc * a[HeadDim + c]) : qc * a[i * HeadDim + c];
+        for (int j = 0; j < kPerLane; ++j) {
+          part += fmaxf(qv[j] * DTypeTraits<T>::to_float(av[j]), qv[j] * DTypeTraits<T>::to_float(hv[j]));
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < kPerLane; ++j) part += qv[j] * DTypeTraits<T>::to_float(av[j]);
       }
 #pragma unroll
       for (int off = 16; off > 0; off /= 2) part += __shfl_xor_sync(0xffffffffu, part, off);
@@ -211,13 +220,14 @@ __global__ void __launch_bounds__(kSelectThreads)
 // scores: float [batch][kv_heads][kv.max_blocks_per_seq], each kv head's max over its
 // group, or for QHEAD [batch][q_heads][kv.max_blocks_per_seq], each query head's own.
 template <typename T>
-void score_blocks(const KVView<T>& kv, const T* q, int q_heads, const float* anchors, const ElasticConfig& config,
+void score_blocks(const KVView<T>& kv, const T* q, int q_heads, const T* anchors, const ElasticConfig& config,
                   float* scores, const Stream& stream) {
   if (kv.block_table == nullptr || q == nullptr || anchors == nullptr || scores == nullptr || q_heads % kv.kv_heads ||
       q_heads / kv.kv_heads > kDecodeMaxGroup) {
     throw Error("score_blocks: needs a paged view, q, anchors, scores and q_heads a multiple of kv_heads, group <= " +
                 std::to_string(kDecodeMaxGroup));
   }
+  if (!is_aligned<32>(anchors)) throw Error("score_blocks: anchors must be 32-byte aligned, as a DeviceBuffer's are");
   constexpr int kWarps = 8;
   const dim3 grid((kv.max_blocks_per_seq + kWarps - 1) / kWarps, kv.kv_heads, kv.batch);
   dispatch<kSelectHeadDims>("head_dim", "GPU selection", kv.head_dim, [&](auto dim) {
