@@ -9,6 +9,7 @@
 
 #include <cub/block/block_scan.cuh>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -45,15 +46,26 @@ inline Support select_supported(int blocks_per_seq, int head_dim) {
 
 namespace detail {
 
-// Warp w of CTA (x, kv head, seq) scores logical block x * 8 + w for each query head of
-// the group and stores the group's max, scores [batch][kv_heads][max_blocks], or
-// per_query each head's own, scores [batch][q_heads][max_blocks].
+inline constexpr int kScoreWarps = 8;
+
+// Blocks each warp scores: the anchor loads of all of them are issued before any is used,
+// so a warp keeps about 64 bytes per lane in flight (scoring is latency-bound otherwise:
+// one block per warp left each wave waiting on the length, table and anchor loads in turn).
 template <typename T, int HeadDim>
-__global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads, const T* anchors,
-                                    AnchorKind kind, int anchor_num, bool per_query, float* scores) {
+inline constexpr int kScoreBlocksPerWarp = std::clamp(64 / (HeadDim / 32 * static_cast<int>(sizeof(T))), 2, 8);
+
+// Warp w of CTA (x, kv head, seq) scores kScoreBlocksPerWarp logical blocks from
+// (x * kScoreWarps + w) * kScoreBlocksPerWarp for each query head of the group and stores
+// the group's max, scores [batch][kv_heads][max_blocks], or per_query each head's own,
+// scores [batch][q_heads][max_blocks].
+template <typename T, int HeadDim>
+__global__ void __launch_bounds__(kScoreWarps * 32)
+    score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads, const T* anchors, AnchorKind kind,
+                        int anchor_num, bool per_query, float* scores) {
   // each lane takes contiguous channels: one vector load of an anchor's, one of a query's
-  constexpr int kPerLane = HeadDim / 32;
+  constexpr int kPerLane = HeadDim / 32, kBlocks = kScoreBlocksPerWarp<T, HeadDim>;
   constexpr int kAnchorBytes = kPerLane * static_cast<int>(sizeof(T)), kQueryBytes = kPerLane * 4;
+  using AnchorVec = Vec<T, kAnchorBytes>;
   const int seq = blockIdx.z, head = blockIdx.y, lane = threadIdx.x % 32;
   // the group's queries, shared by the CTA's warps (blocks of the same kv head)
   __shared__ __align__(32) float q_group[kDecodeMaxGroup * HeadDim];
@@ -61,42 +73,70 @@ __global__ void score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads,
   const T* q_first = q + (static_cast<std::int64_t>(seq) * q_heads + head * group) * HeadDim;
   for (int i = threadIdx.x; i < group * HeadDim; i += blockDim.x) q_group[i] = DTypeTraits<T>::to_float(q_first[i]);
   __syncthreads();
-  const int block = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-  const int len = min(kv.length(seq, head), kv.capacity());
-  if (block >= sequence_blocks(len, kv.block_len)) return;
-  const std::int64_t physical = kv.block_id(seq, head, block);
+  const int first = (blockIdx.x * kScoreWarps + threadIdx.x / 32) * kBlocks;
+  const int n = sequence_blocks(min(kv.length(seq, head), kv.capacity()), kv.block_len);
+  if (first >= n) return;
+  const int count = min(kBlocks, n - first);
+  // lane i < count finds block first + i in the table; the warp shares the answers
+  const std::int64_t lane_block = lane < count ? kv.block_id(seq, head, first + lane) : 0;
   const int values = anchor_values(kind, anchor_num, HeadDim);
-  const T* a = anchors + (physical * kv.kv_heads + head) * values + lane * kPerLane;
-  const int anchors_here = kind == AnchorKind::kQuest ? 1 : values / HeadDim;
-  float best = -INFINITY;
+  const T* a[kBlocks];
+  // single-vector kinds (QUEST's min and max, MEAN, MAX) load every block's anchors up front
+  const bool single = kind == AnchorKind::kQuest || kind == AnchorKind::kBlockMean || kind == AnchorKind::kBlockMax;
+  AnchorVec lo[kBlocks], hi[kBlocks];
+#pragma unroll
+  for (int i = 0; i < kBlocks; ++i) {
+    const std::int64_t physical = __shfl_sync(0xffffffffu, lane_block, i);
+    a[i] = anchors + (physical * kv.kv_heads + head) * values + lane * kPerLane;
+    if (single && i < count) {
+      lo[i] = load<T, kAnchorBytes>(a[i]);
+      if (kind == AnchorKind::kQuest) hi[i] = load<T, kAnchorBytes>(a[i] + HeadDim);
+    }
+  }
+  const auto dot = [&](const Vec<float, kQueryBytes>& qv, const AnchorVec& av) {
+    float part = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) part += qv[j] * DTypeTraits<T>::to_float(av[j]);
+    return part;
+  };
+  const auto warp_sum = [](float part) {
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) part += __shfl_xor_sync(0xffffffffu, part, off);
+    return part;
+  };
+  float best[kBlocks];
+#pragma unroll
+  for (int i = 0; i < kBlocks; ++i) best[i] = -INFINITY;
   for (int g = 0; g < group; ++g) {
     const Vec<float, kQueryBytes> qv = load<float, kQueryBytes>(q_group + g * HeadDim + lane * kPerLane);
-    float s = -INFINITY;
-    for (int i = 0; i < anchors_here; ++i) {
-      // QUEST's min and max: the bound max(q * min, q * max) per channel
-      const Vec<T, kAnchorBytes> av = load<T, kAnchorBytes>(a + i * HeadDim);
-      float part = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i) {
+      if (i >= count) break;
+      float s = -INFINITY;
       if (kind == AnchorKind::kQuest) {
-        const Vec<T, kAnchorBytes> hv = load<T, kAnchorBytes>(a + HeadDim);
+        // the bound max(q * min, q * max) per channel
+        float part = 0.0f;
 #pragma unroll
         for (int j = 0; j < kPerLane; ++j) {
-          part += fmaxf(qv[j] * DTypeTraits<T>::to_float(av[j]), qv[j] * DTypeTraits<T>::to_float(hv[j]));
+          part += fmaxf(qv[j] * DTypeTraits<T>::to_float(lo[i][j]), qv[j] * DTypeTraits<T>::to_float(hi[i][j]));
         }
+        s = warp_sum(part);
+      } else if (single) {
+        s = warp_sum(dot(qv, lo[i]));
       } else {
-#pragma unroll
-        for (int j = 0; j < kPerLane; ++j) part += qv[j] * DTypeTraits<T>::to_float(av[j]);
+        for (int k = 0; k < values / HeadDim; ++k) s = fmaxf(s, warp_sum(dot(qv, load<T, kAnchorBytes>(a[i] + k * HeadDim))));
       }
-#pragma unroll
-      for (int off = 16; off > 0; off /= 2) part += __shfl_xor_sync(0xffffffffu, part, off);
-      s = fmaxf(s, part);
+      if (per_query && lane == 0) {
+        scores[(static_cast<std::int64_t>(seq) * q_heads + head * group + g) * kv.max_blocks_per_seq + first + i] = s;
+      }
+      best[i] = fmaxf(best[i], s);
     }
-    if (per_query && lane == 0) {
-      scores[(static_cast<std::int64_t>(seq) * q_heads + head * group + g) * kv.max_blocks_per_seq + block] = s;
-    }
-    best = fmaxf(best, s);
   }
-  if (!per_query && lane == 0) {
-    scores[(static_cast<std::int64_t>(seq) * kv.kv_heads + head) * kv.max_blocks_per_seq + block] = best;
+  if (!per_query && lane < count) {
+    float mine = best[0];
+#pragma unroll
+    for (int i = 1; i < kBlocks; ++i) mine = lane == i ? best[i] : mine;
+    scores[(static_cast<std::int64_t>(seq) * kv.kv_heads + head) * kv.max_blocks_per_seq + first + lane] = mine;
   }
 }
 
@@ -228,10 +268,10 @@ void score_blocks(const KVView<T>& kv, const T* q, int q_heads, const T* anchors
                 std::to_string(kDecodeMaxGroup));
   }
   if (!is_aligned<32>(anchors)) throw Error("score_blocks: anchors must be 32-byte aligned, as a DeviceBuffer's are");
-  constexpr int kWarps = 8;
-  const dim3 grid((kv.max_blocks_per_seq + kWarps - 1) / kWarps, kv.kv_heads, kv.batch);
   dispatch<kSelectHeadDims>("head_dim", "GPU selection", kv.head_dim, [&](auto dim) {
-    detail::score_blocks_kernel<T, decltype(dim)::value><<<grid, kWarps * 32, 0, stream.get()>>>(
+    constexpr int kCtaBlocks = detail::kScoreWarps * detail::kScoreBlocksPerWarp<T, decltype(dim)::value>;
+    const dim3 grid((kv.max_blocks_per_seq + kCtaBlocks - 1) / kCtaBlocks, kv.kv_heads, kv.batch);
+    detail::score_blocks_kernel<T, decltype(dim)::value><<<grid, detail::kScoreWarps * 32, 0, stream.get()>>>(
         kv, q, q_heads, anchors, config.anchor, config.anchor_num, config.retrieval == RetrievalType::kQHead, scores);
   });
   check_launch("score_blocks", stream.get());
