@@ -4,6 +4,7 @@
 // block-table row and length, and the decode kernels (split-KV and merge included) run
 // on it unchanged, so the sparse path reuses the dense inner loop rather than a copy of it.
 
+#include <climits>
 #include <cstdint>
 #include <string>
 
@@ -83,20 +84,6 @@ struct SparseRows {
 
 namespace detail {
 
-// The first index of an ascending list whose id is >= bound.
-__device__ __forceinline__ int lower_bound(const std::int32_t* list, int count, int bound) {
-  int lo = 0, hi = count;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (list[mid] < bound) {
-      lo = mid + 1;
-    } else {
-      hi = mid;
-    }
-  }
-  return lo;
-}
-
 // One CTA per (row, sequence): keeps the selected blocks that exist (ids outside the
 // sequence's blocks are dropped, never clamped onto another block), adds the blocks
 // appended since a reused selection, and sums the valid tokens. Only a sequence's last
@@ -114,7 +101,16 @@ __global__ void gather_selection_kernel(const KVView<T> base, const SelectionRow
   const int then = in.blocks_then == nullptr ? n : stale ? 0 : in.blocks_then[row];
   const std::int32_t* list = in.blocks + row * in.max_per_row;
   const int count = stale ? 0 : max(0, min(in.counts[row], in.max_per_row));
-  const int first = lower_bound(list, count, 0), kept = lower_bound(list, count, then) - first;
+  // the valid part of the ascending row: ids in [0, then), found by counting over the whole
+  // CTA (one round of loads; a binary search waited on one load per step)
+  int below_zero = 0, below_then = 0;
+  for (int base = 0; base < count; base += blockDim.x) {
+    const int i = base + threadIdx.x;
+    const std::int32_t id = i < count ? list[i] : INT_MAX;
+    below_zero += __syncthreads_count(id < 0);
+    below_then += __syncthreads_count(id < then);
+  }
+  const int first = below_zero, kept = below_then - below_zero;
   const int total = kept + n - then, skip = max(0, total - out.max_per_row);
   const auto logical_at = [&](int i) { return i < kept ? list[first + i] : then + i - kept; };
   for (int j = threadIdx.x; j < total - skip; j += blockDim.x) {

@@ -47,52 +47,45 @@ inline Support select_supported(int blocks_per_seq, int head_dim) {
 namespace detail {
 
 inline constexpr int kScoreWarps = 8;
+// The most blocks one warp scores: one table lookup per lane.
+inline constexpr int kScoreMaxWarpBlocks = 32;
+// Fewer blocks per warp until the grid has about this many CTAs (4 per SM of an H100),
+// so that short caches still spread over the GPU.
+inline constexpr int kScoreMinCtas = 528;
 
-// Blocks each warp scores: the anchor loads of all of them are issued before any is used,
-// so a warp keeps about 64 bytes per lane in flight (scoring is latency-bound otherwise:
-// one block per warp left each wave waiting on the length, table and anchor loads in turn).
+// Blocks a warp scores at once: the anchor loads of all of them are issued before any is
+// used, about 64 bytes per lane in flight.
 template <typename T, int HeadDim>
-inline constexpr int kScoreBlocksPerWarp = std::clamp(64 / (HeadDim / 32 * static_cast<int>(sizeof(T))), 2, 8);
+inline constexpr int kScoreChunk = std::clamp(64 / (HeadDim / 32 * static_cast<int>(sizeof(T))), 2, 8);
 
-// Warp w of CTA (x, kv head, seq) scores kScoreBlocksPerWarp logical blocks from
-// (x * kScoreWarps + w) * kScoreBlocksPerWarp for each query head of the group and stores
-// the group's max, scores [batch][kv_heads][max_blocks], or per_query each head's own,
-// scores [batch][q_heads][max_blocks].
+// Warp w of CTA (x, kv head, seq) scores warp_blocks logical blocks from
+// (x * kScoreWarps + w) * warp_blocks for each query head of the group and stores the
+// group's max, scores [batch][kv_heads][max_blocks], or per_query each head's own,
+// scores [batch][q_heads][max_blocks]. Scoring is latency-bound unless each warp has many
+// loads in flight: the length and table loads go out before the query's, every block's
+// table entry in one load per lane, and a chunk's anchors together.
 template <typename T, int HeadDim>
-__global__ void __launch_bounds__(kScoreWarps * 32)
+__global__ void __launch_bounds__(kScoreWarps * 32, 3)
     score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads, const T* anchors, AnchorKind kind,
-                        int anchor_num, bool per_query, float* scores) {
+                        int anchor_num, bool per_query, int warp_blocks, float* scores) {
   // each lane takes contiguous channels: one vector load of an anchor's, one of a query's
-  constexpr int kPerLane = HeadDim / 32, kBlocks = kScoreBlocksPerWarp<T, HeadDim>;
+  constexpr int kPerLane = HeadDim / 32, kChunk = kScoreChunk<T, HeadDim>;
   constexpr int kAnchorBytes = kPerLane * static_cast<int>(sizeof(T)), kQueryBytes = kPerLane * 4;
   using AnchorVec = Vec<T, kAnchorBytes>;
   const int seq = blockIdx.z, head = blockIdx.y, lane = threadIdx.x % 32;
+  const int first = (blockIdx.x * kScoreWarps + threadIdx.x / 32) * warp_blocks;
+  const int n = sequence_blocks(min(kv.length(seq, head), kv.capacity()), kv.block_len);
+  const int count = max(0, min(warp_blocks, n - first));
+  const std::int64_t lane_block = lane < count ? kv.block_id(seq, head, first + lane) : 0;
   // the group's queries, shared by the CTA's warps (blocks of the same kv head)
   __shared__ __align__(32) float q_group[kDecodeMaxGroup * HeadDim];
   const int group = q_heads / kv.kv_heads;
   const T* q_first = q + (static_cast<std::int64_t>(seq) * q_heads + head * group) * HeadDim;
   for (int i = threadIdx.x; i < group * HeadDim; i += blockDim.x) q_group[i] = DTypeTraits<T>::to_float(q_first[i]);
   __syncthreads();
-  const int first = (blockIdx.x * kScoreWarps + threadIdx.x / 32) * kBlocks;
-  const int n = sequence_blocks(min(kv.length(seq, head), kv.capacity()), kv.block_len);
-  if (first >= n) return;
-  const int count = min(kBlocks, n - first);
-  // lane i < count finds block first + i in the table; the warp shares the answers
-  const std::int64_t lane_block = lane < count ? kv.block_id(seq, head, first + lane) : 0;
   const int values = anchor_values(kind, anchor_num, HeadDim);
-  const T* a[kBlocks];
-  // single-vector kinds (QUEST's min and max, MEAN, MAX) load every block's anchors up front
+  // single-vector kinds (QUEST's min and max, MEAN, MAX) load a chunk's anchors up front
   const bool single = kind == AnchorKind::kQuest || kind == AnchorKind::kBlockMean || kind == AnchorKind::kBlockMax;
-  AnchorVec lo[kBlocks], hi[kBlocks];
-#pragma unroll
-  for (int i = 0; i < kBlocks; ++i) {
-    const std::int64_t physical = __shfl_sync(0xffffffffu, lane_block, i);
-    a[i] = anchors + (physical * kv.kv_heads + head) * values + lane * kPerLane;
-    if (single && i < count) {
-      lo[i] = load<T, kAnchorBytes>(a[i]);
-      if (kind == AnchorKind::kQuest) hi[i] = load<T, kAnchorBytes>(a[i] + HeadDim);
-    }
-  }
   const auto dot = [&](const Vec<float, kQueryBytes>& qv, const AnchorVec& av) {
     float part = 0.0f;
 #pragma unroll
@@ -104,39 +97,56 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
     for (int off = 16; off > 0; off /= 2) part += __shfl_xor_sync(0xffffffffu, part, off);
     return part;
   };
-  float best[kBlocks];
+  for (int c = 0; c < count; c += kChunk) {
+    const int here = min(kChunk, count - c);
+    const T* a[kChunk];
+    AnchorVec lo[kChunk], hi[kChunk];
 #pragma unroll
-  for (int i = 0; i < kBlocks; ++i) best[i] = -INFINITY;
-  for (int g = 0; g < group; ++g) {
-    const Vec<float, kQueryBytes> qv = load<float, kQueryBytes>(q_group + g * HeadDim + lane * kPerLane);
-#pragma unroll
-    for (int i = 0; i < kBlocks; ++i) {
-      if (i >= count) break;
-      float s = -INFINITY;
-      if (kind == AnchorKind::kQuest) {
-        // the bound max(q * min, q * max) per channel
-        float part = 0.0f;
-#pragma unroll
-        for (int j = 0; j < kPerLane; ++j) {
-          part += fmaxf(qv[j] * DTypeTraits<T>::to_float(lo[i][j]), qv[j] * DTypeTraits<T>::to_float(hi[i][j]));
-        }
-        s = warp_sum(part);
-      } else if (single) {
-        s = warp_sum(dot(qv, lo[i]));
-      } else {
-        for (int k = 0; k < values / HeadDim; ++k) s = fmaxf(s, warp_sum(dot(qv, load<T, kAnchorBytes>(a[i] + k * HeadDim))));
+    for (int i = 0; i < kChunk; ++i) {
+      const std::int64_t physical = __shfl_sync(0xffffffffu, lane_block, c + i);
+      a[i] = anchors + (physical * kv.kv_heads + head) * values + lane * kPerLane;
+      if (single && i < here) {
+        lo[i] = load<T, kAnchorBytes>(a[i]);
+        if (kind == AnchorKind::kQuest) hi[i] = load<T, kAnchorBytes>(a[i] + HeadDim);
       }
-      if (per_query && lane == 0) {
-        scores[(static_cast<std::int64_t>(seq) * q_heads + head * group + g) * kv.max_blocks_per_seq + first + i] = s;
-      }
-      best[i] = fmaxf(best[i], s);
     }
-  }
-  if (!per_query && lane < count) {
-    float mine = best[0];
+    float best[kChunk];
 #pragma unroll
-    for (int i = 1; i < kBlocks; ++i) mine = lane == i ? best[i] : mine;
-    scores[(static_cast<std::int64_t>(seq) * kv.kv_heads + head) * kv.max_blocks_per_seq + first + lane] = mine;
+    for (int i = 0; i < kChunk; ++i) best[i] = -INFINITY;
+    for (int g = 0; g < group; ++g) {
+      const Vec<float, kQueryBytes> qv = load<float, kQueryBytes>(q_group + g * HeadDim + lane * kPerLane);
+#pragma unroll
+      for (int i = 0; i < kChunk; ++i) {
+        if (i >= here) break;
+        float s = -INFINITY;
+        if (kind == AnchorKind::kQuest) {
+          // the bound max(q * min, q * max) per channel
+          float part = 0.0f;
+#pragma unroll
+          for (int j = 0; j < kPerLane; ++j) {
+            part += fmaxf(qv[j] * DTypeTraits<T>::to_float(lo[i][j]), qv[j] * DTypeTraits<T>::to_float(hi[i][j]));
+          }
+          s = warp_sum(part);
+        } else if (single) {
+          s = warp_sum(dot(qv, lo[i]));
+        } else {
+          for (int k = 0; k < values / HeadDim; ++k) {
+            s = fmaxf(s, warp_sum(dot(qv, load<T, kAnchorBytes>(a[i] + k * HeadDim))));
+          }
+        }
+        if (per_query && lane == 0) {
+          scores[(static_cast<std::int64_t>(seq) * q_heads + head * group + g) * kv.max_blocks_per_seq + first + c + i] =
+              s;
+        }
+        best[i] = fmaxf(best[i], s);
+      }
+    }
+    if (!per_query && lane < here) {
+      float mine = best[0];
+#pragma unroll
+      for (int i = 1; i < kChunk; ++i) mine = lane == i ? best[i] : mine;
+      scores[(static_cast<std::int64_t>(seq) * kv.kv_heads + head) * kv.max_blocks_per_seq + first + c + lane] = mine;
+    }
   }
 }
 
@@ -269,10 +279,18 @@ void score_blocks(const KVView<T>& kv, const T* q, int q_heads, const T* anchors
   }
   if (!is_aligned<32>(anchors)) throw Error("score_blocks: anchors must be 32-byte aligned, as a DeviceBuffer's are");
   dispatch<kSelectHeadDims>("head_dim", "GPU selection", kv.head_dim, [&](auto dim) {
-    constexpr int kCtaBlocks = detail::kScoreWarps * detail::kScoreBlocksPerWarp<T, decltype(dim)::value>;
-    const dim3 grid((kv.max_blocks_per_seq + kCtaBlocks - 1) / kCtaBlocks, kv.kv_heads, kv.batch);
+    constexpr int kChunk = detail::kScoreChunk<T, decltype(dim)::value>;
+    const auto ctas = [&](int warp_blocks) {
+      const int cta_blocks = detail::kScoreWarps * warp_blocks;
+      return static_cast<long>((kv.max_blocks_per_seq + cta_blocks - 1) / cta_blocks) * kv.kv_heads * kv.batch;
+    };
+    int warp_blocks = detail::kScoreMaxWarpBlocks;
+    while (warp_blocks > kChunk && ctas(warp_blocks) < detail::kScoreMinCtas) warp_blocks /= 2;
+    const int cta_blocks = detail::kScoreWarps * warp_blocks;
+    const dim3 grid((kv.max_blocks_per_seq + cta_blocks - 1) / cta_blocks, kv.kv_heads, kv.batch);
     detail::score_blocks_kernel<T, decltype(dim)::value><<<grid, detail::kScoreWarps * 32, 0, stream.get()>>>(
-        kv, q, q_heads, anchors, config.anchor, config.anchor_num, config.retrieval == RetrievalType::kQHead, scores);
+        kv, q, q_heads, anchors, config.anchor, config.anchor_num, config.retrieval == RetrievalType::kQHead,
+        warp_blocks, scores);
   });
   check_launch("score_blocks", stream.get());
 }
