@@ -99,15 +99,17 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 3)
   };
   for (int c = 0; c < count; c += kChunk) {
     const int here = min(kChunk, count - c);
-    const T* a[kChunk];
+    const auto anchor_of = [&](int i) {  // block c + i's anchors, this lane's channels
+      const std::int64_t physical = __shfl_sync(0xffffffffu, lane_block, c + i);
+      return anchors + (physical * kv.kv_heads + head) * values + lane * kPerLane;
+    };
     AnchorVec lo[kChunk], hi[kChunk];
 #pragma unroll
     for (int i = 0; i < kChunk; ++i) {
-      const std::int64_t physical = __shfl_sync(0xffffffffu, lane_block, c + i);
-      a[i] = anchors + (physical * kv.kv_heads + head) * values + lane * kPerLane;
       if (single && i < here) {
-        lo[i] = load<T, kAnchorBytes>(a[i]);
-        if (kind == AnchorKind::kQuest) hi[i] = load<T, kAnchorBytes>(a[i] + HeadDim);
+        const T* a = anchor_of(i);
+        lo[i] = load<T, kAnchorBytes>(a);
+        if (kind == AnchorKind::kQuest) hi[i] = load<T, kAnchorBytes>(a + HeadDim);
       }
     }
     float best[kChunk];
@@ -130,9 +132,8 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 3)
         } else if (single) {
           s = warp_sum(dot(qv, lo[i]));
         } else {
-          for (int k = 0; k < values / HeadDim; ++k) {
-            s = fmaxf(s, warp_sum(dot(qv, load<T, kAnchorBytes>(a[i] + k * HeadDim))));
-          }
+          const T* a = anchor_of(i);
+          for (int k = 0; k < values / HeadDim; ++k) s = fmaxf(s, warp_sum(dot(qv, load<T, kAnchorBytes>(a + k * HeadDim))));
         }
         if (per_query && lane == 0) {
           scores[(static_cast<std::int64_t>(seq) * q_heads + head * group + g) * kv.max_blocks_per_seq + first + c + i] =
