@@ -97,23 +97,21 @@ HybridSplit split_hybrid_table(const HybridKV<T>& kv, SideRows gpu, SideRows hos
     int on_gpu = 0, on_host = 0, gpu_len = 0, host_len = 0;
     for (int i = 0; i < blocks; ++i) {
       const std::int32_t entry = kv.block_table[row + i];
+      const bool on_host_side = is_host_entry(entry);
+      const std::int32_t id = on_host_side ? host_block_of(entry) : entry;
+      const int pool_blocks = on_host_side ? kv.host_blocks : kv.gpu_blocks;
+      if (id >= pool_blocks) {
+        const std::string pool = on_host_side ? "host" : "GPU";
+        throw Error("split_hybrid_table: sequence " + std::to_string(b) + ", block " + std::to_string(i) + " is " +
+                    pool + " block " + std::to_string(id) + ", outside the " + pool + " pool of " +
+                    std::to_string(pool_blocks) + " blocks");
+      }
       const int tokens = block_valid_tokens(len, kv.block_len, i);
-      if (is_host_entry(entry)) {
-        const std::int32_t id = host_block_of(entry);
-        if (id >= kv.host_blocks) {
-          throw Error("split_hybrid_table: sequence " + std::to_string(b) + ", block " + std::to_string(i) +
-                      " is host block " + std::to_string(id) + ", outside the host pool of " +
-                      std::to_string(kv.host_blocks) + " blocks");
-        }
+      if (on_host_side) {
         host.table[row + on_host++] = id;
         host_len += tokens;
       } else {
-        if (entry >= kv.gpu_blocks) {
-          throw Error("split_hybrid_table: sequence " + std::to_string(b) + ", block " + std::to_string(i) +
-                      " is GPU block " + std::to_string(entry) + ", outside the GPU pool of " +
-                      std::to_string(kv.gpu_blocks) + " blocks");
-        }
-        gpu.table[row + on_gpu++] = entry;
+        gpu.table[row + on_gpu++] = id;
         gpu_len += tokens;
       }
     }
