@@ -90,7 +90,8 @@ OffloadedCache<T> offload(const HostCache<T>& cache, const std::vector<BlockLoca
       const bool host = is_host_entry(entry);
       const std::int32_t id = host ? host_ids[host_block_of(entry)] : gpu_ids[entry];
       entry = host ? host_block_entry(id) : id;
-      const std::size_t src = static_cast<std::size_t>(cache.table[at]) * block, dst = static_cast<std::size_t>(id) * block;
+      const std::size_t src = static_cast<std::size_t>(cache.table[at]) * block;
+      const std::size_t dst = static_cast<std::size_t>(id) * block;
       std::copy_n(cache.k.begin() + src, block, (host ? off.host_k : off.gpu_k).begin() + dst);
       std::copy_n(cache.v.begin() + src, block, (host ? off.host_v : off.gpu_v).begin() + dst);
     }

@@ -57,7 +57,9 @@ std::vector<BlockLocation> locations(const HostCache<T>& cache, Offload mode, st
   if (mode == Offload::kHalfRandom) {
     // sequence 0's partial last block on the host, sequence 1's on the GPU, sequence 4
     // wholly on the host and sequence 5 wholly on the GPU
-    const auto set = [&](int seq, int block, BlockLocation where) { out[static_cast<std::size_t>(seq) * bps + block] = where; };
+    const auto set = [&](int seq, int block, BlockLocation where) {
+      out[static_cast<std::size_t>(seq) * bps + block] = where;
+    };
     set(0, ekv::sequence_blocks(cache.lengths[0], block_len) - 1, BlockLocation::kHost);
     set(1, ekv::sequence_blocks(cache.lengths[1], block_len) - 1, BlockLocation::kGpu);
     for (int i = 0; i < ekv::sequence_blocks(cache.lengths[4], block_len); ++i) set(4, i, BlockLocation::kHost);

@@ -148,8 +148,9 @@ class HybridDecode {
     if (!gpu_only) {
       slot.forked.record(stream);
       slot.forked.make_wait(st.cpu_stream);
-      EKV_CUDA_CHECK(cudaMemcpyAsync(slot.q.data(), q, slot.q.size_bytes(), cudaMemcpyDeviceToHost, st.cpu_stream.get()),
-                     "HybridDecode::run: cannot copy q to the host");
+      EKV_CUDA_CHECK(
+          cudaMemcpyAsync(slot.q.data(), q, slot.q.size_bytes(), cudaMemcpyDeviceToHost, st.cpu_stream.get()),
+          "HybridDecode::run: cannot copy q to the host");
       st.pool->submit_with_cuda_stream(st.cpu_stream, [pool = st.pool, host_view = views.second, q_host = slot.q.data(),
                                                        cpu_o, cpu_lse, q_heads = p.q_heads, scale = st.plan.scale] {
         cpu_decode<T>(*pool, host_view, q_host, q_heads, cpu_o, cpu_lse, scale);
