@@ -24,9 +24,10 @@ inline Ceilings& ceilings() {
 
 // Times issue(stream) once per iteration; returns total GPU seconds. With a flusher, L2
 // is evicted before each iteration, outside the timed region (a decode step's inputs are
-// cold in L2 when it runs).
-template <typename Issue>
-double run_timed(benchmark::State& state, const Stream& stream, Issue&& issue, L2Flusher* flusher = nullptr) {
+// cold in L2 when it runs). Any type with flush(stream) serves, e.g. one that also evicts
+// the host's caches.
+template <typename Issue, typename Flusher = L2Flusher>
+double run_timed(benchmark::State& state, const Stream& stream, Issue&& issue, Flusher* flusher = nullptr) {
   Event start, stop;
   double total_s = 0;
   for (auto _ : state) {

@@ -137,6 +137,58 @@ TEST_CASE("merge_states merges every row of a batch, with a partly filled last C
   }
 }
 
+TEST_CASE("merge_state_pair merges two decode outputs in their dtype, empty ones included") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const int rows = 7, d = 72;  // any head_dim: one thread per element
+  const std::size_t n = static_cast<std::size_t>(rows) * d;
+  const auto o_a = ekv::random_uniform<__half>(n, -1.0f, 1.0f, seed);
+  const auto o_b = ekv::random_uniform<__half>(n, -1.0f, 1.0f, seed + 1);
+  auto lse_a = ekv::random_uniform<float>(rows, -3.0f, 3.0f, seed + 2);
+  auto lse_b = ekv::random_uniform<float>(rows, -3.0f, 3.0f, seed + 3);
+  lse_b[1] = -INFINITY;                   // row 1: b empty
+  lse_a[2] = -INFINITY;                   // row 2: a empty
+  lse_a[3] = lse_b[3] = -INFINITY;        // row 3: both
+  ekv::DeviceBuffer<__half> doa(n), dob(n), dout(n);
+  ekv::DeviceBuffer<float> dla(rows), dlb(rows), dlse(rows);
+  doa.copy_from(o_a);
+  dob.copy_from(o_b);
+  dla.copy_from(lse_a);
+  dlb.copy_from(lse_b);
+  ekv::Stream stream;
+  dout.fill_bytes(0xFF, stream);
+  dlse.fill_bytes(0xFF, stream);
+  ekv::merge_state_pair<__half>(doa.data(), dla.data(), dob.data(), dlb.data(), rows, d, dout.data(), dlse.data(),
+                                stream);
+  stream.synchronize();
+  std::vector<__half> out(n);
+  std::vector<float> lse(rows);
+  dout.copy_to(out);
+  dlse.copy_to(lse);
+  for (int r = 0; r < rows; ++r) {
+    std::vector<ekv::RefState> states(2);
+    states[0].lse = lse_a[r];
+    states[1].lse = lse_b[r];
+    for (int j = 0; j < d; ++j) {
+      states[0].o.push_back(__half2float(o_a[static_cast<std::size_t>(r) * d + j]));
+      states[1].o.push_back(__half2float(o_b[static_cast<std::size_t>(r) * d + j]));
+    }
+    const ekv::RefState want = ekv::reference_merge(states, d);
+    if (r == 3) {
+      CHECK(lse[r] == -INFINITY);
+    } else {
+      CHECK(std::abs(lse[r] - want.lse) <= 1e-5);
+    }
+    // one rounding to half of values in [-1, 1]
+    for (int j = 0; j < d; ++j) {
+      CHECK(std::abs(__half2float(out[static_cast<std::size_t>(r) * d + j]) - want.o[j]) <= 1e-3);
+    }
+  }
+  CHECK_THROWS_WITH_AS(ekv::merge_state_pair<__half>(nullptr, nullptr, nullptr, nullptr, 1, d, nullptr, nullptr,
+                                                     stream),
+                       "merge_state_pair: null o_a, lse_a, o_b, lse_b, o or lse", ekv::Error);
+}
+
 TEST_CASE("merge_states rejects bad sizes") {
   ekv::Stream stream;
   CHECK_THROWS_WITH_AS(ekv::merge_states<float>(nullptr, nullptr, 1, 0, 64, nullptr, nullptr, stream),

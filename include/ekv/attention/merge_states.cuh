@@ -1,7 +1,8 @@
 #pragma once
 // merge_states: combines attention states computed over disjoint token sets (split-KV
 // partitions, GPU and CPU parts of an offloaded cache) into one, through their LSE.
-// merge_row_warp is the device-side piece the decode kernels reuse.
+// merge_row_warp is the device-side piece the decode kernels reuse; merge_state_pair
+// merges two states in the dtype and layout that decode writes (the hybrid GPU + CPU step).
 
 #include <cstdint>
 #include <string>
@@ -82,7 +83,55 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
                     o + row * head_dim, lse + row);
 }
 
+// One thread per output element: the pair's weights are recomputed per element from two
+// cached LSE loads, cheaper than sharing them for a merge this small.
+template <typename T>
+__global__ void merge_state_pair_kernel(const T* __restrict__ o_a, const float* __restrict__ lse_a,
+                                        const T* __restrict__ o_b, const float* __restrict__ lse_b, std::int64_t rows,
+                                        int head_dim, T* __restrict__ o, float* __restrict__ lse) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * head_dim) return;
+  const std::int64_t row = i / head_dim;
+  const float la = lse_a[row], lb = lse_b[row];
+  const float top = fmaxf(la, lb);
+  const bool first = i - row * head_dim == 0;
+  if (top == -INFINITY) {  // both empty: no weights to normalise
+    o[i] = DTypeTraits<T>::from_float(0.0f);
+    if (first) lse[row] = -INFINITY;
+    return;
+  }
+  const float wa = expf(la - top), wb = expf(lb - top);  // an empty state's exp(-inf) is 0
+  const float sum = wa + wb;
+  o[i] = DTypeTraits<T>::from_float((wa * DTypeTraits<T>::to_float(o_a[i]) + wb * DTypeTraits<T>::to_float(o_b[i])) /
+                                    sum);
+  if (first) lse[row] = top + logf(sum);
+}
+
 }  // namespace detail
+
+// Merges two states of the same rows over disjoint token sets, each as run_decode and
+// cpu_decode write one: o_a, o_b T [rows][head_dim], lse_a, lse_b float [rows] (natural
+// log). Writes o T [rows][head_dim] and lse float [rows]; outputs must not overlap the
+// inputs. An empty state (lse = -inf) weighs nothing; two give o = 0, lse = -inf.
+// Stream-ordered, graph-capturable; throws ekv::Error on bad sizes or null pointers.
+template <typename T>
+void merge_state_pair(const T* o_a, const float* lse_a, const T* o_b, const float* lse_b, int rows, int head_dim,
+                      T* o, float* lse, const Stream& stream) {
+  if (rows < 0 || head_dim < 1) {
+    throw Error("merge_state_pair: needs rows >= 0 and head_dim >= 1, got rows=" + std::to_string(rows) +
+                ", head_dim=" + std::to_string(head_dim));
+  }
+  if (rows == 0) return;
+  if (o_a == nullptr || lse_a == nullptr || o_b == nullptr || lse_b == nullptr || o == nullptr || lse == nullptr) {
+    throw Error("merge_state_pair: null o_a, lse_a, o_b, lse_b, o or lse");
+  }
+  constexpr int kThreads = 256;  // untuned: a few thousand elements per decode step
+  const std::int64_t elements = static_cast<std::int64_t>(rows) * head_dim;
+  const auto grid = static_cast<unsigned>((elements + kThreads - 1) / kThreads);
+  detail::merge_state_pair_kernel<T><<<grid, kThreads, 0, stream.get()>>>(o_a, lse_a, o_b, lse_b, rows, head_dim, o,
+                                                                          lse);
+  check_launch("merge_state_pair", stream.get());
+}
 
 // states_o: float [rows][num_states][head_dim], 16-byte aligned; states_lse: float [rows][num_states],
 // natural log. Writes o: T [rows][head_dim] and lse: float [rows] (natural log).
