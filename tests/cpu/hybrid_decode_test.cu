@@ -198,7 +198,7 @@ TEST_CASE("HybridDecode: moves, and what run() rejects") {
       off.view(cache, pools.gpu_k.data(), pools.gpu_v.data(), pools.host_k.data(), pools.host_v.data());
   ekv::test::DeviceCache<__half> dev(cache);
   ekv::DeviceBuffer<__half> o(cache.q.size());
-  ekv::DeviceBuffer<float> lse(4);
+  ekv::DeviceBuffer<float> lse(static_cast<std::size_t>(shape.batch()) * shape.q_heads());
   const ekv::DecodeProblem problem = ekv::test::decode_problem(shape, ekv::DType::kFloat16);
 
   ekv::HybridDecode<__half> a(problem, 16, cache.blocks_per_seq, pool, device, stream);

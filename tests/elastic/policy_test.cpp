@@ -94,7 +94,7 @@ TEST_CASE("bytes read: attended K and V plus the anchors of the blocks scored") 
   const ekv::ElasticPolicy c8(config, ekv::ElasticBudget::ratio(8));  // 8 blocks: 1 + 1 + 6 picked
   const ekv::BytesRead r = c8.bytes_read(len, block_len, kv_heads, d, ekv::DType::kFloat16);
   CHECK(r.kv == 2u * (8 * 16 - 8) * kv_heads * d * 2);  // the window's last block is partial
-  CHECK(r.anchors == 61u * kv_heads * (2 * d) * 4);     // QUEST: min and max, 61 blocks scored
+  CHECK(r.anchors == 61u * kv_heads * (2 * d) * 2);     // QUEST: min and max in half, 61 blocks scored
   CHECK(r.total() == r.kv + r.anchors);
   const ekv::BytesRead all = ekv::ElasticPolicy(config, ekv::ElasticBudget::ratio(1))
                                  .bytes_read(len, block_len, kv_heads, d, ekv::DType::kBFloat16);
@@ -106,5 +106,5 @@ TEST_CASE("bytes read: attended K and V plus the anchors of the blocks scored") 
   const ekv::BytesRead no_window =
       ekv::ElasticPolicy(config, ekv::ElasticBudget::blocks(8)).bytes_read(len, block_len, kv_heads, d, ekv::DType::kFloat32);
   CHECK(no_window.kv == 2u * 8 * 16 * kv_heads * d * 4);  // a picked last block counts whole
-  CHECK(no_window.anchors == 62u * kv_heads * (4 * d) * 4);
+  CHECK(no_window.anchors == 62u * kv_heads * (4 * d) * 4);  // anchors in the cache's dtype, float here
 }
