@@ -15,7 +15,7 @@ inline void to_json(nlohmann::json& j, const Stats& s) {
   j = nlohmann::json{{"count", s.count}, {"mean", s.mean},     {"median", s.median},
                      {"p5", s.p5},       {"p95", s.p95},       {"min", s.min},
                      {"max", s.max},     {"stddev", s.stddev}, {"cv", s.cv},
-                     {"trimmed_mean", s.trimmed_mean}};
+                     {"trim", s.trim},   {"trimmed_mean", s.trimmed_mean}};
 }
 
 inline void to_json(nlohmann::json& j, const DeviceInfo& d) {
