@@ -87,7 +87,7 @@ inline void add_bench_flags(CLI::App& app, BenchOptions& o) {
       ->type_name("{auto,cuda,cpu}")
       ->default_str("auto");
   app.add_flag("--json", o.json, "Print one JSON document on stdout instead of the table");
-  app.add_option("--output,-o", o.output, "Write the JSON document to FILE (the table still goes to stdout)");
+  app.add_option("--output,-o", o.output, "Write the JSON document to FILE instead (the table then goes to stdout)");
   app.footer("Exit codes: 0 ok, 1 runtime error, 2 usage error.");
 }
 

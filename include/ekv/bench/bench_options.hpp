@@ -6,9 +6,12 @@
 #include <cstdint>
 #include <string>
 
+#include "ekv/core/device.hpp"
 #include "ekv/core/dispatch.hpp"
+#include "ekv/core/error.hpp"
 #include "ekv/core/dtype.hpp"
 #include "ekv/elastic/elastic_config.hpp"
+#include "ekv/elastic/policy.hpp"
 
 namespace ekv {
 
@@ -64,6 +67,11 @@ struct BenchOptions {
     config.token_step = refresh;
     return config;
   }
+  // Throws ekv::Error for what ElasticBudget and ElasticConfig reject.
+  ElasticPolicy elastic_policy() const {
+    return ElasticPolicy(elastic_config(),
+                         budget_blocks > 0 ? ElasticBudget::blocks(budget_blocks) : ElasticBudget::ratio(compress));
+  }
 
   // Never throws: ok, or the first problem as a sentence naming the flag. What a backend
   // supports (head_dim, dtype) is checked by the backend, which names its own lists.
@@ -77,7 +85,8 @@ struct BenchOptions {
                   std::to_string(kv_head_count()));
     }
     if (block_len < 1) return fail("--block-len=" + std::to_string(block_len) + " must be at least 1");
-    if (!(compress >= 1.0)) return fail("--compress must be at least 1 (1 reads every block)");
+    if (!(compress >= 1.0 && compress < 1e9)) return fail("--compress must be at least 1 (1 reads every block)");
+    if (budget_blocks < 0) return fail("--budget must be at least 1 block");
     if (anchor == AnchorKind::kDynamic) {
       return fail("--anchor=dynamic needs token importance from earlier steps, which ekv-bench does not record; "
                   "supported: quest, block_mean, block_max, fixed");
@@ -95,5 +104,16 @@ struct BenchOptions {
     return {};
   }
 };
+
+// The backend that runs: auto is cuda where a GPU is visible, else cpu. Throws ekv::Error
+// for cuda without a visible GPU.
+inline BenchBackend resolve_backend(BenchBackend asked) {
+  const bool gpu = device_count() > 0;
+  if (asked == BenchBackend::kCuda && !gpu) {
+    throw Error("--device cuda: no CUDA GPU is visible (no driver or no device); use --device cpu or auto");
+  }
+  if (asked == BenchBackend::kAuto) return gpu ? BenchBackend::kCuda : BenchBackend::kCpu;
+  return asked;
+}
 
 }  // namespace ekv
