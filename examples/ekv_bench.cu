@@ -2,6 +2,7 @@
 // without one, on the CPU backend; a table on stdout, or one JSON document (--json,
 // --output). Flags, JSON schema and exit codes: README.md, section ekv-bench.
 
+#include <algorithm>
 #include <exception>
 #include <fstream>
 #include <iostream>
