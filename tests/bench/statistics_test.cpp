@@ -45,3 +45,12 @@ TEST_CASE("summarize and quantile reject what is not a measurement") {
                        "summarize: a sample is not finite", ekv::Error);
   CHECK_THROWS_AS(ekv::quantile_sorted({1.0, 2.0}, 1.5), ekv::Error);
 }
+
+TEST_CASE("summarize: the trim fraction sets how many samples the trimmed mean drops") {
+  const std::vector<double> samples = {100, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, -100};
+  CHECK(ekv::summarize(samples, 0.0).trimmed_mean == doctest::Approx(ekv::summarize(samples, 0.0).mean));
+  const ekv::Stats s = ekv::summarize(samples, 0.05);  // drops -100 and 100
+  CHECK(s.trim == 0.05);
+  CHECK(s.trimmed_mean == doctest::Approx(9.5));
+  CHECK_THROWS_WITH_AS(ekv::summarize(samples, 0.5), "summarize: trim must lie in [0, 0.5)", ekv::Error);
+}

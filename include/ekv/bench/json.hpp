@@ -15,7 +15,7 @@ inline void to_json(nlohmann::json& j, const Stats& s) {
   j = nlohmann::json{{"count", s.count}, {"mean", s.mean},     {"median", s.median},
                      {"p5", s.p5},       {"p95", s.p95},       {"min", s.min},
                      {"max", s.max},     {"stddev", s.stddev}, {"cv", s.cv},
-                     {"trimmed_mean", s.trimmed_mean}};
+                     {"trim", s.trim},   {"trimmed_mean", s.trimmed_mean}};
 }
 
 inline void to_json(nlohmann::json& j, const DeviceInfo& d) {
@@ -30,11 +30,18 @@ inline void to_json(nlohmann::json& j, const DeviceInfo& d) {
                      {"memory_bus_width_bits", d.memory_bus_width_bits}};
 }
 
-// What built the numbers: ekv's version, the compiler and the CUDA runtime.
+// What built the numbers: ekv's version, its git commit where the build defined
+// EKV_GIT_COMMIT (CMake reads it at configure time; null otherwise), the compiler, and the
+// CUDA toolkit and runtime (0 where no driver answers).
 inline nlohmann::json build_json() {
   int runtime = 0;
   if (cudaRuntimeGetVersion(&runtime) != cudaSuccess) cudaGetLastError();
   return nlohmann::json{{"ekv_version", kVersion},
+#if defined(EKV_GIT_COMMIT)
+                        {"git_commit", EKV_GIT_COMMIT},
+#else
+                        {"git_commit", nullptr},
+#endif
                         {"cuda_runtime", runtime},
                         {"cuda_toolkit", CUDART_VERSION},
 #if defined(__VERSION__)

@@ -16,7 +16,8 @@ struct Stats {
   double mean = 0, median = 0, p5 = 0, p95 = 0, min = 0, max = 0;
   double stddev = 0;        // sample standard deviation (n - 1)
   double cv = 0;            // stddev / mean
-  double trimmed_mean = 0;  // mean of the samples left after dropping 10% at each end
+  double trim = 0.1;        // the fraction of samples trimmed_mean drops at each end
+  double trimmed_mean = 0;  // mean of the samples left after dropping floor(count * trim) at each end
 };
 
 // The q-quantile (0 <= q <= 1) of sorted samples, interpolating linearly between ranks.
@@ -29,9 +30,12 @@ inline double quantile_sorted(const std::vector<double>& sorted, double q) {
   return sorted[lo] + (rank - static_cast<double>(lo)) * (sorted[hi] - sorted[lo]);
 }
 
-// Throws ekv::Error on no samples or a non-finite one: a NaN time is a broken measurement.
-inline Stats summarize(std::vector<double> samples) {
+// trim: the fraction dropped at each end for the trimmed mean, in [0, 0.5). Throws
+// ekv::Error on no samples, a non-finite one (a NaN time is a broken measurement) or a
+// trim outside that range.
+inline Stats summarize(std::vector<double> samples, double trim = 0.1) {
   if (samples.empty()) throw Error("summarize: no samples");
+  if (!(trim >= 0.0 && trim < 0.5)) throw Error("summarize: trim must lie in [0, 0.5)");
   for (double s : samples) {
     if (!std::isfinite(s)) throw Error("summarize: a sample is not finite");
   }
@@ -49,7 +53,9 @@ inline Stats summarize(std::vector<double> samples) {
   for (double s : samples) ss += (s - st.mean) * (s - st.mean);
   st.stddev = st.count > 1 ? std::sqrt(ss / (n - 1.0)) : 0.0;
   st.cv = st.mean != 0.0 ? st.stddev / st.mean : 0.0;
-  const std::size_t drop = st.count / 10;
+  st.trim = trim;
+  // 1e-9: in binary, 100 * 0.29 is 28.999999999999996
+  const std::size_t drop = static_cast<std::size_t>(std::floor(n * trim + 1e-9));
   st.trimmed_mean = std::accumulate(samples.begin() + drop, samples.end() - drop, 0.0) /
                     static_cast<double>(st.count - 2 * drop);
   return st;

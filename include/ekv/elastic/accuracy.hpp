@@ -54,6 +54,15 @@ L2Error relative_l2_error(const T* got, const double* ref, int rows, int head_di
   return e;
 }
 
+// Against another output of the same dtype, e.g. exact attention's from the same kernel
+// family: both [rows][head_dim].
+template <typename T>
+L2Error relative_l2_error(const T* got, const T* ref, int rows, int head_dim) {
+  std::vector<double> reference(static_cast<std::size_t>(rows) * head_dim);
+  for (std::size_t i = 0; i < reference.size(); ++i) reference[i] = detail::to_double(ref[i]);
+  return relative_l2_error(got, reference.data(), rows, head_dim);
+}
+
 // Against reference states, e.g. reference_decode's [batch][q_heads].
 template <typename T>
 L2Error relative_l2_error(const T* got, const std::vector<RefState>& ref, int head_dim) {
@@ -71,6 +80,36 @@ double attention_mass_captured(const KVView<T>& kv, const T* q, int seq, int kv_
   if (length == 0) throw Error("attention_mass_captured: sequence " + std::to_string(seq) + " is empty");
   const double whole = reference_attend(kv, q, seq, kv_head, 0, length, scale).lse;
   return std::exp(reference_attend_blocks(kv, q, seq, kv_head, blocks, scale).lse - whole);
+}
+
+// attention_mass_captured over the query heads of sequences [0, sequences) of a batch:
+// query head h of sequence b read blocks(b, kv_head) (ascending logical blocks), q is
+// [batch][q_heads][head_dim]. Throws for sequences < 1 and where
+// attention_mass_captured throws.
+struct MassSummary {
+  double mean = 0;
+  double min = 0;
+  int sequences = 0;
+};
+
+template <typename T, typename Blocks>
+MassSummary attention_mass_of_selection(const KVView<T>& kv, const T* q, int q_heads, int sequences, Blocks&& blocks,
+                                        double scale) {
+  if (sequences < 1) throw Error("attention_mass_of_selection: needs at least one sequence");
+  const int group = q_heads / kv.kv_heads;
+  MassSummary m;
+  m.sequences = sequences;
+  m.min = 1.0;
+  for (int b = 0; b < sequences; ++b) {
+    for (int h = 0; h < q_heads; ++h) {
+      const T* qh = q + (static_cast<std::size_t>(b) * q_heads + h) * kv.head_dim;
+      const double mass = attention_mass_captured(kv, qh, b, h / group, blocks(b, h / group), scale);
+      m.mean += mass;
+      m.min = std::min(m.min, mass);
+    }
+  }
+  m.mean /= static_cast<double>(sequences) * q_heads;
+  return m;
 }
 
 }  // namespace ekv

@@ -18,19 +18,39 @@
 
 namespace ekv {
 
-// Scores [granules][blocks] of sequence seq for its query q [q_heads][head_dim]. A granule
-// shared by several query heads (KVHEAD: a GQA group, LAYER: all heads) takes the MAX of
-// their raw scores: a block that any one of those heads needs must survive, where a mean
-// would let the others outvote it. importance: [kv_heads][tokens] of this sequence, read for
-// DYNAMIC only. kv is a whole cache's view, where every kv head holds the sequence's tokens
-// (not a block-sparse view). Throws when DYNAMIC lacks importance for a kv head or token.
+// Scores [granules][blocks] of one sequence for its query q [q_heads][head_dim], from
+// anchors computed beforehand: anchors(h, b) returns block b's anchors for kv head h
+// (reference_block_anchors' layout). A granule shared by several query heads (KVHEAD: a
+// GQA group, LAYER: all heads) takes the MAX of their raw scores: a block that any one of
+// those heads needs must survive, where a mean would let the others outvote it.
+template <typename T, typename Anchors>
+std::vector<std::vector<double>> reference_granule_scores_from(const T* q, int q_heads, int kv_heads, int head_dim,
+                                                               int blocks, const ElasticConfig& config,
+                                                               Anchors&& anchors) {
+  const int group = q_heads / kv_heads;
+  std::vector<std::vector<double>> out(num_granules(config.retrieval, q_heads, kv_heads),
+                                       std::vector<double>(blocks, -std::numeric_limits<double>::infinity()));
+  for (int h = 0; h < kv_heads; ++h) {
+    for (int b = 0; b < blocks; ++b) {
+      const std::vector<double>& a = anchors(h, b);
+      for (int qh = h * group; qh < (h + 1) * group; ++qh) {
+        double& s = out[granule_of(config.retrieval, qh, group)][b];
+        s = std::max(s, reference_anchor_score(q + static_cast<std::size_t>(qh) * head_dim, a, config.anchor, head_dim));
+      }
+    }
+  }
+  return out;
+}
+
+// Scores [granules][blocks] of sequence seq, computing each block's anchors from kv
+// (reference_granule_scores_from). importance: [kv_heads][tokens] of this sequence, read
+// for DYNAMIC only. kv is a whole cache's view, where every kv head holds the sequence's
+// tokens (not a block-sparse view). Throws when DYNAMIC lacks importance for a kv head or token.
 template <typename T>
 std::vector<std::vector<double>> reference_granule_scores(const KVView<T>& kv, const T* q, int q_heads, int seq,
                                                           const ElasticConfig& config,
                                                           const std::vector<std::vector<double>>& importance = {}) {
   const int length = kv.length(seq, 0);
-  const int blocks = sequence_blocks(length, kv.block_len);
-  const int group = q_heads / kv.kv_heads;
   const bool dynamic = config.anchor == AnchorKind::kDynamic;
   const auto short_row = [&](const std::vector<double>& row) { return row.size() < static_cast<std::size_t>(length); };
   if (dynamic && (importance.size() != static_cast<std::size_t>(kv.kv_heads) ||
@@ -38,20 +58,14 @@ std::vector<std::vector<double>> reference_granule_scores(const KVView<T>& kv, c
     throw Error("reference_granule_scores: DYNAMIC needs importance [" + std::to_string(kv.kv_heads) + "][" +
                 std::to_string(length) + "] for sequence " + std::to_string(seq));
   }
-  std::vector<std::vector<double>> out(num_granules(config.retrieval, q_heads, kv.kv_heads),
-                                       std::vector<double>(blocks, -std::numeric_limits<double>::infinity()));
-  for (int h = 0; h < kv.kv_heads; ++h) {
-    for (int b = 0; b < blocks; ++b) {
-      const double* block_importance = dynamic ? importance[h].data() + b * kv.block_len : nullptr;
-      const auto anchors = reference_block_anchors(kv, seq, h, b, config.anchor, config.anchor_num, block_importance);
-      for (int qh = h * group; qh < (h + 1) * group; ++qh) {
-        double& s = out[granule_of(config.retrieval, qh, group)][b];
-        s = std::max(s, reference_anchor_score(q + static_cast<std::size_t>(qh) * kv.head_dim, anchors, config.anchor,
-                                               kv.head_dim));
-      }
-    }
-  }
-  return out;
+  std::vector<double> anchors;
+  return reference_granule_scores_from(
+      q, q_heads, kv.kv_heads, kv.head_dim, sequence_blocks(length, kv.block_len), config,
+      [&](int h, int b) -> const std::vector<double>& {
+        const double* block_importance = dynamic ? importance[h].data() + b * kv.block_len : nullptr;
+        anchors = reference_block_anchors(kv, seq, h, b, config.anchor, config.anchor_num, block_importance);
+        return anchors;
+      });
 }
 
 // One granule's blocks, ascending and unique: the first counts.init (sinks), the last

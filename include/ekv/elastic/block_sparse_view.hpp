@@ -1,0 +1,54 @@
+#pragma once
+// block_sparse_view: a paged view narrowed to selected blocks, each (sequence, kv head)
+// with its own block-table row and length, so exact decode (GPU or CPU) runs on it
+// unchanged; qhead_sparse_view, the same per query head. Host and device memory alike:
+// the view only points.
+
+#include <cstdint>
+
+#include "ekv/attention/kv_view.hpp"
+#include "ekv/core/error.hpp"
+
+namespace ekv {
+
+// A view of base's blocks listed in tables [batch][kv_heads][max_selected] (physical
+// block ids) holding lengths [batch][kv_heads] tokens: what gather_selected_blocks writes.
+template <typename T>
+KVView<T> block_sparse_view(const KVView<T>& base, const std::int32_t* tables, std::int32_t* lengths,
+                            int max_selected) {
+  if (base.block_table == nullptr) throw Error("block_sparse_view: the base view must be paged");
+  if (tables == nullptr || lengths == nullptr || max_selected < 1) {
+    throw Error("block_sparse_view: needs tables, lengths and max_selected >= 1");
+  }
+  KVView<T> view = base;
+  view.block_table = tables;
+  view.lengths = lengths;
+  view.max_blocks_per_seq = max_selected;
+  view.table_seq_stride = static_cast<std::int64_t>(base.kv_heads) * max_selected;
+  view.table_head_stride = max_selected;
+  view.length_seq_stride = base.kv_heads;
+  view.length_head_stride = 1;
+  return view;
+}
+
+// The QHEAD form: one row per query head, each its own kv head to the decode kernels
+// (group 1), so tables hold block-head units, physical block * kv_heads + kv head, with
+// rows [batch][q_heads][max_selected] and lengths [batch][q_heads]. Needs the paged
+// pool's layout, a block's heads side by side.
+template <typename T>
+KVView<T> qhead_sparse_view(const KVView<T>& base, int q_heads, const std::int32_t* tables, std::int32_t* lengths,
+                            int max_selected) {
+  KVView<T> view = block_sparse_view(base, tables, lengths, max_selected);
+  if (q_heads < 1 || q_heads % base.kv_heads != 0 || base.block_stride != base.kv_heads * base.head_stride) {
+    throw Error("qhead_sparse_view: q_heads must be a multiple of kv_heads and the base view a paged pool "
+                "[blocks][kv_heads][block_len][head_dim]");
+  }
+  view.kv_heads = q_heads;
+  view.block_stride = base.head_stride;
+  view.head_stride = 0;
+  view.table_seq_stride = static_cast<std::int64_t>(q_heads) * max_selected;
+  view.length_seq_stride = q_heads;
+  return view;
+}
+
+}  // namespace ekv

@@ -1,0 +1,121 @@
+// ekv-bench's argument parsing: the flags users type, and the exit codes of what it rejects.
+
+#include <doctest/doctest.h>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "ekv/bench/bench_cli.hpp"
+
+namespace {
+
+struct Parsed {
+  int code = 0;
+  ekv::BenchOptions options;
+  std::string out, err;
+};
+
+Parsed parse(std::vector<std::string> args) {
+  args.insert(args.begin(), "ekv-bench");
+  std::vector<const char*> argv;
+  for (const std::string& a : args) argv.push_back(a.c_str());
+  Parsed p;
+  std::ostringstream out, err;
+  p.code = ekv::parse_bench_args(static_cast<int>(argv.size()), argv.data(), p.options, out, err);
+  p.out = out.str();
+  p.err = err.str();
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("the older CLI's command lines parse with their meanings") {
+  const Parsed p = parse({"--seq=4096", "--heads=32", "--dim=128", "--compress=4", "--reps=50", "--warmup=20",
+                          "--inner_loops=64", "--truncate=5", "--json", "--inference", "--decode_tokens=16",
+                          "--paired-baseline", "--no-graphs"});
+  REQUIRE(p.code == -1);
+  CHECK(p.err.empty());
+  const ekv::BenchOptions& o = p.options;
+  CHECK(o.seq == 4096);
+  CHECK(o.heads == 32);
+  CHECK(o.kv_head_count() == 32);  // no --kv-heads: one kv head per query head, as the older CLI
+  CHECK(o.dim == 128);
+  CHECK(o.compress == 4.0);
+  CHECK(o.reps == 50);
+  CHECK(o.warmup == 20);
+  CHECK(o.inner_loops == 64);
+  CHECK(o.truncate == 5.0);
+  CHECK(o.json);
+  CHECK(o.inference);
+  CHECK(o.decode_tokens == 16);
+  CHECK(o.capacity_tokens() == 4096 + 16);
+  CHECK(o.paired_baseline);
+  CHECK_FALSE(o.graphs);
+}
+
+TEST_CASE("ekv's own flags parse into the options") {
+  const Parsed p = parse({"--batch", "3", "--heads=32", "--kv-heads=8", "--dtype=BF16", "--block-len=16",
+                          "--budget=12", "--anchor=BLOCK_MEAN", "--refresh=4", "--device=cpu", "--output=r.json",
+                          "--seed=7", "--needles=2", "--no-paired-baseline"});
+  REQUIRE(p.code == -1);
+  const ekv::BenchOptions& o = p.options;
+  CHECK(o.batch == 3);
+  CHECK(o.kv_head_count() == 8);
+  CHECK(o.dtype == ekv::DType::kBFloat16);
+  CHECK(o.block_len == 16);
+  CHECK(o.budget_blocks == 12);
+  CHECK(o.anchor == ekv::AnchorKind::kBlockMean);
+  CHECK(o.elastic_config().anchor == ekv::AnchorKind::kBlockMean);
+  CHECK(o.elastic_config().token_step == 4);
+  CHECK(o.device == ekv::BenchBackend::kCpu);
+  CHECK(o.output == "r.json");
+  CHECK(o.seed == 7);
+  CHECK(o.needles == 2);
+  CHECK_FALSE(o.paired_baseline);
+  CHECK(o.graphs);
+}
+
+TEST_CASE("defaults: one step, fp16, QUEST, C = 4, auto device") {
+  const Parsed p = parse({});
+  REQUIRE(p.code == -1);
+  CHECK(p.options.dtype == ekv::DType::kFloat16);
+  CHECK(p.options.anchor == ekv::AnchorKind::kQuest);
+  CHECK(p.options.compress == 4.0);
+  CHECK(p.options.device == ekv::BenchBackend::kAuto);
+  CHECK_FALSE(p.options.inference);
+  CHECK(p.options.validate());
+}
+
+TEST_CASE("--help prints the flags and exits 0") {
+  const Parsed p = parse({"--help"});
+  CHECK(p.code == ekv::kExitOk);
+  for (const char* flag : {"--seq", "--kv-heads", "--compress", "--inner_loops", "--no-graphs", "--device",
+                           "--output", "Exit codes"}) {
+    CHECK_MESSAGE(p.out.find(flag) != std::string::npos, flag);
+  }
+}
+
+TEST_CASE("usage errors exit 2 with the reason and a hint on stderr") {
+  const std::vector<std::vector<std::string>> bad = {
+      {"--sequence=4096"},             // unknown flag
+      {"--seq=abc"},                   // malformed value
+      {"--seq=4096", "stray"},         // positional argument
+      {"--dtype=fp8"},                 // not a dtype the CLI runs
+      {"--device=tpu"},                // not a backend
+      {"--anchor=dynamic"},            // needs importance ekv-bench does not record
+      {"--compress=4", "--budget=8"},  // two budgets
+      {"--compress=0.5"},              // reads more than exact
+      {"--heads=32", "--kv-heads=5"},  // not a GQA shape
+      {"--truncate=60"},
+      {"--reps=0"},
+  };
+  for (const auto& args : bad) {
+    const Parsed p = parse(args);
+    INFO(args.front());
+    CHECK(p.code == ekv::kExitUsage);
+    CHECK(p.out.empty());
+    CHECK(p.err.rfind("ekv-bench: ", 0) == 0);
+    CHECK(p.err.find(ekv::kBenchUsageHint) != std::string::npos);
+  }
+}
