@@ -58,45 +58,14 @@ inline constexpr int kScoreMinCtas = 528;
 template <typename T, int HeadDim>
 inline constexpr int kScoreChunk = std::clamp(64 / (HeadDim / 32 * static_cast<int>(sizeof(T))), 2, 8);
 
-// Sums each of N per-lane values over the warp in 2N - 1 + log2(32 / N) shuffles (N
-// separate reductions take 5N): each round halves the values a lane holds, trading the
-// other half with the lane `bit` away. Returns the sum of value chunk_slot<N>(lane).
-template <int N>
-__device__ __forceinline__ float warp_sum_each(float (&v)[N], int lane) {
-#pragma unroll
-  for (int half = N / 2, bit = 16; half >= 1; half /= 2, bit /= 2) {
-    const bool upper = lane & bit;
-#pragma unroll
-    for (int j = 0; j < half; ++j) {
-      const float keep = upper ? v[j + half] : v[j], give = upper ? v[j] : v[j + half];
-      v[j] = keep + __shfl_xor_sync(0xffffffffu, give, bit);
-    }
-  }
-#pragma unroll
-  for (int off = 16 / N; off > 0; off /= 2) v[0] += __shfl_xor_sync(0xffffffffu, v[0], off);
-  return v[0];
-}
-
-// Which of the N values warp_sum_each leaves in `lane` (the lanes 32 / N apart share one).
-template <int N>
-__device__ __forceinline__ int chunk_slot(int lane) {
-  int slot = 0;
-#pragma unroll
-  for (int half = N / 2, bit = 16; half >= 1; half /= 2, bit /= 2) slot += lane & bit ? half : 0;
-  return slot;
-}
-
 // Warp w of CTA (x, kv head, seq) scores warp_blocks logical blocks from
 // (x * kScoreWarps + w) * warp_blocks for each query head of the group and stores the
 // group's max, scores [batch][kv_heads][max_blocks], or per_query each head's own,
 // scores [batch][q_heads][max_blocks]. Scoring is latency-bound unless each warp has many
 // loads in flight: the length and table loads go out before the query's, every block's
-// table entry in one load per lane, and a chunk's anchors together. It is issue-bound
-// unless the arithmetic per anchor byte stays small: single-vector anchors are widened
-// once per chunk, QUEST's max(q * min, q * max) is q times the bound q's sign picks, and
-// a chunk's sums share their shuffles (warp_sum_each).
+// table entry in one load per lane, and a chunk's anchors together.
 template <typename T, int HeadDim>
-__global__ void __launch_bounds__(kScoreWarps * 32, 2)
+__global__ void __launch_bounds__(kScoreWarps * 32, 3)
     score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads, const T* anchors, AnchorKind kind,
                         int anchor_num, bool per_query, int warp_blocks, float* scores) {
   // each lane takes contiguous channels: one vector load of an anchor's, one of a query's
@@ -115,9 +84,8 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
   for (int i = threadIdx.x; i < group * HeadDim; i += blockDim.x) q_group[i] = DTypeTraits<T>::to_float(q_first[i]);
   __syncthreads();
   const int values = anchor_values(kind, anchor_num, HeadDim);
+  // single-vector kinds (QUEST's min and max, MEAN, MAX) load a chunk's anchors up front
   const bool single = kind == AnchorKind::kQuest || kind == AnchorKind::kBlockMean || kind == AnchorKind::kBlockMax;
-  const int slot = chunk_slot<kChunk>(lane);
-  const bool slot_leader = lane % (32 / kChunk) == 0;
   const auto dot = [&](const Vec<float, kQueryBytes>& qv, const AnchorVec& av) {
     float part = 0.0f;
 #pragma unroll
@@ -129,65 +97,56 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
     for (int off = 16; off > 0; off /= 2) part += __shfl_xor_sync(0xffffffffu, part, off);
     return part;
   };
-  const auto store = [&](int g, int block, float score) {
-    const std::int64_t row = per_query ? static_cast<std::int64_t>(seq) * q_heads + head * group + g
-                                       : static_cast<std::int64_t>(seq) * kv.kv_heads + head;
-    scores[row * kv.max_blocks_per_seq + block] = score;
-  };
   for (int c = 0; c < count; c += kChunk) {
     const int here = min(kChunk, count - c);
     const auto anchor_of = [&](int i) {  // block c + i's anchors, this lane's channels
       const std::int64_t physical = __shfl_sync(0xffffffffu, lane_block, c + i);
       return anchors + (physical * kv.kv_heads + head) * values + lane * kPerLane;
     };
-    if (single) {
-      float lo[kChunk][kPerLane], hi[kChunk][kPerLane];  // widened once, read by every head
-#pragma unroll
-      for (int i = 0; i < kChunk; ++i) {
-        const T* a = anchor_of(i);
-#pragma unroll
-        for (int j = 0; j < kPerLane; ++j) lo[i][j] = hi[i][j] = 0.0f;  // a slot past the chunk's end
-        if (i < here) {
-          const AnchorVec lv = load<T, kAnchorBytes>(a);
-          const AnchorVec hv = kind == AnchorKind::kQuest ? load<T, kAnchorBytes>(a + HeadDim) : lv;
-#pragma unroll
-          for (int j = 0; j < kPerLane; ++j) {
-            lo[i][j] = DTypeTraits<T>::to_float(lv[j]);
-            hi[i][j] = DTypeTraits<T>::to_float(hv[j]);
-          }
-        }
-      }
-      float best = -INFINITY;
-      for (int g = 0; g < group; ++g) {
-        const Vec<float, kQueryBytes> qv = load<float, kQueryBytes>(q_group + g * HeadDim + lane * kPerLane);
-        float part[kChunk];
-#pragma unroll
-        for (int i = 0; i < kChunk; ++i) {
-          part[i] = 0.0f;
-#pragma unroll
-          for (int j = 0; j < kPerLane; ++j) part[i] = fmaf(qv[j], qv[j] >= 0.0f ? hi[i][j] : lo[i][j], part[i]);
-        }
-        const float score = warp_sum_each<kChunk>(part, lane);
-        if (per_query && slot_leader && slot < here) store(g, first + c + slot, score);
-        best = fmaxf(best, score);
-      }
-      if (!per_query && slot_leader && slot < here) store(0, first + c + slot, best);
-      continue;
-    }
-    // several anchors per block (FIXED, DYNAMIC): the max of their dot products
+    AnchorVec lo[kChunk], hi[kChunk];
 #pragma unroll
     for (int i = 0; i < kChunk; ++i) {
-      if (i >= here) break;
-      const T* a = anchor_of(i);
-      float best = -INFINITY;
-      for (int g = 0; g < group; ++g) {
-        const Vec<float, kQueryBytes> qv = load<float, kQueryBytes>(q_group + g * HeadDim + lane * kPerLane);
-        float s = -INFINITY;
-        for (int k = 0; k < values / HeadDim; ++k) s = fmaxf(s, warp_sum(dot(qv, load<T, kAnchorBytes>(a + k * HeadDim))));
-        if (per_query && lane == 0) store(g, first + c + i, s);
-        best = fmaxf(best, s);
+      if (single && i < here) {
+        const T* a = anchor_of(i);
+        lo[i] = load<T, kAnchorBytes>(a);
+        if (kind == AnchorKind::kQuest) hi[i] = load<T, kAnchorBytes>(a + HeadDim);
       }
-      if (!per_query && lane == 0) store(0, first + c + i, best);
+    }
+    float best[kChunk];
+#pragma unroll
+    for (int i = 0; i < kChunk; ++i) best[i] = -INFINITY;
+    for (int g = 0; g < group; ++g) {
+      const Vec<float, kQueryBytes> qv = load<float, kQueryBytes>(q_group + g * HeadDim + lane * kPerLane);
+#pragma unroll
+      for (int i = 0; i < kChunk; ++i) {
+        if (i >= here) break;
+        float s = -INFINITY;
+        if (kind == AnchorKind::kQuest) {
+          // the bound max(q * min, q * max) per channel
+          float part = 0.0f;
+#pragma unroll
+          for (int j = 0; j < kPerLane; ++j) {
+            part += fmaxf(qv[j] * DTypeTraits<T>::to_float(lo[i][j]), qv[j] * DTypeTraits<T>::to_float(hi[i][j]));
+          }
+          s = warp_sum(part);
+        } else if (single) {
+          s = warp_sum(dot(qv, lo[i]));
+        } else {
+          const T* a = anchor_of(i);
+          for (int k = 0; k < values / HeadDim; ++k) s = fmaxf(s, warp_sum(dot(qv, load<T, kAnchorBytes>(a + k * HeadDim))));
+        }
+        if (per_query && lane == 0) {
+          scores[(static_cast<std::int64_t>(seq) * q_heads + head * group + g) * kv.max_blocks_per_seq + first + c + i] =
+              s;
+        }
+        best[i] = fmaxf(best[i], s);
+      }
+    }
+    if (!per_query && lane < here) {
+      float mine = best[0];
+#pragma unroll
+      for (int i = 1; i < kChunk; ++i) mine = lane == i ? best[i] : mine;
+      scores[(static_cast<std::int64_t>(seq) * kv.kv_heads + head) * kv.max_blocks_per_seq + first + c + lane] = mine;
     }
   }
 }
@@ -198,7 +157,7 @@ __device__ __forceinline__ unsigned ordered_key(float x) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// The k-th largest of the CTA's nonzero keys (1 <= k <= their number), by radix select
+// The k-th largest of the CTA's keys (1 <= k <= the number of keys), by radix select
 // over 8-bit digits from the top: returns it and, through `take`, how many of the keys
 // equal to it belong to the k largest.
 template <int Items>
@@ -212,13 +171,9 @@ __device__ unsigned kth_largest(const unsigned (&key)[Items], int k, int& take) 
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
     __syncthreads();
-    // scores of one magnitude share their top digits, so a warp's lanes with one digit add
-    // once (atomics on one shared address serialize); key 0 (no block) is never counted
 #pragma unroll
     for (int i = 0; i < Items; ++i) {
-      const unsigned digit = key[i] != 0 && (key[i] & mask) == prefix ? (key[i] >> shift) & 255 : 256;
-      const unsigned peers = __match_any_sync(0xffffffffu, digit);
-      if (digit < 256 && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
+      if ((key[i] & mask) == prefix) atomicAdd(&hist[(key[i] >> shift) & 255], 1);
     }
     __syncthreads();
     if (threadIdx.x < 32) {
