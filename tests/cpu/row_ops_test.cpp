@@ -3,6 +3,9 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "ekv/core/random.hpp"
@@ -34,5 +37,22 @@ TEST_CASE("dot_rows4, dot_row and accumulate_rows equal their sums in double") {
     std::vector<float> acc(n, 0.0f);
     ekv::accumulate_rows(acc.data(), p.data(), rows.data(), count, n);  // one pass of eight, five single rows
     for (int i = 0; i < n; ++i) CHECK(acc[i] == doctest::Approx(sums[i]).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("max_row equals std::max_element, a NaN first included") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int n : {1, 7, 8, 9, 16, 31, 32}) {
+    INFO("n=" << n);
+    auto x = ekv::random_uniform<float>(n, -10.0f, 10.0f, seed + n);
+    CHECK(ekv::max_row(x.data(), n) == *std::max_element(x.begin(), x.end()));
+    if (n > 2) {
+      x[1] = nan;  // ignored where it is not first, as by std::max_element
+      CHECK(ekv::max_row(x.data(), n) == *std::max_element(x.begin(), x.end()));
+    }
+    x[0] = nan;
+    CHECK(std::isnan(ekv::max_row(x.data(), n)));
   }
 }

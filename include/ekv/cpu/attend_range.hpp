@@ -12,15 +12,10 @@
 #include "ekv/attention/kv_view.hpp"
 #include "ekv/core/dtype.hpp"
 #include "ekv/cpu/exp.hpp"
+#include "ekv/cpu/group_tile.hpp"
 #include "ekv/cpu/row_ops.hpp"
-#include "ekv/cpu/to_float.hpp"
 
 namespace ekv {
-
-// Rows widened to float per step, K and V each: 16, 32 and 64 were within 5% (AMD EPYC,
-// one thread, fp16, group 4, head_dim 128; 32 best).
-inline constexpr int kAttendTileTokens = 32;
-
 
 // A group's running attention state and the scratch it is computed in. One per thread,
 // reused across work items: it allocates only when the shape grows.
@@ -31,9 +26,12 @@ struct AttendState {
   std::vector<float> acc;     // [group][head_dim]: sum of p * v, not yet divided by `sum`
   std::vector<float> max;     // [group]: the largest score so far
   std::vector<float> sum;     // [group]: sum of exp(score - max)
+  std::vector<float> rescale; // [group]: the tile's factor for acc, exp(old max - new max)
   std::vector<float> scores;  // [group][kAttendTileTokens]
-  std::vector<float> k_wide;  // [kAttendTileTokens][head_dim]: K widened (unused for float)
-  std::vector<float> v_wide;  // [kAttendTileTokens][head_dim]: V widened (unused for float)
+  // [kAttendTileTokens][head_dim]: K and V widened by the portable tile kernels (unused by
+  // the AVX2 ones, and for float)
+  std::vector<float> k_wide;
+  std::vector<float> v_wide;
 
   // Starts an empty state for q [group][head_dim] (consecutive query heads).
   template <typename T>
@@ -46,6 +44,7 @@ struct AttendState {
     acc.assign(group * row, 0.0f);
     max.assign(group, -std::numeric_limits<float>::infinity());
     sum.assign(group, 0.0f);
+    rescale.resize(group);
     scores.resize(static_cast<std::size_t>(group) * kAttendTileTokens);
     k_wide.resize(kAttendTileTokens * row);
     v_wide.resize(kAttendTileTokens * row);
@@ -83,35 +82,28 @@ void attend_range(const KVView<T>& kv, int seq, int kv_head, int begin, int end,
     }
     return n;
   };
-  const float* k_rows[kTile];
-  const float* v_rows[kTile];
+  const T* k_rows[kTile];
+  const T* v_rows[kTile];
   int n_next = begin < end ? locate(begin, offsets[0]) : 0;
   for (int t0 = begin, cur = 0; t0 < end; t0 += kTile, cur ^= 1) {
     const int n = n_next;
     const std::int64_t* off = offsets[cur];
     if (t0 + kTile < end) n_next = locate(t0 + kTile, offsets[cur ^ 1]);
-    for (int t = 0; t < n; ++t) k_rows[t] = row_as_float(kv.k + off[t], &state.k_wide[static_cast<std::size_t>(t) * d], d);
+    for (int t = 0; t < n; ++t) {
+      k_rows[t] = kv.k + off[t];
+      v_rows[t] = kv.v + off[t];
+    }
+    tile_scores(state.q.data(), state.group, k_rows, n, d, state.scores.data(), kTile, state.k_wide.data());
     for (int g = 0; g < state.group; ++g) {
       float* s = &state.scores[static_cast<std::size_t>(g) * kTile];
-      const float* q = &state.q[static_cast<std::size_t>(g) * d];
-      int t = 0;
-      for (; t + 4 <= n; t += 4) dot_rows4(q, k_rows + t, d, s + t);
-      for (; t < n; ++t) s[t] = dot_row(q, k_rows[t], d);
-      const float tile_max = *std::max_element(s, s + n);
+      const float tile_max = max_row(s, n);
       const float new_max = std::max(state.max[g], tile_max);
-      const float rescale = std::exp(state.max[g] - new_max);  // 0 for the first tile
-      state.sum[g] = state.sum[g] * rescale + exp_row(s, n, new_max);
+      state.rescale[g] = std::exp(state.max[g] - new_max);  // 0 for the first tile
+      state.sum[g] = state.sum[g] * state.rescale[g] + exp_row(s, n, new_max);
       state.max[g] = new_max;
-      if (rescale != 1.0f) {
-        float* a = &state.acc[static_cast<std::size_t>(g) * d];
-        for (int i = 0; i < d; ++i) a[i] *= rescale;
-      }
     }
-    for (int t = 0; t < n; ++t) v_rows[t] = row_as_float(kv.v + off[t], &state.v_wide[static_cast<std::size_t>(t) * d], d);
-    for (int g = 0; g < state.group; ++g) {
-      accumulate_rows(&state.acc[static_cast<std::size_t>(g) * d],
-                              &state.scores[static_cast<std::size_t>(g) * kTile], v_rows, n, d);
-    }
+    tile_accumulate(state.acc.data(), state.rescale.data(), state.scores.data(), kTile, state.group, v_rows, n, d,
+                    state.v_wide.data());
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "ekv/cpu/row_ops.hpp"
 #include "ekv/cpu/to_float.hpp"
 
 namespace ekv {
@@ -31,11 +32,19 @@ inline float exp_nonpositive(float x) {
   return p * detail::float_from_bits(exponent);
 }
 
-// x[i] = e^(x[i] - shift) for i < n, every x[i] <= shift; returns the sum of the results.
+// x[i] = e^(x[i] - shift) for i < n, every x[i] <= shift; returns the sum of the results,
+// in eight partial sums: one chain of scalar adds cost 12% of CPU attention's time at
+// group 4 (AMD EPYC, fp16, head_dim 128, one thread).
 inline float exp_row(float* x, int n, float shift) {
   for (int i = 0; i < n; ++i) x[i] = exp_nonpositive(x[i] - shift);
-  float sum = 0.0f;
-  for (int i = 0; i < n; ++i) sum += x[i];
+  Float8 partial = {}, v;
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    load8(v, x + i);
+    partial += v;
+  }
+  float sum = sum8(partial);
+  for (; i < n; ++i) sum += x[i];
   return sum;
 }
 

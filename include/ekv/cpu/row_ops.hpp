@@ -79,6 +79,25 @@ inline void accumulate_rows(float* acc, const float* p, const float* const* rows
   }
 }
 
+// The largest of x [n], n >= 1, with std::max_element's result (a NaN counts only first),
+// in eight lanes of maxima: std::max_element's one chain, through memory, cost 12% of CPU
+// attention's time at group 4 (AMD EPYC, fp16, head_dim 128, one thread).
+inline float max_row(const float* x, int n) {
+  float m = x[0];
+  int i = 0;
+  if (n >= 8) {
+    Float8 lanes = {}, v;
+    lanes += m;  // every lane starts at x[0]: a later NaN never enters a lane
+    for (; i + 8 <= n; i += 8) {
+      load8(v, x + i);
+      lanes = v > lanes ? v : lanes;
+    }
+    for (int j = 0; j < 8; ++j) m = lanes[j] > m ? lanes[j] : m;
+  }
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
 // Asks for a row's cache lines (64 bytes, or half of a 128-byte line) ahead of its use.
 template <typename T>
 void prefetch_row(const T* row, int n) {

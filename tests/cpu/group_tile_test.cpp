@@ -1,0 +1,172 @@
+// The tile kernels against sums in double: portable, and AVX2 where the build targets it
+// (x86-64-v3; this file also builds without it, as cpu_group_tile_portable_test), for
+// float, half and bfloat16 rows, head counts that fill 1, 2, 3 and 4 of the AVX2 kernels'
+// head blocks, head_dims that leave a single piece of 8 at the end, and row counts that
+// are not multiples of the row blocks. A NaN or infinity in K or V poisons the same
+// outputs in both.
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "ekv/core/random.hpp"
+#include "ekv/cpu/group_tile.hpp"
+#include "test_seed.hpp"
+
+namespace {
+
+constexpr int kStride = ekv::kAttendTileTokens;
+constexpr float kUnwritten = -12345.0f;  // scores past a tile's rows keep it
+
+struct Tile {
+  int group, n, d;
+  std::vector<float> q;        // [group][d]
+  std::vector<float> p;        // [group][kStride], weights in [0, 1]
+  std::vector<float> rescale;  // [group]
+  std::vector<float> acc;      // [group][d], the state before the tile
+};
+
+Tile make_tile(int group, int n, int d, std::uint64_t seed) {
+  Tile t{group, n, d, ekv::random_uniform<float>(static_cast<std::size_t>(group) * d, -1.0f, 1.0f, seed),
+         ekv::random_uniform<float>(static_cast<std::size_t>(group) * kStride, 0.0f, 1.0f, seed + 1),
+         ekv::random_uniform<float>(group, 0.0f, 1.0f, seed + 2),
+         ekv::random_uniform<float>(static_cast<std::size_t>(group) * d, -1.0f, 1.0f, seed + 3)};
+  t.rescale[0] = 1.0f;  // the kernels' common case, where the portable one skips the multiply
+  return t;
+}
+
+struct Result {
+  std::vector<float> scores;  // [group][kStride]
+  std::vector<float> acc;     // [group][d]
+};
+
+template <typename T>
+using Kernels = Result (*)(const Tile&, const std::vector<const T*>&, const std::vector<const T*>&);
+
+template <typename T>
+Result run_portable(const Tile& t, const std::vector<const T*>& k, const std::vector<const T*>& v) {
+  Result r{std::vector<float>(static_cast<std::size_t>(t.group) * kStride, kUnwritten), t.acc};
+  std::vector<float> wide(static_cast<std::size_t>(t.n) * t.d);
+  ekv::tile_scores_portable(t.q.data(), t.group, k.data(), t.n, t.d, r.scores.data(), kStride, wide.data());
+  ekv::tile_accumulate_portable(r.acc.data(), t.rescale.data(), t.p.data(), kStride, t.group, v.data(), t.n, t.d,
+                                wide.data());
+  return r;
+}
+
+#if defined(EKV_CPU_GROUP_TILE_AVX2)
+template <typename T>
+Result run_avx2(const Tile& t, const std::vector<const T*>& k, const std::vector<const T*>& v) {
+  Result r{std::vector<float>(static_cast<std::size_t>(t.group) * kStride, kUnwritten), t.acc};
+  ekv::tile_scores_avx2(t.q.data(), t.group, k.data(), t.n, t.d, r.scores.data(), kStride);
+  ekv::tile_accumulate_avx2(r.acc.data(), t.rescale.data(), t.p.data(), kStride, t.group, v.data(), t.n, t.d);
+  return r;
+}
+#endif
+
+template <typename T>
+std::vector<Kernels<T>> all_kernels() {
+#if defined(EKV_CPU_GROUP_TILE_AVX2)
+  return {run_portable<T>, run_avx2<T>};
+#else
+  return {run_portable<T>};
+#endif
+}
+
+// n rows of d values in [-1, 1], each in its own allocation, as a block table scatters them
+template <typename T>
+std::vector<std::vector<T>> random_rows(int n, int d, std::uint64_t seed) {
+  std::vector<std::vector<T>> rows;
+  for (int r = 0; r < n; ++r) rows.push_back(ekv::random_uniform<T>(d, -1.0f, 1.0f, seed + 1000 * r));
+  return rows;
+}
+
+template <typename T>
+std::vector<const T*> row_pointers(const std::vector<std::vector<T>>& rows) {
+  std::vector<const T*> out;
+  for (const auto& r : rows) out.push_back(r.data());
+  return out;
+}
+
+template <typename T>
+void check_against_double(std::uint64_t seed) {
+  for (int d : {8, 24, 72, 136, 256}) {
+    for (int group : {1, 2, 3, 4, 5, 7, 8}) {
+      for (int n : {1, 3, 8, 13, kStride}) {
+        INFO("d=" << d << " group=" << group << " n=" << n);
+        const Tile t = make_tile(group, n, d, seed);
+        const auto k_rows = random_rows<T>(n, d, seed + 10), v_rows = random_rows<T>(n, d, seed + 11);
+        const auto k = row_pointers(k_rows), v = row_pointers(v_rows);
+        for (auto kernels : all_kernels<T>()) {
+          const Result r = kernels(t, k, v);
+          for (int g = 0; g < group; ++g) {
+            for (int s = 0; s < kStride; ++s) {
+              const float got = r.scores[g * kStride + s];
+              if (s >= n) {
+                CHECK(got == kUnwritten);
+                continue;
+              }
+              double want = 0, magnitude = 0;
+              for (int i = 0; i < d; ++i) {
+                const double x = double(t.q[g * d + i]) * ekv::DTypeTraits<T>::to_float(k_rows[s][i]);
+                want += x;
+                magnitude += std::abs(x);
+              }
+              CHECK(std::abs(got - want) <= 1e-5 * magnitude);
+            }
+            for (int i = 0; i < d; ++i) {
+              double want = double(t.acc[g * d + i]) * t.rescale[g], magnitude = std::abs(want);
+              for (int s = 0; s < n; ++s) {
+                const double x = double(t.p[g * kStride + s]) * ekv::DTypeTraits<T>::to_float(v_rows[s][i]);
+                want += x;
+                magnitude += std::abs(x);
+              }
+              CHECK(std::abs(r.acc[g * d + i] - want) <= 1e-5 * magnitude);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("tile_scores and tile_accumulate equal their sums in double", T, float, __half, __nv_bfloat16) {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  check_against_double<T>(seed);
+}
+
+TEST_CASE_TEMPLATE("a NaN or infinity in K or V poisons the same outputs in every kernel", T, float, __half,
+                   __nv_bfloat16) {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const int group = 5, n = 13, d = 72;
+  const Tile t = make_tile(group, n, d, seed);
+  auto k_rows = random_rows<T>(n, d, seed + 10), v_rows = random_rows<T>(n, d, seed + 11);
+  const T nan = ekv::DTypeTraits<T>::from_float(std::numeric_limits<float>::quiet_NaN());
+  const T inf = ekv::DTypeTraits<T>::from_float(std::numeric_limits<float>::infinity());
+  k_rows[2][17] = nan;
+  k_rows[9][64] = inf;
+  v_rows[4][3] = nan;
+  v_rows[11][70] = inf;
+  const auto k = row_pointers(k_rows), v = row_pointers(v_rows);
+  for (auto kernels : all_kernels<T>()) {
+    const Result r = kernels(t, k, v);
+    for (int g = 0; g < group; ++g) {
+      for (int s = 0; s < n; ++s) {
+        const float x = r.scores[g * kStride + s];
+        CHECK(std::isnan(x) == (s == 2));
+        CHECK(std::isinf(x) == (s == 9));  // q [g][64] is not 0
+      }
+      for (int i = 0; i < d; ++i) {
+        const float x = r.acc[g * d + i];
+        CHECK(std::isnan(x) == (i == 3));
+        CHECK(std::isinf(x) == (i == 70));  // p [g][11] is not 0
+      }
+    }
+  }
+}
