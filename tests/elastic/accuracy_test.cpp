@@ -55,6 +55,13 @@ TEST_CASE("attention mass captured: 1 with every block, the selected tokens' sof
     CHECK((mass > 0 && mass < 1));
   }
   CHECK(ekv::attention_mass_captured(kv, q.data(), 0, 0, {}, scale) == 0);
+  // over a batch: the same mass through attention_mass_of_selection, which checks its shape
+  const auto all = [](int, int) { return std::vector<int>{1, 4}; };
+  CHECK(ekv::attention_mass_of_selection(kv, q.data(), 1, 1, all, scale).mean ==
+        doctest::Approx(ekv::attention_mass_captured(kv, q.data(), 0, 0, {1, 4}, scale)));
+  CHECK_THROWS_AS(ekv::attention_mass_of_selection(kv, q.data(), 1, 2, all, scale), ekv::Error);  // batch is 1
+  CHECK_THROWS_AS(ekv::attention_mass_of_selection(kv, q.data(), 1, 0, all, scale), ekv::Error);
+  CHECK_THROWS_AS(ekv::attention_mass_of_selection(kv, q.data(), 0, 1, all, scale), ekv::Error);  // no query heads
   cache.lengths[0] = 0;
   CHECK_THROWS_AS(ekv::attention_mass_captured(kv, q.data(), 0, 0, {}, scale), ekv::Error);
 }

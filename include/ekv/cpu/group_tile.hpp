@@ -16,6 +16,13 @@
 #include "ekv/cpu/row_ops.hpp"
 #include "ekv/cpu/to_float.hpp"
 
+// nvcc's front end does not know g++'s unroll pragma, which it hands on to g++ (the host
+// code of .cu files that run cpu_decode): its "unrecognized pragma" warning is silenced here.
+#if defined(__CUDACC__)
+#pragma nv_diagnostic push
+#pragma nv_diag_suppress 1675
+#endif
+
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define EKV_CPU_GROUP_TILE_AVX2 1
@@ -225,3 +232,7 @@ void tile_accumulate(float* acc, const float* rescale, const float* p, int strid
 }
 
 }  // namespace ekv
+
+#if defined(__CUDACC__)
+#pragma nv_diagnostic pop
+#endif

@@ -84,8 +84,8 @@ double attention_mass_captured(const KVView<T>& kv, const T* q, int seq, int kv_
 
 // attention_mass_captured over the query heads of sequences [0, sequences) of a batch:
 // query head h of sequence b read blocks(b, kv_head) (ascending logical blocks), q is
-// [batch][q_heads][head_dim]. Throws for sequences < 1 and where
-// attention_mass_captured throws.
+// [batch][q_heads][head_dim]. Throws for sequences outside [1, batch], q_heads not a
+// positive multiple of kv_heads, and where attention_mass_captured throws.
 struct MassSummary {
   double mean = 0;
   double min = 0;
@@ -95,7 +95,14 @@ struct MassSummary {
 template <typename T, typename Blocks>
 MassSummary attention_mass_of_selection(const KVView<T>& kv, const T* q, int q_heads, int sequences, Blocks&& blocks,
                                         double scale) {
-  if (sequences < 1) throw Error("attention_mass_of_selection: needs at least one sequence");
+  if (sequences < 1 || sequences > kv.batch) {
+    throw Error("attention_mass_of_selection: sequences=" + std::to_string(sequences) + " must be in [1, batch=" +
+                std::to_string(kv.batch) + "]");
+  }
+  if (kv.kv_heads < 1 || q_heads < kv.kv_heads || q_heads % kv.kv_heads != 0) {
+    throw Error("attention_mass_of_selection: q_heads=" + std::to_string(q_heads) +
+                " must be a positive multiple of kv_heads=" + std::to_string(kv.kv_heads));
+  }
   const int group = q_heads / kv.kv_heads;
   MassSummary m;
   m.sequences = sequences;
