@@ -18,9 +18,9 @@
 #include <thread>
 #include <vector>
 
-#include "ekv/core/random.hpp"
-#include "ekv/cpu/bandwidth.hpp"
 #include "ekv/cpu/cpu_attention.hpp"
+#include "harness/cpu_bandwidth.hpp"
+#include "harness/random.hpp"
 
 namespace {
 
@@ -45,9 +45,9 @@ void cpu_decode(benchmark::State& state) {
   const int block_len = paged ? kPagedBlock : len;
   const int blocks_per_seq = (len + block_len - 1) / block_len;
   const std::size_t pool_size = static_cast<std::size_t>(batch) * blocks_per_seq * kKvHeads * block_len * kHeadDim;
-  std::vector<T> k = ekv::random_uniform<T>(pool_size, -1.0f, 1.0f, 1);
-  std::vector<T> v = ekv::random_uniform<T>(pool_size, -1.0f, 1.0f, 2);
-  const std::vector<T> q = ekv::random_uniform<T>(static_cast<std::size_t>(batch) * kQHeads * kHeadDim, -1.0f, 1.0f, 7);
+  std::vector<T> k = ekv::bench::random_uniform<T>(pool_size, -1.0f, 1.0f, 1);
+  std::vector<T> v = ekv::bench::random_uniform<T>(pool_size, -1.0f, 1.0f, 2);
+  const std::vector<T> q = ekv::bench::random_uniform<T>(static_cast<std::size_t>(batch) * kQHeads * kHeadDim, -1.0f, 1.0f, 7);
   std::vector<T> o(q.size());
   std::vector<float> lse(static_cast<std::size_t>(batch) * kQHeads);
   std::vector<std::int32_t> lengths(batch, len), table(static_cast<std::size_t>(batch) * blocks_per_seq);
@@ -86,7 +86,7 @@ BENCHMARK_TEMPLATE(cpu_decode, float)->Args({1, 32768, 0})->UseManualTime()->Uni
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  read_bytes_per_s() = ekv::measure_host_read_bandwidth(pool());
+  read_bytes_per_s() = ekv::bench::measure_host_read_bandwidth(pool());
   benchmark::AddCustomContext("cpu_threads", std::to_string(pool().num_threads()));
   benchmark::AddCustomContext("host_read_GBps", std::to_string(read_bytes_per_s() / 1e9));
   benchmark::RunSpecifiedBenchmarks();

@@ -10,9 +10,9 @@
 #include "ekv/attention/decode.cuh"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/graph.hpp"
-#include "ekv/core/random.hpp"
-#include "ekv/kernels/random_fill.cuh"
 #include "gpu_bench.hpp"
+#include "harness/random.hpp"
+#include "harness/random_fill.cuh"
 
 namespace {
 
@@ -30,9 +30,9 @@ void run_case(benchmark::State& state, int batch, int len, bool paged, bool grap
   ekv::DeviceBuffer<T> k(pool), v(pool), q(static_cast<std::size_t>(batch) * kQHeads * kHeadDim), o(q.size());
   ekv::DeviceBuffer<float> lse(static_cast<std::size_t>(batch) * kQHeads);
   ekv::DeviceBuffer<std::int32_t> lengths(batch), table(static_cast<std::size_t>(batch) * blocks_per_seq);
-  ekv::random_uniform_fill<T>(k.span(), -1.0f, 1.0f, 1, stream);
-  ekv::random_uniform_fill<T>(v.span(), -1.0f, 1.0f, 2, stream);
-  q.copy_from(ekv::random_uniform<T>(q.size(), -1.0f, 1.0f, 7));
+  ekv::bench::random_uniform_fill<T>(k.span(), -1.0f, 1.0f, 1, stream);
+  ekv::bench::random_uniform_fill<T>(v.span(), -1.0f, 1.0f, 2, stream);
+  q.copy_from(ekv::bench::random_uniform<T>(q.size(), -1.0f, 1.0f, 7));
   lengths.copy_from(std::vector<std::int32_t>(batch, len));
   std::vector<std::int32_t> host_table(table.size());
   std::iota(host_table.begin(), host_table.end(), 0);
@@ -51,7 +51,7 @@ void run_case(benchmark::State& state, int batch, int len, bool paged, bool grap
   };
   ekv::Graph g;
   if (graph) g = ekv::Graph::capture(stream, issue);
-  ekv::L2Flusher flusher(device);
+  ekv::bench::L2Flusher flusher(device);
   const double s = ekv::bench::run_timed(state, stream, [&](const ekv::Stream& st) {
     if (graph) {
       g.launch(st);

@@ -11,13 +11,13 @@
 #include <vector>
 
 #include "ekv/attention/decode.cuh"
-#include "ekv/bench/device_bench_cache.cuh"
-#include "ekv/bench/sample_timer.cuh"
-#include "ekv/bench/statistics.hpp"
 #include "ekv/elastic/accuracy.hpp"
 #include "ekv/elastic/anchors.cuh"
 #include "ekv/elastic/elastic_decode.cuh"
 #include "gpu_bench.hpp"
+#include "harness/device_bench_cache.cuh"
+#include "harness/sample_timer.cuh"
+#include "harness/statistics.hpp"
 
 namespace {
 
@@ -32,8 +32,8 @@ void elastic(benchmark::State& state) {
   const ekv::DeviceInfo device = ekv::DeviceInfo::current();
   ekv::Stream stream;
   const int blocks = (len + kBlockLen - 1) / kBlockLen;
-  const ekv::BenchShape shape{batch, kQHeads, kKvHeads, kHeadDim, kBlockLen, blocks};
-  ekv::DeviceBenchCache<T> cache(shape, len, ekv::BenchSeeds(1), needles ? kNeedles : 0, stream);
+  const ekv::bench::BenchShape shape{batch, kQHeads, kKvHeads, kHeadDim, kBlockLen, blocks};
+  ekv::bench::DeviceBenchCache<T> cache(shape, len, ekv::bench::BenchSeeds(1), needles ? kNeedles : 0, stream);
   const ekv::KVView<T> view = cache.view();
   ekv::DeviceBuffer<T> o_exact(shape.q_elems()), o_elastic(shape.q_elems());
   ekv::DeviceBuffer<float> lse_exact(static_cast<std::size_t>(batch) * kQHeads), lse_elastic(lse_exact.size());
@@ -45,8 +45,7 @@ void elastic(benchmark::State& state) {
   ekv::ElasticConfig config;
   const ekv::ElasticPolicy policy(config, ekv::ElasticBudget::ratio(compression));
   ekv::ElasticDecode<T> elastic_step(problem, kBlockLen, policy, device, stream);
-  ekv::DeviceBuffer<T> anchors(static_cast<std::size_t>(batch) * blocks * kKvHeads *
-                               ekv::anchor_values(config.anchor, config.anchor_num, kHeadDim));
+  ekv::DeviceBuffer<T> anchors(elastic_step.anchor_elems(static_cast<std::size_t>(batch) * blocks));
   ekv::build_anchors<T>(view, anchors.data(), config, stream);
 
   auto run_exact = [&](const ekv::Stream& s) {
@@ -63,7 +62,7 @@ void elastic(benchmark::State& state) {
   ekv::Graph elastic_graph = ekv::Graph::capture(stream, run_elastic);
   ekv::Graph selection_graph = ekv::Graph::capture(stream, run_selection);
   ekv::Graph reuse_graph = ekv::Graph::capture(stream, run_reuse);
-  ekv::SampleTimer timer(device);
+  ekv::bench::SampleTimer timer(device);
   auto sample = [&](ekv::Graph& graph) { return timer.seconds(stream, [&](const ekv::Stream& s) { graph.launch(s); }); };
   // interleaved: each iteration times an exact step, a refreshing elastic step, the
   // selection alone and a step that reuses the selection
@@ -75,10 +74,10 @@ void elastic(benchmark::State& state) {
     reuse_s.push_back(sample(reuse_graph));
     state.SetIterationTime(elastic_s.back());
   }
-  const double exact_median = ekv::summarize(exact_s).median;
-  const double elastic_median = ekv::summarize(elastic_s).median;
-  const double selection_median = ekv::summarize(selection_s).median;
-  const double reuse_median = ekv::summarize(reuse_s).median;
+  const double exact_median = ekv::bench::summarize(exact_s).median;
+  const double elastic_median = ekv::bench::summarize(elastic_s).median;
+  const double selection_median = ekv::bench::summarize(selection_s).median;
+  const double reuse_median = ekv::bench::summarize(reuse_s).median;
   elastic_graph.launch(stream);  // the outputs compared below
   stream.synchronize();
   std::vector<T> exact_o(o_exact.size()), elastic_o(o_elastic.size());

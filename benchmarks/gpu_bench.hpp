@@ -7,11 +7,11 @@
 
 #include <cstdio>
 
-#include "ekv/bench/ceilings.cuh"
-#include "ekv/bench/l2_flush.cuh"
 #include "ekv/core/device.hpp"
 #include "ekv/core/event.hpp"
 #include "ekv/core/stream.hpp"
+#include "harness/ceilings.cuh"
+#include "harness/l2_flush.cuh"
 
 namespace ekv::bench {
 

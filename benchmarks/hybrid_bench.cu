@@ -24,15 +24,15 @@
 #include <vector>
 
 #include "ekv/attention/decode.cuh"
+#include "ekv/cache/placement.hpp"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/pinned_buffer.hpp"
-#include "ekv/core/random.hpp"
-#include "ekv/cpu/bandwidth.hpp"
 #include "ekv/cpu/cpu_attention.hpp"
 #include "ekv/cpu/hybrid_decode.cuh"
-#include "ekv/cpu/placement.hpp"
-#include "ekv/kernels/random_fill.cuh"
 #include "gpu_bench.hpp"
+#include "harness/cpu_bandwidth.hpp"
+#include "harness/random.hpp"
+#include "harness/random_fill.cuh"
 
 namespace {
 
@@ -49,7 +49,7 @@ ekv::CPUInfer& pool() {
 }
 
 double host_read_bytes_per_s() {
-  static const double bytes_per_s = ekv::measure_host_read_bandwidth(pool());
+  static const double bytes_per_s = ekv::bench::measure_host_read_bandwidth(pool());
   return bytes_per_s;
 }
 
@@ -77,7 +77,7 @@ class ColdCaches {
   static constexpr std::size_t kSliceWords = (std::size_t{16} << 20) / sizeof(std::uint64_t);
   std::int64_t slices() const { return static_cast<std::int64_t>((words_.size() + kSliceWords - 1) / kSliceWords); }
 
-  ekv::L2Flusher l2_;
+  ekv::bench::L2Flusher l2_;
   std::vector<std::uint64_t> words_;
   std::vector<std::uint64_t> sums_;
 };
@@ -87,8 +87,8 @@ class ColdCaches {
 struct DevicePool {
   ekv::DeviceBuffer<T> k, v;
   DevicePool(std::size_t blocks, const ekv::Stream& stream) : k(blocks * kBlockElems), v(blocks * kBlockElems) {
-    ekv::random_uniform_fill<T>(k.span(), -1.0f, 1.0f, 1, stream);
-    ekv::random_uniform_fill<T>(v.span(), -1.0f, 1.0f, 2, stream);
+    ekv::bench::random_uniform_fill<T>(k.span(), -1.0f, 1.0f, 1, stream);
+    ekv::bench::random_uniform_fill<T>(v.span(), -1.0f, 1.0f, 2, stream);
     stream.synchronize();
   }
 };
@@ -109,7 +109,7 @@ struct Inputs {
   explicit Inputs(int batch, int len)
       : q(static_cast<std::size_t>(batch) * kQHeads * kHeadDim), o(q.size()),
         lse(static_cast<std::size_t>(batch) * kQHeads), lengths(batch, len) {
-    q.copy_from(ekv::random_uniform<T>(q.size(), -1.0f, 1.0f, 7));
+    q.copy_from(ekv::bench::random_uniform<T>(q.size(), -1.0f, 1.0f, 7));
   }
 };
 
@@ -189,7 +189,7 @@ void all_gpu(benchmark::State& state) {
   const ekv::DecodePlan plan =
       ekv::plan_decode(ekv::DecodeProblem{ekv::DType::kFloat16, batch, kQHeads, kKvHeads, kHeadDim, len}, device);
   ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
-  ekv::L2Flusher flusher(device);
+  ekv::bench::L2Flusher flusher(device);
   const double s = ekv::bench::run_timed(state, stream, [&](const ekv::Stream& st) {
     ekv::run_decode<T>(plan, view, in.q.data(), in.o.data(), in.lse.data(), workspace.data(), st);
   }, &flusher);

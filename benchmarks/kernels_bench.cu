@@ -4,10 +4,10 @@
 
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/graph.hpp"
-#include "ekv/kernels/bandwidth.cuh"
 #include "ekv/kernels/fill.cuh"
-#include "ekv/kernels/fma_throughput.cuh"
 #include "gpu_bench.hpp"
+#include "harness/bandwidth.cuh"
+#include "harness/fma_throughput.cuh"
 
 namespace {
 
@@ -31,7 +31,7 @@ void copy(benchmark::State& state) {
   ekv::DeviceBuffer<float> src(n), dst(n);
   ekv::fill<float>(src.span(), 1.0f, stream);
   const double s = ekv::bench::run_timed(state, stream, [&](const ekv::Stream& st) {
-    ekv::copy<float, CtaThreads, Unroll>(src.span(), dst.span(), device, st);
+    ekv::bench::copy<float, CtaThreads, Unroll>(src.span(), dst.span(), device, st);
   });
   ekv::bench::report_bandwidth(state, 2.0 * kBytes, s);
 }
@@ -42,10 +42,10 @@ void read_reduce(benchmark::State& state) {
   ekv::Stream stream;
   const std::size_t n = kBytes / sizeof(T);
   ekv::DeviceBuffer<T> src(n);
-  ekv::DeviceBuffer<float> partials(ekv::read_reduce_ctas<T, CtaThreads, Unroll>(device, n));
+  ekv::DeviceBuffer<float> partials(ekv::bench::read_reduce_ctas<T, CtaThreads, Unroll>(device, n));
   ekv::fill<T>(src.span(), ekv::DTypeTraits<T>::from_float(1.0f), stream);
   const double s = ekv::bench::run_timed(state, stream, [&](const ekv::Stream& st) {
-    ekv::read_reduce<T, CtaThreads, Unroll>(src.span(), partials.span(), st);
+    ekv::bench::read_reduce<T, CtaThreads, Unroll>(src.span(), partials.span(), st);
   });
   ekv::bench::report_bandwidth(state, static_cast<double>(kBytes), s);
 }
@@ -58,9 +58,9 @@ void read_reduce_chunks(benchmark::State& state, bool graph) {
   const std::size_t chunks = static_cast<std::size_t>(state.range(0));
   const std::size_t n = bytes / sizeof(float);
   ekv::DeviceBuffer<float> src(n);
-  ekv::DeviceBuffer<float> partials(chunks * ekv::read_reduce_ctas<float>(device, n / chunks));
+  ekv::DeviceBuffer<float> partials(chunks * ekv::bench::read_reduce_ctas<float>(device, n / chunks));
   ekv::fill<float>(src.span(), 1.0f, stream);
-  auto issue = [&](const ekv::Stream& st) { ekv::read_reduce_chunks<float>(src.span(), chunks, partials.span(), st); };
+  auto issue = [&](const ekv::Stream& st) { ekv::bench::read_reduce_chunks<float>(src.span(), chunks, partials.span(), st); };
   ekv::Graph g;
   if (graph) g = ekv::Graph::capture(stream, issue);
   const double s = ekv::bench::run_timed(state, stream, [&](const ekv::Stream& st) {
@@ -78,14 +78,14 @@ void fma(benchmark::State& state) {
   const ekv::DeviceInfo device = ekv::DeviceInfo::current();
   ekv::Stream stream;
   constexpr int kIterations = 4096;
-  const std::size_t threads = static_cast<std::size_t>(ekv::full_wave_ctas(device, ekv::kFmaCtaThreads)) * 4 * ekv::kFmaCtaThreads;
+  const std::size_t threads = static_cast<std::size_t>(ekv::bench::full_wave_ctas(device, ekv::bench::kFmaCtaThreads)) * 4 * ekv::bench::kFmaCtaThreads;
   ekv::DeviceBuffer<T> out(threads);
-  const T one = ekv::detail::lanes_from_float(1e-3f, T{});
-  const T a = ekv::detail::lanes_from_float(0.999f, T{});
+  const T one = ekv::bench::detail::lanes_from_float(1e-3f, T{});
+  const T a = ekv::bench::detail::lanes_from_float(0.999f, T{});
   const double s = ekv::bench::run_timed(state, stream, [&](const ekv::Stream& st) {
-    ekv::fma_chains<T>(out.span(), kIterations, one, a, one, st);
+    ekv::bench::fma_chains<T>(out.span(), kIterations, one, a, one, st);
   });
-  state.counters["TFLOP/s"] = ekv::fma_chain_flops<T>(threads, kIterations) * state.iterations() / s / 1e12;
+  state.counters["TFLOP/s"] = ekv::bench::fma_chain_flops<T>(threads, kIterations) * state.iterations() / s / 1e12;
 }
 
 void apply_defaults(benchmark::internal::Benchmark* b) {

@@ -4,8 +4,8 @@
 #include <cstdio>
 #include <exception>
 
-#include "ekv/bench/ceilings.cuh"
 #include "ekv/core/device.hpp"
+#include "harness/ceilings.cuh"
 
 int main() {
   if (ekv::device_count() == 0) {
@@ -20,10 +20,10 @@ int main() {
     std::printf("memory             %.1f GiB, L2 %.1f MiB\n", device.global_memory_bytes / 1073741824.0,
                 device.l2_cache_bytes / 1048576.0);
     ekv::Stream stream;
-    const double read = ekv::measure_read_bandwidth(stream);
-    const double copy = ekv::measure_copy_bandwidth(stream);
-    const double memcpy_bw = ekv::measure_memcpy_bandwidth(stream);
-    const double flops = ekv::measure_fma_throughput(stream);
+    const double read = ekv::bench::measure_read_bandwidth(stream);
+    const double copy = ekv::bench::measure_copy_bandwidth(stream);
+    const double memcpy_bw = ekv::bench::measure_memcpy_bandwidth(stream);
+    const double flops = ekv::bench::measure_fma_throughput(stream);
     std::printf("read bandwidth     %.0f GB/s (ekv read_reduce, 1 GiB, median of 30)\n", read / 1e9);
     std::printf("copy bandwidth     %.0f GB/s (ekv copy, read + write bytes)\n", copy / 1e9);
     std::printf("cudaMemcpy D2D     %.0f GB/s (read + write bytes); ekv copy at %.3f of it\n", memcpy_bw / 1e9,

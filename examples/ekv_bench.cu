@@ -8,24 +8,24 @@
 #include <iostream>
 #include <thread>
 
-#include "ekv/bench/bench_cli.hpp"
-#include "ekv/bench/bench_table.hpp"
-#include "ekv/bench/cpu_bench_runner.hpp"
-#include "ekv/bench/gpu_bench_runner.cuh"
+#include "harness/bench_cli.hpp"
+#include "harness/bench_table.hpp"
+#include "harness/cpu_bench_runner.hpp"
+#include "harness/gpu_bench_runner.cuh"
 
 int main(int argc, char** argv) {
-  ekv::BenchOptions options;
-  if (const int code = ekv::parse_bench_args(argc, argv, options, std::cout, std::cerr); code >= 0) return code;
+  ekv::bench::BenchOptions options;
+  if (const int code = ekv::bench::parse_bench_args(argc, argv, options, std::cout, std::cerr); code >= 0) return code;
   try {
-    const ekv::BenchBackend backend = ekv::resolve_backend(options.device);
-    ekv::BenchReport report;
-    if (backend == ekv::BenchBackend::kCuda) {
-      report = ekv::run_gpu_bench(options, std::cerr);
+    const ekv::bench::BenchBackend backend = ekv::bench::resolve_backend(options.device);
+    ekv::bench::BenchReport report;
+    if (backend == ekv::bench::BenchBackend::kCuda) {
+      report = ekv::bench::run_gpu_bench(options, std::cerr);
     } else {
       ekv::CPUInfer pool(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-      report = ekv::run_cpu_bench(options, pool, std::cerr);
+      report = ekv::bench::run_cpu_bench(options, pool, std::cerr);
     }
-    if (options.device == ekv::BenchBackend::kAuto && backend == ekv::BenchBackend::kCpu) {
+    if (options.device == ekv::bench::BenchBackend::kAuto && backend == ekv::bench::BenchBackend::kCpu) {
       report.notes.push_back("--device auto: no CUDA GPU is visible, so the CPU backend ran");
     }
     const nlohmann::json json = report;
@@ -37,11 +37,11 @@ int main(int argc, char** argv) {
     if (options.json && options.output.empty()) {
       std::cout << json.dump(2) << "\n";
     } else {
-      ekv::print_bench_table(std::cout, report);
+      ekv::bench::print_bench_table(std::cout, report);
     }
   } catch (const std::exception& e) {
     std::cerr << "ekv-bench: " << e.what() << "\n";
-    return ekv::kExitRuntimeError;
+    return ekv::bench::kExitRuntimeError;
   }
-  return ekv::kExitOk;
+  return ekv::bench::kExitOk;
 }

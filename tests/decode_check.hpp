@@ -15,7 +15,7 @@
 
 #include "ekv/attention/kv_view.hpp"
 #include "ekv/attention/reference.hpp"
-#include "ekv/core/random.hpp"
+#include "harness/random.hpp"
 
 namespace ekv::test {
 
@@ -68,9 +68,9 @@ struct HostCache {
     blocks_per_seq = (max_len + block_len - 1) / block_len;
     const int num_blocks = shape.batch() * blocks_per_seq;
     const std::size_t pool = static_cast<std::size_t>(num_blocks) * shape.kv_heads * block_len * shape.head_dim;
-    k = random_uniform<T>(pool, -1.0f, 1.0f, seed);
-    v = random_uniform<T>(pool, -1.0f, 1.0f, seed + 1);
-    q = random_uniform<T>(static_cast<std::size_t>(shape.batch()) * shape.q_heads() * shape.head_dim, -2.0f, 2.0f,
+    k = bench::random_uniform<T>(pool, -1.0f, 1.0f, seed);
+    v = bench::random_uniform<T>(pool, -1.0f, 1.0f, seed + 1);
+    q = bench::random_uniform<T>(static_cast<std::size_t>(shape.batch()) * shape.q_heads() * shape.head_dim, -2.0f, 2.0f,
                           seed + 2);
     table.resize(num_blocks);
     std::iota(table.begin(), table.end(), 0);

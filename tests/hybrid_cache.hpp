@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "decode_check.hpp"
-#include "ekv/cpu/hybrid_table.hpp"
-#include "ekv/cpu/placement.hpp"
+#include "ekv/cache/hybrid_table.hpp"
+#include "ekv/cache/placement.hpp"
 
 namespace ekv::test {
 

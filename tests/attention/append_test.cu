@@ -14,7 +14,7 @@
 #include "ekv/attention/reference.hpp"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/graph.hpp"
-#include "ekv/core/random.hpp"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 namespace {
@@ -37,8 +37,8 @@ struct Cache {
       : batch(b), kv_heads(h), head_dim(d), block_len(bl), blocks_per_seq(blocks), paged(is_paged),
         lengths(std::move(lens)) {
     const std::size_t pool = static_cast<std::size_t>(b) * blocks * h * bl * d;
-    k = ekv::random_uniform<__half>(pool, -1.0f, 1.0f, seed);
-    v = ekv::random_uniform<__half>(pool, -1.0f, 1.0f, seed + 1);
+    k = ekv::bench::random_uniform<__half>(pool, -1.0f, 1.0f, seed);
+    v = ekv::bench::random_uniform<__half>(pool, -1.0f, 1.0f, seed + 1);
     table.resize(static_cast<std::size_t>(b) * blocks);
     std::iota(table.begin(), table.end(), 0);
     std::shuffle(table.begin(), table.end(), std::mt19937(static_cast<unsigned>(seed)));
@@ -70,8 +70,8 @@ TEST_CASE("append_kv writes what reference_append writes, paged and contiguous, 
       // capacity 4 blocks x 16 = 64 tokens (contiguous: one block of 64); the last sequence overflows
       Cache c(3, 2, 128, paged ? 16 : 64, paged ? 4 : 1, paged, {0, 31, 62}, seed);
       const std::size_t n = static_cast<std::size_t>(3) * new_tokens * 2 * 128;
-      const auto k_new = ekv::random_uniform<__half>(n, -1.0f, 1.0f, seed + 7);
-      const auto v_new = ekv::random_uniform<__half>(n, -1.0f, 1.0f, seed + 8);
+      const auto k_new = ekv::bench::random_uniform<__half>(n, -1.0f, 1.0f, seed + 7);
+      const auto v_new = ekv::bench::random_uniform<__half>(n, -1.0f, 1.0f, seed + 8);
       ekv::DeviceBuffer<__half> dk_new(n), dv_new(n);
       ekv::DeviceBuffer<int> overflow(1);
       dk_new.copy_from(k_new);
@@ -137,9 +137,9 @@ TEST_CASE("a decode step (append + attention) captured in a graph replays like d
   });
   for (int i = 0; i < steps; ++i) {
     INFO("step=" << i);
-    k_new.copy_from(ekv::random_uniform<__half>(n_new, -1.0f, 1.0f, seed + 10 * i + 1));
-    v_new.copy_from(ekv::random_uniform<__half>(n_new, -1.0f, 1.0f, seed + 10 * i + 2));
-    q.copy_from(ekv::random_uniform<__half>(n_q, -1.0f, 1.0f, seed + 10 * i + 3));
+    k_new.copy_from(ekv::bench::random_uniform<__half>(n_new, -1.0f, 1.0f, seed + 10 * i + 1));
+    v_new.copy_from(ekv::bench::random_uniform<__half>(n_new, -1.0f, 1.0f, seed + 10 * i + 2));
+    q.copy_from(ekv::bench::random_uniform<__half>(n_q, -1.0f, 1.0f, seed + 10 * i + 3));
     graph.launch(stream);
     step(direct, o_direct.data(), lse_direct.data(), ws_direct.data(), stream);
     stream.synchronize();

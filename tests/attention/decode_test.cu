@@ -12,12 +12,12 @@
 #include <string>
 #include <vector>
 
+#include "device_cache.cuh"
 #include "ekv/attention/decode.cuh"
 #include "ekv/attention/reference.hpp"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/graph.hpp"
-#include "ekv/core/random.hpp"
-#include "device_cache.cuh"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 namespace {
@@ -146,9 +146,9 @@ TEST_CASE("decode captured in a CUDA Graph replays like direct launches, for new
   ekv::DeviceBuffer<__half> o_direct(q.size()), o_graph(q.size());
   ekv::DeviceBuffer<float> lse_direct(batch * q_heads), lse_graph(batch * q_heads);
   ekv::DeviceBuffer<std::int32_t> lengths(batch);
-  k.copy_from(ekv::random_uniform<__half>(pool, -1.0f, 1.0f, seed));
-  v.copy_from(ekv::random_uniform<__half>(pool, -1.0f, 1.0f, seed + 1));
-  q.copy_from(ekv::random_uniform<__half>(q.size(), -1.0f, 1.0f, seed + 2));
+  k.copy_from(ekv::bench::random_uniform<__half>(pool, -1.0f, 1.0f, seed));
+  v.copy_from(ekv::bench::random_uniform<__half>(pool, -1.0f, 1.0f, seed + 1));
+  q.copy_from(ekv::bench::random_uniform<__half>(q.size(), -1.0f, 1.0f, seed + 2));
   const auto view = ekv::contiguous_hnd_kv<__half>(k.data(), v.data(), lengths.data(), batch, kv_heads, d, capacity);
   ekv::DecodeProblem p;
   p.batch = batch;

@@ -12,7 +12,7 @@
 #include "ekv/attention/merge_states.cuh"
 #include "ekv/attention/reference.hpp"
 #include "ekv/core/device_buffer.hpp"
-#include "ekv/core/random.hpp"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 namespace {
@@ -61,9 +61,9 @@ TEST_CASE("merging the parts of a sequence gives the unsplit state") {
   for (int d : {64, 128, 256}) {
     INFO("head_dim=" << d);
     const int len = 3001;
-    auto k = ekv::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed);
-    auto v = ekv::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed + 1);
-    const auto q = ekv::random_uniform<float>(d, -2.0f, 2.0f, seed + 2);
+    auto k = ekv::bench::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed);
+    auto v = ekv::bench::random_uniform<float>(static_cast<std::size_t>(len) * d, -1.0f, 1.0f, seed + 1);
+    const auto q = ekv::bench::random_uniform<float>(d, -2.0f, 2.0f, seed + 2);
     std::int32_t length = len;
     const auto kv = ekv::contiguous_hnd_kv<float>(k.data(), v.data(), &length, 1, 1, d, len);
     const double scale = 1.0 / std::sqrt(double(d));
@@ -111,8 +111,8 @@ TEST_CASE("merge_states merges every row of a batch, with a partly filled last C
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
   const int rows = 5, parts = 3, d = 64;
-  auto states_o = ekv::random_uniform<float>(static_cast<std::size_t>(rows) * parts * d, -1.0f, 1.0f, seed);
-  auto states_lse = ekv::random_uniform<float>(static_cast<std::size_t>(rows) * parts, -3.0f, 3.0f, seed + 1);
+  auto states_o = ekv::bench::random_uniform<float>(static_cast<std::size_t>(rows) * parts * d, -1.0f, 1.0f, seed);
+  auto states_lse = ekv::bench::random_uniform<float>(static_cast<std::size_t>(rows) * parts, -3.0f, 3.0f, seed + 1);
   states_lse[1 * parts + 2] = -INFINITY;  // an empty part in row 1
   ekv::DeviceBuffer<float> dso(states_o.size()), dsl(states_lse.size()), dout(rows * d), dlse(rows);
   dso.copy_from(states_o);
@@ -142,10 +142,10 @@ TEST_CASE("merge_state_pair merges two decode outputs in their dtype, empty ones
   INFO("seed=" << seed);
   const int rows = 7, d = 72;  // any head_dim: one thread per element
   const std::size_t n = static_cast<std::size_t>(rows) * d;
-  const auto o_a = ekv::random_uniform<__half>(n, -1.0f, 1.0f, seed);
-  const auto o_b = ekv::random_uniform<__half>(n, -1.0f, 1.0f, seed + 1);
-  auto lse_a = ekv::random_uniform<float>(rows, -3.0f, 3.0f, seed + 2);
-  auto lse_b = ekv::random_uniform<float>(rows, -3.0f, 3.0f, seed + 3);
+  const auto o_a = ekv::bench::random_uniform<__half>(n, -1.0f, 1.0f, seed);
+  const auto o_b = ekv::bench::random_uniform<__half>(n, -1.0f, 1.0f, seed + 1);
+  auto lse_a = ekv::bench::random_uniform<float>(rows, -3.0f, 3.0f, seed + 2);
+  auto lse_b = ekv::bench::random_uniform<float>(rows, -3.0f, 3.0f, seed + 3);
   lse_b[1] = -INFINITY;                   // row 1: b empty
   lse_a[2] = -INFINITY;                   // row 2: a empty
   lse_a[3] = lse_b[3] = -INFINITY;        // row 3: both

@@ -8,7 +8,7 @@
 
 #include "ekv/attention/decode_support.hpp"
 #include "ekv/attention/reference.hpp"
-#include "ekv/core/random.hpp"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 TEST_CASE("reference_attend on a case worked by hand") {
@@ -31,7 +31,7 @@ TEST_CASE("paged, HND and NHD views of the same tokens give the same attention")
   INFO("seed=" << seed);
   const int kv_heads = 2, d = 8, len = 37, block_len = 16, blocks = 3;
   // token t of head h has value f(h, t, i); lay it out three ways
-  const auto values = ekv::random_uniform<float>(static_cast<std::size_t>(kv_heads) * len * d * 2, -1.0f, 1.0f, seed);
+  const auto values = ekv::bench::random_uniform<float>(static_cast<std::size_t>(kv_heads) * len * d * 2, -1.0f, 1.0f, seed);
   auto at = [&](int which, int h, int t, int i) { return values[((which * kv_heads + h) * len + t) * d + i]; };
   std::vector<float> hnd_k(kv_heads * len * d), hnd_v(hnd_k.size()), nhd_k(hnd_k.size()), nhd_v(hnd_k.size());
   std::vector<float> paged_k(static_cast<std::size_t>(blocks) * kv_heads * block_len * d), paged_v(paged_k.size());
@@ -50,7 +50,7 @@ TEST_CASE("paged, HND and NHD views of the same tokens give the same attention")
     }
   }
   std::int32_t length = len;
-  const auto q = ekv::random_uniform<float>(4 * d, -1.0f, 1.0f, seed + 1);  // 4 q heads: group 2
+  const auto q = ekv::bench::random_uniform<float>(4 * d, -1.0f, 1.0f, seed + 1);  // 4 q heads: group 2
   const auto a = ekv::reference_decode(ekv::contiguous_hnd_kv<float>(hnd_k.data(), hnd_v.data(), &length, 1, kv_heads, d, len), q.data(), 4, 0.3);
   const auto b = ekv::reference_decode(ekv::contiguous_nhd_kv<float>(nhd_k.data(), nhd_v.data(), &length, 1, kv_heads, d, len), q.data(), 4, 0.3);
   const auto c = ekv::reference_decode(ekv::paged_kv<float>(paged_k.data(), paged_v.data(), table.data(), &length, 1, kv_heads, d, block_len, blocks), q.data(), 4, 0.3);
@@ -70,9 +70,9 @@ TEST_CASE("reference_merge of the parts equals the whole, empty parts included")
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
   const int d = 16, len = 100;
-  auto k = ekv::random_uniform<float>(len * d, -1.0f, 1.0f, seed);
-  auto v = ekv::random_uniform<float>(len * d, -1.0f, 1.0f, seed + 1);
-  const auto q = ekv::random_uniform<float>(d, -1.0f, 1.0f, seed + 2);
+  auto k = ekv::bench::random_uniform<float>(len * d, -1.0f, 1.0f, seed);
+  auto v = ekv::bench::random_uniform<float>(len * d, -1.0f, 1.0f, seed + 1);
+  const auto q = ekv::bench::random_uniform<float>(d, -1.0f, 1.0f, seed + 2);
   std::int32_t length = len;
   const auto kv = ekv::contiguous_hnd_kv<float>(k.data(), v.data(), &length, 1, 1, d, len);
   const ekv::RefState whole = ekv::reference_attend(kv, q.data(), 0, 0, 0, len, 0.25);

@@ -6,13 +6,13 @@
 #include <string>
 #include <vector>
 
-#include "ekv/bench/bench_cli.hpp"
+#include "harness/bench_cli.hpp"
 
 namespace {
 
 struct Parsed {
   int code = 0;
-  ekv::BenchOptions options;
+  ekv::bench::BenchOptions options;
   std::string out, err;
 };
 
@@ -22,7 +22,7 @@ Parsed parse(std::vector<std::string> args) {
   for (const std::string& a : args) argv.push_back(a.c_str());
   Parsed p;
   std::ostringstream out, err;
-  p.code = ekv::parse_bench_args(static_cast<int>(argv.size()), argv.data(), p.options, out, err);
+  p.code = ekv::bench::parse_bench_args(static_cast<int>(argv.size()), argv.data(), p.options, out, err);
   p.out = out.str();
   p.err = err.str();
   return p;
@@ -36,7 +36,7 @@ TEST_CASE("the older CLI's command lines parse with their meanings") {
                           "--paired-baseline", "--no-graphs"});
   REQUIRE(p.code == -1);
   CHECK(p.err.empty());
-  const ekv::BenchOptions& o = p.options;
+  const ekv::bench::BenchOptions& o = p.options;
   CHECK(o.seq == 4096);
   CHECK(o.heads == 32);
   CHECK(o.kv_head_count() == 32);  // no --kv-heads: one kv head per query head, as the older CLI
@@ -59,7 +59,7 @@ TEST_CASE("ekv's own flags parse into the options") {
                           "--budget=12", "--anchor=BLOCK_MEAN", "--refresh=4", "--device=cpu", "--output=r.json",
                           "--seed=7", "--needles=2", "--no-paired-baseline"});
   REQUIRE(p.code == -1);
-  const ekv::BenchOptions& o = p.options;
+  const ekv::bench::BenchOptions& o = p.options;
   CHECK(o.batch == 3);
   CHECK(o.kv_head_count() == 8);
   CHECK(o.dtype == ekv::DType::kBFloat16);
@@ -68,7 +68,7 @@ TEST_CASE("ekv's own flags parse into the options") {
   CHECK(o.anchor == ekv::AnchorKind::kBlockMean);
   CHECK(o.elastic_config().anchor == ekv::AnchorKind::kBlockMean);
   CHECK(o.elastic_config().token_step == 4);
-  CHECK(o.device == ekv::BenchBackend::kCpu);
+  CHECK(o.device == ekv::bench::BenchBackend::kCpu);
   CHECK(o.output == "r.json");
   CHECK(o.seed == 7);
   CHECK(o.needles == 2);
@@ -82,14 +82,14 @@ TEST_CASE("defaults: one step, fp16, QUEST, C = 4, auto device") {
   CHECK(p.options.dtype == ekv::DType::kFloat16);
   CHECK(p.options.anchor == ekv::AnchorKind::kQuest);
   CHECK(p.options.compress == 4.0);
-  CHECK(p.options.device == ekv::BenchBackend::kAuto);
+  CHECK(p.options.device == ekv::bench::BenchBackend::kAuto);
   CHECK_FALSE(p.options.inference);
   CHECK(p.options.validate());
 }
 
 TEST_CASE("--help prints the flags and exits 0") {
   const Parsed p = parse({"--help"});
-  CHECK(p.code == ekv::kExitOk);
+  CHECK(p.code == ekv::bench::kExitOk);
   for (const char* flag : {"--seq", "--kv-heads", "--compress", "--inner_loops", "--no-graphs", "--device",
                            "--output", "Exit codes"}) {
     CHECK_MESSAGE(p.out.find(flag) != std::string::npos, flag);
@@ -113,9 +113,9 @@ TEST_CASE("usage errors exit 2 with the reason and a hint on stderr") {
   for (const auto& args : bad) {
     const Parsed p = parse(args);
     INFO(args.front());
-    CHECK(p.code == ekv::kExitUsage);
+    CHECK(p.code == ekv::bench::kExitUsage);
     CHECK(p.out.empty());
     CHECK(p.err.rfind("ekv-bench: ", 0) == 0);
-    CHECK(p.err.find(ekv::kBenchUsageHint) != std::string::npos);
+    CHECK(p.err.find(ekv::bench::kBenchUsageHint) != std::string::npos);
   }
 }

@@ -10,14 +10,14 @@
 #include <cmath>
 #include <string>
 
-#include "ekv/bench/bench_report.hpp"
+#include "harness/bench_report.hpp"
 #include "test_seed.hpp"
 
 namespace ekv::test {
 
 // A run small enough for a test: a few samples, a fresh seed (put it in an INFO).
-inline BenchOptions small_bench_options(BenchBackend backend, int seq, int heads, int kv_heads, int dim) {
-  BenchOptions o;
+inline bench::BenchOptions small_bench_options(bench::BenchBackend backend, int seq, int heads, int kv_heads, int dim) {
+  bench::BenchOptions o;
   o.seq = seq;
   o.heads = heads;
   o.kv_heads = kv_heads;
@@ -38,7 +38,7 @@ inline void check_positive_number(const nlohmann::json& j, const std::string& ke
 }
 
 inline void check_bench_json(const nlohmann::json& j) {
-  CHECK(j.at("schema_version") == kBenchSchemaVersion);
+  CHECK(j.at("schema_version") == bench::kBenchSchemaVersion);
   CHECK(j.at("tool") == "ekv-bench");
   CHECK((j.at("backend") == "cuda" || j.at("backend") == "cpu"));
   CHECK(j.at("device").is_object());

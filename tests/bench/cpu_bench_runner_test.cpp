@@ -6,17 +6,17 @@
 #include <sstream>
 
 #include "bench/bench_json_check.hpp"
-#include "ekv/bench/cpu_bench_runner.hpp"
+#include "harness/cpu_bench_runner.hpp"
 
 namespace {
 
 // 16 blocks of 64, the last partial
-ekv::BenchOptions small_run() { return ekv::test::small_bench_options(ekv::BenchBackend::kCpu, 1000, 4, 2, 64); }
+ekv::bench::BenchOptions small_run() { return ekv::test::small_bench_options(ekv::bench::BenchBackend::kCpu, 1000, 4, 2, 64); }
 
-ekv::BenchReport run(const ekv::BenchOptions& o) {
+ekv::bench::BenchReport run(const ekv::bench::BenchOptions& o) {
   ekv::CPUInfer pool(2);
   std::ostringstream progress;
-  ekv::BenchReport r = ekv::run_cpu_bench(o, pool, progress);
+  ekv::bench::BenchReport r = ekv::bench::run_cpu_bench(o, pool, progress);
   CHECK(progress.str().find("ekv-bench: ") == 0);
   return r;
 }
@@ -24,10 +24,10 @@ ekv::BenchReport run(const ekv::BenchOptions& o) {
 }  // namespace
 
 TEST_CASE("one decode step on the CPU: a full report") {
-  ekv::BenchOptions o = small_run();
+  ekv::bench::BenchOptions o = small_run();
   INFO("seed=" << o.seed);
   o.needles = 2;
-  const ekv::BenchReport r = run(o);
+  const ekv::bench::BenchReport r = run(o);
   const nlohmann::json j = r;
   ekv::test::check_bench_json(j);
   CHECK(j.at("backend") == "cpu");
@@ -36,7 +36,7 @@ TEST_CASE("one decode step on the CPU: a full report") {
 }
 
 TEST_CASE("a decode loop on the CPU reuses selections between refreshes and reports per step") {
-  ekv::BenchOptions o = small_run();
+  ekv::bench::BenchOptions o = small_run();
   INFO("seed=" << o.seed);
   o.inference = true;
   o.decode_tokens = 70;  // crosses a block boundary
@@ -50,10 +50,10 @@ TEST_CASE("a decode loop on the CPU reuses selections between refreshes and repo
 }
 
 TEST_CASE("compress 1 reads every block: elastic equals exact") {
-  ekv::BenchOptions o = small_run();
+  ekv::bench::BenchOptions o = small_run();
   INFO("seed=" << o.seed);
   o.compress = 1.0;
-  const ekv::BenchReport r = run(o);
+  const ekv::bench::BenchReport r = run(o);
   CHECK(r.accuracy.relative_l2_error < 1e-2);  // fp16 outputs, one split against another
   CHECK(r.accuracy.attention_mass == doctest::Approx(1.0));
 }

@@ -8,26 +8,26 @@
 #include <sstream>
 
 #include "bench/bench_json_check.hpp"
-#include "ekv/bench/gpu_bench_runner.cuh"
+#include "harness/gpu_bench_runner.cuh"
 
 namespace {
 
 // 79 blocks of 64, the last partial
-ekv::BenchOptions small_run() { return ekv::test::small_bench_options(ekv::BenchBackend::kCuda, 5000, 32, 8, 128); }
+ekv::bench::BenchOptions small_run() { return ekv::test::small_bench_options(ekv::bench::BenchBackend::kCuda, 5000, 32, 8, 128); }
 
-ekv::BenchReport run(const ekv::BenchOptions& o) {
+ekv::bench::BenchReport run(const ekv::bench::BenchOptions& o) {
   std::ostringstream progress;
-  return ekv::run_gpu_bench(o, progress);
+  return ekv::bench::run_gpu_bench(o, progress);
 }
 
 }  // namespace
 
 TEST_CASE("one decode step on the GPU: speedup and accuracy filled") {
-  ekv::BenchOptions o = small_run();
+  ekv::bench::BenchOptions o = small_run();
   INFO("seed=" << o.seed);
   o.batch = 2;
   o.needles = 2;
-  const ekv::BenchReport r = run(o);
+  const ekv::bench::BenchReport r = run(o);
   const nlohmann::json j = r;
   ekv::test::check_bench_json(j);
   CHECK(j.at("backend") == "cuda");
@@ -37,7 +37,7 @@ TEST_CASE("one decode step on the GPU: speedup and accuracy filled") {
 }
 
 TEST_CASE("a decode loop on the GPU, without graphs, reusing selections") {
-  ekv::BenchOptions o = small_run();
+  ekv::bench::BenchOptions o = small_run();
   INFO("seed=" << o.seed);
   o.inference = true;
   o.decode_tokens = 70;
@@ -50,11 +50,11 @@ TEST_CASE("a decode loop on the GPU, without graphs, reusing selections") {
 }
 
 TEST_CASE("compress 1 on the GPU reads every block: elastic matches exact") {
-  ekv::BenchOptions o = small_run();
+  ekv::bench::BenchOptions o = small_run();
   INFO("seed=" << o.seed);
   o.compress = 1.0;
   o.dtype = ekv::DType::kFloat32;
-  const ekv::BenchReport r = run(o);
+  const ekv::bench::BenchReport r = run(o);
   CHECK(r.accuracy.relative_l2_error < 1e-4);
   CHECK(r.accuracy.attention_mass == doctest::Approx(1.0));
 }

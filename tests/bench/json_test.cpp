@@ -2,10 +2,10 @@
 
 #include <string>
 
-#include "ekv/bench/json.hpp"
+#include "harness/json.hpp"
 
 TEST_CASE("Stats serialise with every field") {
-  const ekv::Stats s = ekv::summarize({1.0, 2.0, 3.0, 4.0});
+  const ekv::bench::Stats s = ekv::bench::summarize({1.0, 2.0, 3.0, 4.0});
   const nlohmann::json j = s;
   CHECK(j.at("count").get<int>() == 4);
   CHECK(j.at("mean").get<double>() == doctest::Approx(2.5));
@@ -34,7 +34,7 @@ TEST_CASE("DeviceInfo serialises its identity and limits") {
 }
 
 TEST_CASE("build information names the version and toolkit") {
-  const nlohmann::json j = ekv::build_json();
+  const nlohmann::json j = ekv::bench::build_json();
   CHECK(j.at("ekv_version") == std::string(ekv::kVersion));
   CHECK(j.at("cuda_toolkit").get<int>() >= 12000);
   CHECK(j.at("cplusplus").get<long>() >= 201703L);

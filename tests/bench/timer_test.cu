@@ -5,8 +5,8 @@
 #include <cmath>
 #include <vector>
 
-#include "ekv/bench/timer.cuh"
 #include "ekv/kernels/fill.cuh"
+#include "harness/timer.cuh"
 
 TEST_CASE("time_ms runs warm-up plus repetitions and returns one positive sample each") {
   ekv::Stream stream;
@@ -15,12 +15,12 @@ TEST_CASE("time_ms runs warm-up plus repetitions and returns one positive sample
     for (bool flush : {false, true}) {
       INFO("graph=" << graph << " flush=" << flush);
       int issued = 0;
-      ekv::TimingOptions options;
+      ekv::bench::TimingOptions options;
       options.warmup = 2;
       options.repetitions = 7;
       options.graph = graph;
       options.flush_l2 = flush;
-      const std::vector<double> samples = ekv::time_ms(stream, [&](const ekv::Stream& s) {
+      const std::vector<double> samples = ekv::bench::time_ms(stream, [&](const ekv::Stream& s) {
         ++issued;
         ekv::fill<float>(a.span(), 1.0f, s);
       }, options);
@@ -29,6 +29,6 @@ TEST_CASE("time_ms runs warm-up plus repetitions and returns one positive sample
       for (double ms : samples) CHECK((std::isfinite(ms) && ms > 0.0));
     }
   }
-  CHECK_THROWS_AS(ekv::time_ms(stream, [](const ekv::Stream&) {}, ekv::TimingOptions{0, 0, false, false}),
+  CHECK_THROWS_AS(ekv::bench::time_ms(stream, [](const ekv::Stream&) {}, ekv::bench::TimingOptions{0, 0, false, false}),
                   ekv::Error);
 }

@@ -7,7 +7,7 @@
 
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/pinned_buffer.hpp"
-#include "ekv/core/random.hpp"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 namespace {
@@ -29,7 +29,7 @@ std::vector<float> read_back(const ekv::DeviceBuffer<float>& b) {
 TEST_CASE("DeviceBuffer copies host data there and back, sync and stream-ordered") {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
-  const std::vector<float> host = ekv::random_uniform<float>(1001, -1.0f, 1.0f, seed);
+  const std::vector<float> host = ekv::bench::random_uniform<float>(1001, -1.0f, 1.0f, seed);
   ekv::DeviceBuffer<float> a(host.size());
   CHECK(a.size() == 1001);
   CHECK(a.size_bytes() == 1001 * sizeof(float));
@@ -63,7 +63,7 @@ TEST_CASE("fill_bytes(0xFF) poisons floats with NaN") {
 TEST_CASE("DeviceBuffer moves: construct, assign onto a live buffer, self-move, destroy moved-from") {
   const std::size_t before = free_device_bytes();
   {
-    const std::vector<float> host = ekv::random_uniform<float>(300, 0.5f, 1.5f, ekv::test::seed());
+    const std::vector<float> host = ekv::bench::random_uniform<float>(300, 0.5f, 1.5f, ekv::test::seed());
     ekv::DeviceBuffer<float> a(300);
     a.copy_from(host);
     float* const p = a.data();

@@ -7,9 +7,9 @@
 
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/graph.hpp"
-#include "ekv/core/random.hpp"
-#include "ekv/kernels/bandwidth.cuh"
 #include "ekv/kernels/fill.cuh"
+#include "harness/bandwidth.cuh"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 namespace {
@@ -25,14 +25,14 @@ TEST_CASE("a captured graph replays the same work as direct launches") {
   INFO("seed=" << seed);
   const ekv::DeviceInfo device = ekv::DeviceInfo::current();
   ekv::Stream stream;
-  const std::vector<float> host = ekv::random_uniform<float>(4099, -2.0f, 2.0f, seed);
+  const std::vector<float> host = ekv::bench::random_uniform<float>(4099, -2.0f, 2.0f, seed);
   ekv::DeviceBuffer<float> src(host.size()), dst(host.size()), scratch(17);
   src.copy_from(host);
   dst.fill_bytes(0xFF, stream);
 
   ekv::Graph graph = ekv::Graph::capture(stream, [&](const ekv::Stream& s) {
     ekv::fill<float>(scratch.span(), 5.0f, s);
-    ekv::copy<float>(src.span(), dst.span(), device, s);
+    ekv::bench::copy<float>(src.span(), dst.span(), device, s);
   });
   CHECK_FALSE(graph.empty());
   stream.synchronize();
@@ -43,7 +43,7 @@ TEST_CASE("a captured graph replays the same work as direct launches") {
   CHECK(read_back(scratch) == std::vector<float>(17, 5.0f));
 
   // replays again after the inputs change: the graph reads whatever src holds
-  const std::vector<float> host2 = ekv::random_uniform<float>(host.size(), -2.0f, 2.0f, seed + 1);
+  const std::vector<float> host2 = ekv::bench::random_uniform<float>(host.size(), -2.0f, 2.0f, seed + 1);
   src.copy_from(host2);
   graph.launch(stream);
   stream.synchronize();

@@ -36,8 +36,8 @@ TEST_CASE("CPU elastic decode reuses selections between refreshes, checked step 
   std::vector<int> blocks_then(shape.batch());
   for (int s = 0; s < 8; ++s) {
     INFO("step " << s);
-    const auto k_new = ekv::random_uniform<T>(static_cast<std::size_t>(rows) * shape.head_dim, -1.0f, 1.0f, seed + 10 * s);
-    const auto v_new = ekv::random_uniform<T>(k_new.size(), -1.0f, 1.0f, seed + 10 * s + 1);
+    const auto k_new = ekv::bench::random_uniform<T>(static_cast<std::size_t>(rows) * shape.head_dim, -1.0f, 1.0f, seed + 10 * s);
+    const auto v_new = ekv::bench::random_uniform<T>(k_new.size(), -1.0f, 1.0f, seed + 10 * s + 1);
     const std::vector<int> before(cache.lengths.begin(), cache.lengths.end());
     CHECK(ekv::cpu_append_kv<T>(kv, k_new.data(), v_new.data(), 1));
     elastic.update_anchors(pool, kv, before);

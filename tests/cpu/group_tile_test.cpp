@@ -12,8 +12,8 @@
 #include <limits>
 #include <vector>
 
-#include "ekv/core/random.hpp"
 #include "ekv/cpu/group_tile.hpp"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 namespace {
@@ -30,10 +30,10 @@ struct Tile {
 };
 
 Tile make_tile(int group, int n, int d, std::uint64_t seed) {
-  Tile t{group, n, d, ekv::random_uniform<float>(static_cast<std::size_t>(group) * d, -1.0f, 1.0f, seed),
-         ekv::random_uniform<float>(static_cast<std::size_t>(group) * kStride, 0.0f, 1.0f, seed + 1),
-         ekv::random_uniform<float>(group, 0.0f, 1.0f, seed + 2),
-         ekv::random_uniform<float>(static_cast<std::size_t>(group) * d, -1.0f, 1.0f, seed + 3)};
+  Tile t{group, n, d, ekv::bench::random_uniform<float>(static_cast<std::size_t>(group) * d, -1.0f, 1.0f, seed),
+         ekv::bench::random_uniform<float>(static_cast<std::size_t>(group) * kStride, 0.0f, 1.0f, seed + 1),
+         ekv::bench::random_uniform<float>(group, 0.0f, 1.0f, seed + 2),
+         ekv::bench::random_uniform<float>(static_cast<std::size_t>(group) * d, -1.0f, 1.0f, seed + 3)};
   t.rescale[0] = 1.0f;  // the kernels' common case, where the portable one skips the multiply
   return t;
 }
@@ -79,7 +79,7 @@ std::vector<Kernels<T>> all_kernels() {
 template <typename T>
 std::vector<std::vector<T>> random_rows(int n, int d, std::uint64_t seed) {
   std::vector<std::vector<T>> rows;
-  for (int r = 0; r < n; ++r) rows.push_back(ekv::random_uniform<T>(d, -1.0f, 1.0f, seed + 1000 * r));
+  for (int r = 0; r < n; ++r) rows.push_back(ekv::bench::random_uniform<T>(d, -1.0f, 1.0f, seed + 1000 * r));
   return rows;
 }
 

@@ -7,17 +7,17 @@
 #include <vector>
 
 #include "ekv/attention/reference.hpp"
-#include "ekv/core/random.hpp"
 #include "ekv/cpu/merge_states.hpp"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 TEST_CASE("merge_row_host of a sequence's parts equals the whole, empty parts weighing nothing") {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
   const int d = 24, len = 300;
-  auto k = ekv::random_uniform<float>(len * d, -1.0f, 1.0f, seed);
-  auto v = ekv::random_uniform<float>(len * d, -1.0f, 1.0f, seed + 1);
-  const auto q = ekv::random_uniform<float>(d, -2.0f, 2.0f, seed + 2);
+  auto k = ekv::bench::random_uniform<float>(len * d, -1.0f, 1.0f, seed);
+  auto v = ekv::bench::random_uniform<float>(len * d, -1.0f, 1.0f, seed + 1);
+  const auto q = ekv::bench::random_uniform<float>(d, -2.0f, 2.0f, seed + 2);
   std::int32_t length = len;
   const auto kv = ekv::contiguous_hnd_kv<float>(k.data(), v.data(), &length, 1, 1, d, len);
   const int cuts[] = {0, 0, 100, 101, 300, 300};  // parts [0,0) [0,100) [100,101) [101,300) [300,300)

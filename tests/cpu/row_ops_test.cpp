@@ -8,8 +8,8 @@
 #include <limits>
 #include <vector>
 
-#include "ekv/core/random.hpp"
 #include "ekv/cpu/row_ops.hpp"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 TEST_CASE("dot_rows4, dot_row and accumulate_rows equal their sums in double") {
@@ -18,9 +18,9 @@ TEST_CASE("dot_rows4, dot_row and accumulate_rows equal their sums in double") {
   for (int n : {8, 72, 256}) {
     INFO("n=" << n);
     const int count = 13;
-    const auto q = ekv::random_uniform<float>(n, -1.0f, 1.0f, seed);
-    const auto data = ekv::random_uniform<float>(static_cast<std::size_t>(count) * n, -1.0f, 1.0f, seed + 1);
-    const auto p = ekv::random_uniform<float>(count, 0.0f, 1.0f, seed + 2);
+    const auto q = ekv::bench::random_uniform<float>(n, -1.0f, 1.0f, seed);
+    const auto data = ekv::bench::random_uniform<float>(static_cast<std::size_t>(count) * n, -1.0f, 1.0f, seed + 1);
+    const auto p = ekv::bench::random_uniform<float>(count, 0.0f, 1.0f, seed + 2);
     std::vector<const float*> rows(count);
     for (int r = 0; r < count; ++r) rows[r] = data.data() + static_cast<std::size_t>(r) * n;
     std::vector<double> dots(count, 0.0), sums(n, 0.0);
@@ -46,7 +46,7 @@ TEST_CASE("max_row equals std::max_element, a NaN first included") {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   for (int n : {1, 7, 8, 9, 16, 31, 32}) {
     INFO("n=" << n);
-    auto x = ekv::random_uniform<float>(n, -10.0f, 10.0f, seed + n);
+    auto x = ekv::bench::random_uniform<float>(n, -10.0f, 10.0f, seed + n);
     CHECK(ekv::max_row(x.data(), n) == *std::max_element(x.begin(), x.end()));
     if (n > 2) {
       x[1] = nan;  // ignored where it is not first, as by std::max_element

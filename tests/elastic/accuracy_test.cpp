@@ -7,9 +7,9 @@
 #include <cuda_fp16.h>
 #include <vector>
 
-#include "ekv/core/random.hpp"
-#include "ekv/elastic/accuracy.hpp"
 #include "decode_check.hpp"
+#include "ekv/elastic/accuracy.hpp"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 TEST_CASE("relative L2 error per row, worst and pooled, on cases worked by hand") {

@@ -95,8 +95,8 @@ TEST_CASE("importance after an exact step, and DYNAMIC anchors from it, match th
   const int new_tokens = 5;
   ekv::DeviceBuffer<T> k_new(static_cast<std::size_t>(shape.batch()) * shape.kv_heads * new_tokens * shape.head_dim);
   ekv::DeviceBuffer<T> v_new(k_new.size());
-  k_new.copy_from(ekv::random_uniform<T>(k_new.size(), -1.0f, 1.0f, seed + 5));
-  v_new.copy_from(ekv::random_uniform<T>(v_new.size(), -1.0f, 1.0f, seed + 6));
+  k_new.copy_from(ekv::bench::random_uniform<T>(k_new.size(), -1.0f, 1.0f, seed + 5));
+  v_new.copy_from(ekv::bench::random_uniform<T>(v_new.size(), -1.0f, 1.0f, seed + 6));
   ekv::DeviceBuffer<std::int32_t> before(cache.lengths.size());
   before.copy_from(cache.lengths);
   ekv::append_kv<T>(view, k_new.data(), v_new.data(), new_tokens, stream);

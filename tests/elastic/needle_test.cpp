@@ -7,10 +7,10 @@
 #include <cmath>
 #include <vector>
 
-#include "ekv/core/random.hpp"
+#include "decode_check.hpp"
 #include "ekv/elastic/policy.hpp"
 #include "ekv/elastic/reference.hpp"
-#include "decode_check.hpp"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 TEST_CASE("every anchor kind but FIXED finds the planted needles at 8x compression") {
@@ -21,7 +21,7 @@ TEST_CASE("every anchor kind but FIXED finds the planted needles at 8x compressi
   ekv::test::HostCache<float> cache({kv_heads, group, d, block_len, {len}, ekv::test::Layout::kPaged}, seed);
   const auto kv = cache.host_view();
   const std::vector<float>& q = cache.q;
-  const auto noise = ekv::random_uniform<float>(block_len * d, -0.05f, 0.05f, seed + 4);
+  const auto noise = ekv::bench::random_uniform<float>(block_len * d, -0.05f, 0.05f, seed + 4);
   for (int h = 0; h < kv_heads; ++h) {
     for (std::size_t j = 0; j < needles.size(); ++j) {
       const float* qa = q.data() + (h * group + j) * d;

@@ -8,9 +8,9 @@
 #include <limits>
 #include <vector>
 
-#include "ekv/core/random.hpp"
-#include "ekv/elastic/reference_anchors.hpp"
 #include "decode_check.hpp"
+#include "ekv/elastic/reference_anchors.hpp"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 namespace {
@@ -49,7 +49,7 @@ std::vector<int> by_importance(const std::vector<double>& importance, int count)
 // importance with ties: values from {0, 1, 2}
 std::vector<double> tied_importance(int n, std::uint64_t seed) {
   std::vector<double> out;
-  for (float x : ekv::random_uniform<float>(n, 0.0f, 3.0f, seed)) out.push_back(static_cast<int>(x));
+  for (float x : ekv::bench::random_uniform<float>(n, 0.0f, 3.0f, seed)) out.push_back(static_cast<int>(x));
   return out;
 }
 

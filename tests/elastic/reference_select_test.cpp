@@ -9,9 +9,9 @@
 #include <set>
 #include <vector>
 
-#include "ekv/core/random.hpp"
-#include "ekv/elastic/reference_select.hpp"
 #include "decode_check.hpp"
+#include "ekv/elastic/reference_select.hpp"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 namespace {
@@ -74,7 +74,7 @@ TEST_CASE("granule scores: a query head's own, the max over a GQA group, the max
   const std::vector<float>& q = cache.q;
   std::vector<std::vector<double>> importance(kv_heads);
   for (auto& row : importance) {
-    for (float x : ekv::random_uniform<float>(len, 0.0f, 1.0f, seed + 4 + importance.size())) row.push_back(x);
+    for (float x : ekv::bench::random_uniform<float>(len, 0.0f, 1.0f, seed + 4 + importance.size())) row.push_back(x);
   }
   for (ekv::AnchorKind kind : ekv::kAnchorKinds) {
     INFO("anchor=" << ekv::to_string(kind));

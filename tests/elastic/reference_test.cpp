@@ -8,10 +8,10 @@
 #include <cstdint>
 #include <vector>
 
-#include "ekv/core/random.hpp"
+#include "decode_check.hpp"
 #include "ekv/elastic/policy.hpp"
 #include "ekv/elastic/reference.hpp"
-#include "decode_check.hpp"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 namespace {

@@ -52,10 +52,10 @@ void check_reuse(ekv::RetrievalType retrieval, std::uint64_t seed) {
   std::vector<int> blocks_then(shape.batch());
   for (int s = 0; s < 10; ++s) {
     INFO("step " << s);
-    cache.q = ekv::random_uniform<T>(cache.q.size(), -2.0f, 2.0f, seed + 10 * s);
+    cache.q = ekv::bench::random_uniform<T>(cache.q.size(), -2.0f, 2.0f, seed + 10 * s);
     dev.q.copy_from(cache.q);
-    k_new.copy_from(ekv::random_uniform<T>(k_new.size(), -1.0f, 1.0f, seed + 10 * s + 1));
-    v_new.copy_from(ekv::random_uniform<T>(v_new.size(), -1.0f, 1.0f, seed + 10 * s + 2));
+    k_new.copy_from(ekv::bench::random_uniform<T>(k_new.size(), -1.0f, 1.0f, seed + 10 * s + 1));
+    v_new.copy_from(ekv::bench::random_uniform<T>(v_new.size(), -1.0f, 1.0f, seed + 10 * s + 2));
     before.copy_from(cache.lengths);
     ekv::append_kv<T>(view, k_new.data(), v_new.data(), 1, stream);
     ekv::update_anchors<T>(view, anchors.data(), config, before.data(), 1, stream);

@@ -110,8 +110,8 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
 
       // five more tokens per sequence, then only the blocks they touched are recomputed
       const int new_tokens = 5;
-      const auto k_new = ekv::random_uniform<T>(static_cast<std::size_t>(shape.batch()) * shape.kv_heads * new_tokens * shape.head_dim, -1, 1, seed + 100);
-      const auto v_new = ekv::random_uniform<T>(k_new.size(), -1, 1, seed + 101);
+      const auto k_new = ekv::bench::random_uniform<T>(static_cast<std::size_t>(shape.batch()) * shape.kv_heads * new_tokens * shape.head_dim, -1, 1, seed + 100);
+      const auto v_new = ekv::bench::random_uniform<T>(k_new.size(), -1, 1, seed + 101);
       ekv::DeviceBuffer<T> dk_new(k_new.size()), dv_new(v_new.size());
       dk_new.copy_from(k_new);
       dv_new.copy_from(v_new);
@@ -126,7 +126,7 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
       const int max_selected = policy.counts(cache.blocks_per_seq).total();
       ekv::DeviceBuffer<std::int32_t> selected(static_cast<std::size_t>(shape.batch()) * rows * max_selected);
       ekv::DeviceBuffer<std::int32_t> num_selected(static_cast<std::size_t>(shape.batch()) * rows);
-      ekv::score_blocks<T>(view, dev.q.data(), shape.q_heads(), anchors.data(), config, scores.data(), stream);
+      ekv::score_blocks<T>(view, dev.q.data(), shape.q_heads(), anchors.data(), config, scores.data(), ekv::DeviceInfo::current(), stream);
       ekv::select_blocks<T>(view, shape.q_heads(), scores.data(), policy, selected.data(), num_selected.data(),
                             max_selected, stream);
       stream.synchronize();
@@ -257,7 +257,7 @@ TEST_CASE("the elastic GPU functions reject bad input before launching anything"
   }, "multiple of kv_heads"));
   CHECK(throws_containing([&] { ekv::qhead_sparse_view<T>(view, 3, list.data(), counts.data(), 8); },
                           "multiple of kv_heads"));
-  CHECK(throws_containing([&] { ekv::score_blocks<T>(view, dev.q.data(), 3, anchors.data(), config, scores.data(), stream); },
+  CHECK(throws_containing([&] { ekv::score_blocks<T>(view, dev.q.data(), 3, anchors.data(), config, scores.data(), ekv::DeviceInfo::current(), stream); },
                           "multiple of kv_heads"));
   CHECK(throws_containing(
       [&] { ekv::select_blocks<T>(view, 2, scores.data(), policy, list.data(), counts.data(), 0, stream); },
@@ -279,7 +279,7 @@ TEST_CASE("the elastic GPU functions reject bad input before launching anything"
   ekv::DeviceBuffer<T> o(cache.q.size());
   ekv::DeviceBuffer<float> lse(cache.shape.q_heads());
   CHECK(throws_containing([&] { step.attend(view, dev.q.data(), o.data(), lse.data(), stream); }, "no selection"));
-  CHECK(throws_containing([&] { ekv::score_blocks<T>(view, dev.q.data(), 2, anchors.data() + 1, config, scores.data(), stream); },
+  CHECK(throws_containing([&] { ekv::score_blocks<T>(view, dev.q.data(), 2, anchors.data() + 1, config, scores.data(), ekv::DeviceInfo::current(), stream); },
                           "aligned"));
 
   // layer_step 2 from layer 1: layers 1 and 2 share layer 1's selection, layer 0 has its own

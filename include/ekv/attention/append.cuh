@@ -9,7 +9,7 @@
 #include "ekv/core/error.hpp"
 #include "ekv/core/launch.hpp"
 #include "ekv/core/stream.hpp"
-#include "ekv/core/vec.cuh"
+#include "ekv/kernels/vec.cuh"
 
 namespace ekv {
 namespace detail {

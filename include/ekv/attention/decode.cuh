@@ -23,7 +23,7 @@
 #include "ekv/core/dispatch.hpp"
 #include "ekv/core/launch.hpp"
 #include "ekv/core/stream.hpp"
-#include "ekv/core/vec.cuh"
+#include "ekv/kernels/vec.cuh"
 
 namespace ekv {
 

@@ -7,10 +7,10 @@
 
 #include "ekv/attention/decode_traits.hpp"
 #include "ekv/attention/kv_view.hpp"
-#include "ekv/attention/tile_pipeline.cuh"
-#include "ekv/core/async_copy.cuh"
 #include "ekv/core/dtype.hpp"
-#include "ekv/core/vec.cuh"
+#include "ekv/kernels/async_copy.cuh"
+#include "ekv/kernels/tile_pipeline.cuh"
+#include "ekv/kernels/vec.cuh"
 
 namespace ekv {
 

@@ -9,9 +9,9 @@
 #include <cstdint>
 
 #include "ekv/attention/kv_view.hpp"
-#include "ekv/attention/tile_pipeline.cuh"
-#include "ekv/core/async_copy.cuh"
-#include "ekv/core/mma.cuh"
+#include "ekv/kernels/async_copy.cuh"
+#include "ekv/kernels/mma.cuh"
+#include "ekv/kernels/tile_pipeline.cuh"
 
 namespace ekv {
 

@@ -1,6 +1,6 @@
 #pragma once
 // Float64 CPU references for decode attention and state merging: what every kernel is
-// tested against, and what the CPU backend and the CLI's check mode reuse.
+// tested against, and what the CPU backend and ekv-bench's accuracy figures reuse.
 // LSE is the natural log of the sum of exp(score), score = scale * q.k.
 
 #include <algorithm>
@@ -89,7 +89,7 @@ bool reference_append(const KVView<T>& kv, const T* k_new, const T* v_new, int n
   return all_fit;
 }
 
-// Merges states as DESIGN.md states: m = max lse; w_i = exp(lse_i - m);
+// Merges states: m = max lse; w_i = exp(lse_i - m);
 // o = sum w_i o_i / sum w_i; lse = m + log(sum w_i). Empty states (lse = -inf) weigh
 // nothing; all empty gives o = 0, lse = -inf.
 inline RefState reference_merge(const std::vector<RefState>& states, int head_dim) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/sequence_blocks.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/cpu/cpu_attention.hpp"
 #include "ekv/cpu/thread_pool.hpp"
@@ -18,7 +19,6 @@
 #include "ekv/elastic/policy.hpp"
 #include "ekv/elastic/reference_anchors.hpp"
 #include "ekv/elastic/reference_select.hpp"
-#include "ekv/elastic/sequence_blocks.hpp"
 
 namespace ekv {
 

@@ -24,14 +24,14 @@
 
 #include "ekv/attention/decode.cuh"
 #include "ekv/attention/merge_states.cuh"
+#include "ekv/cache/hybrid_table.hpp"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/event.hpp"
 #include "ekv/core/pinned_buffer.hpp"
 #include "ekv/core/stream.hpp"
-#include "ekv/core/vec.cuh"
 #include "ekv/cpu/cpu_attention.hpp"
-#include "ekv/cpu/hybrid_table.hpp"
 #include "ekv/cpu/thread_pool.hpp"
+#include "ekv/kernels/vec.cuh"
 
 namespace ekv {
 

@@ -1,7 +1,8 @@
 #pragma once
 // merge_row_host: merges the attention states of one row computed over disjoint token sets
 // (the chunks of a long sequence; later the host and GPU parts of an offloaded cache)
-// into one, through their LSE, on the host: the rule of DESIGN.md, in float.
+// into one, through their LSE, on the host: reference_merge's rule
+// (attention/reference.hpp), in float.
 
 #include <algorithm>
 #include <cmath>

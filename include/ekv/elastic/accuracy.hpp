@@ -1,6 +1,6 @@
 #pragma once
 // What elastic attention costs in accuracy, measured against exact attention on the same
-// inputs (DESIGN.md): the relative L2 error of its outputs, and the attention mass (exact
+// inputs: the relative L2 error of its outputs, and the attention mass (exact
 // softmax weight) of the tokens it read.
 
 #include <algorithm>

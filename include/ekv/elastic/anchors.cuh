@@ -12,17 +12,15 @@
 #include <string>
 
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/sequence_blocks.hpp"
 #include "ekv/core/dtype.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/core/launch.hpp"
 #include "ekv/core/stream.hpp"
 #include "ekv/elastic/elastic_config.hpp"
-#include "ekv/elastic/sequence_blocks.hpp"
+#include "ekv/elastic/elastic_problem.hpp"
 
 namespace ekv {
-
-// DYNAMIC anchors a block may keep (its choice lives in shared memory).
-inline constexpr int kMaxDynamicAnchors = 16;
 
 // What the GPU computes: every kind; DYNAMIC needs the tokens' importance
 // (record_importance, importance.cuh).
@@ -106,9 +104,10 @@ void launch_block_anchors(const KVView<T>& kv, T* anchors, const ElasticConfig& 
                           int blocks_per_seq, float* importance, const char* what, const Stream& stream) {
   if (Support s = anchors_supported(config, importance != nullptr); !s) throw Error(std::string(what) + ": " + s.why);
   if (Support s = config.validate(); !s) throw Error(std::string(what) + ": " + s.why);
-  if (config.anchor == AnchorKind::kDynamic && (config.anchor_num > kMaxDynamicAnchors || kv.block_len > 256)) {
+  if (config.anchor == AnchorKind::kDynamic &&
+      (config.anchor_num > kMaxDynamicAnchors || kv.block_len > kMaxDynamicBlockLen)) {
     throw Error(std::string(what) + ": dynamic anchors support anchor_num up to " + std::to_string(kMaxDynamicAnchors) +
-                " and block_len up to 256");
+                " and block_len up to " + std::to_string(kMaxDynamicBlockLen));
   }
   if (kv.block_table == nullptr || anchors == nullptr || kv.lengths == nullptr) {
     throw Error(std::string(what) + ": needs a paged view with lengths, and anchors");

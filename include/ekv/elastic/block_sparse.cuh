@@ -9,11 +9,11 @@
 #include <string>
 
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/sequence_blocks.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/core/launch.hpp"
 #include "ekv/core/stream.hpp"
 #include "ekv/elastic/block_sparse_view.hpp"
-#include "ekv/elastic/sequence_blocks.hpp"
 
 namespace ekv {
 

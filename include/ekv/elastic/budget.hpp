@@ -1,6 +1,6 @@
 #pragma once
 // ElasticBudget: how many blocks a decode step may read from a sequence, given as a
-// compression ratio or as a block count (DESIGN.md: sinks and window included).
+// compression ratio or as a block count, sinks and window included.
 
 #include <cmath>
 #include <sstream>

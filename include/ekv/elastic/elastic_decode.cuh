@@ -15,12 +15,14 @@
 // per-query-head view (qhead_sparse_view), so a group no longer shares its K and V loads.
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
 #include "ekv/attention/decode.cuh"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/elastic/block_sparse.cuh"
+#include "ekv/elastic/elastic_problem.hpp"
 #include "ekv/elastic/policy.hpp"
 #include "ekv/elastic/select.cuh"
 
@@ -29,33 +31,34 @@ namespace ekv {
 template <typename T>
 class ElasticDecode {
  public:
-  // problem: the dense decode problem (max_seq_len: the longest sequence, which sizes
-  // the selection; each sequence's block counts come from the policy at its own length).
-  // max_new_tokens: tokens a sequence gains per step, which sizes the room for blocks
-  // appended between refreshes. Throws ekv::Error for what selection or decode cannot do.
-  ElasticDecode(const DecodeProblem& problem, int block_len, const ElasticPolicy& policy, const DeviceInfo& device,
-                const Stream& stream, int max_new_tokens = 1)
-      : policy_(policy), block_len_(block_len) {
-    if (block_len < 1 || max_new_tokens < 1) throw Error("ElasticDecode: block_len and max_new_tokens must be >= 1");
-    const int max_blocks = sequence_blocks(std::max(1, problem.max_seq_len), block_len);
-    if (Support s = select_supported(max_blocks, problem.head_dim); !s) {
-      throw Error("ElasticDecode: " + s.why);
+  // Sized for `problem` (each sequence's block counts come from the policy at its own
+  // length) on `device`; every buffer is allocated here. Throws ekv::Error with
+  // supports(problem)'s sentence for what selection or decode cannot do.
+  ElasticDecode(const ElasticProblem& problem, const DeviceInfo& device, const Stream& stream)
+      : problem_(problem), device_(device) {
+    if (Support s = supports(problem); !s) throw Error("ElasticDecode: " + s.why);
+    if (problem.decode.dtype != kDTypeOf<T>) {
+      throw Error(std::string("ElasticDecode<") + to_string(kDTypeOf<T>) + ">: the problem is for " +
+                  to_string(problem.decode.dtype));
     }
+    const DecodeProblem& dense = problem.decode;
+    const int block_len = problem.block_len;
+    const int max_blocks = problem.max_blocks();
     max_blocks_ = max_blocks;
-    counts_ = policy.counts(max_blocks);
+    counts_ = problem.policy.counts(max_blocks);
     max_selected_ = std::max(1, counts_.total());
-    const long long gained = static_cast<long long>(policy.config().token_step) * max_new_tokens;
+    const long long gained = static_cast<long long>(problem.policy.config().token_step) * problem.max_new_tokens;
     max_attended_ = static_cast<int>(
         std::min<long long>(max_blocks, max_selected_ + (gained + block_len - 1) / block_len + 1));
-    q_heads_ = problem.q_heads;
-    kv_heads_ = problem.kv_heads;
-    per_query_ = policy.config().retrieval == RetrievalType::kQHead;
-    rows_per_seq_ = per_query_ ? problem.q_heads : problem.kv_heads;
-    DecodeProblem sparse = problem;
+    q_heads_ = dense.q_heads;
+    kv_heads_ = dense.kv_heads;
+    per_query_ = problem.policy.config().retrieval == RetrievalType::kQHead;
+    rows_per_seq_ = per_query_ ? dense.q_heads : dense.kv_heads;
+    DecodeProblem sparse = dense;
     sparse.max_seq_len = max_attended_ * block_len;
     sparse.kv_heads = rows_per_seq_;
     plan_ = plan_decode(sparse, device);
-    const std::size_t rows = static_cast<std::size_t>(problem.batch) * rows_per_seq_;
+    const std::size_t rows = static_cast<std::size_t>(dense.batch) * rows_per_seq_;
     scores_ = DeviceBuffer<float>(rows * max_blocks);
     selected_ = DeviceBuffer<std::int32_t>(rows * max_selected_);
     num_selected_ = DeviceBuffer<std::int32_t>(rows);
@@ -68,6 +71,11 @@ class ElasticDecode {
     blocks_then_.fill_bytes(0, stream);
     workspace_ = make_decode_workspace(plan_, stream);
   }
+  // The same, from its parts: problem.max_seq_len the longest sequence, max_new_tokens
+  // the tokens a sequence gains per step.
+  ElasticDecode(const DecodeProblem& problem, int block_len, const ElasticPolicy& policy, const DeviceInfo& device,
+                const Stream& stream, int max_new_tokens = 1)
+      : ElasticDecode(ElasticProblem{problem, block_len, policy, max_new_tokens}, device, stream) {}
 
   // Decode step `step` (0 at the sequence's first): selects when the config's token_step
   // says so, then attends. kv: the paged cache (its max_blocks_per_seq covering the planned
@@ -75,7 +83,7 @@ class ElasticDecode {
   // The first step run must refresh (attend() throws otherwise).
   void run(const KVView<T>& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream,
            int step = 0) {
-    if (policy_.config().refreshes_selection(step)) select(kv, q, anchors, stream);
+    if (problem_.policy.config().refreshes_selection(step)) select(kv, q, anchors, stream);
     attend(kv, q, o, lse, stream);
   }
   // Layer `layer` of decode step `step`, the layers sharing selections as the config's
@@ -83,15 +91,15 @@ class ElasticDecode {
   // step refreshes, then attends with this layer's view, query and anchors.
   void run_layer(const KVView<T>& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream,
                  int step, int layer) {
-    const ElasticConfig& config = policy_.config();
+    const ElasticConfig& config = problem_.policy.config();
     if (config.selection_layer(layer) == layer && config.refreshes_selection(step)) select(kv, q, anchors, stream);
     attend(kv, q, o, lse, stream);
   }
   // Scores every block and selects.
   void select(const KVView<T>& kv, const T* q, const T* anchors, const Stream& stream) {
     check_view(kv, "select");
-    score_blocks<T>(kv, q, q_heads_, anchors, policy_.config(), scores_.data(), stream);
-    select_blocks<T>(kv, q_heads_, scores_.data(), policy_, selected_.data(), num_selected_.data(), max_selected_,
+    score_blocks<T>(kv, q, q_heads_, anchors, problem_.policy.config(), scores_.data(), device_, stream);
+    select_blocks<T>(kv, q_heads_, scores_.data(), problem_.policy, selected_.data(), num_selected_.data(), max_selected_,
                      stream, blocks_then_.data());
     selected_once_ = true;
   }
@@ -111,6 +119,17 @@ class ElasticDecode {
     run_decode<T>(plan_, sparse, q, o, lse, workspace_.data(), stream);
   }
 
+  const ElasticProblem& problem() const { return problem_; }
+  // Elements of T the anchors of a pool of num_pool_blocks blocks hold (build_anchors'
+  // layout, T [num_pool_blocks][kv_heads][values]); anchors must be 32-byte aligned.
+  std::size_t anchor_elems(std::size_t num_pool_blocks) const { return problem_.anchor_elems(num_pool_blocks); }
+  // Device memory this step owns: scores, selections, gathered tables and decode's
+  // workspace, all allocated at construction.
+  std::size_t workspace_bytes() const {
+    return scores_.size_bytes() + selected_.size_bytes() + num_selected_.size_bytes() + blocks_then_.size_bytes() +
+           attended_.size_bytes() + num_attended_.size_bytes() + tables_.size_bytes() + lengths_.size_bytes() +
+           workspace_.size_bytes();
+  }
   // The counts at the planned length; a shorter sequence's come from the policy at its own.
   const BlockCounts& counts() const { return counts_; }
   int max_attended() const { return max_attended_; }
@@ -121,22 +140,22 @@ class ElasticDecode {
   // K and V bytes one sequence of seq_len tokens reads on a refreshing step, anchors
   // included (a reusing step reads BytesRead::kv).
   BytesRead bytes_read(int seq_len) const {
-    return policy_.bytes_read(seq_len, block_len_, kv_heads_, plan_.problem.head_dim, kDTypeOf<T>);
+    return problem_.policy.bytes_read(seq_len, problem_.block_len, kv_heads_, plan_.problem.head_dim, kDTypeOf<T>);
   }
 
  private:
   void check_view(const KVView<T>& kv, const char* what) const {
     const DecodeProblem& p = plan_.problem;
-    if (kv.batch != p.batch || kv.kv_heads != kv_heads_ || kv.head_dim != p.head_dim || kv.block_len != block_len_ ||
-        kv.max_blocks_per_seq > max_blocks_ || kv.block_table == nullptr) {
+    if (kv.batch != p.batch || kv.kv_heads != kv_heads_ || kv.head_dim != p.head_dim ||
+        kv.block_len != problem_.block_len || kv.max_blocks_per_seq > max_blocks_ || kv.block_table == nullptr) {
       throw Error(std::string("ElasticDecode::") + what + ": the view's batch, kv_heads, head_dim or block_len differ " +
                   "from the plan's, it is not paged, or it holds more than " + std::to_string(max_blocks_) +
                   " blocks per sequence");
     }
   }
 
-  ElasticPolicy policy_;
-  int block_len_ = 0;
+  ElasticProblem problem_;
+  DeviceInfo device_;
   int q_heads_ = 0;
   int kv_heads_ = 0;
   bool per_query_ = false;

@@ -4,12 +4,12 @@
 
 #include <cstddef>
 
+#include "ekv/attention/sequence_blocks.hpp"
 #include "ekv/core/dtype.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/core/host_device.hpp"
 #include "ekv/elastic/budget.hpp"
 #include "ekv/elastic/elastic_config.hpp"
-#include "ekv/elastic/sequence_blocks.hpp"
 
 namespace ekv {
 

@@ -11,11 +11,11 @@
 
 #include "ekv/attention/kv_view.hpp"
 #include "ekv/attention/reference.hpp"
+#include "ekv/attention/sequence_blocks.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/elastic/elastic_config.hpp"
 #include "ekv/elastic/reference_anchors.hpp"
 #include "ekv/elastic/reference_select.hpp"
-#include "ekv/elastic/sequence_blocks.hpp"
 
 namespace ekv {
 

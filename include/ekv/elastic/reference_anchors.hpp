@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/sequence_blocks.hpp"
 #include "ekv/core/dtype.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/elastic/elastic_config.hpp"
-#include "ekv/elastic/sequence_blocks.hpp"
 
 namespace ekv {
 namespace detail {

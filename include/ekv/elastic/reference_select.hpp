@@ -10,11 +10,11 @@
 #include <vector>
 
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/sequence_blocks.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/elastic/elastic_config.hpp"
 #include "ekv/elastic/policy.hpp"
 #include "ekv/elastic/reference_anchors.hpp"
-#include "ekv/elastic/sequence_blocks.hpp"
 
 namespace ekv {
 

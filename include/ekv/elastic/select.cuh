@@ -15,16 +15,18 @@
 
 #include "ekv/attention/decode_support.hpp"
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/sequence_blocks.hpp"
+#include "ekv/core/device.hpp"
 #include "ekv/core/dispatch.hpp"
 #include "ekv/core/dtype.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/core/launch.hpp"
 #include "ekv/core/stream.hpp"
-#include "ekv/core/vec.cuh"
 #include "ekv/elastic/anchors.cuh"
 #include "ekv/elastic/elastic_config.hpp"
+#include "ekv/elastic/elastic_problem.hpp"
 #include "ekv/elastic/policy.hpp"
-#include "ekv/elastic/sequence_blocks.hpp"
+#include "ekv/kernels/vec.cuh"
 
 namespace ekv {
 
@@ -32,26 +34,18 @@ inline constexpr int kSelectThreads = 256;
 // Blocks per thread of the selection: the fewest that hold a sequence's blocks (the
 // radix select's passes cost in items, not in blocks).
 inline constexpr int kSelectItemCounts[] = {1, 2, 4, 8, 16};
-inline constexpr int kSelectHeadDims[] = {64, 128, 256};
-// The most blocks one sequence may have for select_blocks (128K tokens in blocks of 32).
-inline constexpr int kSelectMaxBlocks = kSelectThreads * 16;
-
-inline Support select_supported(int blocks_per_seq, int head_dim) {
-  if (blocks_per_seq > kSelectMaxBlocks) {
-    return {false, "blocks per sequence " + std::to_string(blocks_per_seq) + " not supported by GPU selection; "
-                   "supported: up to " + std::to_string(kSelectMaxBlocks) + " (use longer blocks)"};
-  }
-  return check_supported<kSelectHeadDims>("head_dim", "GPU selection", head_dim);
-}
+// The most blocks per sequence, kSelectMaxBlocks (elastic_problem.hpp), at the largest item count
+static_assert(kSelectThreads * kSelectItemCounts[sizeof(kSelectItemCounts) / sizeof(int) - 1] == kSelectMaxBlocks,
+              "select_supported and the selection kernel agree on the most blocks per sequence");
 
 namespace detail {
 
 inline constexpr int kScoreWarps = 8;
 // The most blocks one warp scores: one table lookup per lane.
 inline constexpr int kScoreMaxWarpBlocks = 32;
-// Fewer blocks per warp until the grid has about this many CTAs (4 per SM of an H100),
-// so that short caches still spread over the GPU.
-inline constexpr int kScoreMinCtas = 528;
+// Fewer blocks per warp until the grid has about this many CTAs per SM (4: 528 on an
+// H100's or H200's 132 SMs), so that short caches still spread over the GPU.
+inline constexpr int kScoreMinCtasPerSm = 4;
 
 // Blocks a warp scores at once: the anchor loads of all of them are issued before any is
 // used, about 64 bytes per lane in flight.
@@ -270,23 +264,25 @@ __global__ void __launch_bounds__(kSelectThreads)
 
 // scores: float [batch][kv_heads][kv.max_blocks_per_seq], each kv head's max over its
 // group, or for QHEAD [batch][q_heads][kv.max_blocks_per_seq], each query head's own.
+// `device` sizes the grid by its SM count.
 template <typename T>
 void score_blocks(const KVView<T>& kv, const T* q, int q_heads, const T* anchors, const ElasticConfig& config,
-                  float* scores, const Stream& stream) {
+                  float* scores, const DeviceInfo& device, const Stream& stream) {
   if (kv.block_table == nullptr || q == nullptr || anchors == nullptr || scores == nullptr || q_heads % kv.kv_heads ||
       q_heads / kv.kv_heads > kDecodeMaxGroup) {
     throw Error("score_blocks: needs a paged view, q, anchors, scores and q_heads a multiple of kv_heads, group <= " +
                 std::to_string(kDecodeMaxGroup));
   }
   if (!is_aligned<32>(anchors)) throw Error("score_blocks: anchors must be 32-byte aligned, as a DeviceBuffer's are");
-  dispatch<kSelectHeadDims>("head_dim", "GPU selection", kv.head_dim, [&](auto dim) {
+  dispatch<kDecodeHeadDims>("head_dim", "GPU selection", kv.head_dim, [&](auto dim) {
     constexpr int kChunk = detail::kScoreChunk<T, decltype(dim)::value>;
     const auto ctas = [&](int warp_blocks) {
       const int cta_blocks = detail::kScoreWarps * warp_blocks;
       return static_cast<long>((kv.max_blocks_per_seq + cta_blocks - 1) / cta_blocks) * kv.kv_heads * kv.batch;
     };
     int warp_blocks = detail::kScoreMaxWarpBlocks;
-    while (warp_blocks > kChunk && ctas(warp_blocks) < detail::kScoreMinCtas) warp_blocks /= 2;
+    const long min_ctas = static_cast<long>(detail::kScoreMinCtasPerSm) * std::max(1, device.sm_count);
+    while (warp_blocks > kChunk && ctas(warp_blocks) < min_ctas) warp_blocks /= 2;
     const int cta_blocks = detail::kScoreWarps * warp_blocks;
     const dim3 grid((kv.max_blocks_per_seq + cta_blocks - 1) / cta_blocks, kv.kv_heads, kv.batch);
     detail::score_blocks_kernel<T, decltype(dim)::value><<<grid, detail::kScoreWarps * 32, 0, stream.get()>>>(

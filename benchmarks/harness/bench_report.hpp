@@ -1,0 +1,169 @@
+#pragma once
+// BenchReport: what one ekv-bench run measured (exact and elastic decode on the same cache,
+// the device's roofs measured in the same run, the accuracy of elastic against exact) and
+// its JSON form, whose layout README.md documents under kBenchSchemaVersion.
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+#include "harness/bench_options.hpp"
+#include "harness/bench_work.hpp"
+#include "harness/json.hpp"
+#include "harness/paired_samples.hpp"
+#include "harness/roofline.hpp"
+#include "harness/statistics.hpp"
+
+namespace ekv::bench {
+
+// Bump on any change a reader of the JSON must know of: a renamed, moved or removed
+// field, or a changed unit. Added fields keep the version.
+inline constexpr int kBenchSchemaVersion = 1;
+
+// The roofs of the device that ran, measured in the same run.
+struct BenchCeilings {
+  double read_bytes_per_s = 0;  // read-only streaming: decode attention's physical ceiling
+  double copy_bytes_per_s = 0;  // read + write bytes of a large copy, the number users know
+  double peak_flops_per_s = 0;  // 0: none measured
+  std::string peak_flops_source;  // what peak_flops_per_s is, or why there is none
+};
+
+struct VariantResult {
+  Stats step_s;   // seconds per decode step
+  StepWork work;  // per step, whole batch
+};
+
+// Derived figures of a variant, all from its median step time.
+struct VariantMetrics {
+  double tokens_per_s = 0;  // decode steps per second x batch
+  double bytes_per_s = 0;
+  double of_read = 0;  // fraction of the measured read bandwidth
+  double of_copy = 0;  // fraction of the measured copy bandwidth
+  RooflinePoint roofline;
+};
+
+inline VariantMetrics variant_metrics(const VariantResult& v, const BenchCeilings& c, int batch) {
+  VariantMetrics m;
+  const double s = v.step_s.median;
+  m.tokens_per_s = batch / s;
+  m.bytes_per_s = v.work.bytes / s;
+  m.of_read = m.bytes_per_s / c.read_bytes_per_s;
+  m.of_copy = m.bytes_per_s / c.copy_bytes_per_s;
+  m.roofline = place_on_roofline(v.work.flops, v.work.bytes, s, c.read_bytes_per_s, c.peak_flops_per_s);
+  return m;
+}
+
+// Elastic's output against exact's on the same inputs (elastic/accuracy.hpp).
+struct BenchAccuracy {
+  double relative_l2_error = 0;        // pooled over every query head of the batch
+  double relative_l2_error_worst = 0;  // the worst query head
+  double attention_mass = 0;           // exact softmax weight of the tokens elastic read, mean over query heads
+  double attention_mass_min = 0;
+  int mass_sequences = 0;  // the sequences the mass was computed over (the first ones)
+};
+
+struct BenchReport {
+  BenchBackend backend = BenchBackend::kCuda;  // what ran: cuda or cpu
+  nlohmann::json device;
+  BenchOptions options;
+  BenchCeilings ceilings;
+  VariantResult exact, elastic;
+  int blocks_per_sequence = 0;  // at --seq
+  int elastic_blocks = 0;       // of them elastic reads per kv head on a refreshing step
+  BenchAccuracy accuracy;
+  std::vector<std::string> notes;
+
+  double speedup() const { return exact.step_s.median / elastic.step_s.median; }
+};
+
+// Fills both variants' per-step times (a sample holds `steps` steps; trimmed per
+// --truncate), their work (bench_work) and the block counts at --seq.
+inline void record_timing(BenchReport& r, const PairedSamples& samples, int steps, std::size_t anchor_value_bytes) {
+  const BenchOptions& o = r.options;
+  const auto per_step = [&](std::vector<double> seconds) {
+    for (double& s : seconds) s /= steps;
+    return summarize(std::move(seconds), o.truncate / 100.0);
+  };
+  r.exact.step_s = per_step(samples.a);
+  r.elastic.step_s = per_step(samples.b);
+  const ElasticPolicy policy = o.elastic_policy();
+  const BenchWork work = bench_work(o, policy, anchor_value_bytes);
+  r.exact.work = work.exact;
+  r.elastic.work = work.elastic;
+  r.blocks_per_sequence = sequence_blocks(o.seq, o.block_len);
+  r.elastic_blocks = policy.counts(r.blocks_per_sequence).total();
+}
+
+inline void to_json(nlohmann::json& j, const BenchOptions& o) {
+  j = nlohmann::json{{"mode", o.inference ? "inference" : "step"},
+                     {"seq", o.seq},
+                     {"batch", o.batch},
+                     {"heads", o.q_heads()},
+                     {"kv_heads", o.kv_head_count()},
+                     {"dim", o.dim},
+                     {"dtype", to_string(o.dtype)},
+                     {"block_len", o.block_len},
+                     {"compress", o.budget_blocks > 0 ? nlohmann::json(nullptr) : nlohmann::json(o.compress)},
+                     {"budget_blocks", o.budget_blocks > 0 ? nlohmann::json(o.budget_blocks) : nlohmann::json(nullptr)},
+                     {"anchor", to_string(o.anchor)},
+                     {"refresh", o.refresh},
+                     {"reps", o.reps},
+                     {"warmup", o.warmup},
+                     {"inner_loops", o.inner_loops},
+                     {"truncate_percent", o.truncate},
+                     {"graphs", o.graphs},
+                     {"decode_tokens", o.inference ? nlohmann::json(o.decode_tokens) : nlohmann::json(nullptr)},
+                     {"paired_baseline", o.paired_baseline},
+                     {"needles", o.needles},
+                     {"seed", o.seed},
+                     {"device", to_string(o.device)}};
+}
+
+inline nlohmann::json variant_json(const VariantResult& v, const BenchCeilings& c, int batch) {
+  const VariantMetrics m = variant_metrics(v, c, batch);
+  return nlohmann::json{{"step_seconds", v.step_s},
+                        {"tokens_per_s", m.tokens_per_s},
+                        {"bytes_per_step", v.work.bytes},
+                        {"flops_per_step", v.work.flops},
+                        {"bytes_per_s", m.bytes_per_s},
+                        {"efficiency", {{"of_read_bandwidth", m.of_read}, {"of_copy_bandwidth", m.of_copy}}},
+                        {"roofline",
+                         {{"arithmetic_intensity", m.roofline.arithmetic_intensity},
+                          {"attainable_flops_per_s", m.roofline.attainable_flops_per_s},
+                          {"achieved_flops_per_s", m.roofline.achieved_flops_per_s},
+                          {"of_attainable", m.roofline.achieved_flops_per_s / m.roofline.attainable_flops_per_s},
+                          {"bound", m.roofline.memory_bound ? "memory" : "compute"}}}};
+}
+
+inline void to_json(nlohmann::json& j, const BenchReport& r) {
+  const auto peak = r.ceilings.peak_flops_per_s > 0 ? nlohmann::json(r.ceilings.peak_flops_per_s) : nlohmann::json();
+  j = nlohmann::json{
+      {"schema_version", kBenchSchemaVersion},
+      {"tool", "ekv-bench"},
+      {"backend", to_string(r.backend)},
+      {"device", r.device},
+      {"configuration", r.options},
+      {"build", build_json()},
+      {"ceilings",
+       {{"read_bytes_per_s", r.ceilings.read_bytes_per_s},
+        {"copy_bytes_per_s", r.ceilings.copy_bytes_per_s},
+        {"peak_flops_per_s", peak},
+        {"peak_flops_source", r.ceilings.peak_flops_source}}},
+      {"results",
+       {{"exact", variant_json(r.exact, r.ceilings, r.options.batch)},
+        {"elastic", variant_json(r.elastic, r.ceilings, r.options.batch)},
+        {"speedup", r.speedup()},
+        {"bytes_ratio", r.exact.work.bytes / r.elastic.work.bytes},
+        {"blocks_per_sequence", r.blocks_per_sequence},
+        {"elastic_blocks", r.elastic_blocks},
+        {"accuracy",
+         {{"relative_l2_error", r.accuracy.relative_l2_error},
+          {"relative_l2_error_worst", r.accuracy.relative_l2_error_worst},
+          {"attention_mass_captured", r.accuracy.attention_mass},
+          {"attention_mass_captured_min", r.accuracy.attention_mass_min},
+          {"mass_sequences", r.accuracy.mass_sequences}}}}},
+      {"notes", r.notes}};
+}
+
+}  // namespace ekv::bench

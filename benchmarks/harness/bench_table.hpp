@@ -1,0 +1,60 @@
+#pragma once
+// The human form of a BenchReport: a few lines and one aligned table, for a terminal.
+
+#include <cstdio>
+#include <ostream>
+#include <string>
+
+#include "harness/bench_report.hpp"
+
+namespace ekv::bench {
+namespace detail {
+
+template <typename... Args>
+std::string format(const char* pattern, Args... args) {
+  char line[512];
+  std::snprintf(line, sizeof(line), pattern, args...);
+  return line;
+}
+
+}  // namespace detail
+
+inline void print_bench_table(std::ostream& os, const BenchReport& r) {
+  const BenchOptions& o = r.options;
+  const BenchCeilings& c = r.ceilings;
+  os << "ekv-bench on " << to_string(r.backend) << ": " << r.device.value("name", std::string("unknown")) << "\n";
+  os << detail::format("measured roofs: read %.1f GB/s, copy %.1f GB/s", c.read_bytes_per_s / 1e9,
+                       c.copy_bytes_per_s / 1e9);
+  os << (c.peak_flops_per_s > 0 ? detail::format(", %.2f TFLOP/s (%s)", c.peak_flops_per_s / 1e12,
+                                                 c.peak_flops_source.c_str())
+                                : ", no compute roof measured")
+     << "\n";
+  const std::string budget = o.budget_blocks > 0 ? detail::format("budget %d blocks", o.budget_blocks)
+                                                 : detail::format("compress %g", o.compress);
+  os << detail::format("batch %d x %d tokens, heads %d/%d, dim %d, %s, block %d, %s, %s anchors, refresh %d", o.batch,
+                       o.seq, o.q_heads(), o.kv_head_count(), o.dim, to_string(o.dtype), o.block_len, budget.c_str(),
+                       to_string(o.anchor), o.refresh)
+     << "\n";
+  os << (o.inference ? detail::format("decode loop of %d steps per sample", o.decode_tokens)
+                     : detail::format("%d step(s) per sample", o.inner_loops))
+     << detail::format(", %d samples, times per step\n\n", o.reps);
+  os << detail::format("%-8s %10s %10s %10s %10s %6s %12s %9s %7s %7s %6s %8s\n", "variant", "median us", "mean us",
+                       "p5 us", "p95 us", "cv", "tokens/s", "GB/s", "of read", "of copy", "AI", "of roof");
+  for (const auto& [name, v] : {std::pair<const char*, const VariantResult&>{"exact", r.exact}, {"elastic", r.elastic}}) {
+    const VariantMetrics m = variant_metrics(v, c, o.batch);
+    os << detail::format("%-8s %10.2f %10.2f %10.2f %10.2f %6.3f %12.0f %9.1f %7.3f %7.3f %6.2f %8.3f\n", name,
+                         v.step_s.median * 1e6, v.step_s.mean * 1e6, v.step_s.p5 * 1e6, v.step_s.p95 * 1e6, v.step_s.cv,
+                         m.tokens_per_s, m.bytes_per_s / 1e9, m.of_read, m.of_copy, m.roofline.arithmetic_intensity,
+                         m.roofline.achieved_flops_per_s / m.roofline.attainable_flops_per_s);
+  }
+  os << "\n"
+     << detail::format("speedup %.2fx, elastic reads %.2fx fewer bytes (%d of %d blocks per kv head)\n", r.speedup(),
+                       r.exact.work.bytes / r.elastic.work.bytes, r.elastic_blocks, r.blocks_per_sequence);
+  os << detail::format("accuracy: relative L2 error %.4f (worst head %.4f), attention mass captured %.4f (min %.4f, "
+                       "%d sequence(s))\n",
+                       r.accuracy.relative_l2_error, r.accuracy.relative_l2_error_worst, r.accuracy.attention_mass,
+                       r.accuracy.attention_mass_min, r.accuracy.mass_sequences);
+  for (const std::string& note : r.notes) os << "note: " << note << "\n";
+}
+
+}  // namespace ekv::bench

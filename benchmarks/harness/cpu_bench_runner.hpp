@@ -1,0 +1,118 @@
+#pragma once
+// ekv-bench on the CPU backend: exact attention (cpu_decode) against elastic attention
+// (CpuElasticDecode) on the same host-resident paged cache, paired samples timed with
+// std::chrono::steady_clock, against the host's read and copy bandwidth measured first.
+
+#include <chrono>
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "ekv/attention/kv_view.hpp"
+#include "ekv/core/dispatch.hpp"
+#include "ekv/cpu/cpu_append.hpp"
+#include "ekv/cpu/cpu_attention.hpp"
+#include "ekv/cpu/cpu_elastic.hpp"
+#include "harness/bench_accuracy.hpp"
+#include "harness/bench_inputs.hpp"
+#include "harness/bench_options.hpp"
+#include "harness/bench_report.hpp"
+#include "harness/cpu_bandwidth.hpp"
+#include "harness/paired_samples.hpp"
+#include "harness/random.hpp"
+
+namespace ekv::bench {
+
+template <typename T>
+BenchReport run_cpu_bench(const BenchOptions& o, CPUInfer& pool, std::ostream& progress) {
+  BenchReport r;
+  r.backend = BenchBackend::kCpu;
+  r.options = o;
+  r.device = {{"name", "host CPU"}, {"threads", pool.num_threads()}};
+  progress << "ekv-bench: measuring the host's read and copy bandwidth on " << pool.num_threads() << " threads\n";
+  r.ceilings.read_bytes_per_s = measure_host_read_bandwidth(pool);
+  r.ceilings.copy_bytes_per_s = measure_host_copy_bandwidth(pool);
+  r.ceilings.peak_flops_source = "no CPU flop rate is measured: the attainable rate is the bandwidth roof alone";
+
+  const BenchShape shape = bench_shape(o);
+  const BenchSeeds seeds(o.seed);
+  const BenchInputs<T> in = make_bench_inputs<T>(shape, seeds);
+  std::vector<T> k = random_uniform<T>(shape.pool_elems(), -1.0f, 1.0f, seeds.k);
+  std::vector<T> v = random_uniform<T>(shape.pool_elems(), -1.0f, 1.0f, seeds.v);
+  plant_needles(shape, in, sequence_blocks(o.seq, o.block_len), o.needles, seeds.needles,
+                [&](std::int32_t physical, int head, const std::vector<T>& rows) {
+                  std::copy(rows.begin(), rows.end(),
+                            k.begin() + physical * shape.block_elems() +
+                                static_cast<std::size_t>(head) * shape.block_len * shape.head_dim);
+                });
+  std::vector<std::int32_t> lengths(o.batch, o.seq);
+  const KVView<T> kv = paged_kv<T>(k.data(), v.data(), in.table.data(), lengths.data(), shape.batch, shape.kv_heads,
+                                   shape.head_dim, shape.block_len, shape.blocks_per_seq);
+  CpuElasticDecode<T> elastic(kv, o.q_heads(), o.elastic_policy());
+  elastic.build_anchors(pool, kv);
+  std::vector<T> exact_o(shape.q_elems()), elastic_o(shape.q_elems());
+  std::vector<float> exact_lse(static_cast<std::size_t>(o.batch) * o.q_heads()), elastic_lse(exact_lse.size());
+  // the decode loop appends one token per sequence and step
+  const std::size_t new_elems = static_cast<std::size_t>(o.batch) * shape.kv_heads * shape.head_dim;
+  const std::vector<T> k_new = random_uniform<T>(new_elems, -1.0f, 1.0f, seeds.k + 100);
+  const std::vector<T> v_new = random_uniform<T>(new_elems, -1.0f, 1.0f, seeds.v + 100);
+
+  const int steps = o.inference ? o.decode_tokens : o.inner_loops;
+  const auto timed = [](auto&& work) {
+    const auto start = std::chrono::steady_clock::now();
+    work();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  const auto exact_sample = [&] {
+    return timed([&] {
+      for (int s = 0; s < steps; ++s) {
+        if (o.inference) cpu_append_kv<T>(kv, k_new.data(), v_new.data(), 1);
+        cpu_decode<T>(pool, kv, in.q.data(), o.q_heads(), exact_o.data(), exact_lse.data());
+      }
+    });
+  };
+  const auto elastic_sample = [&] {
+    return timed([&] {
+      for (int s = 0; s < steps; ++s) {
+        if (o.inference) {
+          const std::vector<int> before(lengths.begin(), lengths.end());
+          cpu_append_kv<T>(kv, k_new.data(), v_new.data(), 1);
+          elastic.update_anchors(pool, kv, before);
+        }
+        elastic.run(pool, kv, in.q.data(), elastic_o.data(), elastic_lse.data(), s);
+      }
+    });
+  };
+  // the decode loop starts each sample from --seq tokens, the last block's anchors as then
+  const auto reset = [&] {
+    if (!o.inference) return;
+    lengths.assign(o.batch, o.seq);
+    elastic.update_anchors(pool, kv, std::vector<int>(o.batch, o.seq - 1));
+  };
+  progress << "ekv-bench: timing " << o.reps << " paired samples of " << steps << " step(s) on the CPU\n";
+  record_timing(r, paired_samples(o.warmup, o.reps, o.paired_baseline, exact_sample, elastic_sample, reset), steps,
+                sizeof(double));
+
+  // both from the same inputs: the last samples' outputs, after the same appends
+  reset();
+  exact_sample();
+  reset();
+  elastic_sample();
+  progress << "ekv-bench: computing the attention mass on the host (float64)\n";
+  r.accuracy = bench_accuracy(kv, in.q.data(), o.q_heads(), exact_o.data(), elastic_o.data(),
+                              [&](int seq, int head) { return elastic.attended(seq, head); });
+  r.notes.push_back("CPU elastic: anchors and selection on the host with ekv's float64 references "
+                    "(elastic/reference_anchors.hpp, reference_select.hpp), not a tuned CPU selection path; "
+                    "attention with cpu_decode over a block-sparse view");
+  r.notes.push_back("CPU timing: std::chrono::steady_clock around each sample; caches are not flushed between samples");
+  return r;
+}
+
+// The CPU run for options.dtype. Throws ekv::Error for what the CPU backend does not support.
+inline BenchReport run_cpu_bench(const BenchOptions& o, CPUInfer& pool, std::ostream& progress) {
+  return dispatch<kCpuDecodeDTypes>("dtype", "cpu decode", o.dtype,
+                                    [&](auto type) { return run_cpu_bench<typename decltype(type)::type>(o, pool, progress); });
+}
+
+}  // namespace ekv::bench

@@ -1,0 +1,181 @@
+#pragma once
+// ekv-bench on the GPU: exact decode (run_decode over the whole cache) against elastic
+// decode (ElasticDecode, anchors from build_anchors) on the same paged cache. Paired
+// samples, each timed with CUDA events after an L2 eviction, by CUDA Graph replay unless
+// --no-graphs; the device's read, copy and FMA roofs measured first in the same run.
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "ekv/attention/append.cuh"
+#include "ekv/attention/decode.cuh"
+#include "ekv/core/graph.hpp"
+#include "ekv/elastic/anchors.cuh"
+#include "ekv/elastic/elastic_decode.cuh"
+#include "harness/bench_accuracy.hpp"
+#include "harness/bench_inputs.hpp"
+#include "harness/bench_options.hpp"
+#include "harness/bench_report.hpp"
+#include "harness/ceilings.cuh"
+#include "harness/device_bench_cache.cuh"
+#include "harness/paired_samples.hpp"
+#include "harness/sample_timer.cuh"
+
+namespace ekv::bench {
+
+// One decode step's work, replayed from a CUDA Graph captured once, or issued directly.
+class StepLauncher {
+ public:
+  StepLauncher(const Stream& stream, std::function<void(const Stream&)> issue, bool graph) : issue_(std::move(issue)) {
+    if (graph) graph_ = Graph::capture(stream, issue_);
+  }
+  void operator()(const Stream& stream) const {
+    if (graph_.empty()) {
+      issue_(stream);
+    } else {
+      graph_.launch(stream);
+    }
+  }
+
+ private:
+  std::function<void(const Stream&)> issue_;
+  Graph graph_;
+};
+
+template <typename T>
+BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
+  const DeviceInfo device = DeviceInfo::current();
+  Stream stream;
+  BenchReport r;
+  r.backend = BenchBackend::kCuda;
+  r.options = o;
+  r.device = device;
+  progress << "ekv-bench: measuring " << device.name << "'s read, copy and FMA roofs\n";
+  r.ceilings.read_bytes_per_s = measure_read_bandwidth(stream);
+  r.ceilings.copy_bytes_per_s = measure_copy_bandwidth(stream);
+  r.ceilings.peak_flops_per_s = measure_fma_throughput(stream);
+  r.ceilings.peak_flops_source =
+      "float32 FMA chains on CUDA cores (kernels/fma_throughput.cuh); half and bfloat16 decode runs on tensor "
+      "cores, whose higher roof is not measured";
+
+  const BenchShape shape = bench_shape(o);
+  const BenchSeeds seeds(o.seed);
+  DeviceBenchCache<T> cache(shape, o.seq, seeds, o.needles, stream);
+  const KVView<T> kv = cache.view();
+  const DecodeProblem problem{kDTypeOf<T>, o.batch, o.q_heads(), o.kv_head_count(), o.dim, o.capacity_tokens()};
+  const DecodePlan plan = plan_decode(problem, device);
+  DeviceBuffer<unsigned char> workspace = make_decode_workspace(plan, stream);
+  const ElasticConfig config = o.elastic_config();
+  ElasticDecode<T> elastic(problem, o.block_len, o.elastic_policy(), device, stream);
+  DeviceBuffer<T> anchors(elastic.anchor_elems(shape.batch * static_cast<std::size_t>(shape.blocks_per_seq)));
+  build_anchors<T>(kv, anchors.data(), config, stream);
+  DeviceBuffer<T> exact_o(shape.q_elems()), elastic_o(shape.q_elems());
+  DeviceBuffer<float> exact_lse(static_cast<std::size_t>(o.batch) * o.q_heads()), elastic_lse(exact_lse.size());
+  // the decode loop appends one token per sequence and step; `before` holds the lengths
+  // before it, for update_anchors, and `last` the token --seq - 1 (see reset)
+  const std::size_t new_elems = static_cast<std::size_t>(o.batch) * shape.kv_heads * shape.head_dim;
+  DeviceBuffer<T> k_new(new_elems), v_new(new_elems);
+  random_uniform_fill<T>(k_new.span(), -1.0f, 1.0f, seeds.k + 100, stream);
+  random_uniform_fill<T>(v_new.span(), -1.0f, 1.0f, seeds.v + 100, stream);
+  DeviceBuffer<std::int32_t> before(o.batch), last(o.batch);
+  last.copy_from(std::vector<std::int32_t>(o.batch, o.seq - 1));
+  stream.synchronize();
+
+  const auto append = [&](const Stream& s) {
+    if (o.inference) append_kv<T>(kv, k_new.data(), v_new.data(), 1, s);
+  };
+  const auto append_and_update = [&](const Stream& s) {
+    if (!o.inference) return;
+    EKV_CUDA_CHECK(cudaMemcpyAsync(before.data(), kv.lengths, before.size_bytes(), cudaMemcpyDeviceToDevice, s.get()),
+                   "ekv-bench: cannot keep the lengths before an append");
+    append(s);
+    update_anchors<T>(kv, anchors.data(), config, before.data(), 1, s);
+  };
+  const StepLauncher exact_step(stream, [&](const Stream& s) {
+    append(s);
+    run_decode<T>(plan, kv, cache.q.data(), exact_o.data(), exact_lse.data(), workspace.data(), s);
+  }, o.graphs);
+  // select() before any capture: attend() refuses to run (or be captured) before a selection
+  elastic.select(kv, cache.q.data(), anchors.data(), stream);
+  const StepLauncher refresh_step(stream, [&](const Stream& s) {
+    append_and_update(s);
+    elastic.select(kv, cache.q.data(), anchors.data(), s);
+    elastic.attend(kv, cache.q.data(), elastic_o.data(), elastic_lse.data(), s);
+  }, o.graphs);
+  const StepLauncher reuse_step(stream, [&](const Stream& s) {
+    append_and_update(s);
+    elastic.attend(kv, cache.q.data(), elastic_o.data(), elastic_lse.data(), s);
+  }, o.graphs);
+
+  const int steps = o.inference ? o.decode_tokens : o.inner_loops;
+  SampleTimer timer(device);
+  const auto exact_sample = [&] {
+    return timer.seconds(stream, [&](const Stream& s) {
+      for (int i = 0; i < steps; ++i) exact_step(s);
+    });
+  };
+  const auto elastic_sample = [&] {
+    return timer.seconds(stream, [&](const Stream& s) {
+      for (int i = 0; i < steps; ++i) (config.refreshes_selection(i) ? refresh_step : reuse_step)(s);
+    });
+  };
+  // the decode loop starts each sample from --seq tokens, the anchors of the block holding
+  // token seq - 1 recomputed from the tokens valid then
+  const auto reset = [&] {
+    if (!o.inference) return;
+    cache.set_lengths(o.seq);
+    update_anchors<T>(kv, anchors.data(), config, last.data(), 1, stream);
+  };
+  progress << "ekv-bench: timing " << o.reps << " paired samples of " << steps << " step(s)"
+           << (o.graphs ? ", CUDA Graph replay" : ", direct launches") << ", L2 evicted before each\n";
+  // anchors are stored in the cache's dtype
+  record_timing(r, paired_samples(o.warmup, o.reps, o.paired_baseline, exact_sample, elastic_sample, reset), steps,
+                dtype_size(o.dtype));
+
+  // both from the same inputs: the last samples' outputs, after the same appends
+  reset();
+  exact_sample();
+  reset();
+  elastic_sample();
+  stream.synchronize();
+  progress << "ekv-bench: computing the attention mass on the host (float64)\n";
+  std::vector<T> host_k(cache.k.size()), host_v(cache.v.size()), exact_out(exact_o.size()), elastic_out(elastic_o.size());
+  std::vector<std::int32_t> host_lengths(o.batch);
+  const std::size_t rows = static_cast<std::size_t>(o.batch) * o.kv_head_count();
+  std::vector<std::int32_t> attended(rows * elastic.max_attended()), counts(rows);
+  cache.k.copy_to(host_k);
+  cache.v.copy_to(host_v);
+  cache.lengths.copy_to(host_lengths);
+  exact_o.copy_to(exact_out);
+  elastic_o.copy_to(elastic_out);
+  EKV_CUDA_CHECK(cudaMemcpy(attended.data(), elastic.attended(), attended.size() * sizeof(std::int32_t),
+                            cudaMemcpyDeviceToHost), "ekv-bench: cannot read elastic's selection");
+  EKV_CUDA_CHECK(cudaMemcpy(counts.data(), elastic.num_attended(), counts.size() * sizeof(std::int32_t),
+                            cudaMemcpyDeviceToHost), "ekv-bench: cannot read elastic's selection");
+  const KVView<T> host = paged_kv<T>(host_k.data(), host_v.data(), cache.host.table.data(), host_lengths.data(),
+                                     shape.batch, shape.kv_heads, shape.head_dim, shape.block_len, shape.blocks_per_seq);
+  r.accuracy = bench_accuracy(host, cache.host.q.data(), o.q_heads(), exact_out.data(), elastic_out.data(),
+                              [&](int seq, int head) {
+                                const std::size_t row = static_cast<std::size_t>(seq) * o.kv_head_count() + head;
+                                const auto first = attended.begin() + row * elastic.max_attended();
+                                return std::vector<int>(first, first + counts[row]);
+                              });
+  r.notes.push_back("GPU elastic: anchors, scoring, selection and block-sparse decode on the GPU (ElasticDecode)");
+  if (o.inference) {
+    r.notes.push_back("decode loop: exact steps append and attend; elastic steps append, update anchors, select "
+                      "every --refresh steps and attend");
+  }
+  return r;
+}
+
+// The GPU run for options.dtype. Throws ekv::Error for what the GPU kernels do not support.
+inline BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
+  return dispatch<kDecodeDTypes>("dtype", "decode", o.dtype,
+                                 [&](auto type) { return run_gpu_bench<typename decltype(type)::type>(o, progress); });
+}
+
+}  // namespace ekv::bench

@@ -1,0 +1,85 @@
+#pragma once
+// ElasticProblem: one elastic decode step's shapes (the dense decode problem, the paged
+// cache's block length, the policy, the tokens a step appends), what GPU elastic decode
+// supports for them, and the anchors they need. ElasticDecode (elastic_decode.cuh) is
+// sized from one; supports() never throws and says what is supported.
+
+#include <algorithm>
+#include <cstddef>
+#include <string>
+
+#include "ekv/attention/decode_support.hpp"
+#include "ekv/attention/sequence_blocks.hpp"
+#include "ekv/core/dispatch.hpp"
+#include "ekv/core/dtype.hpp"
+#include "ekv/elastic/elastic_config.hpp"
+#include "ekv/elastic/policy.hpp"
+
+namespace ekv {
+
+// The most blocks one sequence may have for GPU selection: its CTA of 256 threads holds up
+// to 16 blocks per thread (elastic/select.cuh checks this against its own constants).
+inline constexpr int kSelectMaxBlocks = 4096;
+// DYNAMIC anchors a block may keep, and the longest block they are chosen from: the choice
+// lives in shared memory (elastic/anchors.cuh).
+inline constexpr int kMaxDynamicAnchors = 16;
+inline constexpr int kMaxDynamicBlockLen = 256;
+
+// What GPU selection handles: head dims are decode's own (kDecodeHeadDims).
+inline Support select_supported(int blocks_per_seq, int head_dim) {
+  if (blocks_per_seq > kSelectMaxBlocks) {
+    return {false, "blocks per sequence " + std::to_string(blocks_per_seq) + " not supported by GPU selection; "
+                   "supported: up to " + std::to_string(kSelectMaxBlocks) + " (use longer blocks)"};
+  }
+  return check_supported<kDecodeHeadDims>("head_dim", "GPU selection", head_dim);
+}
+
+struct ElasticProblem {
+  DecodeProblem decode;  // max_seq_len: the longest sequence, which sizes the selection
+  int block_len = 64;    // tokens per block of the paged cache
+  ElasticPolicy policy{ElasticConfig{}};
+  int max_new_tokens = 1;  // tokens a sequence gains per step: room for blocks appended between refreshes
+
+  // Blocks of the longest sequence.
+  int max_blocks() const { return sequence_blocks(std::max(1, decode.max_seq_len), block_len); }
+  // Anchor values per pool block and kv head, in the cache's dtype.
+  int anchor_values_per_block() const {
+    return anchor_values(policy.config().anchor, policy.config().anchor_num, decode.head_dim);
+  }
+  // The anchors of a pool of num_pool_blocks blocks, as build_anchors writes them:
+  // T [num_pool_blocks][kv_heads][anchor_values_per_block()], indexed by physical block.
+  std::size_t anchor_elems(std::size_t num_pool_blocks) const {
+    return num_pool_blocks * static_cast<std::size_t>(decode.kv_heads) * anchor_values_per_block();
+  }
+  std::size_t anchor_bytes(std::size_t num_pool_blocks) const {
+    return anchor_elems(num_pool_blocks) * dtype_size(decode.dtype);
+  }
+};
+
+// Never throws: ok, or the first problem in a sentence naming the value and what is supported.
+inline Support supports(const ElasticProblem& p) {
+  if (Support s = supports(p.decode); !s) return s;
+  if (p.block_len < 1) {
+    return {false, "block_len=" + std::to_string(p.block_len) + " not supported by elastic decode; supported: 1 or more"};
+  }
+  if (p.max_new_tokens < 1) {
+    return {false, "max_new_tokens=" + std::to_string(p.max_new_tokens) +
+                       " not supported by elastic decode; supported: 1 or more"};
+  }
+  if (Support s = p.policy.config().validate(); !s) return s;
+  if (Support s = select_supported(p.max_blocks(), p.decode.head_dim); !s) return s;
+  const ElasticConfig& config = p.policy.config();
+  if (config.anchor == AnchorKind::kDynamic) {
+    if (config.anchor_num > kMaxDynamicAnchors) {
+      return {false, "anchor_num=" + std::to_string(config.anchor_num) +
+                         " not supported by dynamic anchors; supported: 1 to " + std::to_string(kMaxDynamicAnchors)};
+    }
+    if (p.block_len > kMaxDynamicBlockLen) {
+      return {false, "block_len=" + std::to_string(p.block_len) + " not supported by dynamic anchors; supported: 1 to " +
+                         std::to_string(kMaxDynamicBlockLen)};
+    }
+  }
+  return {};
+}
+
+}  // namespace ekv

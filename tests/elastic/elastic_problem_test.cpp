@@ -1,0 +1,92 @@
+// ElasticProblem: what GPU elastic decode supports, said in one sentence that names the
+// value and the supported ones, and the anchors a pool needs.
+
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "ekv/elastic/elastic_problem.hpp"
+
+namespace {
+
+ekv::ElasticProblem llama_problem() {
+  ekv::ElasticProblem p;
+  p.decode.dtype = ekv::DType::kFloat16;
+  p.decode.batch = 2;
+  p.decode.q_heads = 32;
+  p.decode.kv_heads = 8;
+  p.decode.head_dim = 128;
+  p.decode.max_seq_len = 32768;
+  p.block_len = 64;
+  p.policy = ekv::ElasticPolicy(ekv::ElasticConfig{}, ekv::ElasticBudget::ratio(4));
+  return p;
+}
+
+std::string why(void (*change)(ekv::ElasticProblem&)) {
+  ekv::ElasticProblem p = llama_problem();
+  change(p);
+  const ekv::Support s = ekv::supports(p);
+  CHECK_FALSE(s.ok);
+  return s.why;
+}
+
+}  // namespace
+
+TEST_CASE("supports accepts a Llama-shaped problem and names the first unsupported value") {
+  CHECK(ekv::supports(llama_problem()).ok);
+  CHECK(why([](auto& p) { p.decode.head_dim = 96; }) == "head_dim=96 not supported by decode; supported: [64, 128, 256]");
+  CHECK(why([](auto& p) { p.block_len = 0; }) == "block_len=0 not supported by elastic decode; supported: 1 or more");
+  CHECK(why([](auto& p) { p.max_new_tokens = 0; }) ==
+        "max_new_tokens=0 not supported by elastic decode; supported: 1 or more");
+  // 4,097 blocks of 64 tokens: one past what GPU selection holds
+  CHECK(why([](auto& p) { p.decode.max_seq_len = 4096 * 64 + 1; }) ==
+        "blocks per sequence 4097 not supported by GPU selection; supported: up to 4096 (use longer blocks)");
+  CHECK(why([](auto& p) {
+          ekv::ElasticConfig c;
+          c.anchor = ekv::AnchorKind::kDynamic;
+          c.anchor_num = 17;
+          p.policy = ekv::ElasticPolicy(c, ekv::ElasticBudget::ratio(4));
+        }) == "anchor_num=17 not supported by dynamic anchors; supported: 1 to 16");
+  CHECK(why([](auto& p) {
+          ekv::ElasticConfig c;
+          c.anchor = ekv::AnchorKind::kDynamic;
+          p.policy = ekv::ElasticPolicy(c, ekv::ElasticBudget::ratio(4));
+          p.block_len = 512;
+        }) == "block_len=512 not supported by dynamic anchors; supported: 1 to 256");
+  // 256K tokens at 64-token blocks is the longest sequence, at 128-token blocks twice that
+  ekv::ElasticProblem longest = llama_problem();
+  longest.decode.max_seq_len = 4096 * 64;
+  CHECK(ekv::supports(longest).ok);
+  longest.decode.max_seq_len = 4096 * 128;
+  longest.block_len = 128;
+  CHECK(ekv::supports(longest).ok);
+}
+
+TEST_CASE("supports never throws: a bad scale or batch is an answer, not an exception") {
+  ekv::ElasticProblem p = llama_problem();
+  p.decode.scale = -1.0f;
+  ekv::Support s;
+  CHECK_NOTHROW(s = ekv::supports(p));
+  CHECK_FALSE(s.ok);
+  CHECK(s.why.find("scale=") == 0);
+  p = llama_problem();
+  p.decode.batch = 0;
+  CHECK_NOTHROW(s = ekv::supports(p));
+  CHECK(s.why == "batch=0 not supported by decode; supported: 1 to 65535");
+}
+
+TEST_CASE("the problem owns the anchors contract: values per block and the pool's elements") {
+  ekv::ElasticProblem p = llama_problem();
+  // QUEST keeps min and max of each channel: 2 x 128 values per block and kv head
+  CHECK(p.anchor_values_per_block() == 256);
+  CHECK(p.anchor_elems(1000) == 1000u * 8 * 256);
+  CHECK(p.anchor_bytes(1000) == 1000u * 8 * 256 * 2);  // in the cache's dtype, fp16
+  ekv::ElasticConfig fixed;
+  fixed.anchor = ekv::AnchorKind::kFixed;
+  fixed.anchor_num = 3;
+  p.policy = ekv::ElasticPolicy(fixed, ekv::ElasticBudget::ratio(8));
+  p.decode.dtype = ekv::DType::kFloat32;
+  CHECK(p.anchor_values_per_block() == 3 * 128);
+  CHECK(p.anchor_bytes(10) == 10u * 8 * 3 * 128 * 4);
+  CHECK(p.max_blocks() == 512);
+}
