@@ -1,8 +1,9 @@
 #pragma once
 // ekv-bench on the GPU: exact decode (run_decode over the whole cache) against elastic
 // decode (ElasticDecode, anchors from build_anchors) on the same paged cache. Paired
-// samples, each timed with CUDA events after an L2 eviction, by CUDA Graph replay unless
-// --no-graphs; the device's read, copy and FMA roofs measured first in the same run.
+// samples, each step timed with CUDA events after its own L2 eviction, by CUDA Graph
+// replay unless --no-graphs; the device's read, copy and FMA roofs measured first in the
+// same run.
 
 #include <algorithm>
 #include <cstdint>
@@ -113,14 +114,13 @@ BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
 
   const int steps = o.inference ? o.decode_tokens : o.inner_loops;
   SampleTimer timer(device);
+  // every step cold: L2 evicted before each, outside its timed region
   const auto exact_sample = [&] {
-    return timer.seconds(stream, [&](const Stream& s) {
-      for (int i = 0; i < steps; ++i) exact_step(s);
-    });
+    return timer.seconds_of_steps(stream, steps, [&](const Stream& s, int) { exact_step(s); });
   };
   const auto elastic_sample = [&] {
-    return timer.seconds(stream, [&](const Stream& s) {
-      for (int i = 0; i < steps; ++i) (config.refreshes_selection(i) ? refresh_step : reuse_step)(s);
+    return timer.seconds_of_steps(stream, steps, [&](const Stream& s, int i) {
+      (config.refreshes_selection(i) ? refresh_step : reuse_step)(s);
     });
   };
   // the decode loop starts each sample from --seq tokens, the anchors of the block holding
@@ -131,7 +131,7 @@ BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
     update_anchors<T>(kv, anchors.data(), config, last.data(), 1, stream);
   };
   progress << "ekv-bench: timing " << o.reps << " paired samples of " << steps << " step(s)"
-           << (o.graphs ? ", CUDA Graph replay" : ", direct launches") << ", L2 evicted before each\n";
+           << (o.graphs ? ", CUDA Graph replay" : ", direct launches") << ", L2 evicted before each step\n";
   // anchors are stored in the cache's dtype
   record_timing(r, paired_samples(o.warmup, o.reps, o.paired_baseline, exact_sample, elastic_sample, reset), steps,
                 dtype_size(o.dtype));
@@ -165,6 +165,7 @@ BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
                                 return std::vector<int>(first, first + counts[row]);
                               });
   r.notes.push_back("GPU elastic: anchors, scoring, selection and block-sparse decode on the GPU (ElasticDecode)");
+  r.notes.push_back("timing: every step cold, L2 evicted before each step outside its CUDA-event interval");
   if (o.inference) {
     r.notes.push_back("decode loop: exact steps append and attend; elastic steps append, update anchors, select "
                       "every --refresh steps and attend");

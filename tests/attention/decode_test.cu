@@ -25,18 +25,33 @@ namespace {
 using ekv::test::CacheShape;
 using ekv::test::Layout;
 
+// What one check varies beyond the shape.
+struct DecodeCase {
+  int forced_splits = 0;  // > 0 asks plan_decode for that many splits
+  float scale = 0.0f;     // the user's softmax scale; 0 leaves plan_decode's default
+  int planned_len = -1;   // the plan's max_seq_len; -1: the longest sequence
+  // lengths the device sees where they differ from the shape's (past the view's capacity,
+  // which decode clamps to the shape's lengths, the reference's)
+  std::vector<std::int32_t> device_lengths;
+  ekv::test::Inputs inputs = ekv::test::Inputs::kUniform;
+};
+
 // Decode on the device over a random cache (decode_check.hpp), against reference_decode
-// on the host copy. forced_splits > 0 asks plan_decode for that many splits.
+// on the host copy, whose scale the test computes itself: 1/sqrt(head_dim) unless given.
 template <typename T>
-void check_decode(const CacheShape& shape, std::uint64_t seed, int forced_splits = 0) {
-  ekv::test::HostCache<T> cache(shape, seed);
+ekv::DecodePlan check_decode(const CacheShape& shape, std::uint64_t seed, const DecodeCase& c = {}) {
+  ekv::test::HostCache<T> cache(shape, seed, c.inputs);
   ekv::test::DeviceCache<T> dev(cache);
+  if (!c.device_lengths.empty()) dev.lengths.copy_from(c.device_lengths);
   ekv::Stream stream;
   ekv::DeviceBuffer<T> dout(cache.q.size());
   ekv::DeviceBuffer<float> dlse(static_cast<std::size_t>(shape.batch()) * shape.q_heads());
-  const ekv::DecodePlan plan = ekv::plan_decode(ekv::test::decode_problem(shape, ekv::kDTypeOf<T>),
-                                                ekv::DeviceInfo::current(), forced_splits);
-  INFO("splits=" << plan.num_splits << " split_tokens=" << plan.split_tokens << " head_tile=" << plan.head_tile);
+  ekv::DecodeProblem problem = ekv::test::decode_problem(shape, ekv::kDTypeOf<T>);
+  if (c.planned_len >= 0) problem.max_seq_len = c.planned_len;
+  problem.scale = c.scale;
+  const ekv::DecodePlan plan = ekv::plan_decode(problem, ekv::DeviceInfo::current(), c.forced_splits);
+  INFO("inputs=" << ekv::test::name(c.inputs) << " splits=" << plan.num_splits << " split_tokens=" << plan.split_tokens
+                 << " head_tile=" << plan.head_tile << " planned_len=" << problem.max_seq_len);
   ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
   dout.fill_bytes(0xFF, stream);
   dlse.fill_bytes(0xFF, stream);
@@ -46,8 +61,10 @@ void check_decode(const CacheShape& shape, std::uint64_t seed, int forced_splits
   std::vector<float> lse(dlse.size());
   dout.copy_to(out);
   dlse.copy_to(lse);
-  const auto ref = ekv::reference_decode<T>(cache.host_view(), cache.q.data(), shape.q_heads(), plan.scale);
-  ekv::test::check_against_reference<T>(ref, out, lse, shape.head_dim);
+  const double scale = c.scale > 0 ? c.scale : 1.0 / std::sqrt(static_cast<double>(shape.head_dim));
+  const auto ref = ekv::reference_decode<T>(cache.host_view(), cache.q.data(), shape.q_heads(), scale);
+  ekv::test::check_against_reference<T>(ref, out, lse, shape.head_dim, c.inputs);
+  return plan;
 }
 
 }  // namespace
@@ -104,9 +121,103 @@ TEST_CASE("any split count gives the unsplit result") {
   for (int splits : {1, 2, 7, 64, 0}) {
     INFO("forced splits=" << splits);
     CacheShape c{4, 2, 128, 32, {4099, 300, 1}, Layout::kPaged};
-    check_decode<__half>(c, seed, splits);
+    DecodeCase forced;
+    forced.forced_splits = splits;
+    const ekv::DecodePlan plan = check_decode<__half>(c, seed, forced);
+    // the count asked for, where splits stay at least kDecodeSplitAlign tokens long: a
+    // 4099-token sequence takes at most ceil(4099 / 128) = 33
+    const int most = (4099 + ekv::kDecodeSplitAlign - 1) / ekv::kDecodeSplitAlign;
+    if (splits > 0) CHECK(plan.num_splits == std::min(splits, most));
+    CHECK(plan.num_splits >= 1);
+    CHECK(plan.num_splits <= most);
     c.lengths = {5000, 1, 0};
-    check_decode<float>(c, seed, splits);
+    const ekv::DecodePlan float_plan = check_decode<float>(c, seed, forced);
+    if (splits > 0) CHECK(float_plan.num_splits == std::min(splits, (5000 + ekv::kDecodeSplitAlign - 1) / ekv::kDecodeSplitAlign));
+  }
+}
+
+TEST_CASE_TEMPLATE("decode matches the reference on every input family, split or not", T, float, __half,
+                   __nv_bfloat16) {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  int i = 0;
+  for (ekv::test::Inputs inputs : ekv::test::kAllInputs) {
+    for (int splits : {1, 8, 0}) {
+      DecodeCase c;
+      c.inputs = inputs;
+      c.forced_splits = splits;
+      const CacheShape paged{2, 4, 128, 16, {3001, 1, 700, 2048}, Layout::kPaged};
+      INFO(ekv::test::describe(paged));
+      check_decode<T>(paged, seed + i++, c);
+      const CacheShape hnd{3, 1, 64, 0, {1500, 129}, Layout::kContiguousHnd};
+      INFO(ekv::test::describe(hnd));
+      check_decode<T>(hnd, seed + i++, c);
+    }
+  }
+}
+
+TEST_CASE("peaked inputs have the score spread they are named for") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  ekv::test::HostCache<__half> cache({2, 4, 128, 16, {3001}, Layout::kPaged}, seed, ekv::test::Inputs::kPeaked);
+  const auto kv = cache.host_view();
+  double sum = 0, sum2 = 0, top = -1e30;
+  for (int t = 0; t < 3001; ++t) {
+    double s = 0;
+    for (int c = 0; c < 128; ++c) {
+      s += __half2float(cache.q[c]) * static_cast<double>(__half2float(cache.k[kv.offset(0, 0, t) + c]));
+    }
+    s /= std::sqrt(128.0);
+    sum += s;
+    sum2 += s * s;
+    top = std::max(top, s);
+  }
+  const double mean = sum / 3001, stddev = std::sqrt(sum2 / 3001 - mean * mean);
+  INFO("score std " << stddev << ", top " << top);
+  CHECK(stddev >= 5);
+  CHECK(top >= 40);  // the planted keys: exp(top) overflows float unless the maximum is subtracted
+}
+
+TEST_CASE_TEMPLATE("a user-given scale reaches the kernel", T, float, __half, __nv_bfloat16) {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  for (float scale : {0.3f, 0.01f, 1.0f}) {
+    DecodeCase c;
+    c.scale = scale;
+    INFO("scale=" << scale);
+    check_decode<T>({2, 4, 128, 16, {2000, 5}, Layout::kPaged}, seed, c);
+    c.forced_splits = 4;
+    check_decode<T>({2, 2, 64, 0, {900}, Layout::kContiguousNhd}, seed + 1, c);
+  }
+}
+
+TEST_CASE_TEMPLATE("lengths past the planned maximum stay exact (the last split takes the rest)", T, float, __half) {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  for (int splits : {0, 3}) {
+    DecodeCase c;
+    c.forced_splits = splits;
+    c.planned_len = 1000;  // the view holds 4096 tokens per sequence
+    const CacheShape shape{2, 4, 128, 16, {4096, 3000, 1000, 999, 0}, Layout::kPaged};
+    INFO(ekv::test::describe(shape));
+    const ekv::DecodePlan plan = check_decode<T>(shape, seed, c);
+    CHECK(plan.problem.max_seq_len == 1000);
+  }
+}
+
+TEST_CASE_TEMPLATE("lengths past the view's capacity are clamped to it", T, float, __half) {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  for (Layout layout : ekv::test::kAllLayouts) {
+    // the shape's lengths are what decode must attend to: the capacity (2048, the longest)
+    // for the two sequences whose device lengths run past it
+    const CacheShape shape{2, 2, 128, 16, {2048, 2048, 77}, layout};
+    INFO(ekv::test::describe(shape));
+    DecodeCase c;
+    c.device_lengths = {2049, 1 << 30, 77};
+    check_decode<T>(shape, seed, c);
+    c.forced_splits = 5;
+    check_decode<T>(shape, seed + 1, c);
   }
 }
 
@@ -146,9 +257,12 @@ TEST_CASE("decode captured in a CUDA Graph replays like direct launches, for new
   ekv::DeviceBuffer<__half> o_direct(q.size()), o_graph(q.size());
   ekv::DeviceBuffer<float> lse_direct(batch * q_heads), lse_graph(batch * q_heads);
   ekv::DeviceBuffer<std::int32_t> lengths(batch);
-  k.copy_from(ekv::bench::random_uniform<__half>(pool, -1.0f, 1.0f, seed));
-  v.copy_from(ekv::bench::random_uniform<__half>(pool, -1.0f, 1.0f, seed + 1));
-  q.copy_from(ekv::bench::random_uniform<__half>(q.size(), -1.0f, 1.0f, seed + 2));
+  std::vector<__half> k_host = ekv::bench::random_uniform<__half>(pool, -1.0f, 1.0f, seed);
+  std::vector<__half> v_host = ekv::bench::random_uniform<__half>(pool, -1.0f, 1.0f, seed + 1);
+  std::vector<__half> q_host = ekv::bench::random_uniform<__half>(q.size(), -1.0f, 1.0f, seed + 2);
+  k.copy_from(k_host);
+  v.copy_from(v_host);
+  q.copy_from(q_host);
   const auto view = ekv::contiguous_hnd_kv<__half>(k.data(), v.data(), lengths.data(), batch, kv_heads, d, capacity);
   ekv::DecodeProblem p;
   p.batch = batch;
@@ -186,5 +300,11 @@ TEST_CASE("decode captured in a CUDA Graph replays like direct launches, for new
       REQUIRE_FALSE(std::isnan(la[i]));
       CHECK((la[i] == lb[i] || (std::isinf(la[i]) && std::isinf(lb[i]))));
     }
+    // and the replay is right, not only equal to a launch: the reference at these lengths
+    std::vector<std::int32_t> host_lens = lens;
+    const auto host = ekv::contiguous_hnd_kv<__half>(k_host.data(), v_host.data(), host_lens.data(), batch, kv_heads,
+                                                     d, capacity);
+    const auto ref = ekv::reference_decode<__half>(host, q_host.data(), q_heads, 1.0 / std::sqrt(double{d}));
+    ekv::test::check_against_reference<__half>(ref, a, la, d);
   }
 }

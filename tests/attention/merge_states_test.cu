@@ -189,6 +189,91 @@ TEST_CASE("merge_state_pair merges two decode outputs in their dtype, empty ones
                        "merge_state_pair: null o_a, lse_a, o_b, lse_b, o or lse", ekv::Error);
 }
 
+TEST_CASE("merges of peaked, large and late-maximum states match the reference") {
+  // LSEs spread over [-90, 90] (exp overflows float unless the maximum is subtracted),
+  // outputs near the fp16 range, and in even rows the largest LSE in the last part, so
+  // every earlier part is rescaled. Relative error per row: float 1e-6, half one rounding
+  // (2^-11) plus the weights' float error.
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const int rows = 6, parts = 5, d = 64;
+  const std::size_t n = static_cast<std::size_t>(rows) * parts * d;
+  const auto states_o = ekv::bench::random_uniform<float>(n, -60000.0f, 60000.0f, seed);
+  auto states_lse = ekv::bench::random_uniform<float>(static_cast<std::size_t>(rows) * parts, -90.0f, 90.0f, seed + 1);
+  for (int r = 0; r < rows; r += 2) {
+    states_lse[r * parts + parts - 1] = *std::max_element(states_lse.begin() + r * parts,
+                                                          states_lse.begin() + (r + 1) * parts) + 30.0f;
+  }
+  ekv::DeviceBuffer<float> dso(n), dsl(states_lse.size()), dout(rows * d), dlse(rows);
+  dso.copy_from(states_o);
+  dsl.copy_from(states_lse);
+  ekv::Stream stream;
+  dout.fill_bytes(0xFF, stream);
+  dlse.fill_bytes(0xFF, stream);
+  ekv::merge_states<float>(dso.data(), dsl.data(), rows, parts, d, dout.data(), dlse.data(), stream);
+  // the same states two at a time in half: part 0 with part 1, as a hybrid step merges
+  const std::size_t pair = static_cast<std::size_t>(rows) * d;
+  std::vector<__half> a(pair), b(pair);
+  std::vector<float> lse_a(rows), lse_b(rows);
+  for (int r = 0; r < rows; ++r) {
+    lse_a[r] = states_lse[r * parts];
+    lse_b[r] = states_lse[r * parts + parts - 1];
+    for (int j = 0; j < d; ++j) {
+      a[r * d + j] = __float2half(states_o[(static_cast<std::size_t>(r) * parts) * d + j]);
+      b[r * d + j] = __float2half(states_o[(static_cast<std::size_t>(r) * parts + parts - 1) * d + j]);
+    }
+  }
+  ekv::DeviceBuffer<__half> da(pair), db(pair), dpair(pair);
+  ekv::DeviceBuffer<float> dla(rows), dlb(rows), dpair_lse(rows);
+  da.copy_from(a);
+  db.copy_from(b);
+  dla.copy_from(lse_a);
+  dlb.copy_from(lse_b);
+  dpair.fill_bytes(0xFF, stream);
+  ekv::merge_state_pair<__half>(da.data(), dla.data(), db.data(), dlb.data(), rows, d, dpair.data(), dpair_lse.data(),
+                                stream);
+  stream.synchronize();
+  std::vector<float> out(rows * d), lse(rows), pair_lse(rows);
+  std::vector<__half> pair_out(pair);
+  dout.copy_to(out);
+  dlse.copy_to(lse);
+  dpair.copy_to(pair_out);
+  dpair_lse.copy_to(pair_lse);
+  const auto relative = [&](const auto& got, const std::vector<double>& want, int r) {
+    double err2 = 0, ref2 = 0;
+    for (int j = 0; j < d; ++j) {
+      const double g = static_cast<double>(got[static_cast<std::size_t>(r) * d + j]);
+      REQUIRE(std::isfinite(g));
+      err2 += (g - want[j]) * (g - want[j]);
+      ref2 += want[j] * want[j];
+    }
+    return std::sqrt(err2 / ref2);
+  };
+  for (int r = 0; r < rows; ++r) {
+    INFO("row " << r);
+    std::vector<ekv::RefState> states(parts);
+    for (int s = 0; s < parts; ++s) {
+      states[s].lse = states_lse[r * parts + s];
+      states[s].o.assign(states_o.begin() + (r * parts + s) * d, states_o.begin() + (r * parts + s + 1) * d);
+    }
+    const ekv::RefState want = ekv::reference_merge(states, d);
+    CHECK(std::abs(lse[r] - want.lse) <= 1e-5 * std::max(1.0, std::abs(want.lse)));
+    CHECK(relative(out, want.o, r) <= 1e-6);
+    std::vector<ekv::RefState> two(2);
+    two[0].lse = lse_a[r];
+    two[1].lse = lse_b[r];
+    for (int j = 0; j < d; ++j) {
+      two[0].o.push_back(__half2float(a[r * d + j]));
+      two[1].o.push_back(__half2float(b[r * d + j]));
+    }
+    const ekv::RefState want_pair = ekv::reference_merge(two, d);
+    std::vector<float> pair_row(pair_out.size());
+    for (std::size_t i = 0; i < pair_out.size(); ++i) pair_row[i] = __half2float(pair_out[i]);
+    CHECK(std::abs(pair_lse[r] - want_pair.lse) <= 1e-5 * std::max(1.0, std::abs(want_pair.lse)));
+    CHECK(relative(pair_row, want_pair.o, r) <= 1e-3);
+  }
+}
+
 TEST_CASE("merge_states rejects bad sizes") {
   ekv::Stream stream;
   CHECK_THROWS_WITH_AS(ekv::merge_states<float>(nullptr, nullptr, 1, 0, 64, nullptr, nullptr, stream),

@@ -3,6 +3,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -33,8 +34,10 @@ std::vector<std::vector<int>> random_selection(const ekv::test::CacheShape& shap
 }
 
 template <typename T>
-void check_block_sparse(const ekv::test::CacheShape& shape, std::uint64_t seed) {
-  ekv::test::HostCache<T> cache(shape, seed);
+void check_block_sparse(const ekv::test::CacheShape& shape, std::uint64_t seed,
+                        ekv::test::Inputs inputs = ekv::test::Inputs::kUniform) {
+  ekv::test::HostCache<T> cache(shape, seed, inputs);
+  INFO("inputs=" << ekv::test::name(inputs));
   const auto rows = random_selection(shape, cache.block_len, seed + 3);
   int max_selected = 1;
   for (const auto& r : rows) max_selected = std::max<int>(max_selected, static_cast<int>(r.size()));
@@ -72,6 +75,7 @@ void check_block_sparse(const ekv::test::CacheShape& shape, std::uint64_t seed) 
   dlse.copy_to(lse);
 
   const ekv::KVView<T> host = cache.host_view();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(shape.head_dim));  // the reference's own
   std::vector<ekv::RefState> ref;
   for (int b = 0; b < shape.batch(); ++b) {
     for (int qh = 0; qh < shape.q_heads(); ++qh) {
@@ -80,12 +84,12 @@ void check_block_sparse(const ekv::test::CacheShape& shape, std::uint64_t seed) 
       for (int block : rows[static_cast<std::size_t>(b) * shape.kv_heads + h]) {
         const int begin = block * cache.block_len, end = std::min(shape.lengths[b], begin + cache.block_len);
         parts.push_back(ekv::reference_attend(host, cache.q.data() + (static_cast<std::size_t>(b) * shape.q_heads() + qh) * shape.head_dim,
-                                              b, h, begin, end, plan.scale));
+                                              b, h, begin, end, scale));
       }
       ref.push_back(ekv::reference_merge(parts, shape.head_dim));
     }
   }
-  ekv::test::check_against_reference<T>(ref, out, lse, shape.head_dim);
+  ekv::test::check_against_reference<T>(ref, out, lse, shape.head_dim, inputs);
 }
 
 }  // namespace
@@ -98,6 +102,6 @@ TEST_CASE_TEMPLATE("block-sparse decode equals attention over exactly the select
   for (int block_len : {16, 64}) {
     const ekv::test::CacheShape shape{2, 4, 128, block_len, {1000, 37, 2049, 0}, Layout::kPaged};
     INFO(ekv::test::describe(shape));
-    check_block_sparse<T>(shape, seed + block_len);
+    for (ekv::test::Inputs inputs : ekv::test::kAllInputs) check_block_sparse<T>(shape, seed + block_len, inputs);
   }
 }

@@ -62,7 +62,9 @@ TEST_CASE("importance after an exact step, and DYNAMIC anchors from it, match th
   const std::size_t slots = cache.table.size() * shape.kv_heads * cache.block_len;
   ekv::DeviceBuffer<float> importance(slots);
   importance.fill_bytes(0, stream);
-  ekv::record_importance<T>(view, dev.q.data(), lse.data(), shape.q_heads(), plan.scale, importance.data(), stream);
+  // the softmax scale both sides use, computed here: a wrong default in plan_decode shows
+  const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
+  ekv::record_importance<T>(view, dev.q.data(), lse.data(), shape.q_heads(), scale, importance.data(), stream);
 
   ekv::ElasticConfig config;
   config.anchor = ekv::AnchorKind::kDynamic;
@@ -80,7 +82,7 @@ TEST_CASE("importance after an exact step, and DYNAMIC anchors from it, match th
   for (int b = 0; b < shape.batch(); ++b) {
     std::vector<std::vector<double>> want;
     ekv::reference_update_importance(host, cache.q.data() + static_cast<std::size_t>(b) * shape.q_heads() * shape.head_dim,
-                                     shape.q_heads(), b, plan.scale, want);
+                                     shape.q_heads(), b, scale, want);
     for (int h = 0; h < shape.kv_heads; ++h) {
       for (int t = 0; t < shape.lengths[b]; ++t) {
         const std::size_t physical = cache.table[static_cast<std::size_t>(b) * cache.blocks_per_seq + t / cache.block_len];

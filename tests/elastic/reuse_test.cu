@@ -6,6 +6,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <vector>
 
 #include "device_cache.cuh"
@@ -17,14 +18,14 @@
 
 namespace {
 
-void check_reuse(ekv::RetrievalType retrieval, std::uint64_t seed) {
-  using T = __half;
-  INFO("retrieval=" << ekv::to_string(retrieval) << " seed=" << seed);
+template <typename T>
+void check_reuse(ekv::RetrievalType retrieval, ekv::test::Inputs inputs, std::uint64_t seed) {
+  INFO("retrieval=" << ekv::to_string(retrieval) << " inputs=" << ekv::test::name(inputs) << " seed=" << seed);
   // room for the steps' tokens: the cache is planned for 40 more than the longest
   const ekv::test::CacheShape shape{2, 2, 128, 16, {297, 100}, ekv::test::Layout::kPaged};
   ekv::test::CacheShape planned = shape;
   planned.lengths = {297 + 40, 100};
-  ekv::test::HostCache<T> cache(planned, seed);
+  ekv::test::HostCache<T> cache(planned, seed, inputs);
   cache.lengths.assign(shape.lengths.begin(), shape.lengths.end());
   ekv::test::DeviceCache<T> dev(cache);
   ekv::Stream stream;
@@ -34,9 +35,9 @@ void check_reuse(ekv::RetrievalType retrieval, std::uint64_t seed) {
   config.token_step = 4;
   config.retrieval = retrieval;
   const ekv::ElasticPolicy policy(config, ekv::ElasticBudget::blocks(5));
-  ekv::ElasticDecode<T> step(ekv::test::decode_problem(planned, ekv::DType::kFloat16), cache.block_len, policy,
+  ekv::ElasticDecode<T> step(ekv::test::decode_problem(planned, ekv::kDTypeOf<T>), cache.block_len, policy,
                              ekv::DeviceInfo::current(), stream);
-  ekv::DeviceBuffer<T> anchors(cache.table.size() * shape.kv_heads * 2 * shape.head_dim);
+  ekv::DeviceBuffer<T> anchors(step.anchor_elems(cache.table.size()));
   ekv::build_anchors<T>(view, anchors.data(), config, stream);
   const int kv_rows = shape.batch() * shape.kv_heads;
   // ElasticDecode's rows: a query head's blocks under QHEAD, else a kv head's
@@ -95,16 +96,20 @@ void check_reuse(ekv::RetrievalType retrieval, std::uint64_t seed) {
     o.copy_to(got_o);
     lse.copy_to(got_lse);
     const auto ref = ekv::reference_elastic_decode(host, cache.q.data(), shape.q_heads(), expected, retrieval, scale);
-    ekv::test::check_against_reference<T>(ref, got_o, got_lse, shape.head_dim);
+    ekv::test::check_against_reference<T>(ref, got_o, got_lse, shape.head_dim, inputs);
   }
 }
 
 }  // namespace
 
-TEST_CASE("selection reuse between refreshes, checked step by step") {
+// Each dtype held to its own decode tolerance (decode_check.hpp): float 1e-5 (1e-4 on
+// peaked inputs), half 2e-3, bfloat16 1e-2; the selections must equal the reference's.
+TEST_CASE_TEMPLATE("selection reuse between refreshes, checked step by step", T, __half, __nv_bfloat16, float) {
   const auto seed = ekv::test::seed();
-  for (ekv::RetrievalType retrieval :
-       {ekv::RetrievalType::kKvHead, ekv::RetrievalType::kLayer, ekv::RetrievalType::kQHead}) {
-    check_reuse(retrieval, seed);
+  for (ekv::test::Inputs inputs : {ekv::test::Inputs::kUniform, ekv::test::Inputs::kPeaked}) {
+    for (ekv::RetrievalType retrieval :
+         {ekv::RetrievalType::kKvHead, ekv::RetrievalType::kLayer, ekv::RetrievalType::kQHead}) {
+      check_reuse<T>(retrieval, inputs, seed);
+    }
   }
 }

@@ -126,7 +126,8 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
       const int max_selected = policy.counts(cache.blocks_per_seq).total();
       ekv::DeviceBuffer<std::int32_t> selected(static_cast<std::size_t>(shape.batch()) * rows * max_selected);
       ekv::DeviceBuffer<std::int32_t> num_selected(static_cast<std::size_t>(shape.batch()) * rows);
-      ekv::score_blocks<T>(view, dev.q.data(), shape.q_heads(), anchors.data(), config, scores.data(), ekv::DeviceInfo::current(), stream);
+      ekv::score_blocks<T>(view, dev.q.data(), shape.q_heads(), anchors.data(), config, scores.data(),
+                           ekv::DeviceInfo::current(), stream);
       ekv::select_blocks<T>(view, shape.q_heads(), scores.data(), policy, selected.data(), num_selected.data(),
                             max_selected, stream);
       stream.synchronize();
@@ -257,8 +258,10 @@ TEST_CASE("the elastic GPU functions reject bad input before launching anything"
   }, "multiple of kv_heads"));
   CHECK(throws_containing([&] { ekv::qhead_sparse_view<T>(view, 3, list.data(), counts.data(), 8); },
                           "multiple of kv_heads"));
-  CHECK(throws_containing([&] { ekv::score_blocks<T>(view, dev.q.data(), 3, anchors.data(), config, scores.data(), ekv::DeviceInfo::current(), stream); },
-                          "multiple of kv_heads"));
+  const ekv::DeviceInfo device = ekv::DeviceInfo::current();
+  CHECK(throws_containing(
+      [&] { ekv::score_blocks<T>(view, dev.q.data(), 3, anchors.data(), config, scores.data(), device, stream); },
+      "multiple of kv_heads"));
   CHECK(throws_containing(
       [&] { ekv::select_blocks<T>(view, 2, scores.data(), policy, list.data(), counts.data(), 0, stream); },
       "max_selected"));
@@ -279,8 +282,21 @@ TEST_CASE("the elastic GPU functions reject bad input before launching anything"
   ekv::DeviceBuffer<T> o(cache.q.size());
   ekv::DeviceBuffer<float> lse(cache.shape.q_heads());
   CHECK(throws_containing([&] { step.attend(view, dev.q.data(), o.data(), lse.data(), stream); }, "no selection"));
-  CHECK(throws_containing([&] { ekv::score_blocks<T>(view, dev.q.data(), 2, anchors.data() + 1, config, scores.data(), ekv::DeviceInfo::current(), stream); },
-                          "aligned"));
+  // what ElasticDecode is built from: a problem that supports() accepts, in its own dtype
+  ekv::ElasticProblem bad;
+  bad.decode = ekv::test::decode_problem(cache.shape, ekv::DType::kFloat16);
+  bad.block_len = 0;
+  CHECK(throws_containing([&] { ekv::ElasticDecode<T>(bad, ekv::DeviceInfo::current(), stream); },
+                          "ElasticDecode: block_len=0 not supported by elastic decode; supported: 1 or more"));
+  bad.block_len = 16;
+  bad.decode.dtype = ekv::DType::kBFloat16;
+  CHECK(throws_containing([&] { ekv::ElasticDecode<T>(bad, ekv::DeviceInfo::current(), stream); },
+                          "the problem is for bfloat16"));
+  CHECK(step.workspace_bytes() > 0);
+  CHECK(step.anchor_elems(10) == 10u * cache.shape.kv_heads * 2 * cache.shape.head_dim);  // QUEST: min and max
+  CHECK(throws_containing(
+      [&] { ekv::score_blocks<T>(view, dev.q.data(), 2, anchors.data() + 1, config, scores.data(), device, stream); },
+      "aligned"));
 
   // layer_step 2 from layer 1: layers 1 and 2 share layer 1's selection, layer 0 has its own
   ekv::ElasticConfig shared;
