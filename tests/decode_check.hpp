@@ -30,8 +30,9 @@ inline const char* name(Layout l) {
 // - kUniform: K, V uniform in [-1, 1), q in [-2, 2): scaled scores with std about 0.67, a
 //   flat softmax;
 // - kPeaked: K in [-8, 8) and, at 3 random tokens of every (sequence, kv head), a key
-//   along the sign of the group's queries: score std >= 5 and a few scores near 90, where
-//   exp overflows unless the maximum is subtracted and a wrong rescale shows;
+//   along the sign of the group's queries: score std >= 5 and a few scores of 40 to 90
+//   (90 in a group of one), where exp overflows unless the maximum is subtracted and a
+//   wrong rescale shows;
 // - kLargeValues: V in [-60000, 60000), near the fp16 range (65504): partial sums of P.V
 //   overflow fp16 unless accumulated in float;
 // - kLateMax: uniform, plus keys along the queries at 2 tokens in the last 5% of each

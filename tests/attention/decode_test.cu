@@ -159,7 +159,9 @@ TEST_CASE_TEMPLATE("decode matches the reference on every input family, split or
 TEST_CASE("peaked inputs have the score spread they are named for") {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
-  ekv::test::HostCache<__half> cache({2, 4, 128, 16, {3001}, Layout::kPaged}, seed, ekv::test::Inputs::kPeaked);
+  // group 1: the planted keys follow this head's own query signs (a group's heads share
+  // theirs, and score about half as high)
+  ekv::test::HostCache<__half> cache({2, 1, 128, 16, {3001}, Layout::kPaged}, seed, ekv::test::Inputs::kPeaked);
   const auto kv = cache.host_view();
   double sum = 0, sum2 = 0, top = -1e30;
   for (int t = 0; t < 3001; ++t) {
@@ -175,7 +177,7 @@ TEST_CASE("peaked inputs have the score spread they are named for") {
   const double mean = sum / 3001, stddev = std::sqrt(sum2 / 3001 - mean * mean);
   INFO("score std " << stddev << ", top " << top);
   CHECK(stddev >= 5);
-  CHECK(top >= 40);  // the planted keys: exp(top) overflows float unless the maximum is subtracted
+  CHECK(top >= 80);  // the planted keys: exp(top) summed over tokens overflows float unless the maximum is subtracted
 }
 
 TEST_CASE_TEMPLATE("a user-given scale reaches the kernel", T, float, __half, __nv_bfloat16) {
