@@ -62,36 +62,41 @@ BenchInputs<T> make_bench_inputs(const BenchShape& shape, const BenchSeeds& seed
   return in;
 }
 
-// For every (sequence, kv head), `needles` random logical blocks among 1 .. blocks - 2
-// (never a sink or the window) get keys 12 q / |q| + uniform noise in [-0.1, 0.1), q the
-// group's first query head: calls write(physical_block, kv_head, keys [block_len][head_dim]).
-// Throws ekv::Error where a sequence of `blocks` blocks has none to plant in.
+// For every (sequence, kv head), `needles` distinct random logical blocks among
+// 1 .. blocks - 2 (never a sink or the window) get keys that point along the group's
+// queries: token t of the block takes 12 q / |q| + uniform noise in [-0.1, 0.1), q the
+// group's query head t % group, so that every query head of the group has tokens there.
+// Calls write(physical_block, kv_head, keys [block_len][head_dim]). Throws ekv::Error
+// where a sequence of `blocks` blocks has no room for them.
 template <typename T, typename Write>
 void plant_needles(const BenchShape& shape, const BenchInputs<T>& in, int blocks, int needles, std::uint64_t seed,
                    Write&& write) {
   if (needles == 0) return;
-  if (blocks < 3) {
-    throw Error("needles go in blocks between the first and the last; a sequence of " + std::to_string(blocks) +
-                " blocks has none");
+  if (needles > blocks - 2) {
+    throw Error("needles go in distinct blocks between the first and the last; a sequence of " +
+                std::to_string(blocks) + " blocks has room for " + std::to_string(std::max(0, blocks - 2)) +
+                ", not " + std::to_string(needles));
   }
   std::mt19937_64 rng(seed);
   const int group = shape.q_heads / shape.kv_heads, d = shape.head_dim;
   std::vector<T> rows(static_cast<std::size_t>(shape.block_len) * d);
+  std::vector<int> middle(blocks - 2);
+  std::iota(middle.begin(), middle.end(), 1);
+  std::uniform_real_distribution<float> noise(-0.1f, 0.1f);
   for (int b = 0; b < shape.batch; ++b) {
     for (int h = 0; h < shape.kv_heads; ++h) {
-      const T* qh = in.q.data() + (static_cast<std::size_t>(b) * shape.q_heads + h * group) * d;
-      double norm = 0;
-      for (int c = 0; c < d; ++c) norm += std::pow(DTypeTraits<T>::to_float(qh[c]), 2);
-      std::uniform_real_distribution<float> noise(-0.1f, 0.1f);
       for (int t = 0; t < shape.block_len; ++t) {
+        const T* qh = in.q.data() + (static_cast<std::size_t>(b) * shape.q_heads + h * group + t % group) * d;
+        double norm = 0;
+        for (int c = 0; c < d; ++c) norm += std::pow(DTypeTraits<T>::to_float(qh[c]), 2);
         for (int c = 0; c < d; ++c) {
           rows[static_cast<std::size_t>(t) * d + c] = DTypeTraits<T>::from_float(
               static_cast<float>(DTypeTraits<T>::to_float(qh[c]) * 12.0 / std::sqrt(norm)) + noise(rng));
         }
       }
+      std::shuffle(middle.begin(), middle.end(), rng);
       for (int n = 0; n < needles; ++n) {
-        const int logical = std::uniform_int_distribution<int>(1, blocks - 2)(rng);
-        write(in.table[static_cast<std::size_t>(b) * shape.blocks_per_seq + logical], h, rows);
+        write(in.table[static_cast<std::size_t>(b) * shape.blocks_per_seq + middle[n]], h, rows);
       }
     }
   }

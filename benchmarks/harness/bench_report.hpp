@@ -19,7 +19,9 @@ namespace ekv::bench {
 
 // Bump on any change a reader of the JSON must know of: a renamed, moved or removed
 // field, or a changed unit. Added fields keep the version.
-inline constexpr int kBenchSchemaVersion = 1;
+// 2: attention_steps_per_s (was tokens_per_s), null efficiency and roofline without roofs
+// (--no-roofs), needles the count planted, blocks_per_sequence at the final length.
+inline constexpr int kBenchSchemaVersion = 2;
 
 // The roofs of the device that ran, measured in the same run.
 struct BenchCeilings {
@@ -36,18 +38,21 @@ struct VariantResult {
 
 // Derived figures of a variant, all from its median step time.
 struct VariantMetrics {
-  double tokens_per_s = 0;  // decode steps per second x batch
+  double steps_per_s = 0;  // one layer's attention steps per second x batch (sequences' steps)
   double bytes_per_s = 0;
   double of_read = 0;  // fraction of the measured read bandwidth
   double of_copy = 0;  // fraction of the measured copy bandwidth
   RooflinePoint roofline;
 };
 
+inline bool has_roofs(const BenchCeilings& c) { return c.read_bytes_per_s > 0 && c.copy_bytes_per_s > 0; }
+
 inline VariantMetrics variant_metrics(const VariantResult& v, const BenchCeilings& c, int batch) {
   VariantMetrics m;
   const double s = v.step_s.median;
-  m.tokens_per_s = batch / s;
+  m.steps_per_s = batch / s;
   m.bytes_per_s = v.work.bytes / s;
+  if (!has_roofs(c)) return m;  // --no-roofs: no fraction of anything
   m.of_read = m.bytes_per_s / c.read_bytes_per_s;
   m.of_copy = m.bytes_per_s / c.copy_bytes_per_s;
   m.roofline = place_on_roofline(v.work.flops, v.work.bytes, s, c.read_bytes_per_s, c.peak_flops_per_s);
@@ -69,7 +74,7 @@ struct BenchReport {
   BenchOptions options;
   BenchCeilings ceilings;
   VariantResult exact, elastic;
-  int blocks_per_sequence = 0;  // at --seq
+  int blocks_per_sequence = 0;  // at the final length (--seq, plus --decode_tokens with --inference)
   int elastic_blocks = 0;       // of them elastic reads per kv head on a refreshing step
   BenchAccuracy accuracy;
   std::vector<std::string> notes;
@@ -78,7 +83,7 @@ struct BenchReport {
 };
 
 // Fills both variants' per-step times (a sample holds `steps` steps; trimmed per
-// --truncate), their work (bench_work) and the block counts at --seq.
+// --truncate), their work (bench_work) and the block counts at the final length.
 inline void record_timing(BenchReport& r, const PairedSamples& samples, int steps, std::size_t anchor_value_bytes) {
   const BenchOptions& o = r.options;
   const auto per_step = [&](std::vector<double> seconds) {
@@ -91,7 +96,7 @@ inline void record_timing(BenchReport& r, const PairedSamples& samples, int step
   const BenchWork work = bench_work(o, policy, anchor_value_bytes);
   r.exact.work = work.exact;
   r.elastic.work = work.elastic;
-  r.blocks_per_sequence = sequence_blocks(o.seq, o.block_len);
+  r.blocks_per_sequence = sequence_blocks(o.inference ? o.seq + o.decode_tokens : o.seq, o.block_len);
   r.elastic_blocks = policy.counts(r.blocks_per_sequence).total();
 }
 
@@ -115,25 +120,31 @@ inline void to_json(nlohmann::json& j, const BenchOptions& o) {
                      {"graphs", o.graphs},
                      {"decode_tokens", o.inference ? nlohmann::json(o.decode_tokens) : nlohmann::json(nullptr)},
                      {"paired_baseline", o.paired_baseline},
-                     {"needles", o.needles},
+                     {"needles", o.needle_blocks()},
+                     {"threads", o.threads > 0 ? nlohmann::json(o.threads) : nlohmann::json(nullptr)},
+                     {"roofs", o.roofs},
                      {"seed", o.seed},
                      {"device", to_string(o.device)}};
 }
 
 inline nlohmann::json variant_json(const VariantResult& v, const BenchCeilings& c, int batch) {
   const VariantMetrics m = variant_metrics(v, c, batch);
-  return nlohmann::json{{"step_seconds", v.step_s},
-                        {"tokens_per_s", m.tokens_per_s},
-                        {"bytes_per_step", v.work.bytes},
-                        {"flops_per_step", v.work.flops},
-                        {"bytes_per_s", m.bytes_per_s},
-                        {"efficiency", {{"of_read_bandwidth", m.of_read}, {"of_copy_bandwidth", m.of_copy}}},
-                        {"roofline",
-                         {{"arithmetic_intensity", m.roofline.arithmetic_intensity},
-                          {"attainable_flops_per_s", m.roofline.attainable_flops_per_s},
-                          {"achieved_flops_per_s", m.roofline.achieved_flops_per_s},
-                          {"of_attainable", m.roofline.achieved_flops_per_s / m.roofline.attainable_flops_per_s},
-                          {"bound", m.roofline.memory_bound ? "memory" : "compute"}}}};
+  nlohmann::json j{{"step_seconds", v.step_s},
+                   {"attention_steps_per_s", m.steps_per_s},
+                   {"bytes_per_step", v.work.bytes},
+                   {"flops_per_step", v.work.flops},
+                   {"bytes_per_s", m.bytes_per_s},
+                   {"efficiency", nullptr},
+                   {"roofline", nullptr}};
+  if (has_roofs(c)) {
+    j["efficiency"] = {{"of_read_bandwidth", m.of_read}, {"of_copy_bandwidth", m.of_copy}};
+    j["roofline"] = {{"arithmetic_intensity", m.roofline.arithmetic_intensity},
+                     {"attainable_flops_per_s", m.roofline.attainable_flops_per_s},
+                     {"achieved_flops_per_s", m.roofline.achieved_flops_per_s},
+                     {"of_attainable", m.roofline.achieved_flops_per_s / m.roofline.attainable_flops_per_s},
+                     {"bound", m.roofline.memory_bound ? "memory" : "compute"}};
+  }
+  return j;
 }
 
 inline void to_json(nlohmann::json& j, const BenchReport& r) {
@@ -146,8 +157,8 @@ inline void to_json(nlohmann::json& j, const BenchReport& r) {
       {"configuration", r.options},
       {"build", build_json()},
       {"ceilings",
-       {{"read_bytes_per_s", r.ceilings.read_bytes_per_s},
-        {"copy_bytes_per_s", r.ceilings.copy_bytes_per_s},
+       {{"read_bytes_per_s", has_roofs(r.ceilings) ? nlohmann::json(r.ceilings.read_bytes_per_s) : nlohmann::json()},
+        {"copy_bytes_per_s", has_roofs(r.ceilings) ? nlohmann::json(r.ceilings.copy_bytes_per_s) : nlohmann::json()},
         {"peak_flops_per_s", peak},
         {"peak_flops_source", r.ceilings.peak_flops_source}}},
       {"results",

@@ -3,11 +3,14 @@
 // decode attention, which reads every K and V byte once and writes almost nothing. Beside
 // it the copy bandwidth, the number users know.
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -98,6 +101,30 @@ inline double measure_host_copy_bandwidth(CPUInfer& pool, std::size_t bytes = st
   volatile std::uint64_t sink = dst[words / 2];  // the copy is used
   static_cast<void>(sink);
   return 2.0 * static_cast<double>(words * sizeof(std::uint64_t)) / seconds;
+}
+
+// The host CPU's model name (/proc/cpuinfo's first "model name"), or "host CPU" where it
+// says none.
+inline std::string host_cpu_name() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("model name", 0) == 0) {
+      const std::size_t colon = line.find(':');
+      if (colon != std::string::npos && colon + 2 <= line.size()) return line.substr(colon + 2);
+    }
+  }
+  return "host CPU";
+}
+
+// The largest CPU cache's size in bytes (L3, else L2), 0 where the system does not say.
+inline std::size_t host_last_level_cache_bytes() {
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+  for (const int name : {_SC_LEVEL3_CACHE_SIZE, _SC_LEVEL2_CACHE_SIZE}) {
+    const long bytes = sysconf(name);
+    if (bytes > 0) return static_cast<std::size_t>(bytes);
+  }
+#endif
+  return 0;
 }
 
 }  // namespace ekv::bench

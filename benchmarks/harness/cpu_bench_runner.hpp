@@ -29,18 +29,28 @@ BenchReport run_cpu_bench(const BenchOptions& o, CPUInfer& pool, std::ostream& p
   BenchReport r;
   r.backend = BenchBackend::kCpu;
   r.options = o;
-  r.device = {{"name", "host CPU"}, {"threads", pool.num_threads()}};
-  progress << "ekv-bench: measuring the host's read and copy bandwidth on " << pool.num_threads() << " threads\n";
-  r.ceilings.read_bytes_per_s = measure_host_read_bandwidth(pool);
-  r.ceilings.copy_bytes_per_s = measure_host_copy_bandwidth(pool);
-  r.ceilings.peak_flops_source = "no CPU flop rate is measured: the attainable rate is the bandwidth roof alone";
+  r.device = {{"name", host_cpu_name()}, {"threads", pool.num_threads()}};
+  if (o.roofs) {
+    progress << "ekv-bench: measuring the host's read and copy bandwidth on " << pool.num_threads() << " threads\n";
+    // 256 MiB: far past a last-level cache of up to 64 MiB, and a quarter of a second on two cores
+    r.ceilings.read_bytes_per_s = measure_host_read_bandwidth(pool, std::size_t{256} << 20, 5);
+    r.ceilings.copy_bytes_per_s = measure_host_copy_bandwidth(pool, std::size_t{256} << 20, 5);
+    r.ceilings.peak_flops_source = "no CPU flop rate is measured: the attainable rate is the bandwidth roof alone";
+  } else {
+    r.ceilings.peak_flops_source = "--no-roofs: nothing measured";
+  }
+  if (const std::size_t llc = host_last_level_cache_bytes(); llc > 0 && o.kv_bytes() < 2.0 * llc) {
+    r.notes.push_back("the K and V bytes (" + std::to_string(static_cast<long long>(o.kv_bytes())) +
+                      ") fit in about twice the last-level cache (" + std::to_string(llc) +
+                      " bytes): steps may read from cache, so fractions of the DRAM read bandwidth can pass 1");
+  }
 
   const BenchShape shape = bench_shape(o);
   const BenchSeeds seeds(o.seed);
   const BenchInputs<T> in = make_bench_inputs<T>(shape, seeds);
   std::vector<T> k = random_uniform<T>(shape.pool_elems(), -1.0f, 1.0f, seeds.k);
   std::vector<T> v = random_uniform<T>(shape.pool_elems(), -1.0f, 1.0f, seeds.v);
-  plant_needles(shape, in, sequence_blocks(o.seq, o.block_len), o.needles, seeds.needles,
+  plant_needles(shape, in, sequence_blocks(o.seq, o.block_len), o.needle_blocks(), seeds.needles,
                 [&](std::int32_t physical, int head, const std::vector<T>& rows) {
                   std::copy(rows.begin(), rows.end(),
                             k.begin() + physical * shape.block_elems() +
@@ -53,10 +63,11 @@ BenchReport run_cpu_bench(const BenchOptions& o, CPUInfer& pool, std::ostream& p
   elastic.build_anchors(pool, kv);
   std::vector<T> exact_o(shape.q_elems()), elastic_o(shape.q_elems());
   std::vector<float> exact_lse(static_cast<std::size_t>(o.batch) * o.q_heads()), elastic_lse(exact_lse.size());
-  // the decode loop appends one token per sequence and step
+  // the decode loop appends a fresh token per sequence and step: step s appends token s
   const std::size_t new_elems = static_cast<std::size_t>(o.batch) * shape.kv_heads * shape.head_dim;
-  const std::vector<T> k_new = random_uniform<T>(new_elems, -1.0f, 1.0f, seeds.k + 100);
-  const std::vector<T> v_new = random_uniform<T>(new_elems, -1.0f, 1.0f, seeds.v + 100);
+  const std::size_t new_tokens = o.inference ? o.decode_tokens : 1;
+  const std::vector<T> k_new = random_uniform<T>(new_elems * new_tokens, -1.0f, 1.0f, seeds.k + 100);
+  const std::vector<T> v_new = random_uniform<T>(new_elems * new_tokens, -1.0f, 1.0f, seeds.v + 100);
 
   const int steps = o.inference ? o.decode_tokens : o.inner_loops;
   const auto timed = [](auto&& work) {
@@ -67,7 +78,7 @@ BenchReport run_cpu_bench(const BenchOptions& o, CPUInfer& pool, std::ostream& p
   const auto exact_sample = [&] {
     return timed([&] {
       for (int s = 0; s < steps; ++s) {
-        if (o.inference) cpu_append_kv<T>(kv, k_new.data(), v_new.data(), 1);
+        if (o.inference) cpu_append_kv<T>(kv, k_new.data() + s * new_elems, v_new.data() + s * new_elems, 1);
         cpu_decode<T>(pool, kv, in.q.data(), o.q_heads(), exact_o.data(), exact_lse.data());
       }
     });
@@ -77,7 +88,7 @@ BenchReport run_cpu_bench(const BenchOptions& o, CPUInfer& pool, std::ostream& p
       for (int s = 0; s < steps; ++s) {
         if (o.inference) {
           const std::vector<int> before(lengths.begin(), lengths.end());
-          cpu_append_kv<T>(kv, k_new.data(), v_new.data(), 1);
+          cpu_append_kv<T>(kv, k_new.data() + s * new_elems, v_new.data() + s * new_elems, 1);
           elastic.update_anchors(pool, kv, before);
         }
         elastic.run(pool, kv, in.q.data(), elastic_o.data(), elastic_lse.data(), s);

@@ -55,17 +55,21 @@ BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
   r.backend = BenchBackend::kCuda;
   r.options = o;
   r.device = device;
-  progress << "ekv-bench: measuring " << device.name << "'s read, copy and FMA roofs\n";
-  r.ceilings.read_bytes_per_s = measure_read_bandwidth(stream);
-  r.ceilings.copy_bytes_per_s = measure_copy_bandwidth(stream);
-  r.ceilings.peak_flops_per_s = measure_fma_throughput(stream);
-  r.ceilings.peak_flops_source =
-      "float32 FMA chains on CUDA cores (kernels/fma_throughput.cuh); half and bfloat16 decode runs on tensor "
-      "cores, whose higher roof is not measured";
+  if (o.roofs) {
+    progress << "ekv-bench: measuring " << device.name << "'s read, copy and FMA roofs\n";
+    r.ceilings.read_bytes_per_s = measure_read_bandwidth(stream);
+    r.ceilings.copy_bytes_per_s = measure_copy_bandwidth(stream);
+    r.ceilings.peak_flops_per_s = measure_fma_throughput(stream);
+    r.ceilings.peak_flops_source =
+        "float32 FMA chains on CUDA cores (harness/fma_throughput.cuh); half and bfloat16 decode runs on tensor "
+        "cores, whose higher roof is not measured";
+  } else {
+    r.ceilings.peak_flops_source = "--no-roofs: nothing measured";
+  }
 
   const BenchShape shape = bench_shape(o);
   const BenchSeeds seeds(o.seed);
-  DeviceBenchCache<T> cache(shape, o.seq, seeds, o.needles, stream);
+  DeviceBenchCache<T> cache(shape, o.seq, seeds, o.needle_blocks(), stream);
   const KVView<T> kv = cache.view();
   const DecodeProblem problem{kDTypeOf<T>, o.batch, o.q_heads(), o.kv_head_count(), o.dim, o.capacity_tokens()};
   const DecodePlan plan = plan_decode(problem, device);
@@ -76,52 +80,57 @@ BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
   build_anchors<T>(kv, anchors.data(), config, stream);
   DeviceBuffer<T> exact_o(shape.q_elems()), elastic_o(shape.q_elems());
   DeviceBuffer<float> exact_lse(static_cast<std::size_t>(o.batch) * o.q_heads()), elastic_lse(exact_lse.size());
-  // the decode loop appends one token per sequence and step; `before` holds the lengths
-  // before it, for update_anchors, and `last` the token --seq - 1 (see reset)
+  // the decode loop appends a fresh token per sequence and step (step s appends token s of
+  // k_new and v_new); `before` holds the lengths before it, for update_anchors, and `last`
+  // the token --seq - 1 (see reset)
   const std::size_t new_elems = static_cast<std::size_t>(o.batch) * shape.kv_heads * shape.head_dim;
-  DeviceBuffer<T> k_new(new_elems), v_new(new_elems);
+  const int new_tokens = o.inference ? o.decode_tokens : 1;
+  DeviceBuffer<T> k_new(new_elems * new_tokens), v_new(new_elems * new_tokens);
   random_uniform_fill<T>(k_new.span(), -1.0f, 1.0f, seeds.k + 100, stream);
   random_uniform_fill<T>(v_new.span(), -1.0f, 1.0f, seeds.v + 100, stream);
   DeviceBuffer<std::int32_t> before(o.batch), last(o.batch);
   last.copy_from(std::vector<std::int32_t>(o.batch, o.seq - 1));
   stream.synchronize();
 
-  const auto append = [&](const Stream& s) {
-    if (o.inference) append_kv<T>(kv, k_new.data(), v_new.data(), 1, s);
+  const auto append = [&](const Stream& s, int step) {
+    if (o.inference) append_kv<T>(kv, k_new.data() + step * new_elems, v_new.data() + step * new_elems, 1, s);
   };
-  const auto append_and_update = [&](const Stream& s) {
+  const auto append_and_update = [&](const Stream& s, int step) {
     if (!o.inference) return;
     EKV_CUDA_CHECK(cudaMemcpyAsync(before.data(), kv.lengths, before.size_bytes(), cudaMemcpyDeviceToDevice, s.get()),
                    "ekv-bench: cannot keep the lengths before an append");
-    append(s);
+    append(s, step);
     update_anchors<T>(kv, anchors.data(), config, before.data(), 1, s);
   };
-  const StepLauncher exact_step(stream, [&](const Stream& s) {
-    append(s);
-    run_decode<T>(plan, kv, cache.q.data(), exact_o.data(), exact_lse.data(), workspace.data(), s);
-  }, o.graphs);
+  // One launcher per distinct step: a decode loop's steps append different tokens; a
+  // sample of --inner_loops steps repeats --refresh kinds (a refresh, then reuses).
+  const int steps = o.inference ? o.decode_tokens : o.inner_loops;
+  const int variants = o.inference ? steps : std::min(steps, o.refresh);
   // select() before any capture: attend() refuses to run (or be captured) before a selection
   elastic.select(kv, cache.q.data(), anchors.data(), stream);
-  const StepLauncher refresh_step(stream, [&](const Stream& s) {
-    append_and_update(s);
-    elastic.select(kv, cache.q.data(), anchors.data(), s);
-    elastic.attend(kv, cache.q.data(), elastic_o.data(), elastic_lse.data(), s);
-  }, o.graphs);
-  const StepLauncher reuse_step(stream, [&](const Stream& s) {
-    append_and_update(s);
-    elastic.attend(kv, cache.q.data(), elastic_o.data(), elastic_lse.data(), s);
-  }, o.graphs);
+  std::vector<StepLauncher> exact_steps, elastic_steps;
+  exact_steps.reserve(variants);
+  elastic_steps.reserve(variants);
+  for (int v = 0; v < variants; ++v) {
+    exact_steps.emplace_back(stream, [&, v](const Stream& s) {
+      append(s, v);
+      run_decode<T>(plan, kv, cache.q.data(), exact_o.data(), exact_lse.data(), workspace.data(), s);
+    }, o.graphs);
+    const bool refresh = config.refreshes_selection(v);
+    elastic_steps.emplace_back(stream, [&, v, refresh](const Stream& s) {
+      append_and_update(s, v);
+      if (refresh) elastic.select(kv, cache.q.data(), anchors.data(), s);
+      elastic.attend(kv, cache.q.data(), elastic_o.data(), elastic_lse.data(), s);
+    }, o.graphs);
+  }
 
-  const int steps = o.inference ? o.decode_tokens : o.inner_loops;
   SampleTimer timer(device);
   // every step cold: L2 evicted before each, outside its timed region
   const auto exact_sample = [&] {
-    return timer.seconds_of_steps(stream, steps, [&](const Stream& s, int) { exact_step(s); });
+    return timer.seconds_of_steps(stream, steps, [&](const Stream& s, int i) { exact_steps[i % variants](s); });
   };
   const auto elastic_sample = [&] {
-    return timer.seconds_of_steps(stream, steps, [&](const Stream& s, int i) {
-      (config.refreshes_selection(i) ? refresh_step : reuse_step)(s);
-    });
+    return timer.seconds_of_steps(stream, steps, [&](const Stream& s, int i) { elastic_steps[i % variants](s); });
   };
   // the decode loop starts each sample from --seq tokens, the anchors of the block holding
   // token seq - 1 recomputed from the tokens valid then

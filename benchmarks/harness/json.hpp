@@ -5,6 +5,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <string>
+
 #include "ekv/core/device.hpp"
 #include "ekv/core/version.hpp"
 #include "harness/statistics.hpp"
@@ -16,6 +18,25 @@ inline void to_json(nlohmann::json& j, const Stats& s) {
                      {"p5", s.p5},       {"p95", s.p95},       {"min", s.min},
                      {"max", s.max},     {"stddev", s.stddev}, {"cv", s.cv},
                      {"trim", s.trim},   {"trimmed_mean", s.trimmed_mean}};
+}
+
+// The compiler of this translation unit, by name and version: "GCC 12.2.0", or under
+// nvcc "nvcc 13.0 (host GCC 12.2.0)".
+inline std::string compiler_name() {
+#if defined(__clang__)
+  const std::string host = std::string("Clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  const std::string host = "GCC " + std::to_string(__GNUC__) + "." + std::to_string(__GNUC_MINOR__) + "." +
+                           std::to_string(__GNUC_PATCHLEVEL__);
+#else
+  const std::string host = "unknown";
+#endif
+#if defined(__CUDACC_VER_MAJOR__)
+  return "nvcc " + std::to_string(__CUDACC_VER_MAJOR__) + "." + std::to_string(__CUDACC_VER_MINOR__) + " (host " +
+         host + ")";
+#else
+  return host;
+#endif
 }
 
 // What built the numbers: ekv's version, its git commit where the build defined
@@ -32,9 +53,7 @@ inline nlohmann::json build_json() {
 #endif
                         {"cuda_runtime", runtime},
                         {"cuda_toolkit", CUDART_VERSION},
-#if defined(__VERSION__)
-                        {"compiler", __VERSION__},
-#endif
+                        {"compiler", compiler_name()},
                         {"cplusplus", __cplusplus}};
 }
 

@@ -6,6 +6,7 @@
 
 #include "ekv/ekv.hpp"
 
+#include "ekv/kernels/arch_check.cuh"
 #include "ekv/kernels/async_copy.cuh"
 #include "ekv/kernels/fill.cuh"
 #include "ekv/kernels/mma.cuh"

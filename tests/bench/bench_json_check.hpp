@@ -45,15 +45,26 @@ inline void check_bench_json(const nlohmann::json& j) {
   CHECK(j.at("device").at("name").is_string());
   for (const char* key : {"mode", "seq", "batch", "heads", "kv_heads", "dim", "dtype", "block_len", "compress",
                           "budget_blocks", "anchor", "refresh", "reps", "warmup", "inner_loops", "truncate_percent",
-                          "graphs", "decode_tokens", "paired_baseline", "needles", "seed", "device"}) {
+                          "graphs", "decode_tokens", "paired_baseline", "needles", "seed", "device", "threads",
+                          "roofs"}) {
     CHECK_MESSAGE(j.at("configuration").contains(key), key);
   }
   for (const char* key : {"ekv_version", "git_commit", "compiler", "cuda_toolkit", "cuda_runtime"}) {
     CHECK_MESSAGE(j.at("build").contains(key), key);
   }
+  // the compiler by name and version, the CPU by its model name
+  const std::string compiler = j.at("build").at("compiler").get<std::string>();
+  CHECK((compiler.rfind("GCC ", 0) == 0 || compiler.rfind("Clang ", 0) == 0 || compiler.rfind("nvcc ", 0) == 0));
+  if (j.at("backend") == "cpu") CHECK(j.at("device").at("name") != "host CPU");
   const nlohmann::json& c = j.at("ceilings");
-  check_positive_number(c, "read_bytes_per_s");
-  check_positive_number(c, "copy_bytes_per_s");
+  const bool roofs = j.at("configuration").at("roofs").get<bool>();
+  if (roofs) {
+    check_positive_number(c, "read_bytes_per_s");
+    check_positive_number(c, "copy_bytes_per_s");
+  } else {
+    CHECK(c.at("read_bytes_per_s").is_null());
+    CHECK(c.at("copy_bytes_per_s").is_null());
+  }
   CHECK((c.at("peak_flops_per_s").is_null() || c.at("peak_flops_per_s").get<double>() > 0));
   CHECK(c.at("peak_flops_source").is_string());
   const nlohmann::json& r = j.at("results");
@@ -64,8 +75,13 @@ inline void check_bench_json(const nlohmann::json& j) {
       check_positive_number(v.at("step_seconds"), key);
     }
     CHECK(v.at("step_seconds").at("cv").is_number());
-    for (const char* key : {"tokens_per_s", "bytes_per_step", "flops_per_step", "bytes_per_s"}) {
+    for (const char* key : {"attention_steps_per_s", "bytes_per_step", "flops_per_step", "bytes_per_s"}) {
       check_positive_number(v, key);
+    }
+    if (!roofs) {  // --no-roofs: no fractions of an unmeasured roof
+      CHECK(v.at("efficiency").is_null());
+      CHECK(v.at("roofline").is_null());
+      continue;
     }
     check_positive_number(v.at("efficiency"), "of_read_bandwidth");
     check_positive_number(v.at("efficiency"), "of_copy_bandwidth");

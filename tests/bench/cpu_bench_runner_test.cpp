@@ -56,8 +56,10 @@ TEST_CASE("compress 1 reads every block: elastic equals exact") {
   o.compress = 1.0;
   // both outputs in the dtype, from different chunkings of the same tokens: within the
   // dtype's decode tolerance (float 1e-5, half 2e-3, bfloat16 1e-2)
-  for (const auto& [dtype, bound] : {std::pair{ekv::DType::kFloat32, 1e-5}, std::pair{ekv::DType::kFloat16, 2e-3},
-                                     std::pair{ekv::DType::kBFloat16, 1e-2}}) {
+  for (const auto& dtype_bound : {std::pair{ekv::DType::kFloat32, 1e-5}, std::pair{ekv::DType::kFloat16, 2e-3},
+                                  std::pair{ekv::DType::kBFloat16, 1e-2}}) {
+    const ekv::DType dtype = dtype_bound.first;  // named, not bound: INFO captures it
+    const double bound = dtype_bound.second;
     INFO("dtype " << ekv::to_string(dtype));
     o.dtype = dtype;
     const ekv::bench::BenchReport r = run(o);

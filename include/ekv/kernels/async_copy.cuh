@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "ekv/kernels/arch_check.cuh"
+
 namespace ekv {
 
 __device__ __forceinline__ void async_copy_16(void* smem, const void* gmem) {

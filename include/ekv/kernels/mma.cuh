@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "ekv/kernels/arch_check.cuh"
+
 namespace ekv {
 
 // Four 8x8 tiles; lanes 8j..8j+7 give the row addresses of tile j. Lane l receives
