@@ -15,6 +15,15 @@
 
 namespace ekv::test {
 
+// Elastic at compress 1 reads every block: its output against exact's, both in the
+// dtype, within the dtype's decode tolerance (float 1e-5, half 2e-3, bfloat16 1e-2).
+struct DTypeBound {
+  DType dtype;
+  double bound;
+};
+inline constexpr DTypeBound kCompressOneBounds[] = {
+    {DType::kFloat32, 1e-5}, {DType::kFloat16, 2e-3}, {DType::kBFloat16, 1e-2}};
+
 // A run small enough for a test: a few samples, a fresh seed (put it in an INFO).
 inline bench::BenchOptions small_bench_options(bench::BenchBackend backend, int seq, int heads, int kv_heads, int dim) {
   bench::BenchOptions o;

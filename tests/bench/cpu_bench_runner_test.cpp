@@ -4,7 +4,6 @@
 #include <doctest/doctest.h>
 
 #include <sstream>
-#include <utility>
 
 #include "bench/bench_json_check.hpp"
 #include "harness/cpu_bench_runner.hpp"
@@ -54,12 +53,9 @@ TEST_CASE("compress 1 reads every block: elastic equals exact") {
   ekv::bench::BenchOptions o = small_run();
   INFO("seed=" << o.seed);
   o.compress = 1.0;
-  // both outputs in the dtype, from different chunkings of the same tokens: within the
-  // dtype's decode tolerance (float 1e-5, half 2e-3, bfloat16 1e-2)
-  for (const auto& dtype_bound : {std::pair{ekv::DType::kFloat32, 1e-5}, std::pair{ekv::DType::kFloat16, 2e-3},
-                                  std::pair{ekv::DType::kBFloat16, 1e-2}}) {
-    const ekv::DType dtype = dtype_bound.first;  // named, not bound: INFO captures it
-    const double bound = dtype_bound.second;
+  for (const ekv::test::DTypeBound& c : ekv::test::kCompressOneBounds) {
+    const ekv::DType dtype = c.dtype;
+    const double bound = c.bound;
     INFO("dtype " << ekv::to_string(dtype));
     o.dtype = dtype;
     const ekv::bench::BenchReport r = run(o);
