@@ -197,7 +197,7 @@ inline double available_memory_bytes(BenchBackend backend, std::string& where) {
 // the CPU path) and, on the GPU, the L2 flush buffer and 5% for everything else.
 inline Support memory_supports(const BenchOptions& o, BenchBackend backend, double available_bytes,
                                const std::string& where) {
-  const double anchor_values = 2.0 * o.dim;  // QUEST, the largest of the kinds ekv-bench offers but FIXED's 1
+  const double anchor_values = 2.0 * o.dim;  // QUEST: the most of ekv-bench's kinds (FIXED keeps one key)
   const double blocks = static_cast<double>(o.batch) * sequence_blocks(o.capacity_tokens(), o.block_len);
   const double anchor_bytes = blocks * o.kv_head_count() * anchor_values *
                               (backend == BenchBackend::kCpu ? sizeof(double) : dtype_size(o.dtype));
