@@ -1,5 +1,7 @@
-// The tile kernels against sums in double: portable, and AVX2 where the build targets it
-// (x86-64-v3; this file also builds without it, as cpu_group_tile_portable_test), for
+// The tile kernels against sums in double: portable, and AVX2 where they are compiled
+// (x86-64-v3 targets; g++ and clang on x86-64 without it, as cpu_group_tile_dispatch_test,
+// where they run if the CPU has AVX2; not with -DEKV_CPU_PORTABLE_ONLY, as
+// cpu_group_tile_portable_test), for
 // float, half and bfloat16 rows, head counts that fill 1, 2, 3 and 4 of the AVX2 kernels'
 // head blocks, head_dims that leave a single piece of 8 at the end, and row counts that
 // are not multiples of the row blocks. A NaN or infinity in K or V poisons the same
@@ -69,10 +71,10 @@ Result run_avx2(const Tile& t, const std::vector<const T*>& k, const std::vector
 template <typename T>
 std::vector<Kernels<T>> all_kernels() {
 #if defined(EKV_CPU_GROUP_TILE_AVX2)
-  return {run_portable<T>, run_avx2<T>};
-#else
-  return {run_portable<T>};
+  if (ekv::cpu_runs_avx2_tiles()) return {run_portable<T>, run_avx2<T>};
+  MESSAGE("this CPU lacks AVX2, FMA or F16C: the portable kernels alone are checked");
 #endif
+  return {run_portable<T>};
 }
 
 // n rows of d values in [-1, 1], each in its own allocation, as a block table scatters them
@@ -169,4 +171,16 @@ TEST_CASE_TEMPLATE("a NaN or infinity in K or V poisons the same outputs in ever
       }
     }
   }
+}
+
+TEST_CASE("g++ and clang on x86-64 compile the AVX2 kernels whatever the target's flags") {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(EKV_CPU_PORTABLE_ONLY)
+#if !defined(EKV_CPU_GROUP_TILE_AVX2)
+  FAIL("the AVX2 kernels are not compiled: a consumer's default flags would get the portable ones");
+#endif
+  CHECK(ekv::cpu_runs_avx2_tiles() == (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                       __builtin_cpu_supports("f16c")));
+#else
+  MESSAGE("not g++ or clang on x86-64, or the portable kernels alone by request: nothing to check");
+#endif
 }

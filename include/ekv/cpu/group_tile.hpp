@@ -1,11 +1,15 @@
 #pragma once
 // The two products of CPU attention over one tile of K and V rows for the query heads of
 // a GQA group: scores = q . k for every (head, row), and acc = acc * rescale + p . v.
-// Where the target has AVX2, FMA and F16C (x86-64-v3), register-blocked kernels load and
+// Where the CPU has AVX2, FMA and F16C (x86-64-v3), register-blocked kernels load and
 // widen each 8-value piece of a K or V row once, in a register, for up to four heads, and
 // keep their sums in registers across the piece's rows or heads. Elsewhere, portable
-// kernels widen the tile's rows to float first (to_float.hpp) and use row_ops.hpp. Both
-// are compiled where the first is, and tests/cpu/group_tile_test.cpp compares them.
+// kernels widen the tile's rows to float first (to_float.hpp) and use row_ops.hpp.
+// With g++ or clang on x86-64 the AVX2 kernels are always compiled (function attribute
+// target("avx2,fma,f16c"), no -march needed) and chosen at run time by the CPU's features,
+// so a consumer's default flags get them; a target built for x86-64-v3 calls them without
+// the check; -DEKV_CPU_PORTABLE_ONLY leaves only the portable ones. Both are compiled where
+// the first is, and tests/cpu/group_tile_test.cpp compares them.
 // Rows hold d values, d a multiple of 8; a tile has at most kAttendTileTokens rows.
 
 #include <algorithm>
@@ -23,9 +27,16 @@
 #pragma nv_diag_suppress 1675
 #endif
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#if defined(EKV_CPU_PORTABLE_ONLY)
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define EKV_CPU_GROUP_TILE_AVX2 1
+#define EKV_CPU_AVX2_TARGET
+#elif defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define EKV_CPU_GROUP_TILE_AVX2 1
+#define EKV_CPU_GROUP_TILE_DISPATCH 1  // chosen by the CPU's features at run time
+#define EKV_CPU_AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
 #endif
 
 namespace ekv {
@@ -71,21 +82,21 @@ namespace detail {
 
 // The fixed-count loops below are unrolled by pragma: unrolled late, g++ 12 kept the arrays
 // of accumulators in memory, a store per multiply-add (attention 1.6x slower, one thread).
-inline __m256 load8_wide(const float* p) { return _mm256_loadu_ps(p); }
+EKV_CPU_AVX2_TARGET inline __m256 load8_wide(const float* p) { return _mm256_loadu_ps(p); }
 
-inline __m256 load8_wide(const __half* p) {
+EKV_CPU_AVX2_TARGET inline __m256 load8_wide(const __half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
 // bfloat16 is the high half of a float: widen to 32 bits, shift into place
-inline __m256 load8_wide(const __nv_bfloat16* p) {
+EKV_CPU_AVX2_TARGET inline __m256 load8_wide(const __nv_bfloat16* p) {
   const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
 }
 
 // Lane j of the result is the sum of a [j]'s eight lanes: 9 instructions for eight sums,
 // where one horizontal sum at a time takes 5 each.
-inline __m256 sum_lanes8(const __m256 (&a)[8]) {
+EKV_CPU_AVX2_TARGET inline __m256 sum_lanes8(const __m256 (&a)[8]) {
   const __m256 s01 = _mm256_hadd_ps(a[0], a[1]);
   const __m256 s23 = _mm256_hadd_ps(a[2], a[3]);
   const __m256 s45 = _mm256_hadd_ps(a[4], a[5]);
@@ -98,7 +109,7 @@ inline __m256 sum_lanes8(const __m256 (&a)[8]) {
 // G heads x R rows of scores, G * R sums in registers: each piece of a row serves G heads,
 // each piece of q serves R rows.
 template <int G, int R, typename T>
-void scores_block(const float* q, int d, const T* const* rows, float* s, int stride) {
+EKV_CPU_AVX2_TARGET void scores_block(const float* q, int d, const T* const* rows, float* s, int stride) {
   static_assert(G * R <= 8, "eight accumulators: sum_lanes8 reduces them together");
   __m256 acc[8];
   #pragma GCC unroll 8
@@ -124,7 +135,7 @@ void scores_block(const float* q, int d, const T* const* rows, float* s, int str
 }
 
 template <int G, typename T>
-void scores_heads(const float* q, int d, const T* const* rows, int n, float* s, int stride) {
+EKV_CPU_AVX2_TARGET void scores_heads(const float* q, int d, const T* const* rows, int n, float* s, int stride) {
   constexpr int kRows = 8 / G;
   int t = 0;
   for (; t + kRows <= n; t += kRows) scores_block<G, kRows>(q, d, rows + t, s + t, stride);
@@ -135,8 +146,8 @@ void scores_heads(const float* q, int d, const T* const* rows, int n, float* s, 
 // rows: each piece of a row serves G heads, each weight C pieces; acc is read and written
 // once per tile.
 template <int G, int C, typename T>
-void accumulate_block(float* acc, int d, int i, const float* rescale, const float* p, int stride,
-                      const T* const* rows, int n) {
+EKV_CPU_AVX2_TARGET void accumulate_block(float* acc, int d, int i, const float* rescale, const float* p,
+                                          int stride, const T* const* rows, int n) {
   __m256 a[G][C];
   #pragma GCC unroll 8
   for (int g = 0; g < G; ++g) {
@@ -165,8 +176,8 @@ void accumulate_block(float* acc, int d, int i, const float* rescale, const floa
 }
 
 template <int G, typename T>
-void accumulate_heads(float* acc, int d, const float* rescale, const float* p, int stride, const T* const* rows,
-                      int n) {
+EKV_CPU_AVX2_TARGET void accumulate_heads(float* acc, int d, const float* rescale, const float* p, int stride,
+                                          const T* const* rows, int n) {
   constexpr int kPieces = 8 / G;
   int i = 0;
   for (; i + 8 * kPieces <= d; i += 8 * kPieces) accumulate_block<G, kPieces>(acc, d, i, rescale, p, stride, rows, n);
@@ -188,9 +199,22 @@ void for_head_blocks(int group, F&& f) {
 
 }  // namespace detail
 
+// Whether this CPU runs the AVX2 kernels: always where the target has them, else asked
+// once (cpuid, through the compiler's runtime).
+inline bool cpu_runs_avx2_tiles() {
+#if defined(EKV_CPU_GROUP_TILE_DISPATCH)
+  static const bool runs =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return runs;
+#else
+  return true;
+#endif
+}
+
 // tile_scores_portable's result, rows read in their stored type (no scratch)
 template <typename T>
-void tile_scores_avx2(const float* q, int group, const T* const* rows, int n, int d, float* scores, int stride) {
+EKV_CPU_AVX2_TARGET void tile_scores_avx2(const float* q, int group, const T* const* rows, int n, int d,
+                                          float* scores, int stride) {
   detail::for_head_blocks(group, [&](auto heads, int g) {
     detail::scores_heads<decltype(heads)::value>(q + static_cast<std::size_t>(g) * d, d, rows, n,
                                                  scores + static_cast<std::ptrdiff_t>(g) * stride, stride);
@@ -199,8 +223,8 @@ void tile_scores_avx2(const float* q, int group, const T* const* rows, int n, in
 
 // tile_accumulate_portable's result, rows read in their stored type (no scratch)
 template <typename T>
-void tile_accumulate_avx2(float* acc, const float* rescale, const float* p, int stride, int group,
-                          const T* const* rows, int n, int d) {
+EKV_CPU_AVX2_TARGET void tile_accumulate_avx2(float* acc, const float* rescale, const float* p, int stride,
+                                              int group, const T* const* rows, int n, int d) {
   detail::for_head_blocks(group, [&](auto heads, int g) {
     detail::accumulate_heads<decltype(heads)::value>(acc + static_cast<std::size_t>(g) * d, d, rescale + g,
                                                      p + static_cast<std::ptrdiff_t>(g) * stride, stride, rows, n);
@@ -208,27 +232,29 @@ void tile_accumulate_avx2(float* acc, const float* rescale, const float* p, int 
 }
 #endif
 
-// The kernels attend_range runs: AVX2 where the target has it, else portable.
+// The kernels attend_range runs: AVX2 where the CPU has it, else portable.
 template <typename T>
 void tile_scores(const float* q, int group, const T* const* rows, int n, int d, float* scores, int stride,
                  float* wide) {
 #if defined(EKV_CPU_GROUP_TILE_AVX2)
-  (void)wide;
-  tile_scores_avx2(q, group, rows, n, d, scores, stride);
-#else
-  tile_scores_portable(q, group, rows, n, d, scores, stride, wide);
+  if (cpu_runs_avx2_tiles()) {
+    tile_scores_avx2(q, group, rows, n, d, scores, stride);
+    return;
+  }
 #endif
+  tile_scores_portable(q, group, rows, n, d, scores, stride, wide);
 }
 
 template <typename T>
 void tile_accumulate(float* acc, const float* rescale, const float* p, int stride, int group, const T* const* rows,
                      int n, int d, float* wide) {
 #if defined(EKV_CPU_GROUP_TILE_AVX2)
-  (void)wide;
-  tile_accumulate_avx2(acc, rescale, p, stride, group, rows, n, d);
-#else
-  tile_accumulate_portable(acc, rescale, p, stride, group, rows, n, d, wide);
+  if (cpu_runs_avx2_tiles()) {
+    tile_accumulate_avx2(acc, rescale, p, stride, group, rows, n, d);
+    return;
+  }
 #endif
+  tile_accumulate_portable(acc, rescale, p, stride, group, rows, n, d, wide);
 }
 
 }  // namespace ekv
