@@ -35,8 +35,12 @@
 #include "ekv/elastic/reference_anchors.hpp"
 #include "ekv/elastic/reference_select.hpp"
 
+#include "ekv/cache/block_allocator.hpp"
 #include "ekv/cache/hybrid_table.hpp"
+#include "ekv/cache/kv_cache_config.hpp"
 #include "ekv/cache/placement.hpp"
+#include "ekv/cache/safetensors.hpp"
+#include "ekv/cache/tensor_view.hpp"
 
 #include "ekv/cpu/attend_range.hpp"
 #include "ekv/cpu/cpu_append.hpp"
@@ -44,6 +48,7 @@
 #include "ekv/cpu/cpu_elastic.hpp"
 #include "ekv/cpu/exp.hpp"
 #include "ekv/cpu/group_tile.hpp"
+#include "ekv/cpu/host_kv_cache.hpp"
 #include "ekv/cpu/merge_states.hpp"
 #include "ekv/cpu/row_ops.hpp"
 #include "ekv/cpu/thread_pool.hpp"

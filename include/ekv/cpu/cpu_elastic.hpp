@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ekv/attention/kv_view.hpp"
@@ -68,14 +69,30 @@ class CpuElasticDecode {
 
   // Scores every block from its anchors and selects sinks + window + top-k. q: [batch][q_heads][head_dim].
   void select(CPUInfer& pool, const KVView<T>& kv, const T* q) {
+    select_from(pool, kv, q, [&](int b, int h, int block) -> const std::vector<double>& {
+      return anchors_[(static_cast<std::size_t>(b) * kv_heads_ + h) * max_blocks_ + block];
+    });
+  }
+  // select() with anchors kept elsewhere (a KVCache's, in its own dtype): anchors(seq,
+  // kv_head, block) returns that block's anchors as reference_block_anchors lays them out,
+  // as std::vector<double> (or a reference to one). Called from the pool's threads, one
+  // sequence per thread at a time.
+  template <typename Anchors>
+  void select_from(CPUInfer& pool, const KVView<T>& kv, const T* q, Anchors&& anchors) {
     const ElasticConfig& config = policy_.config();
     const int group = q_heads_ / kv_heads_;
     pool.parallel_for(0, batch_, [&](std::int64_t b) {
       const int n = sequence_blocks(kv.length(static_cast<int>(b), 0), kv.block_len);
+      std::vector<double> scratch;
       const auto scores = reference_granule_scores_from(
           q + b * q_heads_ * kv.head_dim, q_heads_, kv_heads_, kv.head_dim, n, config,
           [&](int h, int block) -> const std::vector<double>& {
-            return anchors_[(b * kv_heads_ + h) * max_blocks_ + block];
+            if constexpr (std::is_reference_v<decltype(anchors(0, 0, 0))>) {
+              return anchors(static_cast<int>(b), h, block);
+            } else {
+              scratch = anchors(static_cast<int>(b), h, block);
+              return scratch;
+            }
           });
       for (int h = 0; h < kv_heads_; ++h) {
         selection_[b * kv_heads_ + h] =

@@ -1,0 +1,145 @@
+// The cache file's format: CRC-32 as zlib computes it; write then read gives the same
+// tensors and metadata; the write is atomic (no temporary left, an old file replaced
+// whole); truncation at every section boundary, a bad header length, trailing bytes and
+// random bit flips in tensor data are each rejected with their own message.
+
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ekv/cache/safetensors.hpp"
+#include "test_seed.hpp"
+
+namespace {
+
+std::vector<unsigned char> read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void write_bytes(const std::string& path, const std::vector<unsigned char>& bytes, std::size_t n) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(n));
+}
+
+std::string error_of(const std::string& path) {
+  try {
+    (void)ekv::read_safetensors(path);
+  } catch (const ekv::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+struct Sample {
+  std::vector<float> a;
+  std::vector<std::int32_t> b;
+  std::vector<ekv::SafetensorsEntry> entries() const {
+    return {{"a", "F32", {3, 5}, a.data(), a.size() * sizeof(float)},
+            {"b.ints", "I32", {7}, b.data(), b.size() * sizeof(std::int32_t)}};
+  }
+};
+
+Sample sample(std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Sample s{std::vector<float>(15), std::vector<std::int32_t>(7)};
+  for (float& x : s.a) x = std::uniform_real_distribution<float>(-1, 1)(rng);
+  for (std::int32_t& x : s.b) x = static_cast<std::int32_t>(rng());
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("crc32 is zlib's") {
+  CHECK(ekv::crc32(0, "123456789", 9) == 0xCBF43926u);
+  CHECK(ekv::crc32(0, "", 0) == 0u);
+  const std::string text = "The quick brown fox jumps over the lazy dog";
+  CHECK(ekv::crc32(0, text.data(), text.size()) == 0x414FA339u);
+  // in pieces, across the 8-byte steps
+  CHECK(ekv::crc32(ekv::crc32(0, text.data(), 13), text.data() + 13, text.size() - 13) == 0x414FA339u);
+}
+
+TEST_CASE("write then read: the same tensors, shapes, dtypes and metadata; atomic") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const std::string path = "safetensors_test_roundtrip.safetensors";
+  const Sample s = sample(seed);
+  ekv::write_safetensors(path, s.entries(), {{"note", "a \"quoted\"\\ value"}});
+  CHECK_FALSE(std::ifstream(path + ".tmp").good());
+  const ekv::SafetensorsFile f = ekv::read_safetensors(path);
+  CHECK(f.metadata.at("note") == "a \"quoted\"\\ value");
+  CHECK(f.metadata.count("crc32.a") == 1);
+  const ekv::SafetensorsTensor& a = f.tensors.at("a");
+  CHECK(a.dtype == "F32");
+  CHECK(a.shape == std::vector<std::int64_t>{3, 5});
+  CHECK(std::vector<float>(reinterpret_cast<const float*>(f.bytes_of(a)),
+                           reinterpret_cast<const float*>(f.bytes_of(a)) + 15) == s.a);
+  const ekv::SafetensorsTensor& b = f.tensors.at("b.ints");
+  CHECK(std::vector<std::int32_t>(reinterpret_cast<const std::int32_t*>(f.bytes_of(b)),
+                                  reinterpret_cast<const std::int32_t*>(f.bytes_of(b)) + 7) == s.b);
+  const std::vector<unsigned char> bytes = read_bytes(path);
+  std::uint64_t header = 0;
+  for (int i = 0; i < 8; ++i) header |= std::uint64_t{bytes[i]} << (8 * i);
+  CHECK(header % 8 == 0);  // padded, as safetensors asks
+  CHECK(bytes.size() == 8 + header + 15 * 4 + 7 * 4);
+
+  // a second write replaces the file whole
+  const Sample t = sample(seed + 1);
+  ekv::write_safetensors(path, t.entries(), {});
+  const ekv::SafetensorsFile g = ekv::read_safetensors(path);
+  CHECK(std::equal(t.a.begin(), t.a.end(), reinterpret_cast<const float*>(g.bytes_of(g.tensors.at("a")))));
+  CHECK(g.metadata.count("note") == 0);
+  // an unwritable place: an error naming it, no file
+  CHECK_THROWS_WITH_AS(ekv::write_safetensors("/nonexistent-dir/x.safetensors", s.entries(), {}),
+                       doctest::Contains("cannot create /nonexistent-dir/x.safetensors.tmp"), ekv::Error);
+  std::remove(path.c_str());
+}
+
+TEST_CASE("truncation at every section boundary, bad lengths, trailing bytes and bit flips are each rejected") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const std::string path = "safetensors_test_damage.safetensors", damaged = "safetensors_test_damaged.safetensors";
+  const Sample s = sample(seed);
+  ekv::write_safetensors(path, s.entries(), {});
+  const std::vector<unsigned char> bytes = read_bytes(path);
+  std::uint64_t header = 0;
+  for (int i = 0; i < 8; ++i) header |= std::uint64_t{bytes[i]} << (8 * i);
+  const std::size_t data = 8 + header;
+  // every boundary: inside the length, after it, inside the header, after it, between tensors, one short of the end
+  for (std::size_t n : {std::size_t{0}, std::size_t{4}, std::size_t{8}, std::size_t{8} + header / 2, data,
+                        data + 15 * 4, bytes.size() - 1}) {
+    INFO("truncated to " << n << " of " << bytes.size() << " bytes");
+    write_bytes(damaged, bytes, n);
+    CHECK_MESSAGE(error_of(damaged).find("truncated") != std::string::npos, error_of(damaged));
+  }
+  std::vector<unsigned char> longer = bytes;
+  longer.push_back(0);
+  write_bytes(damaged, longer, longer.size());
+  CHECK(error_of(damaged).find("1 bytes after the last tensor") != std::string::npos);
+  std::vector<unsigned char> garbage(64, 0xFF);
+  write_bytes(damaged, garbage, garbage.size());
+  CHECK(error_of(damaged).find("not a safetensors file") != std::string::npos);
+  std::vector<unsigned char> not_json = bytes;
+  not_json[8] = 'x';
+  write_bytes(damaged, not_json, not_json.size());
+  CHECK(error_of(damaged).find("the header is not a safetensors header") != std::string::npos);
+
+  std::mt19937_64 rng(seed);
+  for (int flip = 0; flip < 32; ++flip) {
+    std::vector<unsigned char> bad = bytes;
+    const std::size_t at = data + rng() % (bytes.size() - data);
+    bad[at] ^= static_cast<unsigned char>(1u << (rng() % 8));
+    write_bytes(damaged, bad, bad.size());
+    const std::string e = error_of(damaged);
+    INFO("bit flip at byte " << at << ": " << e);
+    CHECK(e.find("is corrupted (crc32 ") != std::string::npos);
+  }
+  CHECK(error_of("no-such-file.safetensors").find("cannot open no-such-file.safetensors") != std::string::npos);
+  std::remove(path.c_str());
+  std::remove(damaged.c_str());
+}
