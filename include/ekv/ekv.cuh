@@ -26,4 +26,6 @@
 #include "ekv/elastic/importance.cuh"
 #include "ekv/elastic/select.cuh"
 
+#include "ekv/cache/kv_cache.cuh"
+
 #include "ekv/cpu/hybrid_decode.cuh"

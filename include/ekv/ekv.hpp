@@ -37,7 +37,9 @@
 
 #include "ekv/cache/block_allocator.hpp"
 #include "ekv/cache/hybrid_table.hpp"
+#include "ekv/cache/kv_cache_args.hpp"
 #include "ekv/cache/kv_cache_config.hpp"
+#include "ekv/cache/kv_cache_file.hpp"
 #include "ekv/cache/placement.hpp"
 #include "ekv/cache/safetensors.hpp"
 #include "ekv/cache/tensor_view.hpp"

@@ -4,8 +4,7 @@
 // pool that changes nothing, free_sequence reuse, arguments checked by name, dump then
 // load bit-identical with identical outputs after, damaged files refused with the cache
 // unchanged, and the older system's example shape.
-// Tolerances per head, relative L2 against float64: float 1e-5, half 2e-3, bfloat16 1.6e-2
-// (the outputs' rounding: 2^-24, 2^-11, 2^-8 relative, with margin).
+// Tolerances: tests/cache/kv_cache_checks.hpp's.
 
 #include <doctest/doctest.h>
 
@@ -17,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/kv_cache_checks.hpp"
 #include "cache/seed_config.hpp"
 #include "ekv/attention/reference.hpp"
 #include "ekv/cpu/host_kv_cache.hpp"
@@ -27,51 +27,8 @@
 
 namespace {
 
-template <typename T>
-double tolerance() {
-  if constexpr (std::is_same_v<T, float>) return 1e-5;
-  else if constexpr (std::is_same_v<T, __half>) return 2e-3;
-  else return 1.6e-2;
-}
-
-ekv::KVCacheConfig small_config(ekv::DType dtype) {
-  ekv::KVCacheConfig c;
-  c.layer_num = 3;
-  c.kv_head_num = 2;
-  c.q_head_num = 8;
-  c.head_dim = 64;
-  c.block_len = 16;
-  c.kv_type = dtype;
-  c.max_block_num = 40;
-  c.max_batch_size = 3;
-  c.max_thread_num = 2;
-  return c;
-}
-
-// The cache's tokens kept apart, per layer, in a pool whose table is the identity: what
-// the reference attends over, independent of the cache's allocator.
-template <typename T>
-struct Shadow {
-  Shadow(const ekv::KVCacheConfig& c, int max_blocks)
-      : config(c), max_blocks(max_blocks), table(static_cast<std::size_t>(c.max_batch_size) * max_blocks) {
-    for (std::size_t i = 0; i < table.size(); ++i) table[i] = static_cast<std::int32_t>(i);
-    const std::size_t pool = table.size() * c.block_elems();
-    for (int l = 0; l < c.layer_num; ++l) {
-      k.emplace_back(pool);
-      v.emplace_back(pool);
-      lengths.emplace_back(c.max_batch_size, 0);
-    }
-  }
-  ekv::KVView<T> view(int layer, int batch) {
-    return ekv::paged_kv<T>(k[layer].data(), v[layer].data(), table.data(), lengths[layer].data(), batch,
-                            config.kv_head_num, config.head_dim, config.block_len, max_blocks);
-  }
-  ekv::KVCacheConfig config;
-  int max_blocks;
-  std::vector<std::int32_t> table;
-  std::vector<std::vector<T>> k, v;
-  std::vector<std::vector<std::int32_t>> lengths;
-};
+using ekv::test::Shadow;
+using ekv::test::small_config;
 
 template <typename T>
 void append_both(ekv::HostKVCache& cache, Shadow<T>& shadow, int layer, int batch, int tokens, std::uint64_t seed) {
@@ -106,45 +63,13 @@ Step<T> attend(ekv::HostKVCache& cache, int layer, int batch, int token, std::ui
 
 template <typename T>
 void check_exact(Shadow<T>& shadow, int layer, int batch, const Step<T>& s) {
-  const ekv::KVCacheConfig& c = shadow.config;
-  const auto reference = ekv::reference_decode(shadow.view(layer, batch), s.q.data(), c.q_head_num,
-                                               1.0 / std::sqrt(static_cast<double>(c.head_dim)));
-  const ekv::L2Error error = ekv::relative_l2_error(s.o.data(), reference, c.head_dim);
-  INFO("layer " << layer << ": pooled " << error.pooled << ", worst head " << error.worst);
-  CHECK(error.worst < tolerance<T>());
-  for (std::size_t r = 0; r < reference.size(); ++r) CHECK(std::abs(s.lse[r] - reference[r].lse) < 1e-2);
+  ekv::test::check_exact(shadow, layer, batch, s.q.data(), s.o.data(), s.lse.data());
 }
 
-// elastic: the blocks read are the policy's count, and the output is exact over them
 template <typename T>
 void check_elastic(ekv::HostKVCache& cache, Shadow<T>& shadow, int layer, int batch, const Step<T>& s, int pick) {
-  const ekv::KVCacheConfig& c = cache.config();
-  ekv::ElasticConfig e = c.elastic_config();
-  e.pick_block_num = pick;
-  const ekv::ElasticPolicy policy(e);
-  std::vector<std::int32_t> tables(static_cast<std::size_t>(batch) * c.kv_head_num * shadow.max_blocks);
-  std::vector<std::int32_t> lengths(static_cast<std::size_t>(batch) * c.kv_head_num);
-  const ekv::KVView<T> base = shadow.view(layer, batch);
-  for (int b = 0; b < batch; ++b) {
-    const int len = shadow.lengths[layer][b], blocks = ekv::sequence_blocks(len, c.block_len);
-    for (int h = 0; h < c.kv_head_num; ++h) {
-      const std::vector<int> read = cache.attended_blocks(layer, b, h);
-      INFO("layer " << layer << " sequence " << b << " kv head " << h);
-      CHECK(static_cast<int>(read.size()) == policy.counts(blocks).total());
-      const std::size_t row = static_cast<std::size_t>(b) * c.kv_head_num + h;
-      lengths[row] = 0;
-      for (std::size_t i = 0; i < read.size(); ++i) {
-        REQUIRE(read[i] < blocks);
-        tables[row * shadow.max_blocks + i] = static_cast<std::int32_t>(base.block_id(b, h, read[i]));
-        lengths[row] += ekv::block_valid_tokens(len, c.block_len, read[i]);
-      }
-    }
-  }
-  const auto sparse = ekv::block_sparse_view<T>(base, tables.data(), lengths.data(), shadow.max_blocks);
-  const auto reference = ekv::reference_decode(sparse, s.q.data(), c.q_head_num, 1.0 / std::sqrt(static_cast<double>(c.head_dim)));
-  const ekv::L2Error error = ekv::relative_l2_error(s.o.data(), reference, c.head_dim);
-  INFO("elastic layer " << layer << ": pooled " << error.pooled << ", worst head " << error.worst);
-  CHECK(error.worst < tolerance<T>());
+  ekv::test::check_elastic(shadow, layer, batch, s.q.data(), s.o.data(), pick,
+                           [&](int b, int h) { return cache.attended_blocks(layer, b, h); });
 }
 
 // a prefill of uneven lengths in every layer: 3 sequences of 20, 2 more of 13, 1 more of 300
@@ -306,8 +231,8 @@ TEST_CASE("a full pool changes nothing; free_sequence gives its blocks to the ne
   // 40 + 9 tokens need a fourth block of 16
   const std::vector<__half> k(std::size_t{1} * 9 * c.kv_head_num * c.head_dim);
   const auto t = ekv::TensorView::of(k.data(), {1, 9, c.kv_head_num, c.head_dim}, ekv::DeviceKind::kHost);
-  CHECK_THROWS_WITH_AS(cache.append(0, t, t), doctest::Contains("the pool is full: the batch needs 1 more blocks, 0 of 6"),
-                       ekv::Error);
+  CHECK_THROWS_WITH_AS(cache.append(0, t, t),
+                       doctest::Contains("the pool is full: the batch needs 1 more blocks, 0 of 6"), ekv::Error);
   CHECK(state_of(cache) == before);  // nothing written, nothing lost
   check_exact(shadow, 0, 2, attend<__half>(cache, 0, 2, 0, seed + 5));
   cache.free_sequence(0);

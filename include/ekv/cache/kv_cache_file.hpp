@@ -1,0 +1,192 @@
+#pragma once
+// The KV cache file: what dump_kvcache writes and load_kvcache reads, for every backend,
+// and the memory report (kv_cache_memory) that the same sizes give.
+// A safetensors file (cache/safetensors.hpp) holding, with C = config:
+//   layer.<i>.k, layer.<i>.v     kv_type [C.max_block_num][C.kv_head_num][C.block_len][C.head_dim]
+//   layer.<i>.anchors            kv_type [C.max_block_num][C.kv_head_num][C.anchor_values()]
+//   layer.<i>.importance         F32     [C.max_block_num][C.kv_head_num][C.block_len]
+//   lengths                      I32     [C.layer_num][C.max_batch_size]  tokens per layer and sequence
+//   block_table                  I32     [C.max_batch_size][C.max_seq_block_num()]  -1 where none
+//   free_list                    I32     [free blocks]  the allocator's free stack, top last
+// and the metadata format = "ekv-kvcache", format_version = "1", config = to_string(C),
+// ekv_version, and crc32.<tensor> for every tensor.
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "ekv/cache/block_allocator.hpp"
+#include "ekv/cache/kv_cache_config.hpp"
+#include "ekv/cache/safetensors.hpp"
+#include "ekv/core/error.hpp"
+#include "ekv/core/version.hpp"
+
+namespace ekv {
+
+inline constexpr const char* kKVCacheFileFormat = "ekv-kvcache";
+inline constexpr int kKVCacheFileVersion = 1;
+
+inline const char* safetensors_dtype(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return "F32";
+    case DType::kFloat16: return "F16";
+    case DType::kBFloat16: return "BF16";
+    case DType::kFloat8E4M3: return "F8_E4M3";
+  }
+  return "invalid";
+}
+
+// One layer's pools in host memory, as the file lays them out.
+struct KVCacheLayerBytes {
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* anchors = nullptr;
+  const void* importance = nullptr;
+};
+
+// Bytes of one layer's K (or V), anchors and importance.
+struct KVCacheLayerSizes {
+  std::size_t kv = 0, anchors = 0, importance = 0;
+  explicit KVCacheLayerSizes(const KVCacheConfig& c)
+      : kv(static_cast<std::size_t>(c.max_block_num) * c.block_elems() * dtype_size(c.kv_type)),
+        anchors(std::size_t{1} * c.max_block_num * c.kv_head_num * c.anchor_values() * dtype_size(c.kv_type)),
+        importance(std::size_t{1} * c.max_block_num * c.kv_head_num * c.block_len * sizeof(float)) {}
+};
+
+// What a cache holds and uses, in bytes and blocks.
+struct KVCacheMemory {
+  std::size_t bytes_per_layer = 0;  // K, V, anchors and importance of one layer's pool
+  std::size_t bytes_per_token = 0;  // K and V of one token, all layers and kv heads
+  std::size_t total_bytes = 0;      // every layer's pool, plus the block tables
+  int blocks_used = 0;
+  int blocks_free = 0;
+};
+
+inline KVCacheMemory kv_cache_memory(const KVCacheConfig& c, const BlockAllocator& allocator) {
+  const KVCacheLayerSizes size(c);
+  KVCacheMemory m;
+  m.bytes_per_layer = 2 * size.kv + size.anchors + size.importance;
+  m.bytes_per_token = 2 * std::size_t{1} * c.layer_num * c.kv_head_num * c.head_dim * dtype_size(c.kv_type);
+  m.total_bytes = m.bytes_per_layer * c.layer_num + allocator.tables().size() * sizeof(std::int32_t);
+  m.blocks_used = allocator.used_blocks();
+  m.blocks_free = allocator.free_blocks();
+  return m;
+}
+
+// Writes the file atomically. lengths: int32 [layer_num][max_batch_size].
+inline void write_kv_cache_file(const std::string& path, const KVCacheConfig& c,
+                                const std::vector<KVCacheLayerBytes>& layers, const std::vector<std::int32_t>& lengths,
+                                const BlockAllocator& allocator) {
+  const KVCacheLayerSizes size(c);
+  const std::int64_t blocks = c.max_block_num, heads = c.kv_head_num;
+  const char* dtype = safetensors_dtype(c.kv_type);
+  std::vector<SafetensorsEntry> tensors;
+  for (int i = 0; i < c.layer_num; ++i) {
+    const std::string p = "layer." + std::to_string(i) + ".";
+    tensors.push_back({p + "k", dtype, {blocks, heads, c.block_len, c.head_dim}, layers[i].k, size.kv});
+    tensors.push_back({p + "v", dtype, {blocks, heads, c.block_len, c.head_dim}, layers[i].v, size.kv});
+    tensors.push_back({p + "anchors", dtype, {blocks, heads, c.anchor_values()}, layers[i].anchors, size.anchors});
+    tensors.push_back({p + "importance", "F32", {blocks, heads, c.block_len}, layers[i].importance, size.importance});
+  }
+  tensors.push_back({"lengths", "I32", {c.layer_num, c.max_batch_size}, lengths.data(),
+                     lengths.size() * sizeof(std::int32_t)});
+  tensors.push_back({"block_table", "I32", {c.max_batch_size, c.max_seq_block_num()}, allocator.tables().data(),
+                     allocator.tables().size() * sizeof(std::int32_t)});
+  tensors.push_back({"free_list", "I32", {static_cast<std::int64_t>(allocator.free_list().size())},
+                     allocator.free_list().data(), allocator.free_list().size() * sizeof(std::int32_t)});
+  write_safetensors(path, tensors,
+                    {{"format", kKVCacheFileFormat},
+                     {"format_version", std::to_string(kKVCacheFileVersion)},
+                     {"config", to_string(c)},
+                     {"ekv_version", kVersion}});
+}
+
+// A file read and checked: its layers point into file.data.
+struct KVCacheFileContents {
+  SafetensorsFile file;
+  std::vector<KVCacheLayerBytes> layers;
+  std::vector<std::int32_t> lengths;  // [layer_num][max_batch_size]
+  BlockAllocator allocator;
+};
+
+// Reads `path` and checks everything a load needs before it touches a cache: the file's
+// length and CRC-32s (read_safetensors), its format and version, its config against `c`,
+// every tensor's name, dtype and shape, and the block tables' consistency (`current` gives
+// the allocator's shape). Throws ekv::Error("<who>: <path>: ...") saying which.
+inline KVCacheFileContents read_kv_cache_file(const std::string& path, const KVCacheConfig& c,
+                                              const BlockAllocator& current, const std::string& who) {
+  KVCacheFileContents out{read_safetensors(path), {}, {}, current};
+  const SafetensorsFile& file = out.file;
+  const std::string what = who + ": " + path;
+  const auto meta = [&](const char* key) {
+    const auto it = file.metadata.find(key);
+    return it == file.metadata.end() ? std::string() : it->second;
+  };
+  if (meta("format") != kKVCacheFileFormat) {
+    throw Error(what + ": not an ekv KV cache file (metadata format '" + meta("format") + "', expected '" +
+                kKVCacheFileFormat + "')");
+  }
+  if (meta("format_version") != std::to_string(kKVCacheFileVersion)) {
+    throw Error(what + ": format version '" + meta("format_version") + "'; this ekv reads version " +
+                std::to_string(kKVCacheFileVersion));
+  }
+  if (meta("config") != to_string(c)) {
+    throw Error(what + ": the file's config does not match this cache's: file '" + meta("config") + "', cache '" +
+                to_string(c) + "'");
+  }
+  const auto tensor = [&](const std::string& name, const std::string& dtype, const std::vector<std::int64_t>& shape,
+                          std::size_t bytes) -> const unsigned char* {
+    const auto it = file.tensors.find(name);
+    if (it == file.tensors.end()) throw Error(what + ": no tensor '" + name + "'");
+    const SafetensorsTensor& t = it->second;
+    if (t.dtype != dtype || t.shape != shape || t.end - t.begin != bytes) {
+      throw Error(what + ": tensor '" + name + "' is " + t.dtype + " of " + std::to_string(t.end - t.begin) +
+                  " bytes; this cache needs " + dtype + " of " + std::to_string(bytes));
+    }
+    return file.bytes_of(t);
+  };
+  const auto ints = [](const unsigned char* p, std::size_t n) {
+    std::vector<std::int32_t> v(n);
+    if (n != 0) std::memcpy(v.data(), p, n * sizeof(std::int32_t));
+    return v;
+  };
+  const KVCacheLayerSizes size(c);
+  const std::int64_t blocks = c.max_block_num, heads = c.kv_head_num;
+  const char* dtype = safetensors_dtype(c.kv_type);
+  for (int i = 0; i < c.layer_num; ++i) {
+    const std::string p = "layer." + std::to_string(i) + ".";
+    out.layers.push_back({tensor(p + "k", dtype, {blocks, heads, c.block_len, c.head_dim}, size.kv),
+                          tensor(p + "v", dtype, {blocks, heads, c.block_len, c.head_dim}, size.kv),
+                          tensor(p + "anchors", dtype, {blocks, heads, c.anchor_values()}, size.anchors),
+                          tensor(p + "importance", "F32", {blocks, heads, c.block_len}, size.importance)});
+  }
+  const std::size_t rows = std::size_t{1} * c.layer_num * c.max_batch_size;
+  out.lengths = ints(tensor("lengths", "I32", {c.layer_num, c.max_batch_size}, rows * sizeof(std::int32_t)), rows);
+  const std::size_t table_size = current.tables().size();
+  std::vector<std::int32_t> tables =
+      ints(tensor("block_table", "I32", {c.max_batch_size, c.max_seq_block_num()}, table_size * sizeof(std::int32_t)),
+           table_size);
+  const auto free_it = file.tensors.find("free_list");
+  if (free_it == file.tensors.end() || free_it->second.shape.size() != 1) {
+    throw Error(what + ": no one-dimensional tensor 'free_list'");
+  }
+  const auto num_free = static_cast<std::size_t>(free_it->second.shape[0]);
+  std::vector<std::int32_t> free = ints(
+      tensor("free_list", "I32", {static_cast<std::int64_t>(num_free)}, num_free * sizeof(std::int32_t)), num_free);
+  // a sequence's blocks are its longest layer's
+  std::vector<std::int32_t> seq_lengths(c.max_batch_size, 0);
+  for (std::size_t r = 0; r < rows; ++r) {
+    if (out.lengths[r] < 0) throw Error(what + ": a negative token count");
+    std::int32_t& longest = seq_lengths[r % c.max_batch_size];
+    longest = std::max(longest, out.lengths[r]);
+  }
+  try {
+    out.allocator.restore(std::move(tables), seq_lengths, std::move(free));
+  } catch (const Error& e) {
+    throw Error(what + ": inconsistent block tables (" + e.what() + ")");
+  }
+  return out;
+}
+
+}  // namespace ekv

@@ -1,0 +1,336 @@
+// KVCache on the GPU: append and attend across layers and a batch of uneven sequences
+// against the float64 reference (exact, and elastic over the blocks it read), layer_step
+// sharing, block / importance / anchor round trips, a full pool that changes nothing,
+// free_sequence reuse, dump then load bit-identical (and read by HostKVCache, the other
+// backend), damaged files refused with the cache unchanged, attn captured in a CUDA Graph
+// after a warm-up call, and the older system's example shape. Tolerances:
+// tests/cache/kv_cache_checks.hpp's.
+
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <ekv/ekv.cuh>
+
+#include "cache/kv_cache_checks.hpp"
+#include "cache/seed_config.hpp"
+#include "harness/random.hpp"
+#include "test_seed.hpp"
+
+namespace {
+
+using ekv::test::Shadow;
+using ekv::test::small_config;
+
+template <typename T>
+void append_both(ekv::KVCache& cache, Shadow<T>& shadow, int layer, int batch, int tokens, std::uint64_t seed,
+                 const ekv::Stream& stream) {
+  const ekv::KVCacheConfig& c = cache.config();
+  const std::size_t n = static_cast<std::size_t>(batch) * tokens * c.kv_head_num * c.head_dim;
+  const std::vector<T> k = ekv::bench::random_uniform<T>(n, -1.0f, 1.0f, seed);
+  const std::vector<T> v = ekv::bench::random_uniform<T>(n, -1.0f, 1.0f, seed + 1);
+  ekv::DeviceBuffer<T> kd(n), vd(n);
+  kd.copy_from(k);
+  vd.copy_from(v);
+  const auto shape = {std::int64_t{batch}, std::int64_t{tokens}, std::int64_t{c.kv_head_num}, std::int64_t{c.head_dim}};
+  cache.append(layer, ekv::TensorView::contiguous(kd.data(), c.kv_type, shape, ekv::DeviceKind::kCuda),
+               ekv::TensorView::contiguous(vd.data(), c.kv_type, shape, ekv::DeviceKind::kCuda), stream);
+  stream.synchronize();
+  REQUIRE(ekv::cpu_append_kv<T>(shadow.view(layer, batch), k.data(), v.data(), tokens));
+}
+
+// Device arguments of one attn call, outputs poisoned, and their host copies after.
+template <typename T>
+struct Step {
+  Step(const ekv::KVCacheConfig& c, int batch, std::uint64_t seed)
+      : batch(batch), c(c),
+        q(ekv::bench::random_uniform<T>(std::size_t{1} * batch * c.q_head_num * c.head_dim, -1.0f, 1.0f, seed)),
+        o(q.size()), lse(std::size_t{1} * batch * c.q_head_num), qd(q.size()), od(q.size()), lsed(lse.size()) {
+    qd.copy_from(q);
+    od.copy_from(std::vector<T>(q.size(), ekv::DTypeTraits<T>::from_float(std::nanf(""))));
+    lsed.copy_from(std::vector<float>(lse.size(), std::nanf("")));
+  }
+  void run(ekv::KVCache& cache, int layer, int token, int pick, const ekv::Stream& stream) {
+    cache.attn(ekv::TensorView::of(qd.data(), {batch, c.q_head_num, c.head_dim}, ekv::DeviceKind::kCuda),
+               ekv::TensorView::of(od.data(), {batch, c.q_head_num, c.head_dim}, ekv::DeviceKind::kCuda),
+               ekv::TensorView::of(lsed.data(), {batch, c.q_head_num}, ekv::DeviceKind::kCuda), layer, token, stream,
+               pick);
+  }
+  void fetch(const ekv::Stream& stream) {
+    od.copy_to(o, stream);
+    lsed.copy_to(lse, stream);
+    stream.synchronize();
+  }
+  int batch;
+  ekv::KVCacheConfig c;
+  std::vector<T> q, o;
+  std::vector<float> lse;
+  ekv::DeviceBuffer<T> qd, od;
+  ekv::DeviceBuffer<float> lsed;
+};
+
+template <typename T>
+Step<T> attend(ekv::KVCache& cache, int layer, int batch, int token, std::uint64_t seed, int pick,
+               const ekv::Stream& stream) {
+  Step<T> s(cache.config(), batch, seed);
+  s.run(cache, layer, token, pick, stream);
+  s.fetch(stream);
+  return s;
+}
+
+template <typename T>
+void check_elastic(ekv::KVCache& cache, Shadow<T>& shadow, int layer, int batch, const Step<T>& s, int pick,
+                   const ekv::Stream& stream) {
+  ekv::test::check_elastic(shadow, layer, batch, s.q.data(), s.o.data(), pick,
+                           [&](int b, int h) { return cache.attended_blocks(b, h, stream); });
+}
+
+template <typename T>
+void prefill(ekv::KVCache& cache, Shadow<T>& shadow, std::uint64_t seed, const ekv::Stream& stream) {
+  for (int layer = 0; layer < cache.config().layer_num; ++layer) {
+    append_both(cache, shadow, layer, 3, 20, seed + 10 * layer, stream);
+    append_both(cache, shadow, layer, 2, 13, seed + 10 * layer + 2, stream);
+    append_both(cache, shadow, layer, 1, 300, seed + 10 * layer + 4, stream);
+  }
+}
+
+// every block of every layer, K, V and anchors, and the lengths
+std::vector<unsigned char> state_of(const ekv::KVCache& cache, const ekv::Stream& stream) {
+  const ekv::KVCacheConfig& c = cache.config();
+  const std::size_t n = static_cast<std::size_t>(c.block_elems()) * ekv::dtype_size(c.kv_type);
+  const std::size_t na = std::size_t{1} * c.kv_head_num * c.anchor_values() * ekv::dtype_size(c.kv_type);
+  std::vector<unsigned char> k(n), v(n), a(na), out;
+  const auto shape = {std::int64_t{c.kv_head_num}, std::int64_t{c.block_len}, std::int64_t{c.head_dim}};
+  for (int l = 0; l < c.layer_num; ++l) {
+    for (int b = 0; b < c.max_block_num; ++b) {
+      cache.get_kvcache_one_block(ekv::TensorView::contiguous(k.data(), c.kv_type, shape, ekv::DeviceKind::kHost),
+                                  ekv::TensorView::contiguous(v.data(), c.kv_type, shape, ekv::DeviceKind::kHost), l,
+                                  b, stream);
+      cache.get_anchor_one_block(
+          ekv::TensorView::contiguous(a.data(), c.kv_type, {c.kv_head_num, c.anchor_values()}, ekv::DeviceKind::kHost),
+          l, b, stream);
+      for (const auto* x : {&k, &v, &a}) out.insert(out.end(), x->begin(), x->end());
+    }
+  }
+  for (int s = 0; s < c.max_batch_size; ++s) out.push_back(static_cast<unsigned char>(cache.get_cache_total_len(s)));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("append and attend across layers and a batch, exact and elastic, against float64", T, float,
+                   __half, __nv_bfloat16) {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const ekv::Stream stream;
+  const ekv::KVCacheConfig c = small_config(ekv::kDTypeOf<T>);
+  ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  Shadow<T> shadow(c, c.max_seq_block_num());
+  prefill(cache, shadow, seed, stream);
+  CHECK(cache.get_cache_total_len(0) == 333);
+  CHECK(cache.memory().blocks_used == 21 + 3 + 2);
+  for (int token = 0; token < 3; ++token) {
+    for (int layer = 0; layer < 3; ++layer) {
+      append_both(cache, shadow, layer, 3, 1, seed + 100 * token + layer, stream);
+      const Step<T> exact = attend<T>(cache, layer, 3, token, seed + 7 * token + layer, -1, stream);
+      ekv::test::check_exact(shadow, layer, 3, exact.q.data(), exact.o.data(), exact.lse.data());
+      const Step<T> e = attend<T>(cache, layer, 3, token, seed + 9 * token + layer, 4, stream);
+      check_elastic(cache, shadow, layer, 3, e, 4, stream);
+    }
+  }
+  // a smaller batch: the first sequence alone
+  const Step<T> one = attend<T>(cache, 2, 1, 0, seed + 77, -1, stream);
+  ekv::test::check_exact(shadow, 2, 1, one.q.data(), one.o.data(), one.lse.data());
+}
+
+TEST_CASE("layers share a selection per layer_step; a sharing layer before its owner is refused") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const ekv::Stream stream;
+  ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
+  c.layer_step = 3;
+  ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  Shadow<__half> shadow(c, c.max_seq_block_num());
+  prefill(cache, shadow, seed, stream);
+  CHECK_THROWS_WITH_AS(attend<__half>(cache, 1, 3, 0, seed, 3, stream), doctest::Contains("attend layer 0 first"),
+                       ekv::Error);
+  (void)attend<__half>(cache, 0, 3, 0, seed + 1, 3, stream);
+  const auto owner = cache.attended_blocks(0, 1, stream);
+  const Step<__half> s = attend<__half>(cache, 1, 3, 0, seed + 2, 3, stream);
+  CHECK(cache.attended_blocks(0, 1, stream) == owner);
+  check_elastic(cache, shadow, 1, 3, s, 3, stream);
+}
+
+TEST_CASE("block, importance and anchor round trips; a block written anew changes attention") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const ekv::Stream stream;
+  const ekv::KVCacheConfig c = small_config(ekv::DType::kFloat32);
+  ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  Shadow<float> shadow(c, c.max_seq_block_num());
+  prefill(cache, shadow, seed, stream);
+  const int physical = cache.allocator().block_id(0, 5);
+  const std::size_t n = static_cast<std::size_t>(c.block_elems());
+  std::vector<float> k = ekv::bench::random_uniform<float>(n, -2.0f, 2.0f, seed + 50), v = k, k2(n), v2(n);
+  for (float& x : v) x = -x;
+  const auto shape = {std::int64_t{c.kv_head_num}, std::int64_t{c.block_len}, std::int64_t{c.head_dim}};
+  cache.update_kvcache_one_block(ekv::TensorView::of(k.data(), shape, ekv::DeviceKind::kHost),
+                                 ekv::TensorView::of(v.data(), shape, ekv::DeviceKind::kHost), 1, physical, stream);
+  cache.get_kvcache_one_block(ekv::TensorView::of(k2.data(), shape, ekv::DeviceKind::kHost),
+                              ekv::TensorView::of(v2.data(), shape, ekv::DeviceKind::kHost), 1, physical, stream);
+  CHECK(k2 == k);
+  CHECK(v2 == v);
+  for (int h = 0; h < c.kv_head_num; ++h) {
+    for (int t = 0; t < c.block_len; ++t) {
+      const std::int64_t at = shadow.view(1, 3).offset(0, h, 5 * c.block_len + t);
+      std::copy_n(k.begin() + (h * c.block_len + t) * c.head_dim, c.head_dim, shadow.k[1].begin() + at);
+      std::copy_n(v.begin() + (h * c.block_len + t) * c.head_dim, c.head_dim, shadow.v[1].begin() + at);
+    }
+  }
+  const Step<float> exact = attend<float>(cache, 1, 3, 0, seed + 51, -1, stream);
+  ekv::test::check_exact(shadow, 1, 3, exact.q.data(), exact.o.data(), exact.lse.data());
+  check_elastic(cache, shadow, 1, 3, attend<float>(cache, 1, 3, 0, seed + 52, 2, stream), 2, stream);
+
+  std::vector<float> importance = ekv::bench::random_uniform<float>(std::size_t{1} * c.kv_head_num * c.block_len,
+                                                                    0.0f, 1.0f, seed + 53);
+  std::vector<float> back(importance.size());
+  ekv::DeviceBuffer<float> on_device(importance.size());  // device tensors serve too
+  on_device.copy_from(importance);
+  cache.update_importance_one_block(
+      ekv::TensorView::of(on_device.data(), {c.kv_head_num, c.block_len}, ekv::DeviceKind::kCuda), 2, physical, stream);
+  cache.get_importance_one_block(
+      ekv::TensorView::of(back.data(), {c.kv_head_num, c.block_len}, ekv::DeviceKind::kHost), 2, physical, stream);
+  CHECK(back == importance);
+  std::vector<float> anchor = ekv::bench::random_uniform<float>(std::size_t{1} * c.kv_head_num * c.anchor_values(),
+                                                                -1.0f, 1.0f, seed + 54);
+  std::vector<float> anchor2(anchor.size());
+  cache.update_anchor_one_block(
+      ekv::TensorView::of(anchor.data(), {c.kv_head_num, c.anchor_values()}, ekv::DeviceKind::kHost), 0, 7, stream);
+  cache.get_anchor_one_block(
+      ekv::TensorView::of(anchor2.data(), {c.kv_head_num, c.anchor_values()}, ekv::DeviceKind::kHost), 0, 7, stream);
+  CHECK(anchor2 == anchor);
+}
+
+TEST_CASE("a full pool changes nothing; free_sequence gives its blocks to the next") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const ekv::Stream stream;
+  ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
+  c.max_block_num = 6;
+  ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  Shadow<__half> shadow(c, c.max_seq_block_num());
+  for (int layer = 0; layer < 3; ++layer) append_both(cache, shadow, layer, 2, 40, seed + layer, stream);
+  CHECK(cache.memory().blocks_free == 0);
+  const auto before = state_of(cache, stream);
+  ekv::DeviceBuffer<__half> k(std::size_t{1} * 9 * c.kv_head_num * c.head_dim);  // 40 + 9 needs a fourth block
+  const auto t = ekv::TensorView::of(k.data(), {1, 9, c.kv_head_num, c.head_dim}, ekv::DeviceKind::kCuda);
+  CHECK_THROWS_WITH_AS(cache.append(0, t, t, stream),
+                       doctest::Contains("the pool is full: the batch needs 1 more blocks, 0 of 6"), ekv::Error);
+  CHECK(state_of(cache, stream) == before);
+  const Step<__half> s = attend<__half>(cache, 0, 2, 0, seed + 5, -1, stream);
+  ekv::test::check_exact(shadow, 0, 2, s.q.data(), s.o.data(), s.lse.data());
+  cache.free_sequence(0, stream);
+  CHECK(cache.memory().blocks_free == 3);
+  k.fill_bytes(0, stream);
+  cache.append(0, t, t, stream);
+  CHECK(cache.get_cache_total_len(0) == 9);
+  CHECK(cache.memory().blocks_free == 2);
+  const std::vector<__half> q(std::size_t{1} * c.q_head_num * c.head_dim);
+  const auto host_q = ekv::TensorView::of(q.data(), {1, c.q_head_num, c.head_dim}, ekv::DeviceKind::kHost);
+  CHECK_THROWS_WITH_AS(cache.attn(host_q, host_q, host_q, 0, 0, stream),
+                       doctest::Contains("KVCache::attn: q is in host memory; this cache needs cuda"), ekv::Error);
+}
+
+TEST_CASE("dump then load: bit-identical, identical outputs; the host backend reads the same file") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const ekv::Stream stream;
+  const ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
+  ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  Shadow<__half> shadow(c, c.max_seq_block_num());
+  prefill(cache, shadow, seed, stream);
+  const std::string path = "kv_cache_test.safetensors";
+  cache.dump_kvcache(path, stream);
+  ekv::KVCache loaded(c, ekv::DeviceInfo::current(), stream);
+  loaded.load_kvcache(path, stream);
+  CHECK(state_of(loaded, stream) == state_of(cache, stream));
+  for (int layer = 0; layer < 3; ++layer) {
+    for (int pick : {-1, 3}) {
+      const auto a = attend<__half>(cache, layer, 3, 0, seed + layer, pick, stream);
+      const auto b = attend<__half>(loaded, layer, 3, 0, seed + layer, pick, stream);
+      CHECK(std::memcmp(a.o.data(), b.o.data(), a.o.size() * sizeof(__half)) == 0);
+    }
+  }
+  // the other backend: the same tokens, attention within the reference's tolerance
+  ekv::HostKVCache host(c);
+  host.load_kvcache(path);
+  CHECK(host.get_cache_total_len(0) == 333);
+  Step<__half> s(c, 3, seed + 9);
+  std::vector<__half> o(s.q.size());
+  std::vector<float> lse(s.lse.size());
+  host.attn(ekv::TensorView::of(s.q.data(), {3, c.q_head_num, c.head_dim}, ekv::DeviceKind::kHost),
+            ekv::TensorView::of(o.data(), {3, c.q_head_num, c.head_dim}, ekv::DeviceKind::kHost),
+            ekv::TensorView::of(lse.data(), {3, c.q_head_num}, ekv::DeviceKind::kHost), 1, 0);
+  ekv::test::check_exact(shadow, 1, 3, s.q.data(), o.data(), lse.data());
+
+  // a damaged file leaves the cache as it was
+  std::ifstream in(path, std::ios::binary);
+  std::vector<unsigned char> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  bytes[bytes.size() - 100] ^= 4;
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+  ekv::KVCache other(c, ekv::DeviceInfo::current(), stream);
+  Shadow<__half> other_shadow(c, c.max_seq_block_num());
+  append_both(other, other_shadow, 0, 1, 5, seed + 3, stream);
+  const auto before = state_of(other, stream);
+  CHECK_THROWS_WITH_AS(other.load_kvcache(path, stream), doctest::Contains("is corrupted"), ekv::Error);
+  CHECK(state_of(other, stream) == before);
+  std::remove(path.c_str());
+}
+
+TEST_CASE("attn replays in a CUDA Graph after a warm-up call, with the direct call's output") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const ekv::Stream stream;
+  const ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
+  ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  Shadow<__half> shadow(c, c.max_seq_block_num());
+  prefill(cache, shadow, seed, stream);
+  for (int pick : {-1, 3}) {
+    INFO("pick_block_num " << pick);
+    Step<__half> s(c, 3, seed + 1);
+    s.run(cache, 0, 0, pick, stream);  // warm-up: plans and allocates
+    s.fetch(stream);
+    const std::vector<__half> direct = s.o;
+    s.od.fill_bytes(0xFF, stream);
+    const ekv::Graph graph =
+        ekv::Graph::capture(stream, [&](const ekv::Stream& g) { s.run(cache, 0, 0, pick, g); });
+    graph.launch(stream);
+    s.fetch(stream);
+    CHECK(std::memcmp(direct.data(), s.o.data(), direct.size() * sizeof(__half)) == 0);
+  }
+}
+
+TEST_CASE("the older system's example shape runs: 32 layers, 8/32 heads, dim 128, block_len 256, anchor_num 4") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const ekv::Stream stream;
+  const ekv::KVCacheConfig c = ekv::test::seed_example_config(20, 1, 2);
+  ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  Shadow<__half> shadow(c, c.max_seq_block_num());
+  for (int layer = 0; layer < c.layer_num; ++layer) {
+    append_both(cache, shadow, layer, 1, 4000, seed + layer, stream);
+    const Step<__half> s = attend<__half>(cache, layer, 1, 0, seed + 100 + layer, 4, stream);
+    if (layer % 8 == 0) check_elastic(cache, shadow, layer, 1, s, 4, stream);
+  }
+  CHECK(cache.memory().blocks_used == 16);
+}
