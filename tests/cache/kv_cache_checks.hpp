@@ -79,12 +79,16 @@ void check_exact(Shadow<T>& shadow, int layer, int batch, const T* q, const T* o
   for (std::size_t r = 0; r < reference.size(); ++r) CHECK(std::abs(lse[r] - reference[r].lse) < 1e-2);
 }
 
-// elastic: the blocks read are the policy's count, and the output is exact over them
+// elastic with pick, init and local blocks: the blocks read are the policy's count, and
+// the output is exact over them
 template <typename T, typename Read>
-void check_elastic(Shadow<T>& shadow, int layer, int batch, const T* q, const T* o, int pick, Read&& attended) {
+void check_elastic(Shadow<T>& shadow, int layer, int batch, const T* q, const T* o, int pick, Read&& attended,
+                   int init = 1, int local = 1) {
   const ekv::KVCacheConfig& c = shadow.config;
   ekv::ElasticConfig e = c.elastic_config();
   e.pick_block_num = pick;
+  e.init_block_num = init;
+  e.local_block_num = local;
   const ekv::ElasticPolicy policy(e);
   std::vector<std::int32_t> tables(static_cast<std::size_t>(batch) * c.kv_head_num * shadow.max_blocks);
   std::vector<std::int32_t> lengths(static_cast<std::size_t>(batch) * c.kv_head_num);
