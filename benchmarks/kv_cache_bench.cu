@@ -55,8 +55,12 @@ int main(int argc, char** argv) {
   ekv::DeviceBuffer<T> k(pool), v(pool);
   ekv::bench::random_uniform_fill<T>(k.span(), -1.0f, 1.0f, 3, stream);
   ekv::bench::random_uniform_fill<T>(v.span(), -1.0f, 1.0f, 4, stream);
-  std::vector<std::int32_t> table(std::size_t{1} * kMaxBatch * kBlocksPerSeq);
-  std::iota(table.begin(), table.end(), 0);
+  // rows as long as the cache's (max_seq_block_num), so that both plan for the same length
+  const int row = config.max_seq_block_num();
+  std::vector<std::int32_t> table(std::size_t{1} * kMaxBatch * row, 0);
+  for (int b = 0; b < kMaxBatch; ++b) {
+    std::iota(table.begin() + b * row, table.begin() + b * row + kBlocksPerSeq, b * kBlocksPerSeq);
+  }
   ekv::DeviceBuffer<std::int32_t> table_dev(table.size()), lengths(kMaxBatch);
   table_dev.copy_from(table);
   lengths.copy_from(std::vector<std::int32_t>(kMaxBatch, kSeq));
@@ -66,7 +70,7 @@ int main(int argc, char** argv) {
   std::printf("%-10s %-8s %10s %10s %10s\n", "shape", "variant", "raw", "KVCache", "overhead");
   for (int batch : {1, kMaxBatch}) {
     const auto kv = ekv::paged_kv<T>(k.data(), v.data(), table_dev.data(), lengths.data(), batch, kKvHeads, kDim,
-                                     kBlockLen, kBlocksPerSeq);
+                                     kBlockLen, row);
     ekv::DeviceBuffer<T> q(std::size_t{1} * batch * kQHeads * kDim), o(q.size());
     ekv::DeviceBuffer<float> lse(std::size_t{1} * batch * kQHeads);
     ekv::bench::random_uniform_fill<T>(q.span(), -1.0f, 1.0f, 5, stream);

@@ -15,8 +15,8 @@
 //
 // Built from append_kv, build_anchors / update_anchors, run_decode and ElasticDecode
 // (run_layer, for layer_step sharing). Calls are ordered on the stream they take. attn is
-// graph-capturable once a call of the same batch and block counts has run (the warm-up
-// plans and allocates); append, the block accessors, update_cache_total_len,
+// graph-capturable once a call of the same batch and block counts (and, for exact, of a
+// longest sequence in the same power of two) has run: the warm-up plans and allocates; append, the block accessors, update_cache_total_len,
 // free_sequence, dump and load are not (they copy tables and lengths from the host, and the
 // accessors, dump and load synchronize the stream).
 
@@ -30,6 +30,7 @@
 #include <set>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -125,7 +126,7 @@ class KVCache {
       KVView<T> kv = view<T>(layer_idx);
       kv.batch = batch;
       if (pick_block_num < 0) {
-        Exact& exact = exact_plan(batch, stream);
+        Exact& exact = exact_plan(batch, layers_[layer_idx].host_lengths, stream);
         run_decode<T>(exact.plan, kv, q.as<const T>(), output.as<T>(), attn_lse.as<float>(), exact.workspace.data(),
                       stream);
         return;
@@ -352,11 +353,23 @@ class KVCache {
                        l.lengths.data(), config_.max_batch_size, config_.kv_head_num, config_.head_dim,
                        config_.block_len, config_.max_seq_block_num());
   }
-  Exact& exact_plan(int batch, const Stream& stream) {
-    auto it = exact_.find(batch);
+  // The exact plan for the batch's longest sequence, rounded up to a power of two (at
+  // least 4096 tokens, at most max_seq_len()): a plan for the pool's whole length splits a
+  // short sequence too little (1 x 32K: 258 us planned for 256K, against 42 for 32K on the
+  // H200). A longer sequence plans anew, once per doubling (the call allocates then);
+  // lengths past a captured graph's plan stay correct.
+  Exact& exact_plan(int batch, const std::vector<std::int32_t>& lengths, const Stream& stream) {
+    const int longest = *std::max_element(lengths.begin(), lengths.begin() + batch);
+    int planned = 4096;
+    while (planned < longest && planned < config_.max_seq_len()) planned *= 2;
+    planned = std::min(planned, config_.max_seq_len());
+    const std::pair<int, int> key{batch, planned};
+    auto it = exact_.find(key);
     if (it == exact_.end()) {
-      const DecodePlan plan = plan_decode(config_.decode_problem(batch), device_);
-      it = exact_.emplace(batch, Exact{plan, make_decode_workspace(plan, stream)}).first;
+      DecodeProblem problem = config_.decode_problem(batch);
+      problem.max_seq_len = planned;
+      const DecodePlan plan = plan_decode(problem, device_);
+      it = exact_.emplace(key, Exact{plan, make_decode_workspace(plan, stream)}).first;
     }
     return it->second;
   }
@@ -429,7 +442,7 @@ class KVCache {
   BlockAllocator allocator_;
   DeviceBuffer<std::int32_t> table_;  // allocator_'s tables, on the device
   DeviceBuffer<std::int32_t> from_;   // lengths before an append, for update_anchors
-  std::map<int, Exact> exact_;        // by batch
+  std::map<std::pair<int, int>, Exact> exact_;  // by batch and planned length
   std::map<std::string, Elastic> elastic_;  // by batch and block counts
   std::string last_elastic_;
 };
