@@ -79,7 +79,9 @@ int main(int argc, char** argv) {
     const auto tl = ekv::TensorView::of(lse.data(), {batch, kQHeads}, ekv::DeviceKind::kCuda);
     // exact
     ekv::DecodeProblem problem = config.decode_problem(batch);
-    const ekv::DecodePlan plan = ekv::plan_decode(problem, device);
+    ekv::DecodeProblem exact_problem = problem;  // as KVCache plans exact: the longest, to a power of two
+    exact_problem.max_seq_len = kSeq;
+    const ekv::DecodePlan plan = ekv::plan_decode(exact_problem, device);
     const auto workspace = ekv::make_decode_workspace(plan, stream);
     // elastic at C=8: sinks 1, window 1, the rest picked
     const int pick = kBlocksPerSeq / kCompress - 2;
