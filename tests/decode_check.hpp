@@ -19,12 +19,25 @@
 
 namespace ekv::test {
 
-enum class Layout { kPaged, kContiguousHnd, kContiguousNhd };
-inline constexpr Layout kAllLayouts[] = {Layout::kPaged, Layout::kContiguousHnd, Layout::kContiguousNhd};
+// kPaged: ekv's pool [blocks][kv_heads][block_len][head_dim]; kPagedNhd: vLLM's blocks
+// [blocks][block_len][kv_heads][head_dim]; kPageIndex: FlashInfer's NHD pages through
+// indptr, indices and last_page_len; the contiguous layouts hold one sequence per row.
+enum class Layout { kPaged, kPagedNhd, kPageIndex, kContiguousHnd, kContiguousNhd };
+inline constexpr Layout kAllLayouts[] = {Layout::kPaged, Layout::kPagedNhd, Layout::kPageIndex,
+                                         Layout::kContiguousHnd, Layout::kContiguousNhd};
 
 inline const char* name(Layout l) {
-  return l == Layout::kPaged ? "paged" : l == Layout::kContiguousHnd ? "contiguous_hnd" : "contiguous_nhd";
+  switch (l) {
+    case Layout::kPaged: return "paged";
+    case Layout::kPagedNhd: return "paged_nhd (vLLM)";
+    case Layout::kPageIndex: return "page_index (FlashInfer)";
+    case Layout::kContiguousHnd: return "contiguous_hnd";
+    case Layout::kContiguousNhd: break;
+  }
+  return "contiguous_nhd";
 }
+// Whether a layout is made of blocks (a block table or page index): the shape's block_len holds.
+inline bool is_paged(Layout l) { return l == Layout::kPaged || l == Layout::kPagedNhd || l == Layout::kPageIndex; }
 
 // The input families every attention test draws from (tests/README.md):
 // - kUniform: K, V uniform in [-1, 1), q in [-2, 2): scaled scores with std about 0.67, a
@@ -83,8 +96,10 @@ inline std::string describe(const CacheShape& c) {
   return s;
 }
 
-// Random K, V and q for a shape from one input family; in the paged layout the pool's
-// blocks are shuffled, so that block tables matter.
+// Random K, V and q for a shape from one input family; in the paged layouts the pool's
+// blocks are shuffled, so that block tables matter. The page-index layout keeps its index
+// in `table`: indptr [batch + 1], then last_page_len [batch], then the indices, each
+// sequence given just the pages its length needs (lengths stay the host's record).
 template <typename T>
 struct HostCache {
   CacheShape shape;
@@ -95,7 +110,7 @@ struct HostCache {
 
   HostCache(CacheShape s, std::uint64_t seed, Inputs family = Inputs::kUniform) : shape(std::move(s)), inputs(family) {
     const int max_len = std::max(1, *std::max_element(shape.lengths.begin(), shape.lengths.end()));
-    block_len = shape.layout == Layout::kPaged ? shape.block_len : max_len;
+    block_len = is_paged(shape.layout) ? shape.block_len : max_len;
     blocks_per_seq = (max_len + block_len - 1) / block_len;
     const int num_blocks = shape.batch() * blocks_per_seq;
     const std::size_t pool = static_cast<std::size_t>(num_blocks) * shape.kv_heads * block_len * shape.head_dim;
@@ -109,6 +124,7 @@ struct HostCache {
     std::iota(table.begin(), table.end(), 0);
     std::shuffle(table.begin(), table.end(), std::mt19937(static_cast<unsigned>(seed)));
     lengths.assign(shape.lengths.begin(), shape.lengths.end());
+    if (shape.layout == Layout::kPageIndex) make_page_index();
     if (inputs == Inputs::kPeaked) plant_aligned_keys(3, 0.0, 8.0f, seed + 3);
     if (inputs == Inputs::kLateMax) plant_aligned_keys(2, 0.95, 4.0f, seed + 3);
   }
@@ -138,11 +154,33 @@ struct HostCache {
     }
   }
 
+  // The shuffled pool ids dealt out in order, each sequence its pages, into FlashInfer's index.
+  void make_page_index() {
+    const int batch = shape.batch();
+    std::vector<std::int32_t> index(static_cast<std::size_t>(2 * batch + 1), 0);
+    int used = 0;
+    for (int b = 0; b < batch; ++b) {
+      const int len = std::min(lengths[b], block_len * blocks_per_seq);
+      const int pages = (len + block_len - 1) / block_len;
+      index[batch + 1 + b] = pages > 0 ? len - (pages - 1) * block_len : 1;
+      used += pages;
+      index[b + 1] = used;
+    }
+    index.insert(index.end(), table.begin(), table.begin() + used);
+    table = std::move(index);
+  }
+
   // The view of this cache's layout over k, v, table and lengths wherever they live.
   KVView<T> view(T* kp, T* vp, const std::int32_t* tp, std::int32_t* lp) const {
+    const int batch = shape.batch();
     switch (shape.layout) {
       case Layout::kPaged:
         return paged_kv<T>(kp, vp, tp, lp, shape.batch(), shape.kv_heads, shape.head_dim, block_len, blocks_per_seq);
+      case Layout::kPagedNhd:
+        return paged_nhd_kv<T>(kp, vp, tp, lp, batch, shape.kv_heads, shape.head_dim, block_len, blocks_per_seq);
+      case Layout::kPageIndex:
+        return page_index_kv<T>(kp, vp, PageIndex{tp, tp + 2 * batch + 1, tp + batch + 1}, batch, shape.kv_heads,
+                                shape.head_dim, block_len, blocks_per_seq);
       case Layout::kContiguousHnd:
         return contiguous_hnd_kv<T>(kp, vp, lp, shape.batch(), shape.kv_heads, shape.head_dim, block_len);
       case Layout::kContiguousNhd: break;

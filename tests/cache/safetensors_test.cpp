@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <random>
@@ -64,6 +65,35 @@ TEST_CASE("crc32 is zlib's") {
   CHECK(ekv::crc32(ekv::crc32(0, text.data(), 13), text.data() + 13, text.size() - 13) == 0x414FA339u);
 }
 
+TEST_CASE("crc32_combine and crc32_ranges give the CRC of the whole, at every cut and thread count") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  std::mt19937_64 rng(seed);
+  std::vector<unsigned char> bytes((std::size_t{8} << 20) * 3 + 12345);  // more than three 8 MiB pieces
+  for (unsigned char& b : bytes) b = static_cast<unsigned char>(rng());
+  const std::uint32_t whole = ekv::crc32(0, bytes.data(), bytes.size());
+  for (std::size_t cut : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{4096}, bytes.size() - 1,
+                          bytes.size()}) {
+    INFO("cut at " << cut);
+    const std::uint32_t a = ekv::crc32(0, bytes.data(), cut), b = ekv::crc32(0, bytes.data() + cut, bytes.size() - cut);
+    CHECK(ekv::crc32_combine(a, b, bytes.size() - cut) == whole);
+  }
+  const std::string text = "The quick brown fox jumps over the lazy dog";
+  CHECK(ekv::crc32_combine(ekv::crc32(0, text.data(), 4), ekv::crc32(0, text.data() + 4, text.size() - 4),
+                           text.size() - 4) == 0x414FA339u);
+  const std::vector<ekv::ByteRange> ranges = {
+      {bytes.data(), bytes.size()}, {bytes.data() + 5, 0}, {text.data(), text.size()}, {bytes.data() + 3, 8u << 20}};
+  for (unsigned threads : {1u, 2u, 5u, 0u}) {
+    INFO(threads << " threads");
+    const std::vector<std::uint32_t> crcs = ekv::crc32_ranges(ranges, threads);
+    REQUIRE(crcs.size() == ranges.size());
+    CHECK(crcs[0] == whole);
+    CHECK(crcs[1] == 0u);
+    CHECK(crcs[2] == 0x414FA339u);
+    CHECK(crcs[3] == ekv::crc32(0, bytes.data() + 3, 8u << 20));
+  }
+}
+
 TEST_CASE("write then read: the same tensors, shapes, dtypes and metadata; atomic") {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
@@ -98,6 +128,50 @@ TEST_CASE("write then read: the same tensors, shapes, dtypes and metadata; atomi
   CHECK_THROWS_WITH_AS(ekv::write_safetensors("/nonexistent-dir/x.safetensors", s.entries(), {}),
                        doctest::Contains("cannot create /nonexistent-dir/x.safetensors.tmp"), ekv::Error);
   std::remove(path.c_str());
+}
+
+TEST_CASE("tensors given by fill stream through a small staging buffer into the same file; a failing fill leaves the old") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const std::string plain = "safetensors_test_plain.safetensors", filled = "safetensors_test_filled.safetensors";
+  std::mt19937_64 rng(seed);
+  std::vector<unsigned char> big((std::size_t{9} << 20) + 77);  // more than one 8 MiB checksum piece
+  for (unsigned char& b : big) b = static_cast<unsigned char>(rng());
+  const Sample s = sample(seed + 1);
+  std::vector<ekv::SafetensorsEntry> entries = s.entries();
+  entries.push_back({"big", "U8", {static_cast<std::int64_t>(big.size())}, big.data(), big.size()});
+  ekv::write_safetensors(plain, entries, {{"k", "v"}}, 1);
+  // the same tensors copied in by fill, through two halves of 4,000 bytes: many chunks each
+  std::vector<ekv::SafetensorsEntry> by_fill = entries;
+  int calls = 0;
+  for (ekv::SafetensorsEntry& e : by_fill) {
+    const auto* src = static_cast<const unsigned char*>(e.data);
+    e.data = nullptr;
+    e.fill = [src, &calls](void* dst, std::size_t offset, std::size_t n) {
+      REQUIRE(n <= 4000);
+      std::memcpy(dst, src + offset, n);
+      ++calls;
+    };
+  }
+  std::vector<unsigned char> staging(8000);
+  ekv::write_safetensors(filled, by_fill, {{"k", "v"}}, 3, staging.data(), staging.size());
+  CHECK(calls > static_cast<int>(big.size() / 4000));
+  CHECK(read_bytes(plain) == read_bytes(filled));
+  const ekv::SafetensorsFile f = ekv::read_safetensors(filled, 2);
+  CHECK(std::equal(big.begin(), big.end(), f.bytes_of(f.tensors.at("big"))));
+  // a fill that throws: its error, no temporary file, the old file as it was
+  by_fill.back().fill = [](void*, std::size_t offset, std::size_t) {
+    if (offset > 0) throw ekv::Error("device copy failed");
+  };
+  CHECK_THROWS_WITH_AS(ekv::write_safetensors(filled, by_fill, {}, 2, staging.data(), staging.size()),
+                       doctest::Contains("device copy failed"), ekv::Error);
+  CHECK_FALSE(std::ifstream(filled + ".tmp").good());
+  CHECK(read_bytes(plain) == read_bytes(filled));
+  by_fill.back().fill = nullptr;
+  CHECK_THROWS_WITH_AS(ekv::write_safetensors(filled, by_fill, {}), doctest::Contains("has neither data nor fill"),
+                       ekv::Error);
+  std::remove(plain.c_str());
+  std::remove(filled.c_str());
 }
 
 TEST_CASE("truncation at every section boundary, bad lengths, trailing bytes and bit flips are each rejected") {

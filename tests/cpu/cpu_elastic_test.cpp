@@ -156,8 +156,9 @@ void check_selection(const std::vector<int>& got, const std::vector<double>& sco
 }
 
 template <typename T>
-void check_cpu_elastic_independently(ekv::AnchorKind anchor, ekv::RetrievalType retrieval, std::uint64_t seed) {
-  const ekv::test::CacheShape shape{2, 4, 64, 16, {500, 203}, ekv::test::Layout::kPaged};
+void check_cpu_elastic_independently(ekv::AnchorKind anchor, ekv::RetrievalType retrieval, ekv::test::Layout layout,
+                                     std::uint64_t seed) {
+  const ekv::test::CacheShape shape{2, 4, 64, 16, {500, 203}, layout};
   ekv::test::HostCache<T> cache(shape, seed, ekv::test::Inputs::kPeaked);  // scores far apart: a wrong pick shows
   const ekv::KVView<T> kv = cache.host_view();
   ekv::ElasticConfig config;
@@ -218,8 +219,13 @@ TEST_CASE_TEMPLATE("CPU elastic decode against a brute-force scorer: every ancho
   for (ekv::AnchorKind anchor : {ekv::AnchorKind::kQuest, ekv::AnchorKind::kBlockMean, ekv::AnchorKind::kBlockMax,
                                  ekv::AnchorKind::kFixed}) {
     for (ekv::RetrievalType retrieval : {ekv::RetrievalType::kLayer, ekv::RetrievalType::kKvHead}) {
-      INFO("anchor " << ekv::to_string(anchor) << ", retrieval " << ekv::to_string(retrieval));
-      check_cpu_elastic_independently<T>(anchor, retrieval, seed + i++);
+      // ekv's pool, vLLM's blocks and FlashInfer's page index
+      for (ekv::test::Layout layout :
+           {ekv::test::Layout::kPaged, ekv::test::Layout::kPagedNhd, ekv::test::Layout::kPageIndex}) {
+        INFO("anchor " << ekv::to_string(anchor) << ", retrieval " << ekv::to_string(retrieval) << ", layout "
+                       << ekv::test::name(layout));
+        check_cpu_elastic_independently<T>(anchor, retrieval, layout, seed + i++);
+      }
     }
   }
 }

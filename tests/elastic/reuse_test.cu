@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "device_cache.cuh"
+#include "elastic/attended_check.cuh"
 #include "ekv/attention/append.cuh"
 #include "ekv/elastic/anchors.cuh"
 #include "ekv/elastic/elastic_decode.cuh"
@@ -42,7 +43,6 @@ void check_reuse(ekv::RetrievalType retrieval, ekv::test::Inputs inputs, std::ui
   const int kv_rows = shape.batch() * shape.kv_heads;
   // ElasticDecode's rows: a query head's blocks under QHEAD, else a kv head's
   const int rows_per_seq = retrieval == ekv::RetrievalType::kQHead ? shape.q_heads() : shape.kv_heads;
-  const int rows = shape.batch() * rows_per_seq;
   ekv::DeviceBuffer<T> o(cache.q.size()), k_new(static_cast<std::size_t>(kv_rows) * shape.head_dim);
   ekv::DeviceBuffer<T> v_new(k_new.size());
   ekv::DeviceBuffer<float> lse(static_cast<std::size_t>(shape.batch()) * shape.q_heads());
@@ -80,18 +80,8 @@ void check_reuse(ekv::RetrievalType retrieval, ekv::test::Inputs inputs, std::ui
       }
       for (const auto& chosen : selection[b]) expected[b].push_back(ekv::reference_reuse_selection(chosen, blocks_then[b], n));
     }
-    std::vector<std::int32_t> attended(static_cast<std::size_t>(rows) * step.max_attended()), counts(rows);
-    EKV_CUDA_CHECK(cudaMemcpy(attended.data(), step.attended(), attended.size() * 4, cudaMemcpyDeviceToHost));
-    EKV_CUDA_CHECK(cudaMemcpy(counts.data(), step.num_attended(), counts.size() * 4, cudaMemcpyDeviceToHost));
-    for (int b = 0; b < shape.batch(); ++b) {
-      for (int h = 0; h < rows_per_seq; ++h) {
-        const auto& want = expected[b][retrieval == ekv::RetrievalType::kLayer ? 0 : h];
-        const std::size_t row = static_cast<std::size_t>(b) * rows_per_seq + h;
-        REQUIRE(counts[row] == static_cast<int>(want.size()));
-        for (std::size_t j = 0; j < want.size(); ++j) CHECK(attended[row * step.max_attended() + j] == want[j]);
-      }
-    }
-    std::vector<T> got_o(o.size());
+    ekv::test::check_attended(step, expected, shape.batch(), rows_per_seq, retrieval);
+  std::vector<T> got_o(o.size());
     std::vector<float> got_lse(lse.size());
     o.copy_to(got_o);
     lse.copy_to(got_lse);

@@ -64,7 +64,8 @@ void append_kv(const KVView<T>& kv, const T* k_new, const T* v_new, int new_toke
   }
   if (kv.batch == 0 || new_tokens == 0) return;
   if (kv.k == nullptr || kv.v == nullptr || kv.lengths == nullptr || k_new == nullptr || v_new == nullptr) {
-    throw Error("append_kv: null K, V, lengths or new tokens");
+    throw Error("append_kv: null K, V, lengths or new tokens (a page-index view has no lengths to grow: "
+                "append through paged_kv or paged_nhd_kv over the same pages)");
   }
   if (!is_aligned<16>(kv.k) || !is_aligned<16>(kv.v) || !is_aligned<16>(k_new) || !is_aligned<16>(v_new)) {
     throw Error("append_kv: K, V and the new tokens must be 16-byte aligned");

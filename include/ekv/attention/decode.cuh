@@ -203,7 +203,7 @@ void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, f
     throw Error("run_decode: the view holds " + std::to_string(kv.capacity()) + " tokens per sequence, the plan " +
                 std::to_string(p.max_seq_len));
   }
-  if (kv.k == nullptr || kv.v == nullptr || kv.lengths == nullptr || q == nullptr || o == nullptr || lse == nullptr) {
+  if (kv.k == nullptr || kv.v == nullptr || !kv.has_lengths() || q == nullptr || o == nullptr || lse == nullptr) {
     throw Error("run_decode: null K, V, lengths, q, o or lse");
   }
   if (!is_aligned<16>(kv.k) || !is_aligned<16>(kv.v) || !is_aligned<16>(q)) {

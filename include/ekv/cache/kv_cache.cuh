@@ -23,6 +23,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <initializer_list>
 #include <map>
@@ -46,6 +47,7 @@
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/dispatch.hpp"
 #include "ekv/core/error.hpp"
+#include "ekv/core/pinned_buffer.hpp"
 #include "ekv/core/stream.hpp"
 #include "ekv/elastic/anchors.cuh"
 #include "ekv/elastic/elastic_decode.cuh"
@@ -132,8 +134,7 @@ class KVCache {
         return;
       }
       const ElasticConfig elastic = args().elastic(pick_block_num, init_block_num, local_block_num);
-      const std::string key = std::to_string(batch) + "/" + std::to_string(init_block_num) + "/" +
-                              std::to_string(local_block_num) + "/" + std::to_string(pick_block_num);
+      const ElasticKey key{batch, init_block_num, local_block_num, pick_block_num};
       Elastic& slot = elastic_[key];
       if (slot.step.index() == 0) {
         ElasticProblem problem;
@@ -279,32 +280,30 @@ class KVCache {
 
   KVCacheMemory memory() const { return kv_cache_memory(config_, allocator_); }
 
-  // Writes the whole cache to a file, atomically (cache/kv_cache_file.hpp), through host
-  // memory; synchronous.
+  // Writes the whole cache to a file, atomically (cache/kv_cache_file.hpp), streamed
+  // through 128 MiB of pinned host memory and checksummed on one thread per core while
+  // it is written; synchronous.
   void dump_kvcache(const std::string& path, const Stream& stream) const {
-    const KVCacheLayerSizes size(config_);
-    std::vector<std::vector<unsigned char>> staging;
     std::vector<KVCacheLayerBytes> layers;
     std::vector<std::int32_t> lengths;
-    staging.reserve(4 * layers_.size());
     for (const Layer& l : layers_) {
-      const auto stage = [&](const void* src, std::size_t bytes) {
-        staging.emplace_back(bytes);
-        copy(staging.back().data(), src, bytes, stream);
-        return staging.back().data();
-      };
-      layers.push_back({stage(l.k.data(), size.kv), stage(l.v.data(), size.kv), stage(l.anchors.data(), size.anchors),
-                        stage(l.importance.data(), size.importance)});
+      layers.push_back({l.k.data(), l.v.data(), l.anchors.data(), l.importance.data()});
       lengths.insert(lengths.end(), l.host_lengths.begin(), l.host_lengths.end());
     }
-    stream.synchronize();
-    write_kv_cache_file(path, config_, layers, lengths, allocator_);
+    // the pools pass through two pinned halves, 64 MiB each, while the file is written
+    constexpr std::size_t kStaging = std::size_t{128} << 20;
+    PinnedBuffer<unsigned char> staging(kStaging);
+    const auto to_host = [&](void* dst, const void* src, std::size_t n) {
+      copy(dst, src, n, stream);
+      stream.synchronize();
+    };
+    write_kv_cache_file(path, config_, layers, lengths, allocator_, 0, to_host, staging.data(), kStaging);
   }
 
   // Reads a dump_kvcache file (of either backend) into this cache: everything is checked
   // first (read_kv_cache_file), and the cache is unchanged where anything fails.
   void load_kvcache(const std::string& path, const Stream& stream) {
-    KVCacheFileContents file = read_kv_cache_file(path, config_, allocator_, "KVCache::load_kvcache");
+    KVCacheFileContents file = read_kv_cache_file(path, config_, allocator_, "KVCache::load_kvcache", 0);
     const KVCacheLayerSizes size(config_);
     for (int i = 0; i < config_.layer_num; ++i) {
       Layer& l = layers_[i];
@@ -434,7 +433,7 @@ class KVCache {
   std::size_t anchor_bytes() const {
     return std::size_t{1} * config_.kv_head_num * config_.anchor_values() * dtype_size(config_.kv_type);
   }
-  KVCacheArgs args() const { return {config_, "KVCache", DeviceKind::kCuda, true}; }
+  KVCacheArgs args() const { return {config_, "KVCache", "KVCache::attn", DeviceKind::kCuda, true}; }
 
   KVCacheConfig config_;
   DeviceInfo device_;
@@ -443,8 +442,9 @@ class KVCache {
   DeviceBuffer<std::int32_t> table_;  // allocator_'s tables, on the device
   DeviceBuffer<std::int32_t> from_;   // lengths before an append, for update_anchors
   std::map<std::pair<int, int>, Exact> exact_;  // by batch and planned length
-  std::map<std::string, Elastic> elastic_;  // by batch and block counts
-  std::string last_elastic_;
+  using ElasticKey = std::array<int, 4>;  // batch, init, local and pick block counts
+  std::map<ElasticKey, Elastic> elastic_;
+  ElasticKey last_elastic_{};
 };
 
 }  // namespace ekv

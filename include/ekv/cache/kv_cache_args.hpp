@@ -16,9 +16,10 @@ namespace ekv {
 
 struct KVCacheArgs {
   const KVCacheConfig& c;
-  const char* cls;    // "KVCache", "HostKVCache"
-  DeviceKind memory;  // where attn's and append's tensors must be
-  bool any_memory;    // whether the block accessors also take the other memory
+  const char* cls;        // "KVCache", "HostKVCache"
+  const char* attn_call;  // "<cls>::attn", so that attn builds no string on every step
+  DeviceKind memory;      // where attn's and append's tensors must be
+  bool any_memory;        // whether the block accessors also take the other memory
 
   std::string where(const char* call) const { return std::string(cls) + "::" + call; }
 
@@ -86,17 +87,17 @@ struct KVCacheArgs {
                   "; needs [batch, q_head_num, head_dim] with batch 1 to max_batch_size=" +
                   std::to_string(c.max_batch_size));
     }
-    const std::string call = where("attn");
-    q.check(call.c_str(), "q", c.kv_type, {batch, c.q_head_num, c.head_dim}, "[batch, q_head_num, head_dim]", memory);
-    output.check(call.c_str(), "output", c.kv_type, {batch, c.q_head_num, c.head_dim},
+    const char* call = attn_call;
+    q.check(call, "q", c.kv_type, {batch, c.q_head_num, c.head_dim}, "[batch, q_head_num, head_dim]", memory);
+    output.check(call, "output", c.kv_type, {batch, c.q_head_num, c.head_dim},
                  "[batch, q_head_num, head_dim]", memory);
-    lse.check(call.c_str(), "attn_lse", DType::kFloat32, {batch, c.q_head_num}, "[batch, q_head_num]", memory);
+    lse.check(call, "attn_lse", DType::kFloat32, {batch, c.q_head_num}, "[batch, q_head_num]", memory);
     if (generate_token_idx < 0) {
-      throw Error(call + ": generate_token_idx=" + std::to_string(generate_token_idx) + " must be >= 0");
+      throw Error(where("attn") + ": generate_token_idx=" + std::to_string(generate_token_idx) + " must be >= 0");
     }
     for (int b = 0; b < batch; ++b) {
       if (lengths[b] < 1) {
-        throw Error(call + ": sequence " + std::to_string(b) + " of layer " + std::to_string(layer_idx) +
+        throw Error(where("attn") + ": sequence " + std::to_string(b) + " of layer " + std::to_string(layer_idx) +
                     " holds no tokens; append before attending");
       }
     }

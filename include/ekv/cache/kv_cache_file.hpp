@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -37,7 +38,8 @@ inline const char* safetensors_dtype(DType dtype) {
   return "invalid";
 }
 
-// One layer's pools in host memory, as the file lays them out.
+// One layer's pools as the file lays them out: host memory, or device memory for a
+// write_kv_cache_file given copy_to_host.
 struct KVCacheLayerBytes {
   const void* k = nullptr;
   const void* v = nullptr;
@@ -74,20 +76,41 @@ inline KVCacheMemory kv_cache_memory(const KVCacheConfig& c, const BlockAllocato
   return m;
 }
 
-// Writes the file atomically. lengths: int32 [layer_num][max_batch_size].
+// Copies n bytes from a layer's pool (device memory, say) to host memory, and returns
+// once they are there.
+using CopyToHost = std::function<void(void* dst, const void* src, std::size_t n)>;
+
+// Writes the file atomically (write_safetensors: streamed, checksummed on `threads`
+// threads, 0 for one per core). lengths: int32 [layer_num][max_batch_size]. Where
+// copy_to_host is given, the layers' pointers are where it copies from (a GPU's pools),
+// through `staging` (write_safetensors'; pinned memory for device copies); otherwise
+// they are host memory.
 inline void write_kv_cache_file(const std::string& path, const KVCacheConfig& c,
                                 const std::vector<KVCacheLayerBytes>& layers, const std::vector<std::int32_t>& lengths,
-                                const BlockAllocator& allocator) {
+                                const BlockAllocator& allocator, unsigned threads = 0,
+                                const CopyToHost& copy_to_host = {}, unsigned char* staging = nullptr,
+                                std::size_t staging_bytes = 0) {
   const KVCacheLayerSizes size(c);
   const std::int64_t blocks = c.max_block_num, heads = c.kv_head_num;
   const char* dtype = safetensors_dtype(c.kv_type);
   std::vector<SafetensorsEntry> tensors;
+  const auto pool = [&](const std::string& name, const char* type, std::vector<std::int64_t> shape, const void* data,
+                        std::size_t bytes) {
+    SafetensorsEntry e{name, type, std::move(shape), data, bytes};
+    if (copy_to_host) {
+      e.data = nullptr;
+      e.fill = [&copy_to_host, data](void* dst, std::size_t offset, std::size_t n) {
+        copy_to_host(dst, static_cast<const unsigned char*>(data) + offset, n);
+      };
+    }
+    tensors.push_back(std::move(e));
+  };
   for (int i = 0; i < c.layer_num; ++i) {
     const std::string p = "layer." + std::to_string(i) + ".";
-    tensors.push_back({p + "k", dtype, {blocks, heads, c.block_len, c.head_dim}, layers[i].k, size.kv});
-    tensors.push_back({p + "v", dtype, {blocks, heads, c.block_len, c.head_dim}, layers[i].v, size.kv});
-    tensors.push_back({p + "anchors", dtype, {blocks, heads, c.anchor_values()}, layers[i].anchors, size.anchors});
-    tensors.push_back({p + "importance", "F32", {blocks, heads, c.block_len}, layers[i].importance, size.importance});
+    pool(p + "k", dtype, {blocks, heads, c.block_len, c.head_dim}, layers[i].k, size.kv);
+    pool(p + "v", dtype, {blocks, heads, c.block_len, c.head_dim}, layers[i].v, size.kv);
+    pool(p + "anchors", dtype, {blocks, heads, c.anchor_values()}, layers[i].anchors, size.anchors);
+    pool(p + "importance", "F32", {blocks, heads, c.block_len}, layers[i].importance, size.importance);
   }
   tensors.push_back({"lengths", "I32", {c.layer_num, c.max_batch_size}, lengths.data(),
                      lengths.size() * sizeof(std::int32_t)});
@@ -99,7 +122,8 @@ inline void write_kv_cache_file(const std::string& path, const KVCacheConfig& c,
                     {{"format", kKVCacheFileFormat},
                      {"format_version", std::to_string(kKVCacheFileVersion)},
                      {"config", to_string(c)},
-                     {"ekv_version", kVersion}});
+                     {"ekv_version", kVersion}},
+                    threads, staging, staging_bytes);
 }
 
 // A file read and checked: its layers point into file.data.
@@ -111,12 +135,13 @@ struct KVCacheFileContents {
 };
 
 // Reads `path` and checks everything a load needs before it touches a cache: the file's
-// length and CRC-32s (read_safetensors), its format and version, its config against `c`,
+// length and CRC-32s (read_safetensors, on `threads` threads), its format and version, its config against `c`,
 // every tensor's name, dtype and shape, and the block tables' consistency (`current` gives
 // the allocator's shape). Throws ekv::Error("<who>: <path>: ...") saying which.
 inline KVCacheFileContents read_kv_cache_file(const std::string& path, const KVCacheConfig& c,
-                                              const BlockAllocator& current, const std::string& who) {
-  KVCacheFileContents out{read_safetensors(path), {}, {}, current};
+                                              const BlockAllocator& current, const std::string& who,
+                                              unsigned threads = 0) {
+  KVCacheFileContents out{read_safetensors(path, threads), {}, {}, current};
   const SafetensorsFile& file = out.file;
   const std::string what = who + ": " + path;
   const auto meta = [&](const char* key) {

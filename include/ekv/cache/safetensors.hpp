@@ -15,16 +15,22 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
-#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
-#endif
 
 #include "ekv/core/error.hpp"
 
@@ -59,6 +65,151 @@ inline std::uint32_t crc32(std::uint32_t crc, const void* data, std::size_t byte
   return ~c;
 }
 
+namespace detail {
+
+// a(x) b(x) modulo the CRC-32 polynomial, both reflected (bit 31 is x^0).
+inline std::uint32_t crc32_multiply(std::uint32_t a, std::uint32_t b) {
+  std::uint32_t m = 1u << 31, p = 0;
+  for (;;) {
+    if (a & m) {
+      p ^= b;
+      if ((a & (m - 1)) == 0) break;
+    }
+    m >>= 1;
+    b = (b & 1u) ? (b >> 1) ^ 0xEDB88320u : b >> 1;
+  }
+  return p;
+}
+
+// x^(8 n) modulo the polynomial: n bytes of zeros, from the powers x^(2^k).
+inline std::uint32_t crc32_shift(std::uint64_t n) {
+  static const auto powers = [] {
+    std::array<std::uint32_t, 64> t{};
+    std::uint32_t p = 1u << 30;  // x^1
+    for (std::uint32_t& x : t) {
+      x = p;
+      p = crc32_multiply(p, p);
+    }
+    return t;
+  }();
+  std::uint32_t p = 1u << 31;  // x^0
+  for (int k = 3; n != 0; n >>= 1, ++k) {
+    if (n & 1u) p = crc32_multiply(powers[k], p);
+  }
+  return p;
+}
+
+}  // namespace detail
+
+// The CRC-32 of A followed by B from crc32(0, A), crc32(0, B) and B's length (zlib's
+// crc32_combine).
+inline std::uint32_t crc32_combine(std::uint32_t crc_a, std::uint32_t crc_b, std::uint64_t bytes_b) {
+  return detail::crc32_multiply(detail::crc32_shift(bytes_b), crc_a) ^ crc_b;
+}
+
+namespace detail {
+
+// Worker threads computing the CRC-32s of byte pieces handed to them while the caller
+// goes on (reads or writes the next bytes). Pieces are numbered in the order submitted.
+class CrcPool {
+ public:
+  explicit CrcPool(unsigned threads) {
+    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+    for (unsigned t = 0; t < threads; ++t) workers_.emplace_back([this] { work(); });
+  }
+  CrcPool(const CrcPool&) = delete;
+  CrcPool& operator=(const CrcPool&) = delete;
+  ~CrcPool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (std::thread& t : workers_) t.join();
+  }
+  std::size_t submit(const void* data, std::size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    pieces_.push_back({static_cast<const unsigned char*>(data), bytes, 0, false});
+    wake_.notify_one();
+    return pieces_.size() - 1;
+  }
+  // Waits for piece i (and not for the others).
+  void wait(std::size_t i) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return pieces_[i].done; });
+  }
+  void wait_all() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return finished_ == pieces_.size(); });
+  }
+  std::uint32_t crc(std::size_t i) const { return pieces_[i].crc; }  // after wait
+  std::size_t bytes(std::size_t i) const { return pieces_[i].bytes; }
+
+ private:
+  struct Piece {
+    const unsigned char* data;
+    std::size_t bytes;
+    std::uint32_t crc;
+    bool done;
+  };
+  void work() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return stop_ || next_ < pieces_.size(); });
+      if (stop_) return;  // after wait_all, or on an error: what is left is not wanted
+      Piece& p = pieces_[next_++];          // a deque: stays where it is as pieces are added
+      lock.unlock();
+      const std::uint32_t c = crc32(0, p.data, p.bytes);
+      lock.lock();
+      p.crc = c;
+      p.done = true;
+      ++finished_;
+      done_.notify_all();
+    }
+  }
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  std::deque<Piece> pieces_;
+  std::size_t next_ = 0, finished_ = 0;
+  bool stop_ = false;
+  std::vector<std::thread> workers_;
+};
+
+inline constexpr std::size_t kCrcPiece = std::size_t{8} << 20;  // bytes a worker checks at a time
+inline constexpr std::size_t kIoChunk = std::size_t{64} << 20;  // bytes per read or write call
+
+// CRC-32 of pieces first .. first + count - 1 of a pool, in order, once they are done.
+inline std::uint32_t combine_pieces(CrcPool& pool, const std::vector<std::size_t>& ids) {
+  std::uint32_t c = 0;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    pool.wait(ids[i]);
+    c = i == 0 ? pool.crc(ids[i]) : crc32_combine(c, pool.crc(ids[i]), pool.bytes(ids[i]));
+  }
+  return c;
+}
+
+}  // namespace detail
+
+// The CRC-32 of each of several byte ranges, on `threads` threads (0: one per core): each
+// range is cut into 8 MiB pieces, spread over the threads, and combined in order.
+struct ByteRange {
+  const void* data = nullptr;
+  std::size_t bytes = 0;
+};
+inline std::vector<std::uint32_t> crc32_ranges(const std::vector<ByteRange>& ranges, unsigned threads = 0) {
+  detail::CrcPool pool(threads);
+  std::vector<std::vector<std::size_t>> ids(ranges.size());
+  for (std::size_t r = 0; r < ranges.size(); ++r) {
+    const auto* p = static_cast<const unsigned char*>(ranges[r].data);
+    for (std::size_t at = 0; at < ranges[r].bytes; at += detail::kCrcPiece) {
+      ids[r].push_back(pool.submit(p + at, std::min(detail::kCrcPiece, ranges[r].bytes - at)));
+    }
+  }
+  std::vector<std::uint32_t> out(ranges.size(), 0);
+  for (std::size_t r = 0; r < ranges.size(); ++r) out[r] = detail::combine_pieces(pool, ids[r]);
+  return out;
+}
+
 inline std::string crc32_hex(std::uint32_t crc) {
   char text[9];
   std::snprintf(text, sizeof text, "%08x", crc);
@@ -66,12 +217,30 @@ inline std::string crc32_hex(std::uint32_t crc) {
 }
 
 // One tensor to write: dtype as safetensors names it ("F32", "F16", "BF16", "I32", ...).
+// Its bytes are at `data` in host memory, or, where data is null, `fill` copies bytes
+// [offset, offset + n) of the tensor to host memory at dst (a device-to-host copy, say),
+// one chunk of at most 64 MiB at a time.
 struct SafetensorsEntry {
   std::string name;
   std::string dtype;
   std::vector<std::int64_t> shape;
   const void* data = nullptr;
   std::size_t bytes = 0;
+  std::function<void(void* dst, std::size_t offset, std::size_t n)> fill = {};
+};
+
+// Bytes in host memory, left uninitialized (a file's data is read into them).
+class HostBytes {
+ public:
+  HostBytes() = default;
+  explicit HostBytes(std::size_t n) : p_(n != 0 ? new unsigned char[n] : nullptr), n_(n) {}
+  unsigned char* data() { return p_.get(); }
+  const unsigned char* data() const { return p_.get(); }
+  std::size_t size() const { return n_; }
+
+ private:
+  std::unique_ptr<unsigned char[]> p_;
+  std::size_t n_ = 0;
 };
 
 // One tensor read: where its bytes are in SafetensorsFile::data.
@@ -84,7 +253,7 @@ struct SafetensorsTensor {
 struct SafetensorsFile {
   std::map<std::string, std::string> metadata;
   std::map<std::string, SafetensorsTensor> tensors;
-  std::vector<unsigned char> data;  // everything after the header
+  HostBytes data;  // everything after the header
   const unsigned char* bytes_of(const SafetensorsTensor& t) const { return data.data() + t.begin; }
 };
 
@@ -252,52 +421,127 @@ class HeaderReader {
 
 }  // namespace detail
 
-// Writes the tensors in the order given, with `metadata` plus a crc32.<name> per tensor.
-// Throws ekv::Error with the path and the system's reason where a write fails; the file at
-// `path` is then untouched (the temporary one removed).
-inline void write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& tensors,
-                              std::map<std::string, std::string> metadata) {
+namespace detail {
+
+inline std::string safetensors_header(const std::vector<SafetensorsEntry>& tensors,
+                                      const std::map<std::string, std::string>& metadata) {
   std::string header = "{";
   std::size_t offset = 0;
   for (const SafetensorsEntry& t : tensors) {
-    metadata["crc32." + t.name] = crc32_hex(crc32(0, t.data, t.bytes));
     std::string shape;
     for (std::int64_t d : t.shape) shape += (shape.empty() ? "" : ",") + std::to_string(d);
-    header += detail::json_string(t.name) + ":{\"dtype\":" + detail::json_string(t.dtype) + ",\"shape\":[" + shape +
+    header += json_string(t.name) + ":{\"dtype\":" + json_string(t.dtype) + ",\"shape\":[" + shape +
               "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + t.bytes) + "]},";
     offset += t.bytes;
   }
   header += "\"__metadata__\":{";
   bool first = true;
   for (const auto& [k, v] : metadata) {
-    header += (first ? "" : ",") + detail::json_string(k) + ":" + detail::json_string(v);
+    header += (first ? "" : ",") + json_string(k) + ":" + json_string(v);
     first = false;
   }
   header += "}}";
   header.append((8 - header.size() % 8) % 8, ' ');
+  return header;
+}
+
+}  // namespace detail
+
+// Writes the tensors in the order given, with `metadata` plus a crc32.<name> per tensor,
+// streaming: 64 MiB write() calls, while `threads` threads (0: one per core) checksum
+// what was written; the header, whose CRCs have a fixed width, is written first with
+// placeholders and again at the end. Tensors given by `fill` pass through `staging`
+// (two halves of staging_bytes / 2 each, pinned memory for a device's copies; null: a
+// buffer of 2 x 64 MiB allocated here). Throws ekv::Error with the path and the system's
+// reason where a write fails; the file at `path` is then untouched (the temporary one
+// removed).
+inline void write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& tensors,
+                              std::map<std::string, std::string> metadata, unsigned threads = 0,
+                              unsigned char* staging = nullptr, std::size_t staging_bytes = 0) {
+  for (const SafetensorsEntry& t : tensors) metadata["crc32." + t.name] = "00000000";
+  const std::string placeholder = detail::safetensors_header(tensors, metadata);
 
   const std::string temporary = path + ".tmp";
-  std::FILE* f = std::fopen(temporary.c_str(), "wb");
-  if (f == nullptr) throw Error("write_safetensors: cannot create " + temporary + ": " + std::strerror(errno));
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw Error("write_safetensors: cannot create " + temporary + ": " + std::strerror(errno));
   const auto failed = [&](const char* what) {
-    const std::string why = std::strerror(errno);
-    std::fclose(f);
+    const std::string why = errno != 0 ? std::strerror(errno) : "short write";
+    ::close(fd);
     std::remove(temporary.c_str());
     throw Error("write_safetensors: " + std::string(what) + " " + temporary + " failed: " + why);
   };
+  const auto write_at = [&](const void* data, std::size_t bytes, std::int64_t at, const char* what) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    while (bytes > 0) {
+      errno = 0;
+      const ssize_t n = at < 0 ? ::write(fd, p, bytes) : ::pwrite(fd, p, bytes, at);
+      if (n <= 0) {
+        if (n < 0 && errno == EINTR) continue;
+        failed(what);
+      }
+      p += n, bytes -= static_cast<std::size_t>(n);
+      if (at >= 0) at += n;
+    }
+  };
   unsigned char length[8];
-  for (int i = 0; i < 8; ++i) length[i] = static_cast<unsigned char>(std::uint64_t{header.size()} >> (8 * i));
-  if (std::fwrite(length, 1, 8, f) != 8 || std::fwrite(header.data(), 1, header.size(), f) != header.size()) {
-    failed("writing the header of");
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<unsigned char>(std::uint64_t{placeholder.size()} >> (8 * i));
+  write_at(length, 8, -1, "writing the header of");
+  write_at(placeholder.data(), placeholder.size(), -1, "writing the header of");
+
+  HostBytes own;
+  if (staging == nullptr || staging_bytes < 2) {
+    bool fills = false;
+    for (const SafetensorsEntry& t : tensors) fills = fills || (t.data == nullptr && t.bytes != 0);
+    own = HostBytes(fills ? 2 * detail::kIoChunk : 0);
+    staging = own.data();
+    staging_bytes = own.size();
   }
-  for (const SafetensorsEntry& t : tensors) {
-    if (t.bytes != 0 && std::fwrite(t.data, 1, t.bytes, f) != t.bytes) failed("writing");
+  const std::size_t half = staging_bytes / 2;
+  std::vector<std::vector<std::size_t>> ids(tensors.size());
+  std::vector<std::size_t> in_half[2];  // pieces still reading each staging half
+  int next_half = 0;
+  detail::CrcPool pool(threads);  // after the buffers: stopped before they go
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const SafetensorsEntry& t = tensors[i];
+    if (t.data == nullptr && t.bytes != 0 && !t.fill) {
+      ::close(fd);
+      std::remove(temporary.c_str());
+      throw Error("write_safetensors: tensor '" + t.name + "' has neither data nor fill");
+    }
+    const std::size_t chunk = t.data != nullptr ? detail::kIoChunk : std::min(detail::kIoChunk, half);
+    for (std::size_t off = 0; off < t.bytes; off += chunk) {
+      const std::size_t n = std::min(chunk, t.bytes - off);
+      const unsigned char* src = static_cast<const unsigned char*>(t.data) + off;
+      if (t.data == nullptr) {
+        for (std::size_t id : in_half[next_half]) pool.wait(id);
+        in_half[next_half].clear();
+        unsigned char* dst = staging + next_half * half;
+        try {
+          t.fill(dst, off, n);
+        } catch (...) {  // the fill's own error, the temporary file gone
+          ::close(fd);
+          std::remove(temporary.c_str());
+          throw;
+        }
+        src = dst;
+      }
+      for (std::size_t at = 0; at < n; at += detail::kCrcPiece) {
+        const std::size_t id = pool.submit(src + at, std::min(detail::kCrcPiece, n - at));
+        ids[i].push_back(id);
+        if (t.data == nullptr) in_half[next_half].push_back(id);
+      }
+      if (t.data == nullptr) next_half ^= 1;
+      write_at(src, n, -1, "writing");
+    }
   }
-  if (std::fflush(f) != 0) failed("flushing");
-#if defined(__unix__) || defined(__APPLE__)
-  if (fsync(fileno(f)) != 0) failed("syncing");
-#endif
-  if (std::fclose(f) != 0) {
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    metadata["crc32." + tensors[i].name] = crc32_hex(detail::combine_pieces(pool, ids[i]));
+  }
+  const std::string header = detail::safetensors_header(tensors, metadata);
+  if (header.size() != placeholder.size()) failed("sizing the header of");  // CRCs are 8 digits: never
+  write_at(header.data(), header.size(), 8, "writing the header of");
+  if (::fsync(fd) != 0) failed("syncing");
+  if (::close(fd) != 0) {
     std::remove(temporary.c_str());
     throw Error("write_safetensors: closing " + temporary + " failed: " + std::strerror(errno));
   }
@@ -310,24 +554,36 @@ inline void write_safetensors(const std::string& path, const std::vector<Safeten
 
 // Reads and checks a whole file: the header's length within the file, the header's JSON,
 // every tensor's bytes within the data and the data exactly as long as the tensors (a
-// truncated or extended file fails), and every crc32.<name> the metadata holds. Throws
-// ekv::Error naming the path and what is wrong.
-inline SafetensorsFile read_safetensors(const std::string& path) {
+// truncated or extended file fails), and every crc32.<name> the metadata holds, which
+// `threads` threads (0: one per core) compute while the data is read in 64 MiB calls.
+// Throws ekv::Error naming the path and what is wrong.
+inline SafetensorsFile read_safetensors(const std::string& path, unsigned threads = 0) {
   const std::string what = "read_safetensors: " + path;
   struct Closer {
-    std::FILE* f;
+    int fd;
     ~Closer() {
-      if (f != nullptr) std::fclose(f);
+      if (fd >= 0) ::close(fd);
     }
-  } file_handle{std::fopen(path.c_str(), "rb")};
-  std::FILE* f = file_handle.f;
-  if (f == nullptr) throw Error("read_safetensors: cannot open " + path + ": " + std::strerror(errno));
-  if (std::fseek(f, 0, SEEK_END) != 0) throw Error(what + ": cannot seek");
-  const long end = std::ftell(f);
-  if (end < 0 || std::fseek(f, 0, SEEK_SET) != 0) throw Error(what + ": cannot size");
-  const auto size = static_cast<std::uint64_t>(end);
+  } file_handle{::open(path.c_str(), O_RDONLY)};
+  const int fd = file_handle.fd;
+  if (fd < 0) throw Error("read_safetensors: cannot open " + path + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw Error(what + ": cannot size");
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  // bytes [at, at + n) of the file into dst; false where the file ends first
+  const auto read_at = [&](void* dst, std::size_t n, std::uint64_t at) {
+    auto* p = static_cast<unsigned char*>(dst);
+    while (n > 0) {
+      const ssize_t got = ::pread(fd, p, n, static_cast<off_t>(at));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) throw Error(what + ": reading failed: " + std::strerror(errno));
+      if (got == 0) return false;
+      p += got, n -= static_cast<std::size_t>(got), at += static_cast<std::uint64_t>(got);
+    }
+    return true;
+  };
   unsigned char length[8];
-  if (size < 8 || std::fread(length, 1, 8, f) != 8) {
+  if (size < 8 || !read_at(length, 8, 0)) {
     throw Error(what + ": truncated: " + std::to_string(size) + " bytes, less than the header's length");
   }
   std::uint64_t header_len = 0;
@@ -335,17 +591,16 @@ inline SafetensorsFile read_safetensors(const std::string& path) {
   if (header_len > size - 8) {
     // a header length past the file: truncated if what follows looks like a header (or
     // nothing follows)
-    const int first = std::fgetc(f);
-    if ((first == '{' || first == EOF) && header_len < (std::uint64_t{1} << 30)) {
+    unsigned char first = 0;
+    const bool any = size > 8 && read_at(&first, 1, 8);
+    if ((!any || first == '{') && header_len < (std::uint64_t{1} << 30)) {
       throw Error(what + ": truncated: the header needs " + std::to_string(header_len) + " bytes, the file has " +
                   std::to_string(size - 8) + " after the length");
     }
     throw Error(what + ": not a safetensors file (its first 8 bytes are not a header length)");
   }
   std::string header(static_cast<std::size_t>(header_len), '\0');
-  if (std::fseek(f, 8, SEEK_SET) != 0 || std::fread(header.data(), 1, header.size(), f) != header.size()) {
-    throw Error(what + ": reading the header failed");
-  }
+  if (!read_at(header.data(), header.size(), 8)) throw Error(what + ": reading the header failed");
   SafetensorsFile file = detail::HeaderReader(header, what).read();
   std::size_t data_end = 0;
   for (const auto& [name, t] : file.tensors) data_end = std::max(data_end, t.end);
@@ -357,14 +612,43 @@ inline SafetensorsFile read_safetensors(const std::string& path) {
   if (data_size > data_end) {
     throw Error(what + ": " + std::to_string(data_size - data_end) + " bytes after the last tensor");
   }
-  file.data.resize(static_cast<std::size_t>(data_size));
-  if (data_size != 0 && std::fread(file.data.data(), 1, file.data.size(), f) != file.data.size()) {
-    throw Error(what + ": reading the tensors failed");
+  // the checked tensors' pieces, by where they begin: each is checksummed once read
+  struct Piece {
+    std::size_t begin, end;
+    std::string name;
+  };
+  std::vector<Piece> pieces;
+  for (const auto& [name, t] : file.tensors) {
+    if (file.metadata.count("crc32." + name) == 0) continue;
+    std::size_t at = t.begin;
+    do {
+      const std::size_t end = std::min(t.end, at + detail::kCrcPiece);
+      pieces.push_back({at, end, name});
+      at = end;
+    } while (at < t.end);
+  }
+  std::sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) { return a.begin < b.begin; });
+  file.data = HostBytes(static_cast<std::size_t>(data_size));
+  std::map<std::string, std::vector<std::size_t>> ids;
+  detail::CrcPool pool(threads);  // after file: stopped before its data goes
+  std::size_t submitted = 0;
+  for (std::size_t at = 0; at < data_size;) {
+    const std::size_t n = std::min<std::size_t>(detail::kIoChunk, data_size - at);
+    if (!read_at(file.data.data() + at, n, 8 + header_len + at)) throw Error(what + ": reading the tensors failed");
+    at += n;
+    for (; submitted < pieces.size() && pieces[submitted].end <= at; ++submitted) {
+      const Piece& p = pieces[submitted];
+      ids[p.name].push_back(pool.submit(file.data.data() + p.begin, p.end - p.begin));
+    }
+  }
+  for (; submitted < pieces.size(); ++submitted) {  // empty tensors at the end
+    const Piece& p = pieces[submitted];
+    ids[p.name].push_back(pool.submit(file.data.data() + p.begin, 0));
   }
   for (const auto& [name, t] : file.tensors) {
     const auto crc = file.metadata.find("crc32." + name);
     if (crc == file.metadata.end()) continue;
-    const std::string got = crc32_hex(crc32(0, file.bytes_of(t), t.end - t.begin));
+    const std::string got = crc32_hex(detail::combine_pieces(pool, ids[name]));
     if (got != crc->second) {
       throw Error(what + ": tensor '" + name + "' is corrupted (crc32 " + got + ", the file says " + crc->second + ")");
     }

@@ -74,25 +74,25 @@ struct TensorView {
   // `dims`, named in the message as `names` (e.g. "[batch, q_head_num, head_dim]").
   void check(const char* call, const char* argument, DType want_dtype, std::initializer_list<std::int64_t> dims,
              const char* names, DeviceKind want_device) const {
-    const std::string where = std::string(call) + ": " + argument;
-    if (data == nullptr) throw Error(where + " is null");
+    // messages are built only where a check fails: attn checks three tensors every step
+    const auto where = [&] { return std::string(call) + ": " + argument; };
+    if (data == nullptr) throw Error(where() + " is null");
     if (device != want_device) {
-      throw Error(where + " is in " + to_string(device) + " memory; this cache needs " + to_string(want_device));
+      throw Error(where() + " is in " + to_string(device) + " memory; this cache needs " + to_string(want_device));
     }
     if (dtype != want_dtype) {
-      throw Error(where + " has dtype " + to_string(dtype) + "; needs " + to_string(want_dtype));
+      throw Error(where() + " has dtype " + to_string(dtype) + "; needs " + to_string(want_dtype));
     }
     bool same = ndim == static_cast<int>(dims.size());
     int d = 0;
-    std::string want = "[";
-    for (std::int64_t n : dims) {
-      same = same && shape[d] == n;
-      want += (d ? ", " : "") + std::to_string(n);
-      ++d;
+    for (std::int64_t n : dims) same = same && shape[d++] == n;
+    if (!same) {
+      std::string want = "[";
+      d = 0;
+      for (std::int64_t n : dims) want += (d++ ? ", " : "") + std::to_string(n);
+      throw Error(where() + " has shape " + shape_string() + "; needs " + want + "] " + names);
     }
-    want += "]";
-    if (!same) throw Error(where + " has shape " + shape_string() + "; needs " + want + " " + names);
-    if (!is_contiguous()) throw Error(where + " is strided; needs a contiguous (row-major) tensor");
+    if (!is_contiguous()) throw Error(where() + " is strided; needs a contiguous (row-major) tensor");
   }
   template <typename T>
   T* as() const {

@@ -19,7 +19,8 @@ template <typename T>
 bool cpu_append_kv(const KVView<T>& kv, const T* k_new, const T* v_new, int new_tokens) {
   if (new_tokens < 0) throw Error("cpu_append_kv: new_tokens=" + std::to_string(new_tokens) + " must be >= 0");
   if (kv.k == nullptr || kv.v == nullptr || kv.lengths == nullptr || k_new == nullptr || v_new == nullptr) {
-    throw Error("cpu_append_kv: null K, V, lengths or new tokens");
+    throw Error("cpu_append_kv: null K, V, lengths or new tokens (a page-index view has no lengths to grow: "
+                "append through paged_kv or paged_nhd_kv over the same pages)");
   }
   bool all = true;
   const std::size_t token_elems = static_cast<std::size_t>(kv.kv_heads) * kv.head_dim;

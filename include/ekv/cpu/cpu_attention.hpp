@@ -101,7 +101,7 @@ void cpu_decode(CPUInfer& pool, const KVView<T>& kv, const T* q, int q_heads, T*
   problem.scale = scale;
   if (Support s = cpu_decode_supports(problem); !s) throw Error(s.why);
   if (kv.batch == 0) return;
-  if (kv.k == nullptr || kv.v == nullptr || kv.lengths == nullptr || q == nullptr || o == nullptr || lse == nullptr) {
+  if (kv.k == nullptr || kv.v == nullptr || !kv.has_lengths() || q == nullptr || o == nullptr || lse == nullptr) {
     throw Error("cpu_decode: null K, V, lengths, q, o or lse");
   }
   if (kv.block_table != nullptr && kv.block_len < 1) {

@@ -243,7 +243,8 @@ class HostKVCache {
   KVCacheMemory memory() const { return kv_cache_memory(config_, allocator_); }
 
   // Writes the whole cache (config, every layer's pools and token counts, the block
-  // tables and free list) to a file, atomically (cache/kv_cache_file.hpp).
+  // tables and free list) to a file, atomically (cache/kv_cache_file.hpp); the CRC-32s
+  // are computed on one thread per core while the file is written.
   void dump_kvcache(const std::string& path) const {
     std::vector<KVCacheLayerBytes> layers;
     std::vector<std::int32_t> lengths;
@@ -251,22 +252,43 @@ class HostKVCache {
       layers.push_back({l.k.data(), l.v.data(), l.anchors.data(), l.importance.data()});
       lengths.insert(lengths.end(), l.lengths.begin(), l.lengths.end());
     }
-    write_kv_cache_file(path, config_, layers, lengths, allocator_);
+    write_kv_cache_file(path, config_, layers, lengths, allocator_, kFileThreads);
   }
 
   // Reads a dump_kvcache file into this cache. Everything is checked before the cache is
-  // touched (read_kv_cache_file): the file's length and CRC-32s, format and version, its
+  // touched (read_kv_cache_file): the file's length and CRC-32s (one thread per core), format and version, its
   // config against this cache's, every tensor, the block tables. Throws ekv::Error saying
   // which; the cache is then unchanged.
   void load_kvcache(const std::string& path) {
-    KVCacheFileContents file = read_kv_cache_file(path, config_, allocator_, "HostKVCache::load_kvcache");
+    KVCacheFileContents file =
+        read_kv_cache_file(path, config_, allocator_, "HostKVCache::load_kvcache", kFileThreads);
     allocator_ = std::move(file.allocator);
+    // the pools, in 8 MiB pieces over the pool's threads
+    struct Copy {
+      void* dst;
+      const void* src;
+      std::size_t bytes;
+    };
+    std::vector<Copy> copies;
+    const auto add = [&](void* dst, const void* src, std::size_t bytes) {
+      constexpr std::size_t kPiece = std::size_t{8} << 20;
+      for (std::size_t at = 0; at < bytes; at += kPiece) {
+        copies.push_back({static_cast<unsigned char*>(dst) + at, static_cast<const unsigned char*>(src) + at,
+                          std::min(kPiece, bytes - at)});
+      }
+    };
     for (int i = 0; i < config_.layer_num; ++i) {
       Layer& l = layers_[i];
-      std::memcpy(l.k.data(), file.layers[i].k, l.k.size());
-      std::memcpy(l.v.data(), file.layers[i].v, l.v.size());
-      std::memcpy(l.anchors.data(), file.layers[i].anchors, l.anchors.size());
-      std::memcpy(l.importance.data(), file.layers[i].importance, l.importance.size() * sizeof(float));
+      add(l.k.data(), file.layers[i].k, l.k.size());
+      add(l.v.data(), file.layers[i].v, l.v.size());
+      add(l.anchors.data(), file.layers[i].anchors, l.anchors.size());
+      add(l.importance.data(), file.layers[i].importance, l.importance.size() * sizeof(float));
+    }
+    pool_->parallel_for(0, static_cast<std::int64_t>(copies.size()), [&](std::int64_t i) {
+      std::memcpy(copies[i].dst, copies[i].src, copies[i].bytes);
+    });
+    for (int i = 0; i < config_.layer_num; ++i) {
+      Layer& l = layers_[i];
       const auto first = file.lengths.begin() + std::ptrdiff_t{1} * i * config_.max_batch_size;
       std::copy(first, first + config_.max_batch_size, l.lengths.begin());
     }
@@ -274,6 +296,8 @@ class HostKVCache {
   }
 
  private:
+  static constexpr unsigned kFileThreads = 0;  // dump and load checksum on every core
+
   struct Layer {
     std::vector<unsigned char> k, v, anchors;  // kv_type, see the layout above
     std::vector<float> importance;
@@ -353,7 +377,7 @@ class HostKVCache {
     return out;
   }
 
-  KVCacheArgs args() const { return {config_, "HostKVCache", DeviceKind::kHost, false}; }
+  KVCacheArgs args() const { return {config_, "HostKVCache", "HostKVCache::attn", DeviceKind::kHost, false}; }
 
   KVCacheConfig config_;
   std::vector<Layer> layers_;

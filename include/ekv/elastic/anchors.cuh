@@ -109,7 +109,7 @@ void launch_block_anchors(const KVView<T>& kv, T* anchors, const ElasticConfig& 
     throw Error(std::string(what) + ": dynamic anchors support anchor_num up to " + std::to_string(kMaxDynamicAnchors) +
                 " and block_len up to " + std::to_string(kMaxDynamicBlockLen));
   }
-  if (kv.block_table == nullptr || anchors == nullptr || kv.lengths == nullptr) {
+  if (kv.block_table == nullptr || anchors == nullptr || !kv.has_lengths()) {
     throw Error(std::string(what) + ": needs a paged view with lengths, and anchors");
   }
   if (kv.batch < 1 || kv.batch > 65535 || kv.kv_heads < 1 || kv.kv_heads > 65535 || blocks_per_seq < 1) {

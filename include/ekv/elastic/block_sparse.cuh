@@ -74,10 +74,11 @@ __global__ void gather_selection_kernel(const KVView<T> base, const SelectionRow
   const int first = below_zero, kept = below_then - below_zero;
   const int total = kept + n - then, skip = max(0, total - out.max_per_row);
   const auto logical_at = [&](int i) { return i < kept ? list[first + i] : then + i - kept; };
+  const std::int64_t units = out.head_units ? head_units_per_block(base) : 1;
   for (int j = threadIdx.x; j < total - skip; j += blockDim.x) {
     const int logical = logical_at(j + skip);
     const std::int64_t id = base.block_id(seq, head, logical);
-    out.tables[row * out.max_per_row + j] = static_cast<std::int32_t>(out.head_units ? id * base.kv_heads + head : id);
+    out.tables[row * out.max_per_row + j] = static_cast<std::int32_t>(out.head_units ? id * units + head : id);
     if (out.attended != nullptr) out.attended[row * out.max_per_row + j] = logical;
   }
   if (threadIdx.x == 0) {
@@ -98,6 +99,10 @@ void gather_selection(const KVView<T>& base, const SelectionRows& in, const Spar
   if (in.blocks == nullptr || in.counts == nullptr || in.max_per_row < 1 || out.tables == nullptr ||
       out.lengths == nullptr || out.max_per_row < 1) {
     throw Error("gather_selection: null selection or output, or rows shorter than 1");
+  }
+  if (out.head_units && head_units_per_block(base) == 0) {
+    throw Error("gather_selection: block-head units need the base view's block stride a multiple of its head "
+                "stride, got " + std::to_string(base.block_stride) + " and " + std::to_string(base.head_stride));
   }
   if (in.blocks_then != nullptr && out.max_per_row < in.max_per_row) {
     throw Error("gather_selection: a reused selection needs output rows at least as long as its own");

@@ -5,9 +5,11 @@
 // the view only points.
 
 #include <cstdint>
+#include <string>
 
 #include "ekv/attention/kv_view.hpp"
 #include "ekv/core/error.hpp"
+#include "ekv/core/host_device.hpp"
 
 namespace ekv {
 
@@ -28,20 +30,33 @@ KVView<T> block_sparse_view(const KVView<T>& base, const std::int32_t* tables, s
   view.table_head_stride = max_selected;
   view.length_seq_stride = base.kv_heads;
   view.length_head_stride = 1;
+  view.page_indptr = nullptr;  // the rows above replace a page index's
+  view.last_page_len = nullptr;
   return view;
 }
 
+// Block-head units per pool block in a QHEAD table: unit = physical block x this + kv
+// head addresses (block, head) as unit x head_stride, for any layout whose block stride is
+// a multiple of its head stride (ekv's pool: kv_heads; vLLM's and FlashInfer's NHD pages:
+// block_len x kv_heads; 0 where the layout has no such units). Units must fit int32.
+template <typename T>
+EKV_HOST_DEVICE std::int64_t head_units_per_block(const KVView<T>& base) {
+  if (base.head_stride <= 0 || base.block_stride % base.head_stride != 0) return 0;
+  return base.block_stride / base.head_stride;
+}
+
 // The QHEAD form: one row per query head, each its own kv head to the decode kernels
-// (group 1), so tables hold block-head units, physical block * kv_heads + kv head, with
-// rows [batch][q_heads][max_selected] and lengths [batch][q_heads]. Needs the paged
-// pool's layout, a block's heads side by side.
+// (group 1), so tables hold block-head units (head_units_per_block), with rows
+// [batch][q_heads][max_selected] and lengths [batch][q_heads].
 template <typename T>
 KVView<T> qhead_sparse_view(const KVView<T>& base, int q_heads, const std::int32_t* tables, std::int32_t* lengths,
                             int max_selected) {
   KVView<T> view = block_sparse_view(base, tables, lengths, max_selected);
-  if (q_heads < 1 || q_heads % base.kv_heads != 0 || base.block_stride != base.kv_heads * base.head_stride) {
-    throw Error("qhead_sparse_view: q_heads must be a multiple of kv_heads and the base view a paged pool "
-                "[blocks][kv_heads][block_len][head_dim]");
+  if (q_heads < 1 || q_heads % base.kv_heads != 0 || head_units_per_block(base) == 0) {
+    throw Error("qhead_sparse_view: q_heads must be a multiple of kv_heads and the base view's block stride a "
+                "multiple of its head stride, got q_heads=" + std::to_string(q_heads) + ", kv_heads=" +
+                std::to_string(base.kv_heads) + ", block_stride=" + std::to_string(base.block_stride) +
+                ", head_stride=" + std::to_string(base.head_stride));
   }
   view.kv_heads = q_heads;
   view.block_stride = base.head_stride;
