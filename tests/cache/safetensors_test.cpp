@@ -167,6 +167,34 @@ TEST_CASE("tensors given by fill stream through a small staging buffer into the 
                        doctest::Contains("device copy failed"), ekv::Error);
   CHECK_FALSE(std::ifstream(filled + ".tmp").good());
   CHECK(read_bytes(plain) == read_bytes(filled));
+  // read back with a sink taking "big" through two halves of 3,000 bytes: its bytes reach
+  // put in order and whole, the others stay in the file's data; a flipped bit in it is found
+  std::vector<unsigned char> got(big.size(), 0);
+  std::size_t next = 0;
+  ekv::SafetensorsSink sink;
+  std::vector<unsigned char> halves(6000);
+  sink.take = [&](const std::string& name, const ekv::SafetensorsTensor& t) {
+    return name == "big" && t.end - t.begin == big.size();
+  };
+  sink.put = [&](const std::string& name, std::size_t offset, const unsigned char* bytes, std::size_t n) {
+    REQUIRE(name == "big");
+    REQUIRE(offset == next);
+    REQUIRE(n <= 3000);
+    std::memcpy(got.data() + offset, bytes, n);
+    next += n;
+  };
+  sink.staging = halves.data();
+  sink.staging_bytes = halves.size();
+  const ekv::SafetensorsFile g = ekv::read_safetensors(plain, 3, &sink);
+  CHECK(next == big.size());
+  CHECK(got == big);
+  CHECK(std::equal(s.a.begin(), s.a.end(), reinterpret_cast<const float*>(g.bytes_of(g.tensors.at("a")))));
+  std::vector<unsigned char> bytes = read_bytes(plain);
+  bytes[bytes.size() - 1000] ^= 0x10;  // inside "big", the last tensor
+  write_bytes(filled, bytes, bytes.size());
+  next = 0;
+  CHECK_THROWS_WITH_AS(ekv::read_safetensors(filled, 2, &sink), doctest::Contains("tensor 'big' is corrupted"),
+                       ekv::Error);
   by_fill.back().fill = nullptr;
   CHECK_THROWS_WITH_AS(ekv::write_safetensors(filled, by_fill, {}), doctest::Contains("has neither data nor fill"),
                        ekv::Error);

@@ -291,26 +291,64 @@ class KVCache {
       lengths.insert(lengths.end(), l.host_lengths.begin(), l.host_lengths.end());
     }
     // the pools pass through two pinned halves, 64 MiB each, while the file is written
-    constexpr std::size_t kStaging = std::size_t{128} << 20;
-    PinnedBuffer<unsigned char> staging(kStaging);
+    PinnedBuffer<unsigned char> staging(kFileStaging);
     const auto to_host = [&](void* dst, const void* src, std::size_t n) {
       copy(dst, src, n, stream);
       stream.synchronize();
     };
-    write_kv_cache_file(path, config_, layers, lengths, allocator_, 0, to_host, staging.data(), kStaging);
+    write_kv_cache_file(path, config_, layers, lengths, allocator_, 0, to_host, staging.data(), kFileStaging);
   }
 
   // Reads a dump_kvcache file (of either backend) into this cache: everything is checked
   // first (read_kv_cache_file), and the cache is unchanged where anything fails.
   void load_kvcache(const std::string& path, const Stream& stream) {
-    KVCacheFileContents file = read_kv_cache_file(path, config_, allocator_, "KVCache::load_kvcache", 0);
     const KVCacheLayerSizes size(config_);
+    // Where the device has room for a second set of pools, the file streams into device
+    // staging through two pinned halves as it is read, and is copied over the pools once
+    // all of it checked; otherwise it is read into host memory first. Either way the
+    // pools keep their addresses (graphs captured before stay valid).
+    const std::size_t pools = std::size_t{1} * config_.layer_num * (2 * size.kv + size.anchors + size.importance);
+    std::size_t free_bytes = 0, total_bytes = 0;
+    EKV_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes), "KVCache::load_kvcache");
+    DeviceBuffer<unsigned char> staged;
+    PinnedBuffer<unsigned char> pinned;
+    std::map<std::string, std::pair<unsigned char*, std::size_t>> staged_at;  // by tensor: where, bytes
+    SafetensorsSink sink;
+    if (free_bytes > pools + (std::size_t{1} << 30)) {
+      staged = DeviceBuffer<unsigned char>(pools);
+      pinned = PinnedBuffer<unsigned char>(kFileStaging);
+      unsigned char* at = staged.data();
+      for (int i = 0; i < config_.layer_num; ++i) {
+        const std::string p = "layer." + std::to_string(i) + ".";
+        for (const auto& [name, bytes] : {std::pair<const char*, std::size_t>{"k", size.kv}, {"v", size.kv},
+                                          {"anchors", size.anchors}, {"importance", size.importance}}) {
+          staged_at[p + name] = {at, bytes};
+          at += bytes;
+        }
+      }
+      sink.take = [&](const std::string& name, const SafetensorsTensor& t) {
+        const auto it = staged_at.find(name);
+        return it != staged_at.end() && t.end - t.begin == it->second.second;  // else checked, and refused, later
+      };
+      sink.put = [&](const std::string& name, std::size_t offset, const unsigned char* bytes, std::size_t n) {
+        copy(staged_at.at(name).first + offset, bytes, n, stream);
+        stream.synchronize();  // the pinned half is read again two chunks on
+      };
+      sink.staging = pinned.data();
+      sink.staging_bytes = kFileStaging;
+    }
+    KVCacheFileContents file = read_kv_cache_file(path, config_, allocator_, "KVCache::load_kvcache", 0,
+                                                  staged.size() != 0 ? &sink : nullptr);
     for (int i = 0; i < config_.layer_num; ++i) {
       Layer& l = layers_[i];
-      copy(l.k.data(), file.layers[i].k, size.kv, stream);
-      copy(l.v.data(), file.layers[i].v, size.kv, stream);
-      copy(l.anchors.data(), file.layers[i].anchors, size.anchors, stream);
-      copy(l.importance.data(), file.layers[i].importance, size.importance, stream);
+      const std::string p = "layer." + std::to_string(i) + ".";
+      const auto from = [&](const char* name, const void* host) -> const void* {
+        return staged.size() != 0 ? staged_at.at(p + name).first : host;
+      };
+      copy(l.k.data(), from("k", file.layers[i].k), size.kv, stream);
+      copy(l.v.data(), from("v", file.layers[i].v), size.kv, stream);
+      copy(l.anchors.data(), from("anchors", file.layers[i].anchors), size.anchors, stream);
+      copy(l.importance.data(), from("importance", file.layers[i].importance), size.importance, stream);
       const auto first = file.lengths.begin() + std::ptrdiff_t{1} * i * config_.max_batch_size;
       std::copy(first, first + config_.max_batch_size, l.host_lengths.begin());
       l.lengths.copy_from(l.host_lengths, stream);
@@ -322,6 +360,8 @@ class KVCache {
   }
 
  private:
+  static constexpr std::size_t kFileStaging = std::size_t{128} << 20;  // pinned bytes dump and load stream through
+
   struct Layer {
     DeviceBuffer<unsigned char> k, v, anchors;
     DeviceBuffer<float> importance;

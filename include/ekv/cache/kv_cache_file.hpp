@@ -135,13 +135,14 @@ struct KVCacheFileContents {
 };
 
 // Reads `path` and checks everything a load needs before it touches a cache: the file's
-// length and CRC-32s (read_safetensors, on `threads` threads), its format and version, its config against `c`,
+// length and CRC-32s (read_safetensors, on `threads` threads, the tensors a sink takes
+// sent to it; their pointers in `layers` then point at nothing), its format and version, its config against `c`,
 // every tensor's name, dtype and shape, and the block tables' consistency (`current` gives
 // the allocator's shape). Throws ekv::Error("<who>: <path>: ...") saying which.
 inline KVCacheFileContents read_kv_cache_file(const std::string& path, const KVCacheConfig& c,
                                               const BlockAllocator& current, const std::string& who,
-                                              unsigned threads = 0) {
-  KVCacheFileContents out{read_safetensors(path, threads), {}, {}, current};
+                                              unsigned threads = 0, const SafetensorsSink* sink = nullptr) {
+  KVCacheFileContents out{read_safetensors(path, threads, sink), {}, {}, current};
   const SafetensorsFile& file = out.file;
   const std::string what = who + ": " + path;
   const auto meta = [&](const char* key) {

@@ -18,6 +18,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -229,17 +231,33 @@ struct SafetensorsEntry {
   std::function<void(void* dst, std::size_t offset, std::size_t n)> fill = {};
 };
 
-// Bytes in host memory, left uninitialized (a file's data is read into them).
+// Bytes in host memory, left uninitialized (a file's data is read into them); from 2 MiB
+// on aligned to 2 MiB and offered to the kernel as huge pages, so that reading a file
+// into them faults a page per 2 MiB rather than per 4 KiB where the system allows.
 class HostBytes {
  public:
   HostBytes() = default;
-  explicit HostBytes(std::size_t n) : p_(n != 0 ? new unsigned char[n] : nullptr), n_(n) {}
+  explicit HostBytes(std::size_t n) : n_(n) {
+    if (n == 0) return;
+    constexpr std::size_t kHuge = std::size_t{2} << 20;
+    void* p = nullptr;
+    if (posix_memalign(&p, n >= kHuge ? kHuge : 64, n) != 0) {
+      throw Error("HostBytes: cannot allocate " + std::to_string(n) + " bytes");
+    }
+#ifdef MADV_HUGEPAGE
+    if (n >= kHuge) (void)madvise(p, n, MADV_HUGEPAGE);  // a hint: fine where refused
+#endif
+    p_.reset(static_cast<unsigned char*>(p));
+  }
   unsigned char* data() { return p_.get(); }
   const unsigned char* data() const { return p_.get(); }
   std::size_t size() const { return n_; }
 
  private:
-  std::unique_ptr<unsigned char[]> p_;
+  struct Free {
+    void operator()(unsigned char* p) const { std::free(p); }
+  };
+  std::unique_ptr<unsigned char, Free> p_;
   std::size_t n_ = 0;
 };
 
@@ -552,12 +570,28 @@ inline void write_safetensors(const std::string& path, const std::vector<Safeten
   }
 }
 
+// Where read_safetensors sends the tensors that `take` accepts (given each tensor's name
+// and header entry, before any data is read), instead of keeping them in
+// SafetensorsFile::data (their bytes there are left unset): each is read into one half
+// of `staging` (pinned memory for a device's copies) at a time, checksummed from there,
+// and handed to `put` (the tensor's name, the offset within it, the bytes, their count),
+// which must be done with the bytes when it returns. What put received is the file's
+// only where read_safetensors then returns without throwing.
+struct SafetensorsSink {
+  std::function<bool(const std::string& name, const SafetensorsTensor& tensor)> take;
+  std::function<void(const std::string& name, std::size_t offset, const unsigned char* bytes, std::size_t n)> put;
+  unsigned char* staging = nullptr;
+  std::size_t staging_bytes = 0;
+};
+
 // Reads and checks a whole file: the header's length within the file, the header's JSON,
 // every tensor's bytes within the data and the data exactly as long as the tensors (a
 // truncated or extended file fails), and every crc32.<name> the metadata holds, which
 // `threads` threads (0: one per core) compute while the data is read in 64 MiB calls.
-// Throws ekv::Error naming the path and what is wrong.
-inline SafetensorsFile read_safetensors(const std::string& path, unsigned threads = 0) {
+// A sink, if given, receives the tensors it takes (SafetensorsSink). Throws ekv::Error
+// naming the path and what is wrong.
+inline SafetensorsFile read_safetensors(const std::string& path, unsigned threads = 0,
+                                        const SafetensorsSink* sink = nullptr) {
   const std::string what = "read_safetensors: " + path;
   struct Closer {
     int fd;
@@ -612,38 +646,43 @@ inline SafetensorsFile read_safetensors(const std::string& path, unsigned thread
   if (data_size > data_end) {
     throw Error(what + ": " + std::to_string(data_size - data_end) + " bytes after the last tensor");
   }
-  // the checked tensors' pieces, by where they begin: each is checksummed once read
-  struct Piece {
-    std::size_t begin, end;
-    std::string name;
-  };
-  std::vector<Piece> pieces;
-  for (const auto& [name, t] : file.tensors) {
-    if (file.metadata.count("crc32." + name) == 0) continue;
-    std::size_t at = t.begin;
-    do {
-      const std::size_t end = std::min(t.end, at + detail::kCrcPiece);
-      pieces.push_back({at, end, name});
-      at = end;
-    } while (at < t.end);
+  // tensor by tensor in the file's order, 64 MiB reads, each read's pieces checksummed
+  // by the pool while the next is read
+  std::vector<std::pair<std::size_t, const std::string*>> order;
+  for (const auto& [name, t] : file.tensors) order.push_back({t.begin, &name});
+  std::sort(order.begin(), order.end());
+  file.data = HostBytes(static_cast<std::size_t>(data_size));  // untouched where a sink takes the tensor
+  const std::size_t half = sink != nullptr ? sink->staging_bytes / 2 : 0;
+  if (sink != nullptr && (sink->staging == nullptr || half == 0 || !sink->take || !sink->put)) {
+    throw Error(what + ": a SafetensorsSink needs take, put and staging of at least 2 bytes");
   }
-  std::sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) { return a.begin < b.begin; });
-  file.data = HostBytes(static_cast<std::size_t>(data_size));
   std::map<std::string, std::vector<std::size_t>> ids;
+  std::vector<std::size_t> in_half[2];  // pieces still reading each staging half
+  int next_half = 0;
   detail::CrcPool pool(threads);  // after file: stopped before its data goes
-  std::size_t submitted = 0;
-  for (std::size_t at = 0; at < data_size;) {
-    const std::size_t n = std::min<std::size_t>(detail::kIoChunk, data_size - at);
-    if (!read_at(file.data.data() + at, n, 8 + header_len + at)) throw Error(what + ": reading the tensors failed");
-    at += n;
-    for (; submitted < pieces.size() && pieces[submitted].end <= at; ++submitted) {
-      const Piece& p = pieces[submitted];
-      ids[p.name].push_back(pool.submit(file.data.data() + p.begin, p.end - p.begin));
+  for (const auto& [begin, name] : order) {
+    const SafetensorsTensor& t = file.tensors.at(*name);
+    const bool checked = file.metadata.count("crc32." + *name) != 0;
+    const bool taken = sink != nullptr && sink->take(*name, t);
+    const std::size_t chunk = taken ? std::min(half, detail::kIoChunk) : detail::kIoChunk;
+    for (std::size_t off = 0; off < t.end - t.begin; off += chunk) {
+      const std::size_t n = std::min(chunk, t.end - t.begin - off);
+      unsigned char* dst = file.data.data() + t.begin + off;
+      if (taken) {
+        for (std::size_t id : in_half[next_half]) pool.wait(id);
+        in_half[next_half].clear();
+        dst = sink->staging + next_half * half;
+      }
+      if (!read_at(dst, n, 8 + header_len + t.begin + off)) throw Error(what + ": reading the tensors failed");
+      for (std::size_t at = 0; checked && at < n; at += detail::kCrcPiece) {
+        ids[*name].push_back(pool.submit(dst + at, std::min(detail::kCrcPiece, n - at)));
+        if (taken) in_half[next_half].push_back(ids[*name].back());
+      }
+      if (taken) {
+        sink->put(*name, off, dst, n);
+        next_half ^= 1;
+      }
     }
-  }
-  for (; submitted < pieces.size(); ++submitted) {  // empty tensors at the end
-    const Piece& p = pieces[submitted];
-    ids[p.name].push_back(pool.submit(file.data.data() + p.begin, 0));
   }
   for (const auto& [name, t] : file.tensors) {
     const auto crc = file.metadata.find("crc32." + name);
