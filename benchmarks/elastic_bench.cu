@@ -7,6 +7,7 @@
 // attention mass the selection captured (float64, host). Data: random, or random with
 // planted needles (a few blocks per kv head whose keys point along the query).
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -114,6 +115,17 @@ void elastic(benchmark::State& state) {
     };
     state.counters["mass"] = ekv::attention_mass_of_selection(host, cache.host.q.data(), kQHeads, 1, chosen,
                                                               1.0 / std::sqrt(static_cast<double>(kHeadDim))).mean;
+    if (needles) {  // the fraction of the planted needle blocks the step read
+      int planted = 0, read = 0;
+      for (int h = 0; h < kKvHeads; ++h) {
+        const std::vector<int> got = chosen(0, h);
+        for (int block : cache.needle_blocks[h]) {
+          ++planted;
+          read += std::binary_search(got.begin(), got.end(), block) ? 1 : 0;
+        }
+      }
+      state.counters["needle_recall"] = static_cast<double>(read) / planted;
+    }
   }
 }
 

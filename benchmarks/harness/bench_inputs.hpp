@@ -62,16 +62,20 @@ BenchInputs<T> make_bench_inputs(const BenchShape& shape, const BenchSeeds& seed
   return in;
 }
 
+// The logical blocks holding needles, ascending, per (sequence, kv head): [batch * kv_heads].
+using NeedleBlocks = std::vector<std::vector<int>>;
+
 // For every (sequence, kv head), `needles` distinct random logical blocks among
 // 1 .. blocks - 2 (never a sink or the window) get keys that point along the group's
 // queries: token t of the block takes 12 q / |q| + uniform noise in [-0.1, 0.1), q the
 // group's query head t % group, so that every query head of the group has tokens there.
-// Calls write(physical_block, kv_head, keys [block_len][head_dim]). Throws ekv::Error
-// where a sequence of `blocks` blocks has no room for them.
+// Calls write(physical_block, kv_head, keys [block_len][head_dim]) and returns where the
+// needles went. Throws ekv::Error where a sequence of `blocks` blocks has no room for them.
 template <typename T, typename Write>
-void plant_needles(const BenchShape& shape, const BenchInputs<T>& in, int blocks, int needles, std::uint64_t seed,
-                   Write&& write) {
-  if (needles == 0) return;
+NeedleBlocks plant_needles(const BenchShape& shape, const BenchInputs<T>& in, int blocks, int needles,
+                           std::uint64_t seed, Write&& write) {
+  NeedleBlocks planted(static_cast<std::size_t>(shape.batch) * shape.kv_heads);
+  if (needles == 0) return planted;
   if (needles > blocks - 2) {
     throw Error("needles go in distinct blocks between the first and the last; a sequence of " +
                 std::to_string(blocks) + " blocks has room for " + std::to_string(std::max(0, blocks - 2)) +
@@ -95,11 +99,15 @@ void plant_needles(const BenchShape& shape, const BenchInputs<T>& in, int blocks
         }
       }
       std::shuffle(middle.begin(), middle.end(), rng);
+      std::vector<int>& at = planted[static_cast<std::size_t>(b) * shape.kv_heads + h];
       for (int n = 0; n < needles; ++n) {
         write(in.table[static_cast<std::size_t>(b) * shape.blocks_per_seq + middle[n]], h, rows);
+        at.push_back(middle[n]);
       }
+      std::sort(at.begin(), at.end());
     }
   }
+  return planted;
 }
 
 }  // namespace ekv::bench

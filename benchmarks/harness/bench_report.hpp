@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,13 @@ struct BenchAccuracy {
   double attention_mass = 0;           // exact softmax weight of the tokens elastic read, mean over query heads
   double attention_mass_min = 0;
   int mass_sequences = 0;  // the sequences the mass was computed over (the first ones)
+  int needle_blocks = 0;       // planted (--needles), over every sequence and kv head
+  int needle_blocks_read = 0;  // of them, read by elastic's last step
+  // the fraction of needle blocks elastic read; NaN (null in the JSON) without needles
+  double needle_recall() const {
+    return needle_blocks > 0 ? static_cast<double>(needle_blocks_read) / needle_blocks
+                             : std::numeric_limits<double>::quiet_NaN();
+  }
 };
 
 struct BenchReport {
@@ -173,7 +181,11 @@ inline void to_json(nlohmann::json& j, const BenchReport& r) {
           {"relative_l2_error_worst", r.accuracy.relative_l2_error_worst},
           {"attention_mass_captured", r.accuracy.attention_mass},
           {"attention_mass_captured_min", r.accuracy.attention_mass_min},
-          {"mass_sequences", r.accuracy.mass_sequences}}}}},
+          {"mass_sequences", r.accuracy.mass_sequences},
+          {"needle_blocks", r.accuracy.needle_blocks},
+          {"needle_blocks_read", r.accuracy.needle_blocks_read},
+          {"needle_recall", r.accuracy.needle_blocks > 0 ? nlohmann::json(r.accuracy.needle_recall())
+                                                         : nlohmann::json(nullptr)}}}}},
       {"notes", r.notes}};
 }
 

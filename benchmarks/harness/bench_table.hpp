@@ -72,6 +72,10 @@ inline void print_bench_table(std::ostream& os, const BenchReport& r) {
                        "%d sequence(s))\n",
                        r.accuracy.relative_l2_error, r.accuracy.relative_l2_error_worst, r.accuracy.attention_mass,
                        r.accuracy.attention_mass_min, r.accuracy.mass_sequences);
+  if (r.accuracy.needle_blocks > 0) {
+    os << detail::format("needle recall %.2f: elastic read %d of the %d needle blocks\n", r.accuracy.needle_recall(),
+                         r.accuracy.needle_blocks_read, r.accuracy.needle_blocks);
+  }
   for (const std::string& note : r.notes) os << "note: " << note << "\n";
 }
 

@@ -50,7 +50,8 @@ BenchReport run_cpu_bench(const BenchOptions& o, CPUInfer& pool, std::ostream& p
   const BenchInputs<T> in = make_bench_inputs<T>(shape, seeds);
   std::vector<T> k = random_uniform<T>(shape.pool_elems(), -1.0f, 1.0f, seeds.k);
   std::vector<T> v = random_uniform<T>(shape.pool_elems(), -1.0f, 1.0f, seeds.v);
-  plant_needles(shape, in, sequence_blocks(o.seq, o.block_len), o.needle_blocks(), seeds.needles,
+  const NeedleBlocks needles = plant_needles(shape, in, sequence_blocks(o.seq, o.block_len), o.needle_blocks(),
+                                            seeds.needles,
                 [&](std::int32_t physical, int head, const std::vector<T>& rows) {
                   std::copy(rows.begin(), rows.end(),
                             k.begin() + physical * shape.block_elems() +
@@ -112,7 +113,7 @@ BenchReport run_cpu_bench(const BenchOptions& o, CPUInfer& pool, std::ostream& p
   elastic_sample();
   progress << "ekv-bench: computing the attention mass on the host (float64)\n";
   r.accuracy = bench_accuracy(kv, in.q.data(), o.q_heads(), exact_o.data(), elastic_o.data(),
-                              [&](int seq, int head) { return elastic.attended(seq, head); });
+                              [&](int seq, int head) { return elastic.attended(seq, head); }, needles);
   r.notes.push_back("CPU elastic: anchors and selection on the host with ekv's float64 references "
                     "(elastic/reference_anchors.hpp, reference_select.hpp), not a tuned CPU selection path; "
                     "attention with cpu_decode over a block-sparse view");

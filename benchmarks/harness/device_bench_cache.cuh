@@ -20,6 +20,7 @@ struct DeviceBenchCache {
   BenchInputs<T> host;  // q and the table, as copied to the device
   DeviceBuffer<T> k, v, q;
   DeviceBuffer<std::int32_t> table, lengths;
+  NeedleBlocks needle_blocks;  // where the needles went (plant_needles)
 
   // Sequences of `length` tokens (at most the shape's capacity); needles in the blocks
   // holding those tokens. Waits for the fills. Throws ekv::Error where allocation fails.
@@ -37,7 +38,7 @@ struct DeviceBenchCache {
     q.copy_from(host.q);
     table.copy_from(host.table);
     set_lengths(length);
-    plant_needles(s, host, (length + s.block_len - 1) / s.block_len, needles, seeds.needles,
+    needle_blocks = plant_needles(s, host, (length + s.block_len - 1) / s.block_len, needles, seeds.needles,
                   [&](std::int32_t physical, int head, const std::vector<T>& rows) {
                     EKV_CUDA_CHECK(cudaMemcpy(k.data() + physical * s.block_elems() +
                                                   static_cast<std::size_t>(head) * s.block_len * s.head_dim,

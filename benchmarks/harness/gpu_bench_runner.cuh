@@ -172,7 +172,8 @@ BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
                                 const std::size_t row = static_cast<std::size_t>(seq) * o.kv_head_count() + head;
                                 const auto first = attended.begin() + row * elastic.max_attended();
                                 return std::vector<int>(first, first + counts[row]);
-                              });
+                              },
+                              cache.needle_blocks);
   r.notes.push_back("GPU elastic: anchors, scoring, selection and block-sparse decode on the GPU (ElasticDecode)");
   r.notes.push_back("timing: every step cold, L2 evicted before each step outside its CUDA-event interval");
   if (o.inference) {

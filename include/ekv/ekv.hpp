@@ -51,6 +51,7 @@
 #include "ekv/cpu/exp.hpp"
 #include "ekv/cpu/group_tile.hpp"
 #include "ekv/cpu/host_kv_cache.hpp"
+#include "ekv/cpu/kvcache.hpp"
 #include "ekv/cpu/merge_states.hpp"
 #include "ekv/cpu/row_ops.hpp"
 #include "ekv/cpu/thread_pool.hpp"

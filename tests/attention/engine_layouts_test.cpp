@@ -73,8 +73,9 @@ TEST_CASE("FlashInfer's page index: addresses and lengths for NHD and HND pages,
         CHECK(kv.length(b, 1) == want_len[b]);
         for (int h = 0; h < kv_heads; ++h) {
           for (int t = 0; t < want_len[b]; ++t) {
-            REQUIRE(kv.offset(b, h, t) == element(indices[indptr[b] + t / page], h, t % page, kv_heads, d, page,
-                                                  layout == ekv::PageLayout::kNHD, single ? 2 * page_elems : page_elems));
+            const bool nhd = layout == ekv::PageLayout::kNHD;
+            REQUIRE(kv.offset(b, h, t) == element(indices[indptr[b] + t / page], h, t % page, kv_heads, d, page, nhd,
+                                                  single ? 2 * page_elems : page_elems));
           }
         }
       }

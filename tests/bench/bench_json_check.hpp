@@ -113,6 +113,14 @@ inline void check_bench_json(const nlohmann::json& j) {
   }
   CHECK(a.at("attention_mass_captured").get<double>() <= 1.0 + 1e-9);
   CHECK(a.at("mass_sequences").get<int>() >= 1);
+  const int planted = a.at("needle_blocks").get<int>(), read = a.at("needle_blocks_read").get<int>();
+  CHECK(read >= 0);
+  CHECK(read <= planted);
+  if (planted > 0) {
+    CHECK(a.at("needle_recall").get<double>() == doctest::Approx(static_cast<double>(read) / planted));
+  } else {
+    CHECK(a.at("needle_recall").is_null());
+  }
   CHECK(j.at("notes").is_array());
   CHECK(nlohmann::json::parse(j.dump()) == j);  // one valid document
 }

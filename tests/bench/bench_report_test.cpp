@@ -22,7 +22,7 @@ ekv::bench::BenchReport made_up_report() {
   r.ceilings.peak_flops_per_s = 50e12;
   r.ceilings.peak_flops_source = "made up";
   ekv::bench::record_timing(r, {{60e-6, 58e-6, 59e-6}, {20e-6, 21e-6, 19e-6}}, 1, sizeof(__half));
-  r.accuracy = {0.5, 0.9, 0.6, 0.4, 1};
+  r.accuracy = {0.5, 0.9, 0.6, 0.4, 1, 16, 12};  // 12 of 16 needle blocks read
   return r;
 }
 
@@ -87,7 +87,16 @@ TEST_CASE("a report's JSON carries the documented schema") {
 TEST_CASE("the table names both variants, the speedup and the accuracy") {
   std::ostringstream os;
   ekv::bench::print_bench_table(os, made_up_report());
-  for (const char* text : {"exact", "elastic", "speedup 2.95x", "relative L2 error 0.5000", "AMD EPYC 7B13 (made up)"}) {
+  for (const char* text : {"exact", "elastic", "speedup 2.95x", "relative L2 error 0.5000", "AMD EPYC 7B13 (made up)",
+                           "needle recall 0.75: elastic read 12 of the 16 needle blocks"}) {
     CHECK_MESSAGE(os.str().find(text) != std::string::npos, text);
   }
+  ekv::bench::BenchReport none = made_up_report();  // no needles: no recall line, null in the JSON
+  none.accuracy.needle_blocks = none.accuracy.needle_blocks_read = 0;
+  std::ostringstream plain;
+  ekv::bench::print_bench_table(plain, none);
+  CHECK(plain.str().find("needle recall") == std::string::npos);
+  const nlohmann::json without = none, with = made_up_report();
+  CHECK(without.at("results").at("accuracy").at("needle_recall").is_null());
+  CHECK(with.at("results").at("accuracy").at("needle_recall").get<double>() == 0.75);
 }

@@ -33,6 +33,8 @@ TEST_CASE("one decode step on the CPU: a full report") {
   CHECK(j.at("backend") == "cpu");
   CHECK(r.elastic_blocks == 4);  // ceil(16 / 4)
   CHECK(r.accuracy.mass_sequences == 1);
+  CHECK(r.accuracy.needle_blocks == 2 * o.batch * o.kv_head_count());
+  CHECK(r.accuracy.needle_recall() == 1.0);  // keys along the queries: QUEST picks both of every kv head's
 }
 
 TEST_CASE("a decode loop on the CPU reuses selections between refreshes and reports per step") {

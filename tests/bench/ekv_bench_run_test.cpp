@@ -130,6 +130,7 @@ TEST_CASE("ekv-bench says what it measures: labels, defaults, version") {
   REQUIRE(plain.code == 0);
   CHECK(plain.output.find("data: random K and V, and in every sequence and kv head 4 needle block(s)") !=
         std::string::npos);
+  CHECK(plain.output.find("needle recall ") != std::string::npos);  // the fraction of them elastic read
 }
 
 TEST_CASE("ekv-bench prints its table even when the JSON file cannot be written") {

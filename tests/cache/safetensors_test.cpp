@@ -130,7 +130,7 @@ TEST_CASE("write then read: the same tensors, shapes, dtypes and metadata; atomi
   std::remove(path.c_str());
 }
 
-TEST_CASE("tensors given by fill stream through a small staging buffer into the same file; a failing fill leaves the old") {
+TEST_CASE("tensors given by fill stream through small staging into the same file; a failing fill leaves the old") {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
   const std::string plain = "safetensors_test_plain.safetensors", filled = "safetensors_test_filled.safetensors";

@@ -50,8 +50,8 @@ void check_layout(Layout layout, ekv::RetrievalType retrieval, ekv::AnchorKind a
   std::vector<std::vector<std::vector<int>>> expected(shape.batch());
   for (int b = 0; b < shape.batch(); ++b) {
     const int n = ekv::sequence_blocks(cache.lengths[b], cache.block_len);
-    expected[b] = ekv::reference_select(host, cache.q.data() + static_cast<std::size_t>(b) * shape.q_heads() * shape.head_dim,
-                                        shape.q_heads(), b, config, policy.counts(n));
+    const T* q = cache.q.data() + static_cast<std::size_t>(b) * shape.q_heads() * shape.head_dim;
+    expected[b] = ekv::reference_select(host, q, shape.q_heads(), b, config, policy.counts(n));
   }
   const int rows_per_seq = retrieval == ekv::RetrievalType::kQHead ? shape.q_heads() : shape.kv_heads;
   ekv::test::check_attended(step, expected, shape.batch(), rows_per_seq, retrieval);

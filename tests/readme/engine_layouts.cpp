@@ -56,7 +56,8 @@ TEST_CASE("README: attention over vLLM's blocks and FlashInfer's page index") {
       const std::size_t id = table[b * kMaxBlocks + t / kBlock], within = static_cast<std::size_t>(t % kBlock);
       for (int h = 0; h < kKvHeads; ++h) {
         for (int d = 0; d < kHeadDim; ++d) {
-          const std::size_t logical = ((static_cast<std::size_t>(b) * kMaxBlocks * kBlock + t) * kKvHeads + h) * kHeadDim + d;
+          const std::size_t token = static_cast<std::size_t>(b) * kMaxBlocks * kBlock + t;
+          const std::size_t logical = (token * kKvHeads + h) * kHeadDim + d;
           const std::size_t hnd = id * kBlockElems + (h * kBlock + within) * kHeadDim + d;
           const std::size_t nhd = id * kBlockElems + (within * kKvHeads + h) * kHeadDim + d;
           ekv_k[hnd] = k_tok[logical], ekv_v[hnd] = v_tok[logical];
