@@ -41,15 +41,6 @@ def close(torch, got, want):
     return torch.allclose(got.float(), want.float(), atol=2e-2, rtol=2e-2)
 
 
-def timed(torch, row, fn, nbytes, args, scratch, read_bw):
-    """Adds fn's cold-L2 median, percentiles and rates to row."""
-    t = peer_sdpa.time_us(torch, fn, scratch, args.reps, args.warmup)
-    med = peer_sdpa.pct(t, 0.5)
-    gbps = nbytes / med / 1e3
-    row.update(median_us=med, p5_us=peer_sdpa.pct(t, 0.05), p95_us=peer_sdpa.pct(t, 0.95), GBps=gbps,
-               of_read=gbps / read_bw if read_bw else None)
-
-
 def dense_rows(torch, fi, args, batch, kv_len, scratch, read_bw, workspace):
     dt = torch.float16
     nbytes = 2 * batch * args.kv_heads * kv_len * args.head_dim * 2 + 2 * batch * args.q_heads * args.head_dim * 2
@@ -87,7 +78,8 @@ def dense_rows(torch, fi, args, batch, kv_len, scratch, read_bw, workspace):
                 if not all(close(torch, out[b], ref) for b, ref in refs.items()):
                     row["error"] = "output differs from SDPA on the same tokens"
                 else:
-                    timed(torch, row, lambda: w.run(q, cache), nbytes, args, scratch, read_bw)
+                    peer_sdpa.record_time(torch, row, lambda: w.run(q, cache), nbytes, scratch, args.reps,
+                                          args.warmup, read_bw)
             except Exception as e:  # noqa: BLE001
                 row["error"] = repr(e)[:300]
             rows.append(row)
@@ -127,7 +119,8 @@ def sparse_rows(torch, fi, args, kv_len, scratch, read_bw, workspace):
             if not close(torch, out.reshape(args.q_heads, args.head_dim), ref):
                 row["error"] = "output differs from SDPA over the chosen blocks"
             else:
-                timed(torch, row, lambda: w.run(q, k, v), nbytes, args, scratch, read_bw)
+                peer_sdpa.record_time(torch, row, lambda: w.run(q, k, v), nbytes, scratch, args.reps, args.warmup,
+                                      read_bw)
         except Exception as e:  # noqa: BLE001
             row["error"] = repr(e)[:300]
         rows.append(row)

@@ -53,6 +53,15 @@ def time_us(torch, fn, scratch, reps, warmup):
     return [s.elapsed_time(e) * 1e3 for s, e in ev]
 
 
+def record_time(torch, row, fn, nbytes, scratch, reps, warmup, read_bw):
+    """Adds fn's cold-L2 median, p5 and p95 (us) and its rates over nbytes to row."""
+    t = time_us(torch, fn, scratch, reps, warmup)
+    med = pct(t, 0.5)
+    gbps = nbytes / med / 1e3
+    row.update(median_us=med, p5_us=pct(t, 0.05), p95_us=pct(t, 0.95), GBps=gbps,
+               of_read=gbps / read_bw if read_bw else None)
+
+
 def bandwidths(torch, scratch):
     """Read-only (reduction) and copy GB/s on 1 GiB buffers, median of 30 cold samples."""
     x = torch.ones(BW_BYTES // 2, dtype=torch.float16, device="cuda")
@@ -122,11 +131,7 @@ def run_shape(torch, args, batch, kv_len, scratch, read_bw):
             row["note"] = note
         try:
             fn = call if mode == "stream" else make_graph()
-            t = time_us(torch, fn, scratch, args.reps, args.warmup)
-            med = pct(t, 0.5)
-            gbps = nbytes / med / 1e3
-            row.update(median_us=med, p5_us=pct(t, 0.05), p95_us=pct(t, 0.95), GBps=gbps,
-                       of_read=gbps / read_bw if read_bw else None)
+            record_time(torch, row, fn, nbytes, scratch, args.reps, args.warmup, read_bw)
         except Exception as e:  # noqa: BLE001
             row["error"] = repr(e)
         rows.append(row)

@@ -65,7 +65,7 @@ TEST_CASE("crc32 is zlib's") {
   CHECK(ekv::crc32(ekv::crc32(0, text.data(), 13), text.data() + 13, text.size() - 13) == 0x414FA339u);
 }
 
-TEST_CASE("crc32_combine and crc32_ranges give the CRC of the whole, at every cut and thread count") {
+TEST_CASE("crc32_combine gives the CRC of the whole at every cut; threaded checksums at every thread count") {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
   std::mt19937_64 rng(seed);
@@ -81,17 +81,19 @@ TEST_CASE("crc32_combine and crc32_ranges give the CRC of the whole, at every cu
   const std::string text = "The quick brown fox jumps over the lazy dog";
   CHECK(ekv::crc32_combine(ekv::crc32(0, text.data(), 4), ekv::crc32(0, text.data() + 4, text.size() - 4),
                            text.size() - 4) == 0x414FA339u);
-  const std::vector<ekv::ByteRange> ranges = {
-      {bytes.data(), bytes.size()}, {bytes.data() + 5, 0}, {text.data(), text.size()}, {bytes.data() + 3, 8u << 20}};
+  // the threaded checksums of a write and a read, at every thread count, are the whole's
+  const std::string path = "safetensors_test_threads.safetensors";
+  const std::vector<ekv::SafetensorsEntry> entries = {{"bytes", "U8", {static_cast<std::int64_t>(bytes.size())},
+                                                       bytes.data(), bytes.size()},
+                                                      {"empty", "U8", {0}, bytes.data(), 0}};
   for (unsigned threads : {1u, 2u, 5u, 0u}) {
     INFO(threads << " threads");
-    const std::vector<std::uint32_t> crcs = ekv::crc32_ranges(ranges, threads);
-    REQUIRE(crcs.size() == ranges.size());
-    CHECK(crcs[0] == whole);
-    CHECK(crcs[1] == 0u);
-    CHECK(crcs[2] == 0x414FA339u);
-    CHECK(crcs[3] == ekv::crc32(0, bytes.data() + 3, 8u << 20));
+    ekv::write_safetensors(path, entries, {}, threads);
+    const ekv::SafetensorsFile f = ekv::read_safetensors(path, threads);
+    CHECK(f.metadata.at("crc32.bytes") == ekv::crc32_hex(whole));
+    CHECK(f.metadata.at("crc32.empty") == "00000000");
   }
+  std::remove(path.c_str());
 }
 
 TEST_CASE("write then read: the same tensors, shapes, dtypes and metadata; atomic") {

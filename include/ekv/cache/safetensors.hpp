@@ -180,7 +180,7 @@ class CrcPool {
 inline constexpr std::size_t kCrcPiece = std::size_t{8} << 20;  // bytes a worker checks at a time
 inline constexpr std::size_t kIoChunk = std::size_t{64} << 20;  // bytes per read or write call
 
-// CRC-32 of pieces first .. first + count - 1 of a pool, in order, once they are done.
+// The CRC-32 of pieces `ids` of a pool, in order, once they are done.
 inline std::uint32_t combine_pieces(CrcPool& pool, const std::vector<std::size_t>& ids) {
   std::uint32_t c = 0;
   for (std::size_t i = 0; i < ids.size(); ++i) {
@@ -190,27 +190,38 @@ inline std::uint32_t combine_pieces(CrcPool& pool, const std::vector<std::size_t
   return c;
 }
 
-}  // namespace detail
-
-// The CRC-32 of each of several byte ranges, on `threads` threads (0: one per core): each
-// range is cut into 8 MiB pieces, spread over the threads, and combined in order.
-struct ByteRange {
-  const void* data = nullptr;
-  std::size_t bytes = 0;
-};
-inline std::vector<std::uint32_t> crc32_ranges(const std::vector<ByteRange>& ranges, unsigned threads = 0) {
-  detail::CrcPool pool(threads);
-  std::vector<std::vector<std::size_t>> ids(ranges.size());
-  for (std::size_t r = 0; r < ranges.size(); ++r) {
-    const auto* p = static_cast<const unsigned char*>(ranges[r].data);
-    for (std::size_t at = 0; at < ranges[r].bytes; at += detail::kCrcPiece) {
-      ids[r].push_back(pool.submit(p + at, std::min(detail::kCrcPiece, ranges[r].bytes - at)));
-    }
+// Hands bytes [p, p + n) to the pool in kCrcPiece pieces; their ids go to `ids`, and to
+// `also` where given.
+inline void submit_pieces(CrcPool& pool, const unsigned char* p, std::size_t n, std::vector<std::size_t>& ids,
+                          std::vector<std::size_t>* also = nullptr) {
+  for (std::size_t at = 0; at < n; at += kCrcPiece) {
+    ids.push_back(pool.submit(p + at, std::min(kCrcPiece, n - at)));
+    if (also != nullptr) also->push_back(ids.back());
   }
-  std::vector<std::uint32_t> out(ranges.size(), 0);
-  for (std::size_t r = 0; r < ranges.size(); ++r) out[r] = detail::combine_pieces(pool, ids[r]);
-  return out;
 }
+
+// Two halves of a staging buffer, used in turn: take() returns the next one once the
+// checksum pieces still reading it are done; busy() collects the pieces that will read it.
+class StagingHalves {
+ public:
+  StagingHalves(unsigned char* base, std::size_t half) : base_(base), half_(half) {}
+  std::size_t half() const { return half_; }
+  unsigned char* take(CrcPool& pool) {
+    at_ ^= 1;
+    for (std::size_t id : busy_[at_]) pool.wait(id);
+    busy_[at_].clear();
+    return base_ + at_ * half_;
+  }
+  std::vector<std::size_t>& busy() { return busy_[at_]; }
+
+ private:
+  unsigned char* base_;
+  std::size_t half_;
+  std::vector<std::size_t> busy_[2];
+  int at_ = 1;
+};
+
+}  // namespace detail
 
 inline std::string crc32_hex(std::uint32_t crc) {
   char text[9];
@@ -514,11 +525,9 @@ inline void write_safetensors(const std::string& path, const std::vector<Safeten
     staging = own.data();
     staging_bytes = own.size();
   }
-  const std::size_t half = staging_bytes / 2;
   std::vector<std::vector<std::size_t>> ids(tensors.size());
-  std::vector<std::size_t> in_half[2];  // pieces still reading each staging half
-  int next_half = 0;
   detail::CrcPool pool(threads);  // after the buffers: stopped before they go
+  detail::StagingHalves halves(staging, staging_bytes / 2);
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const SafetensorsEntry& t = tensors[i];
     if (t.data == nullptr && t.bytes != 0 && !t.fill) {
@@ -526,14 +535,12 @@ inline void write_safetensors(const std::string& path, const std::vector<Safeten
       std::remove(temporary.c_str());
       throw Error("write_safetensors: tensor '" + t.name + "' has neither data nor fill");
     }
-    const std::size_t chunk = t.data != nullptr ? detail::kIoChunk : std::min(detail::kIoChunk, half);
+    const std::size_t chunk = t.data != nullptr ? detail::kIoChunk : std::min(detail::kIoChunk, halves.half());
     for (std::size_t off = 0; off < t.bytes; off += chunk) {
       const std::size_t n = std::min(chunk, t.bytes - off);
       const unsigned char* src = static_cast<const unsigned char*>(t.data) + off;
       if (t.data == nullptr) {
-        for (std::size_t id : in_half[next_half]) pool.wait(id);
-        in_half[next_half].clear();
-        unsigned char* dst = staging + next_half * half;
+        unsigned char* dst = halves.take(pool);
         try {
           t.fill(dst, off, n);
         } catch (...) {  // the fill's own error, the temporary file gone
@@ -543,12 +550,7 @@ inline void write_safetensors(const std::string& path, const std::vector<Safeten
         }
         src = dst;
       }
-      for (std::size_t at = 0; at < n; at += detail::kCrcPiece) {
-        const std::size_t id = pool.submit(src + at, std::min(detail::kCrcPiece, n - at));
-        ids[i].push_back(id);
-        if (t.data == nullptr) in_half[next_half].push_back(id);
-      }
-      if (t.data == nullptr) next_half ^= 1;
+      detail::submit_pieces(pool, src, n, ids[i], t.data == nullptr ? &halves.busy() : nullptr);
       write_at(src, n, -1, "writing");
     }
   }
@@ -652,36 +654,24 @@ inline SafetensorsFile read_safetensors(const std::string& path, unsigned thread
   for (const auto& [name, t] : file.tensors) order.push_back({t.begin, &name});
   std::sort(order.begin(), order.end());
   file.data = HostBytes(static_cast<std::size_t>(data_size));  // untouched where a sink takes the tensor
-  const std::size_t half = sink != nullptr ? sink->staging_bytes / 2 : 0;
-  if (sink != nullptr && (sink->staging == nullptr || half == 0 || !sink->take || !sink->put)) {
+  if (sink != nullptr && (sink->staging == nullptr || sink->staging_bytes < 2 || !sink->take || !sink->put)) {
     throw Error(what + ": a SafetensorsSink needs take, put and staging of at least 2 bytes");
   }
   std::map<std::string, std::vector<std::size_t>> ids;
-  std::vector<std::size_t> in_half[2];  // pieces still reading each staging half
-  int next_half = 0;
   detail::CrcPool pool(threads);  // after file: stopped before its data goes
+  detail::StagingHalves halves(sink != nullptr ? sink->staging : nullptr,
+                               sink != nullptr ? sink->staging_bytes / 2 : 0);
   for (const auto& [begin, name] : order) {
     const SafetensorsTensor& t = file.tensors.at(*name);
     const bool checked = file.metadata.count("crc32." + *name) != 0;
     const bool taken = sink != nullptr && sink->take(*name, t);
-    const std::size_t chunk = taken ? std::min(half, detail::kIoChunk) : detail::kIoChunk;
+    const std::size_t chunk = taken ? std::min(halves.half(), detail::kIoChunk) : detail::kIoChunk;
     for (std::size_t off = 0; off < t.end - t.begin; off += chunk) {
       const std::size_t n = std::min(chunk, t.end - t.begin - off);
-      unsigned char* dst = file.data.data() + t.begin + off;
-      if (taken) {
-        for (std::size_t id : in_half[next_half]) pool.wait(id);
-        in_half[next_half].clear();
-        dst = sink->staging + next_half * half;
-      }
+      unsigned char* dst = taken ? halves.take(pool) : file.data.data() + t.begin + off;
       if (!read_at(dst, n, 8 + header_len + t.begin + off)) throw Error(what + ": reading the tensors failed");
-      for (std::size_t at = 0; checked && at < n; at += detail::kCrcPiece) {
-        ids[*name].push_back(pool.submit(dst + at, std::min(detail::kCrcPiece, n - at)));
-        if (taken) in_half[next_half].push_back(ids[*name].back());
-      }
-      if (taken) {
-        sink->put(*name, off, dst, n);
-        next_half ^= 1;
-      }
+      if (checked) detail::submit_pieces(pool, dst, n, ids[*name], taken ? &halves.busy() : nullptr);
+      if (taken) sink->put(*name, off, dst, n);
     }
   }
   for (const auto& [name, t] : file.tensors) {
