@@ -16,9 +16,10 @@
 // Built from append_kv, build_anchors / update_anchors, run_decode and ElasticDecode
 // (run_layer, for layer_step sharing). Calls are ordered on the stream they take. attn is
 // graph-capturable once a call of the same batch and block counts (and, for exact, of a
-// longest sequence in the same power of two) has run: the warm-up plans and allocates; append, the block accessors, update_cache_total_len,
-// free_sequence, dump and load are not (they copy tables and lengths from the host, and the
-// accessors, dump and load synchronize the stream).
+// longest sequence in the same power of two) has run: the warm-up plans and allocates;
+// append, the block accessors, update_cache_total_len, free_sequence, dump and load are
+// not (they copy tables and lengths from the host, and the accessors, dump and load
+// synchronize the stream).
 
 #include <cuda_runtime_api.h>
 
