@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   config.max_block_num = kMaxBatch * kBlocksPerSeq;
   config.max_batch_size = kMaxBatch;
   ekv::KVCache cache(config, device, stream);
+  cache.set_exact_fallback(ekv::ExactFallback::kNever);
   {  // prefill every sequence, one at a time for memory's sake
     const std::size_t n = std::size_t{1} * kSeq * kKvHeads * kDim;
     ekv::DeviceBuffer<T> k(n * kMaxBatch), v(n * kMaxBatch);
@@ -91,6 +92,7 @@ int main(int argc, char** argv) {
     ep.decode = problem;
     ep.block_len = kBlockLen;
     ep.policy = ekv::ElasticPolicy(e);
+    ep.exact_fallback = ekv::ExactFallback::kNever;  // the elastic path, on both sides
     ekv::ElasticDecode<T> step(ep, device, stream);
     ekv::DeviceBuffer<T> anchors(step.anchor_elems(config.max_block_num));
     ekv::build_anchors<T>(kv, anchors.data(), e, stream);

@@ -23,10 +23,10 @@ import peer_sdpa  # noqa: E402  (pct, time_us, bandwidths, SCRATCH_BYTES)
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", default="1x4096,1x32768,1x131072,16x32768,16x131072,64x4096",
+    p.add_argument("--shapes", default="1x4096,1x32768,1x131072,16x32768,16x131072,64x4096,1x1048576",
                    help="comma list of BATCHxKV_LEN")
     p.add_argument("--pages", default="16,64", help="page sizes")
-    p.add_argument("--sparse-shapes", default="1x32768,1x131072", help="batch-1 shapes for block-sparse")
+    p.add_argument("--sparse-shapes", default="1x32768,1x131072,1x1048576", help="batch-1 shapes for block-sparse")
     p.add_argument("--compress", default="2,4,8,16", help="C values for block-sparse (1/C of the blocks)")
     p.add_argument("--q-heads", type=int, default=32)
     p.add_argument("--kv-heads", type=int, default=8)

@@ -17,7 +17,7 @@ BW_BYTES = 1 << 30
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", default="1x4096,1x32768,1x131072,16x32768,16x131072,64x4096",
+    p.add_argument("--shapes", default="1x4096,1x32768,1x131072,16x32768,16x131072,64x4096,1x1048576",
                    help="comma list of BATCHxKV_LEN")
     p.add_argument("--q-heads", type=int, default=32)
     p.add_argument("--kv-heads", type=int, default=8)

@@ -129,6 +129,8 @@ inline void add_bench_flags(CLI::App& app, BenchOptions& o, BenchNames& n) {
   app.add_flag_callback("--no-graphs", [&o] { o.graphs = false; },
                         "GPU: launch each kernel directly (default: replay CUDA Graphs)");
   app.add_flag_callback("--graphs", [&o] { o.graphs = true; }, "GPU: replay CUDA Graphs (the default)");
+  app.add_flag_callback("--no-fallback", [&o] { o.exact_fallback = false; },
+                        "GPU: elastic selects even where it cannot pay and would attend exactly");
   app.add_flag("--inference", o.inference, "Time a decode loop of --decode_tokens steps (append + attention)");
   app.add_option("--decode_tokens,--decode-tokens", o.decode_tokens, "Steps of the --inference loop")
       ->capture_default_str();

@@ -47,6 +47,9 @@ struct BenchOptions {
   int budget_blocks = 0;  // > 0 replaces compress
   AnchorKind anchor = AnchorKind::kQuest;
   int refresh = 1;  // ElasticConfig::token_step: steps per selection
+  // GPU: elastic attends exactly where its budget cannot pay (ElasticProblem::attends_exactly);
+  // false (--no-fallback) selects whatever the shape
+  bool exact_fallback = true;
   // timing
   int reps = 30;
   int warmup = 5;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <limits>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,9 @@ inline constexpr int kBenchSchemaVersion = 2;
 // The roofs of the device that ran, measured in the same run.
 struct BenchCeilings {
   double read_bytes_per_s = 0;  // read-only streaming: decode attention's physical ceiling
+  std::string read_kernel;      // the read kernel that reached it (the best of read_kernels)
+  std::vector<std::pair<std::string, double>> read_kernels;  // every read kernel measured, bytes per second
+  double theoretical_read_bytes_per_s = 0;  // DRAM clock x bus width (the vendor's figure); 0: not reported
   double copy_bytes_per_s = 0;  // read + write bytes of a large copy, the number users know
   double peak_flops_per_s = 0;  // 0: none measured
   std::string peak_flops_source;  // what peak_flops_per_s is, or why there is none
@@ -84,6 +88,7 @@ struct BenchReport {
   VariantResult exact, elastic;
   int blocks_per_sequence = 0;  // at the final length (--seq, plus --decode_tokens with --inference)
   int elastic_blocks = 0;       // of them elastic reads per kv head on a refreshing step
+  bool elastic_attends_exactly = false;  // the elastic step fell back to exact (ElasticDecode::attends_exactly)
   BenchAccuracy accuracy;
   std::vector<std::string> notes;
 
@@ -121,6 +126,7 @@ inline void to_json(nlohmann::json& j, const BenchOptions& o) {
                      {"budget_blocks", o.budget_blocks > 0 ? nlohmann::json(o.budget_blocks) : nlohmann::json(nullptr)},
                      {"anchor", to_string(o.anchor)},
                      {"refresh", o.refresh},
+                     {"exact_fallback", o.exact_fallback},
                      {"reps", o.reps},
                      {"warmup", o.warmup},
                      {"inner_loops", o.inner_loops},
@@ -155,6 +161,12 @@ inline nlohmann::json variant_json(const VariantResult& v, const BenchCeilings& 
   return j;
 }
 
+inline nlohmann::json read_kernels_json(const BenchCeilings& c) {
+  nlohmann::json kernels = nlohmann::json::array();
+  for (const auto& [name, rate] : c.read_kernels) kernels.push_back({{"name", name}, {"bytes_per_s", rate}});
+  return kernels;
+}
+
 inline void to_json(nlohmann::json& j, const BenchReport& r) {
   const auto peak = r.ceilings.peak_flops_per_s > 0 ? nlohmann::json(r.ceilings.peak_flops_per_s) : nlohmann::json();
   j = nlohmann::json{
@@ -167,6 +179,11 @@ inline void to_json(nlohmann::json& j, const BenchReport& r) {
       {"ceilings",
        {{"read_bytes_per_s", has_roofs(r.ceilings) ? nlohmann::json(r.ceilings.read_bytes_per_s) : nlohmann::json()},
         {"copy_bytes_per_s", has_roofs(r.ceilings) ? nlohmann::json(r.ceilings.copy_bytes_per_s) : nlohmann::json()},
+        {"read_kernel", r.ceilings.read_kernel.empty() ? nlohmann::json() : nlohmann::json(r.ceilings.read_kernel)},
+        {"read_kernels", read_kernels_json(r.ceilings)},
+        {"theoretical_read_bytes_per_s", r.ceilings.theoretical_read_bytes_per_s > 0
+                                             ? nlohmann::json(r.ceilings.theoretical_read_bytes_per_s)
+                                             : nlohmann::json()},
         {"peak_flops_per_s", peak},
         {"peak_flops_source", r.ceilings.peak_flops_source}}},
       {"results",
@@ -176,6 +193,7 @@ inline void to_json(nlohmann::json& j, const BenchReport& r) {
         {"bytes_ratio", r.exact.work.bytes / r.elastic.work.bytes},
         {"blocks_per_sequence", r.blocks_per_sequence},
         {"elastic_blocks", r.elastic_blocks},
+        {"elastic_attends_exactly", r.elastic_attends_exactly},
         {"accuracy",
          {{"relative_l2_error", r.accuracy.relative_l2_error},
           {"relative_l2_error_worst", r.accuracy.relative_l2_error_worst},

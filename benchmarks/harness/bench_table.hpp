@@ -26,6 +26,13 @@ inline void print_bench_table(std::ostream& os, const BenchReport& r) {
   if (has_roofs(c)) {
     os << detail::format("measured roofs: read %.1f GB/s, copy %.1f GB/s", c.read_bytes_per_s / 1e9,
                          c.copy_bytes_per_s / 1e9);
+    if (!c.read_kernels.empty()) {
+      os << detail::format(" (read: best of %d read kernels, %s", static_cast<int>(c.read_kernels.size()),
+                           c.read_kernel.c_str())
+         << (c.theoretical_read_bytes_per_s > 0
+                 ? detail::format("; DRAM theoretical %.1f GB/s)", c.theoretical_read_bytes_per_s / 1e9)
+                 : std::string(")"));
+    }
     os << (c.peak_flops_per_s > 0 ? detail::format(", %.2f TFLOP/s (%s)", c.peak_flops_per_s / 1e12,
                                                    c.peak_flops_source.c_str())
                                   : ", no compute roof measured")
@@ -72,6 +79,10 @@ inline void print_bench_table(std::ostream& os, const BenchReport& r) {
                        "%d sequence(s))\n",
                        r.accuracy.relative_l2_error, r.accuracy.relative_l2_error_worst, r.accuracy.attention_mass,
                        r.accuracy.attention_mass_min, r.accuracy.mass_sequences);
+  if (r.elastic_attends_exactly) {
+    os << "elastic attends exactly here: its budget cannot pay for selection at this shape "
+          "(ElasticProblem::attends_exactly; --no-fallback selects anyway)\n";
+  }
   if (r.accuracy.needle_blocks > 0) {
     os << detail::format("needle recall %.2f: elastic read %d of the %d needle blocks\n", r.accuracy.needle_recall(),
                          r.accuracy.needle_blocks_read, r.accuracy.needle_blocks);

@@ -14,6 +14,7 @@
 #include "ekv/kernels/fill.cuh"
 #include "harness/bandwidth.cuh"
 #include "harness/fma_throughput.cuh"
+#include "harness/read_ceiling.cuh"
 #include "harness/statistics.hpp"
 #include "harness/timer.cuh"
 
@@ -59,18 +60,12 @@ inline double measure_memcpy_bandwidth(const Stream& stream, std::size_t bytes =
   return 2.0 * static_cast<double>(bytes) / (st.median * 1e-3);
 }
 
-// Bytes per second of ekv::read_reduce on a `bytes`-byte buffer (bytes read).
+// The read ceiling (read_ceiling.cuh) over a `bytes`-byte buffer: every read kernel timed.
+inline ReadCeiling measure_read_ceiling(const Stream& stream) { return measure_read_ceiling(stream, ceiling_buffer_bytes()); }
+
+// Bytes per second of the best read kernel (measure_read_ceiling) on a `bytes`-byte buffer.
 inline double measure_read_bandwidth(const Stream& stream, std::size_t bytes = 0) {
-  if (bytes == 0) bytes = ceiling_buffer_bytes();
-  const DeviceInfo device = DeviceInfo::current();
-  const std::size_t n = bytes / sizeof(float);
-  DeviceBuffer<float> src(n);
-  DeviceBuffer<float> partials(static_cast<std::size_t>(read_reduce_ctas<float>(device, n)));
-  fill<float>(src.span(), 1.0f, stream);
-  const Stats st = summarize(time_ms(stream, [&](const Stream& s) {
-    read_reduce<float>(src.span(), partials.span(), s);
-  }, ceiling_timing()));
-  return static_cast<double>(n * sizeof(float)) / (st.median * 1e-3);
+  return measure_read_ceiling(stream, bytes == 0 ? ceiling_buffer_bytes() : bytes).bytes_per_s;
 }
 
 // Floating-point operations per second of float FMA chains over a full wave of CTAs.

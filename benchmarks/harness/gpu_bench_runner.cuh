@@ -57,7 +57,11 @@ BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
   r.device = device;
   if (o.roofs) {
     progress << "ekv-bench: measuring " << device.name << "'s read, copy and FMA roofs\n";
-    r.ceilings.read_bytes_per_s = measure_read_bandwidth(stream);
+    const ReadCeiling read = measure_read_ceiling(stream);
+    r.ceilings.read_bytes_per_s = read.bytes_per_s;
+    r.ceilings.read_kernel = read.best;
+    for (const auto& k : read.kernels) r.ceilings.read_kernels.emplace_back(k.name, k.bytes_per_s);
+    r.ceilings.theoretical_read_bytes_per_s = read.theoretical_bytes_per_s;
     r.ceilings.copy_bytes_per_s = measure_copy_bandwidth(stream);
     r.ceilings.peak_flops_per_s = measure_fma_throughput(stream);
     r.ceilings.peak_flops_source =
@@ -75,7 +79,8 @@ BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
   const DecodePlan plan = plan_decode(problem, device);
   DeviceBuffer<unsigned char> workspace = make_decode_workspace(plan, stream);
   const ElasticConfig config = o.elastic_config();
-  ElasticDecode<T> elastic(problem, o.block_len, o.elastic_policy(), device, stream);
+  ElasticDecode<T> elastic(problem, o.block_len, o.elastic_policy(), device, stream, 1,
+                           o.exact_fallback ? ExactFallback::kAuto : ExactFallback::kNever);
   DeviceBuffer<T> anchors(elastic.anchor_elems(shape.batch * static_cast<std::size_t>(shape.blocks_per_seq)));
   build_anchors<T>(kv, anchors.data(), config, stream);
   DeviceBuffer<T> exact_o(shape.q_elems()), elastic_o(shape.q_elems());
@@ -119,8 +124,11 @@ BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
     const bool refresh = config.refreshes_selection(v);
     elastic_steps.emplace_back(stream, [&, v, refresh](const Stream& s) {
       append_and_update(s, v);
-      if (refresh) elastic.select(kv, cache.q.data(), anchors.data(), s);
-      elastic.attend(kv, cache.q.data(), elastic_o.data(), elastic_lse.data(), s);
+      if (refresh) {
+        elastic.run(kv, cache.q.data(), anchors.data(), elastic_o.data(), elastic_lse.data(), s);
+      } else {
+        elastic.attend(kv, cache.q.data(), elastic_o.data(), elastic_lse.data(), s);
+      }
     }, o.graphs);
   }
 
@@ -144,6 +152,11 @@ BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
   // anchors are stored in the cache's dtype
   record_timing(r, paired_samples(o.warmup, o.reps, o.paired_baseline, exact_sample, elastic_sample, reset), steps,
                 dtype_size(o.dtype));
+  if (elastic.attends_exactly()) {  // the fallback reads what exact reads
+    r.elastic_attends_exactly = true;
+    r.elastic.work = r.exact.work;
+    r.elastic_blocks = r.blocks_per_sequence;
+  }
 
   // both from the same inputs: the last samples' outputs, after the same appends
   reset();
@@ -155,27 +168,41 @@ BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
   std::vector<T> host_k(cache.k.size()), host_v(cache.v.size()), exact_out(exact_o.size()), elastic_out(elastic_o.size());
   std::vector<std::int32_t> host_lengths(o.batch);
   const std::size_t rows = static_cast<std::size_t>(o.batch) * o.kv_head_count();
-  std::vector<std::int32_t> attended(rows * elastic.max_attended()), counts(rows);
+  std::vector<std::int32_t> attended(rows * elastic.max_attended()), counts(rows, 0);
   cache.k.copy_to(host_k);
   cache.v.copy_to(host_v);
   cache.lengths.copy_to(host_lengths);
   exact_o.copy_to(exact_out);
   elastic_o.copy_to(elastic_out);
-  EKV_CUDA_CHECK(cudaMemcpy(attended.data(), elastic.attended(), attended.size() * sizeof(std::int32_t),
-                            cudaMemcpyDeviceToHost), "ekv-bench: cannot read elastic's selection");
-  EKV_CUDA_CHECK(cudaMemcpy(counts.data(), elastic.num_attended(), counts.size() * sizeof(std::int32_t),
-                            cudaMemcpyDeviceToHost), "ekv-bench: cannot read elastic's selection");
+  if (!elastic.attends_exactly()) {
+    EKV_CUDA_CHECK(cudaMemcpy(attended.data(), elastic.attended(), attended.size() * sizeof(std::int32_t),
+                              cudaMemcpyDeviceToHost), "ekv-bench: cannot read elastic's selection");
+    EKV_CUDA_CHECK(cudaMemcpy(counts.data(), elastic.num_attended(), counts.size() * sizeof(std::int32_t),
+                              cudaMemcpyDeviceToHost), "ekv-bench: cannot read elastic's selection");
+  }
   const KVView<T> host = paged_kv<T>(host_k.data(), host_v.data(), cache.host.table.data(), host_lengths.data(),
                                      shape.batch, shape.kv_heads, shape.head_dim, shape.block_len, shape.blocks_per_seq);
   r.accuracy = bench_accuracy(host, cache.host.q.data(), o.q_heads(), exact_out.data(), elastic_out.data(),
                               [&](int seq, int head) {
+                                if (elastic.attends_exactly()) {  // every block
+                                  std::vector<int> all(sequence_blocks(host_lengths[seq], shape.block_len));
+                                  for (std::size_t b = 0; b < all.size(); ++b) all[b] = static_cast<int>(b);
+                                  return all;
+                                }
                                 const std::size_t row = static_cast<std::size_t>(seq) * o.kv_head_count() + head;
                                 const auto first = attended.begin() + row * elastic.max_attended();
                                 return std::vector<int>(first, first + counts[row]);
                               },
                               cache.needle_blocks);
-  r.notes.push_back("GPU elastic: anchors, scoring, selection and block-sparse decode on the GPU (ElasticDecode)");
+  r.notes.push_back(elastic.attends_exactly()
+                        ? "GPU elastic: ElasticDecode attends exactly at this shape (its budget cannot pay for "
+                          "selection); --no-fallback times the elastic path"
+                        : "GPU elastic: anchors, scoring and selection in one launch, then block-sparse decode "
+                          "(ElasticDecode)");
   r.notes.push_back("timing: every step cold, L2 evicted before each step outside its CUDA-event interval");
+  if (has_roofs(r.ceilings) && r.exact.work.bytes / r.exact.step_s.median > r.ceilings.read_bytes_per_s) {
+    r.notes.push_back("exact decode read faster than the best read kernel: the read ceiling is too low here");
+  }
   if (o.inference) {
     r.notes.push_back("decode loop: exact steps append and attend; elastic steps append, update anchors, select "
                       "every --refresh steps and attend");

@@ -11,6 +11,7 @@
 #include "ekv/kernels/fill.cuh"
 #include "harness/bandwidth.cuh"
 #include "harness/fma_throughput.cuh"
+#include "harness/read_ceiling.cuh"
 #include "harness/random.hpp"
 #include "test_seed.hpp"
 
@@ -100,6 +101,41 @@ TEST_CASE_TEMPLATE("read_reduce sums every element exactly once", T, float, __ha
       CHECK(got == want);
     }
   }
+}
+
+TEST_CASE("bulk_read_reduce sums every whole chunk exactly once, through Hopper's bulk copies") {
+  const ekv::DeviceInfo device = ekv::DeviceInfo::current();
+  if (device.cc_major < 9) {
+    MESSAGE("bulk copies need sm_90; " << device.name << " is " << device.compute_capability());
+    return;
+  }
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  ekv::Stream stream;
+  // 37 chunks of 16 KiB and a tail the kernel must not read; grids with fewer CTAs than
+  // chunks (several per CTA, stages reused), as many, and more
+  constexpr int kChunk = 16 * 1024;
+  const std::size_t n = 37 * kChunk / sizeof(float) + 100;
+  std::mt19937 rng(static_cast<unsigned>(seed));
+  std::vector<float> host(n);
+  for (float& x : host) x = static_cast<float>(std::uniform_int_distribution<int>(1, 4)(rng));
+  ekv::DeviceBuffer<float> src(n);
+  src.copy_from(host);
+  for (int ctas : {1, 5, 37, 50}) {
+    INFO("ctas=" << ctas);
+    ekv::DeviceBuffer<float> partials(ctas);
+    partials.fill_bytes(0xFF, stream);
+    const std::size_t bytes = ekv::bench::bulk_read_reduce<kChunk>(src.span(), partials.span(), stream);
+    stream.synchronize();
+    CHECK(bytes == 37u * kChunk);
+    double got = 0;
+    for (float x : read_back(partials)) {
+      REQUIRE(std::isfinite(x));
+      got += x;
+    }
+    CHECK(got == host_sum(host, 0, 37 * kChunk / sizeof(float)));
+  }
+  CHECK(ekv::bench::bulk_read_reduce_ctas<kChunk>(device) >= device.sm_count);
 }
 
 TEST_CASE("read_reduce_chunks covers the input in many launches") {

@@ -55,7 +55,7 @@ inline void check_bench_json(const nlohmann::json& j) {
   for (const char* key : {"mode", "seq", "batch", "heads", "kv_heads", "dim", "dtype", "block_len", "compress",
                           "budget_blocks", "anchor", "refresh", "reps", "warmup", "inner_loops", "truncate_percent",
                           "graphs", "decode_tokens", "paired_baseline", "needles", "seed", "device", "threads",
-                          "roofs"}) {
+                          "roofs", "exact_fallback"}) {
     CHECK_MESSAGE(j.at("configuration").contains(key), key);
   }
   for (const char* key : {"ekv_version", "git_commit", "compiler", "cuda_toolkit", "cuda_runtime"}) {
@@ -103,6 +103,11 @@ inline void check_bench_json(const nlohmann::json& j) {
   check_positive_number(r, "bytes_ratio");
   check_positive_number(r, "blocks_per_sequence");
   check_positive_number(r, "elastic_blocks");
+  REQUIRE(r.at("elastic_attends_exactly").is_boolean());
+  if (r.at("elastic_attends_exactly").get<bool>()) {  // the fallback reads what exact reads
+    CHECK(r.at("elastic_blocks") == r.at("blocks_per_sequence"));
+    CHECK(r.at("bytes_ratio").get<double>() == doctest::Approx(1.0));
+  }
   const nlohmann::json& a = r.at("accuracy");
   for (const char* key : {"relative_l2_error", "relative_l2_error_worst", "attention_mass_captured",
                           "attention_mass_captured_min"}) {

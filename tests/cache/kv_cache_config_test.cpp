@@ -55,7 +55,9 @@ TEST_CASE("a sequence holds the pool, up to GPU selection's blocks") {
   ekv::KVCacheConfig c = seed_example();
   CHECK(c.max_seq_block_num() == 512);
   CHECK(c.max_seq_len() == 512 * 256);
-  c.max_block_num = 10000;
+  c.max_block_num = 20000;  // past one selection tile (4096 blocks): a sequence may hold the whole pool
+  CHECK(c.max_seq_block_num() == 20000);
+  c.max_block_num = ekv::kSelectMaxBlocks + 1;
   CHECK(c.max_seq_block_num() == ekv::kSelectMaxBlocks);
   CHECK(c.group() == 4);
   CHECK(c.anchor_values() == 4 * 128);

@@ -132,6 +132,7 @@ TEST_CASE_TEMPLATE("append and attend across layers and a batch, exact and elast
   const ekv::Stream stream;
   const ekv::KVCacheConfig c = small_config(ekv::kDTypeOf<T>);
   ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  cache.set_exact_fallback(ekv::ExactFallback::kNever);  // these tests check the elastic path
   Shadow<T> shadow(c, c.max_seq_block_num());
   prefill(cache, shadow, seed, stream);
   CHECK(cache.get_cache_total_len(0) == 333);
@@ -157,6 +158,7 @@ TEST_CASE("layers share a selection per layer_step; a sharing layer before its o
   ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
   c.layer_step = 3;
   ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  cache.set_exact_fallback(ekv::ExactFallback::kNever);  // these tests check the elastic path
   Shadow<__half> shadow(c, c.max_seq_block_num());
   prefill(cache, shadow, seed, stream);
   CHECK_THROWS_WITH_AS(attend<__half>(cache, 1, 3, 0, seed, 3, stream), doctest::Contains("attend layer 0 first"),
@@ -174,6 +176,7 @@ TEST_CASE("block, importance and anchor round trips; a block written anew change
   const ekv::Stream stream;
   const ekv::KVCacheConfig c = small_config(ekv::DType::kFloat32);
   ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  cache.set_exact_fallback(ekv::ExactFallback::kNever);  // these tests check the elastic path
   Shadow<float> shadow(c, c.max_seq_block_num());
   prefill(cache, shadow, seed, stream);
   const int physical = cache.allocator().block_id(0, 5);
@@ -225,6 +228,7 @@ TEST_CASE("a full pool changes nothing; free_sequence gives its blocks to the ne
   ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
   c.max_block_num = 6;
   ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  cache.set_exact_fallback(ekv::ExactFallback::kNever);  // these tests check the elastic path
   Shadow<__half> shadow(c, c.max_seq_block_num());
   for (int layer = 0; layer < 3; ++layer) append_both(cache, shadow, layer, 2, 40, seed + layer, stream);
   CHECK(cache.memory().blocks_free == 0);
@@ -254,11 +258,13 @@ TEST_CASE("dump then load: bit-identical, identical outputs; the host backend re
   const ekv::Stream stream;
   const ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
   ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  cache.set_exact_fallback(ekv::ExactFallback::kNever);  // these tests check the elastic path
   Shadow<__half> shadow(c, c.max_seq_block_num());
   prefill(cache, shadow, seed, stream);
   const std::string path = "kv_cache_test.safetensors";
   cache.dump_kvcache(path, stream);
   ekv::KVCache loaded(c, ekv::DeviceInfo::current(), stream);
+  loaded.set_exact_fallback(ekv::ExactFallback::kNever);
   loaded.load_kvcache(path, stream);
   CHECK(state_of(loaded, stream) == state_of(cache, stream));
   for (int layer = 0; layer < 3; ++layer) {
@@ -289,6 +295,7 @@ TEST_CASE("dump then load: bit-identical, identical outputs; the host backend re
     out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
   }
   ekv::KVCache other(c, ekv::DeviceInfo::current(), stream);
+  other.set_exact_fallback(ekv::ExactFallback::kNever);  // these tests check the elastic path
   Shadow<__half> other_shadow(c, c.max_seq_block_num());
   append_both(other, other_shadow, 0, 1, 5, seed + 3, stream);
   const auto before = state_of(other, stream);
@@ -303,6 +310,7 @@ TEST_CASE("attn replays in a CUDA Graph after a warm-up call, with the direct ca
   const ekv::Stream stream;
   const ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
   ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  cache.set_exact_fallback(ekv::ExactFallback::kNever);  // these tests check the elastic path
   Shadow<__half> shadow(c, c.max_seq_block_num());
   prefill(cache, shadow, seed, stream);
   for (int pick : {-1, 3}) {
@@ -326,6 +334,7 @@ TEST_CASE("the older system's example shape runs: 32 layers, 8/32 heads, dim 128
   const ekv::Stream stream;
   const ekv::KVCacheConfig c = ekv::test::seed_example_config(20, 1, 2);
   ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  cache.set_exact_fallback(ekv::ExactFallback::kNever);  // these tests check the elastic path
   Shadow<__half> shadow(c, c.max_seq_block_num());
   for (int layer = 0; layer < c.layer_num; ++layer) {
     append_both(cache, shadow, layer, 1, 4000, seed + layer, stream);

@@ -38,9 +38,11 @@ TEST_CASE("supports accepts a Llama-shaped problem and names the first unsupport
   CHECK(why([](auto& p) { p.block_len = 0; }) == "block_len=0 not supported by elastic decode; supported: 1 or more");
   CHECK(why([](auto& p) { p.max_new_tokens = 0; }) ==
         "max_new_tokens=0 not supported by elastic decode; supported: 1 or more");
-  // 4,097 blocks of 64 tokens: one past what GPU selection holds
-  CHECK(why([](auto& p) { p.decode.max_seq_len = 4096 * 64 + 1; }) ==
-        "blocks per sequence 4097 not supported by GPU selection; supported: up to 4096 (use longer blocks)");
+  // 2^20 + 1 blocks of one token: one past what GPU selection holds
+  CHECK(why([](auto& p) {
+          p.block_len = 1;
+          p.decode.max_seq_len = (1 << 20) + 1;
+        }) == "blocks per sequence 1048577 not supported by GPU selection; supported: up to 1048576 (use longer blocks)");
   CHECK(why([](auto& p) {
           ekv::ElasticConfig c;
           c.anchor = ekv::AnchorKind::kDynamic;
@@ -53,12 +55,11 @@ TEST_CASE("supports accepts a Llama-shaped problem and names the first unsupport
           p.policy = ekv::ElasticPolicy(c, ekv::ElasticBudget::ratio(4));
           p.block_len = 512;
         }) == "block_len=512 not supported by dynamic anchors; supported: 1 to 256");
-  // 256K tokens at 64-token blocks is the longest sequence, at 128-token blocks twice that
+  // selection runs in tiles of 4,096 blocks: 1M tokens (16K blocks of 64) and 8M (128K blocks)
   ekv::ElasticProblem longest = llama_problem();
-  longest.decode.max_seq_len = 4096 * 64;
+  longest.decode.max_seq_len = 1 << 20;
   CHECK(ekv::supports(longest).ok);
-  longest.decode.max_seq_len = 4096 * 128;
-  longest.block_len = 128;
+  longest.decode.max_seq_len = 1 << 23;
   CHECK(ekv::supports(longest).ok);
 }
 
@@ -89,4 +90,22 @@ TEST_CASE("the problem owns the anchors contract: values per block and the pool'
   CHECK(p.anchor_values_per_block() == 3 * 128);
   CHECK(p.anchor_bytes(10) == 10u * 8 * 3 * 128 * 4);
   CHECK(p.max_blocks() == 512);
+}
+
+TEST_CASE("attends_exactly: where the budget covers most blocks or skips fewer bytes than selection costs") {
+  ekv::ElasticProblem p = llama_problem();
+  p.decode.batch = 1;
+  p.policy = ekv::ElasticPolicy(ekv::ElasticConfig{}, ekv::ElasticBudget::ratio(4));
+  p.decode.max_seq_len = 4096;  // 8 kv heads skip 3/4 of 16.8 MB: 12.6 MB
+  CHECK(p.skipped_bytes() == doctest::Approx(48.0 * 64 * 8 * 128 * 2 * 2));
+  CHECK(p.attends_exactly());
+  p.decode.max_seq_len = 32768;  // 101 MB skipped
+  CHECK_FALSE(p.attends_exactly());
+  p.decode.max_seq_len = 4096;
+  p.decode.batch = 16;  // a batch skips 16 x as much
+  CHECK_FALSE(p.attends_exactly());
+  p.policy = ekv::ElasticPolicy(ekv::ElasticConfig{}, ekv::ElasticBudget::ratio(1.25));  // 80% of the blocks
+  CHECK(p.attends_exactly());
+  p.exact_fallback = ekv::ExactFallback::kNever;
+  CHECK_FALSE(p.attends_exactly());
 }

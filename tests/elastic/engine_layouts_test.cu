@@ -35,7 +35,7 @@ void check_layout(Layout layout, ekv::RetrievalType retrieval, ekv::AnchorKind a
   config.anchor = anchor;
   const ekv::ElasticPolicy policy(config, ekv::ElasticBudget::blocks(6));
   ekv::ElasticDecode<T> step(ekv::test::decode_problem(shape, ekv::kDTypeOf<T>), cache.block_len, policy,
-                             ekv::DeviceInfo::current(), stream);
+                             ekv::DeviceInfo::current(), stream, 1, ekv::ExactFallback::kNever);
   const std::size_t pool_blocks = cache.k.size() / (std::size_t{16} * shape.kv_heads * shape.head_dim);
   ekv::DeviceBuffer<T> anchors(step.anchor_elems(pool_blocks));
   ekv::build_anchors<T>(view, anchors.data(), config, stream);

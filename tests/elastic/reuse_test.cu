@@ -37,7 +37,7 @@ void check_reuse(ekv::RetrievalType retrieval, ekv::test::Inputs inputs, std::ui
   config.retrieval = retrieval;
   const ekv::ElasticPolicy policy(config, ekv::ElasticBudget::blocks(5));
   ekv::ElasticDecode<T> step(ekv::test::decode_problem(planned, ekv::kDTypeOf<T>), cache.block_len, policy,
-                             ekv::DeviceInfo::current(), stream);
+                             ekv::DeviceInfo::current(), stream, 1, ekv::ExactFallback::kNever);
   ekv::DeviceBuffer<T> anchors(step.anchor_elems(cache.table.size()));
   ekv::build_anchors<T>(view, anchors.data(), config, stream);
   const int kv_rows = shape.batch() * shape.kv_heads;

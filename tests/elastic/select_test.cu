@@ -278,7 +278,7 @@ TEST_CASE("the elastic GPU functions reject bad input before launching anything"
   // ElasticDecode: nothing to attend before a selection, and only the planned view
   const ekv::ElasticPolicy quest(ekv::ElasticConfig{});
   ekv::ElasticDecode<T> step(ekv::test::decode_problem(cache.shape, ekv::DType::kFloat16), 16, quest,
-                             ekv::DeviceInfo::current(), stream);
+                             ekv::DeviceInfo::current(), stream, 1, ekv::ExactFallback::kNever);
   ekv::DeviceBuffer<T> o(cache.q.size());
   ekv::DeviceBuffer<float> lse(cache.shape.q_heads());
   CHECK(throws_containing([&] { step.attend(view, dev.q.data(), o.data(), lse.data(), stream); }, "no selection"));
@@ -303,7 +303,8 @@ TEST_CASE("the elastic GPU functions reject bad input before launching anything"
   shared.layer_step = 2;
   shared.layer_offset = 1;
   ekv::ElasticDecode<T> layers(ekv::test::decode_problem(cache.shape, ekv::DType::kFloat16), 16,
-                               ekv::ElasticPolicy(shared), ekv::DeviceInfo::current(), stream);
+                               ekv::ElasticPolicy(shared), ekv::DeviceInfo::current(), stream, 1,
+                               ekv::ExactFallback::kNever);
   CHECK(throws_containing(
       [&] { layers.run_layer(view, dev.q.data(), anchors.data(), o.data(), lse.data(), stream, 0, 2); }, "no selection"));
   layers.run_layer(view, dev.q.data(), anchors.data(), o.data(), lse.data(), stream, 0, 1);

@@ -128,20 +128,32 @@ class KVCache {
       using T = typename decltype(tag)::type;
       KVView<T> kv = view<T>(layer_idx);
       kv.batch = batch;
-      if (pick_block_num < 0) {
-        Exact& exact = exact_plan(batch, layers_[layer_idx].host_lengths, stream);
-        run_decode<T>(exact.plan, kv, q.as<const T>(), output.as<T>(), attn_lse.as<float>(), exact.workspace.data(),
+      const auto exact = [&] {
+        Exact& plan = exact_plan(batch, layers_[layer_idx].host_lengths, stream);
+        run_decode<T>(plan.plan, kv, q.as<const T>(), output.as<T>(), attn_lse.as<float>(), plan.workspace.data(),
                       stream);
-        return;
-      }
+      };
+      last_attn_exact_ = pick_block_num < 0;
+      if (pick_block_num < 0) return exact();
       const ElasticConfig elastic = args().elastic(pick_block_num, init_block_num, local_block_num);
+      // elastic where it pays at the batch's longest sequence now (ElasticProblem::attends_exactly)
+      ElasticProblem now;
+      now.decode = config_.decode_problem(batch);
+      now.decode.max_seq_len = *std::max_element(layers_[layer_idx].host_lengths.begin(),
+                                                 layers_[layer_idx].host_lengths.begin() + batch);
+      now.block_len = config_.block_len;
+      now.policy = ElasticPolicy(elastic);
+      now.exact_fallback = exact_fallback_;
+      if (now.attends_exactly()) {
+        last_attn_exact_ = true;
+        return exact();
+      }
       const ElasticKey key{batch, init_block_num, local_block_num, pick_block_num};
       Elastic& slot = elastic_[key];
       if (slot.step.index() == 0) {
-        ElasticProblem problem;
-        problem.decode = config_.decode_problem(batch);
-        problem.block_len = config_.block_len;
-        problem.policy = ElasticPolicy(elastic);
+        ElasticProblem problem = now;
+        problem.decode.max_seq_len = config_.max_seq_len();
+        problem.exact_fallback = ExactFallback::kNever;  // decided above, per call
         slot.step.emplace<std::unique_ptr<ElasticDecode<T>>>(
             std::make_unique<ElasticDecode<T>>(problem, device_, stream));
       }
@@ -157,9 +169,22 @@ class KVCache {
     });
   }
 
-  // The blocks the last elastic attn read for (seq, kv_head): ascending logical blocks
-  // (synchronizes the stream). Empty before any elastic attn.
+  // Whether attn may attend exactly where elastic attention cannot pay at the batch's
+  // longest sequence (ExactFallback::kAuto, the default; ElasticProblem::attends_exactly),
+  // or selects whenever pick_block_num >= 0 (kNever).
+  void set_exact_fallback(ExactFallback fallback) { exact_fallback_ = fallback; }
+  ExactFallback exact_fallback() const { return exact_fallback_; }
+  // Whether the last attn attended exactly: asked to (pick_block_num < 0), or fell back.
+  bool last_attn_exact() const { return last_attn_exact_; }
+
+  // The blocks the last attn read for (seq, kv_head): ascending logical blocks, every
+  // block where it attended exactly (synchronizes the stream). Empty before any attn.
   std::vector<int> attended_blocks(int seq, int kv_head, const Stream& stream) const {
+    if (last_attn_exact_) {
+      std::vector<int> all(sequence_blocks(layers_[0].host_lengths[seq], config_.block_len));
+      for (std::size_t b = 0; b < all.size(); ++b) all[b] = static_cast<int>(b);
+      return all;
+    }
     const auto it = elastic_.find(last_elastic_);
     if (it == elastic_.end()) return {};
     std::vector<int> out;
@@ -486,6 +511,8 @@ class KVCache {
   using ElasticKey = std::array<int, 4>;  // batch, init, local and pick block counts
   std::map<ElasticKey, Elastic> elastic_;
   ElasticKey last_elastic_{};
+  ExactFallback exact_fallback_ = ExactFallback::kAuto;
+  bool last_attn_exact_ = false;
 };
 
 }  // namespace ekv

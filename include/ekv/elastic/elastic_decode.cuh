@@ -1,11 +1,16 @@
 #pragma once
-// ElasticDecode: one elastic decode step over a paged cache, sized once: score every
-// block from its anchors, select sinks + window + top-k per granule, gather the selected
-// blocks into a block-sparse view and run exact decode over it. Steps that do not
-// refresh the selection (ElasticConfig::token_step) skip scoring and attend to the last
-// selection plus the blocks appended since. Every buffer is allocated at construction,
-// so a step never allocates or synchronizes and can be captured in a CUDA Graph (one
-// graph for refreshing steps, one for the others).
+// ElasticDecode: one elastic decode step over a paged cache, sized once. A refreshing step
+// is two launches: score every block from its anchors and select sinks + window + top-k
+// per granule in one kernel, which also writes the block-sparse rows, then exact decode
+// over them (QHEAD scores and selects in two). Steps that do not refresh the selection
+// (ElasticConfig::token_step) gather the last selection plus the blocks appended since,
+// then decode. Every buffer is allocated at construction, so a step never allocates or
+// synchronizes and can be captured in a CUDA Graph (one graph for refreshing steps, one
+// for the others).
+//
+// Where elastic attention cannot pay (ElasticProblem::attends_exactly: the budget covers
+// most blocks, or skips fewer bytes than selection costs), the step attends exactly, with
+// one decode launch; attends_exactly() says so.
 //
 // Layers that share a selection (ElasticConfig::layer_step, layer_offset) and whose
 // caches share the block table use one ElasticDecode for all of them: run_layer() selects
@@ -46,12 +51,18 @@ class ElasticDecode {
     const int max_blocks = problem.max_blocks();
     max_blocks_ = max_blocks;
     counts_ = problem.policy.counts(max_blocks);
+    q_heads_ = dense.q_heads;
+    kv_heads_ = dense.kv_heads;
+    exact_ = problem.attends_exactly();
+    if (exact_) {
+      plan_ = plan_decode(dense, device);
+      workspace_ = make_decode_workspace(plan_, stream);
+      return;
+    }
     max_selected_ = std::max(1, counts_.total());
     const long long gained = static_cast<long long>(problem.policy.config().token_step) * problem.max_new_tokens;
     max_attended_ = static_cast<int>(
         std::min<long long>(max_blocks, max_selected_ + (gained + block_len - 1) / block_len + 1));
-    q_heads_ = dense.q_heads;
-    kv_heads_ = dense.kv_heads;
     per_query_ = problem.policy.config().retrieval == RetrievalType::kQHead;
     rows_per_seq_ = per_query_ ? dense.q_heads : dense.kv_heads;
     DecodeProblem sparse = dense;
@@ -67,24 +78,31 @@ class ElasticDecode {
     num_attended_ = DeviceBuffer<std::int32_t>(rows);
     tables_ = DeviceBuffer<std::int32_t>(rows * max_attended_);
     lengths_ = DeviceBuffer<std::int32_t>(rows);
+    arrivals_ = DeviceBuffer<int>(static_cast<std::size_t>(dense.batch) * dense.kv_heads);
     num_selected_.fill_bytes(0, stream);
     blocks_then_.fill_bytes(0, stream);
+    arrivals_.fill_bytes(0, stream);
     workspace_ = make_decode_workspace(plan_, stream);
   }
   // The same, from its parts: problem.max_seq_len the longest sequence, max_new_tokens
   // the tokens a sequence gains per step.
   ElasticDecode(const DecodeProblem& problem, int block_len, const ElasticPolicy& policy, const DeviceInfo& device,
-                const Stream& stream, int max_new_tokens = 1)
-      : ElasticDecode(ElasticProblem{problem, block_len, policy, max_new_tokens}, device, stream) {}
+                const Stream& stream, int max_new_tokens = 1, ExactFallback fallback = ExactFallback::kAuto)
+      : ElasticDecode(ElasticProblem{problem, block_len, policy, max_new_tokens, fallback}, device, stream) {}
 
   // Decode step `step` (0 at the sequence's first): selects when the config's token_step
-  // says so, then attends. kv: the paged cache (its max_blocks_per_seq covering the planned
+  // says so and attends to that selection, else attends to the last one plus the blocks
+  // appended since. kv: the paged cache (its max_blocks_per_seq covering the planned
   // length); anchors current (build_anchors, update_anchors); o and lse as for run_decode.
   // The first step run must refresh (attend() throws otherwise).
   void run(const KVView<T>& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream,
            int step = 0) {
-    if (problem_.policy.config().refreshes_selection(step)) select(kv, q, anchors, stream);
-    attend(kv, q, o, lse, stream);
+    if (problem_.policy.config().refreshes_selection(step)) {
+      select(kv, q, anchors, stream);
+      decode_selection(kv, q, o, lse, stream);
+    } else {
+      attend(kv, q, o, lse, stream);
+    }
   }
   // Layer `layer` of decode step `step`, the layers sharing selections as the config's
   // layer_step and layer_offset say: selects when this layer owns its selection and the
@@ -92,27 +110,54 @@ class ElasticDecode {
   void run_layer(const KVView<T>& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream,
                  int step, int layer) {
     const ElasticConfig& config = problem_.policy.config();
-    if (config.selection_layer(layer) == layer && config.refreshes_selection(step)) select(kv, q, anchors, stream);
-    attend(kv, q, o, lse, stream);
+    if (config.selection_layer(layer) == layer && config.refreshes_selection(step)) {
+      select(kv, q, anchors, stream);
+      decode_selection(kv, q, o, lse, stream);
+    } else {
+      attend(kv, q, o, lse, stream);
+    }
   }
-  // Scores every block and selects.
+  // Scores every block and selects (one launch, two for QHEAD), writing the block-sparse
+  // rows of the selection; nothing where the step attends exactly.
   void select(const KVView<T>& kv, const T* q, const T* anchors, const Stream& stream) {
     check_view(kv, "select");
-    score_blocks<T>(kv, q, q_heads_, anchors, problem_.policy.config(), scores_.data(), device_, stream);
-    select_blocks<T>(kv, q_heads_, scores_.data(), problem_.policy, selected_.data(), num_selected_.data(), max_selected_,
-                     stream, blocks_then_.data());
     selected_once_ = true;
+    if (exact_) return;
+    SelectionOut out;
+    out.selected = selected_.data();
+    out.num_selected = num_selected_.data();
+    out.max_selected = max_selected_;
+    out.blocks_then = blocks_then_.data();
+    out.sparse = sparse_rows();
+    if (per_query_) {
+      score_blocks<T>(kv, q, q_heads_, anchors, problem_.policy.config(), scores_.data(), device_, stream);
+      select_blocks<T>(kv, q_heads_, scores_.data(), problem_.policy, out, stream);
+    } else {
+      score_and_select_blocks<T>(kv, q, q_heads_, anchors, problem_.policy, scores_.data(), arrivals_.data(), out,
+                                 device_, stream);
+    }
   }
-  // Exact attention over the last selection plus the blocks appended since.
+  // Attention over the last selection plus the blocks appended since: a gather, then
+  // decode (exact decode alone where the step attends exactly).
   void attend(const KVView<T>& kv, const T* q, T* o, float* lse, const Stream& stream) {
     check_view(kv, "attend");
     if (!selected_once_) throw Error("ElasticDecode::attend: no selection yet; the first step must select");
-    const SelectionRows selection{selected_.data(), num_selected_.data(), max_selected_, rows_per_seq_,
-                                  blocks_then_.data()};
-    gather_selection<T>(kv, selection,
-                        {tables_.data(), lengths_.data(), max_attended_, per_query_, attended_.data(),
-                         num_attended_.data()},
-                        stream);
+    if (!exact_) {
+      const SelectionRows selection{selected_.data(), num_selected_.data(), max_selected_, rows_per_seq_,
+                                    blocks_then_.data()};
+      gather_selection<T>(kv, selection, sparse_rows(), stream);
+    }
+    decode_selection(kv, q, o, lse, stream);
+  }
+  // Decode over the block-sparse rows as select() or attend() last wrote them (what run
+  // issues right after select: no gather, nothing appended in between).
+  void decode_selection(const KVView<T>& kv, const T* q, T* o, float* lse, const Stream& stream) {
+    check_view(kv, "decode_selection");
+    if (!selected_once_) throw Error("ElasticDecode::decode_selection: no selection yet; the first step must select");
+    if (exact_) {
+      run_decode<T>(plan_, kv, q, o, lse, workspace_.data(), stream);
+      return;
+    }
     const KVView<T> sparse = per_query_
                                  ? qhead_sparse_view<T>(kv, q_heads_, tables_.data(), lengths_.data(), max_attended_)
                                  : block_sparse_view<T>(kv, tables_.data(), lengths_.data(), max_attended_);
@@ -120,30 +165,41 @@ class ElasticDecode {
   }
 
   const ElasticProblem& problem() const { return problem_; }
+  // Whether every step attends exactly (ElasticProblem::attends_exactly): the policy's
+  // budget could not pay for its selection at the planned shape.
+  bool attends_exactly() const { return exact_; }
   // Elements of T the anchors of a pool of num_pool_blocks blocks hold (build_anchors'
   // layout, T [num_pool_blocks][kv_heads][values]); anchors must be 32-byte aligned.
   std::size_t anchor_elems(std::size_t num_pool_blocks) const { return problem_.anchor_elems(num_pool_blocks); }
-  // Device memory this step owns: scores, selections, gathered tables and decode's
+  // Device memory this step owns: scores, selections, sparse rows, counters and decode's
   // workspace, all allocated at construction.
   std::size_t workspace_bytes() const {
     return scores_.size_bytes() + selected_.size_bytes() + num_selected_.size_bytes() + blocks_then_.size_bytes() +
            attended_.size_bytes() + num_attended_.size_bytes() + tables_.size_bytes() + lengths_.size_bytes() +
-           workspace_.size_bytes();
+           arrivals_.size_bytes() + workspace_.size_bytes();
   }
   // The counts at the planned length; a shorter sequence's come from the policy at its own.
   const BlockCounts& counts() const { return counts_; }
   int max_attended() const { return max_attended_; }
   // The last step's blocks: int32 [batch][rows][max_attended] logical blocks, ascending,
-  // and their counts [batch][rows], where rows is q_heads for QHEAD and kv_heads otherwise.
+  // and their counts [batch][rows], where rows is q_heads for QHEAD and kv_heads otherwise;
+  // null where the step attends exactly (every block).
   const std::int32_t* attended() const { return attended_.data(); }
   const std::int32_t* num_attended() const { return num_attended_.data(); }
   // K and V bytes one sequence of seq_len tokens reads on a refreshing step, anchors
-  // included (a reusing step reads BytesRead::kv).
+  // included (a reusing step reads BytesRead::kv); every byte where the step attends exactly.
   BytesRead bytes_read(int seq_len) const {
+    if (exact_) {
+      return {2 * static_cast<std::size_t>(seq_len) * kv_heads_ * plan_.problem.head_dim * dtype_size(kDTypeOf<T>),
+              0};
+    }
     return problem_.policy.bytes_read(seq_len, problem_.block_len, kv_heads_, plan_.problem.head_dim, kDTypeOf<T>);
   }
 
  private:
+  SparseRows sparse_rows() {
+    return {tables_.data(), lengths_.data(), max_attended_, per_query_, attended_.data(), num_attended_.data()};
+  }
   void check_view(const KVView<T>& kv, const char* what) const {
     const DecodeProblem& p = plan_.problem;
     if (kv.batch != p.batch || kv.kv_heads != kv_heads_ || kv.head_dim != p.head_dim ||
@@ -158,6 +214,7 @@ class ElasticDecode {
   DeviceInfo device_;
   int q_heads_ = 0;
   int kv_heads_ = 0;
+  bool exact_ = false;
   bool per_query_ = false;
   int rows_per_seq_ = 0;  // selection rows: q_heads for QHEAD, else kv_heads
   int max_blocks_ = 0;
@@ -168,6 +225,7 @@ class ElasticDecode {
   DecodePlan plan_;
   DeviceBuffer<float> scores_;
   DeviceBuffer<std::int32_t> selected_, num_selected_, blocks_then_, attended_, num_attended_, tables_, lengths_;
+  DeviceBuffer<int> arrivals_;
   DeviceBuffer<unsigned char> workspace_;
 };
 

@@ -17,9 +17,10 @@
 
 namespace ekv {
 
-// The most blocks one sequence may have for GPU selection: its CTA of 256 threads holds up
-// to 16 blocks per thread (elastic/select.cuh checks this against its own constants).
-inline constexpr int kSelectMaxBlocks = 4096;
+// The most blocks one sequence may have for GPU selection (64M tokens at 64-token blocks):
+// selection runs in tiles of 4096 blocks (elastic/select.cuh), so the bound is only that
+// block counts and score offsets stay far inside int32.
+inline constexpr int kSelectMaxBlocks = 1 << 20;
 // DYNAMIC anchors a block may keep, and the longest block they are chosen from: the choice
 // lives in shared memory (elastic/anchors.cuh).
 inline constexpr int kMaxDynamicAnchors = 16;
@@ -34,11 +35,24 @@ inline Support select_supported(int blocks_per_seq, int head_dim) {
   return check_supported<kDecodeHeadDims>("head_dim", "GPU selection", head_dim);
 }
 
+// Whether ElasticDecode may attend exactly where elastic attention cannot pay (kAuto), or
+// must select whatever the shape (kNever: tests, measurements of the elastic path itself).
+enum class ExactFallback { kAuto, kNever };
+
+// Below this many K and V bytes skipped per step (all sequences), selection costs more
+// than the reads it saves: the fixed cost of the elastic step at batch 1 on the H200
+// (scoring and selection launch and latency, about 8 us) at the rate short decodes read
+// (about 3 TB/s). RESULTS.md, issue 16, has the measurement behind it.
+inline constexpr double kElasticBreakEvenBytes = 24.0e6;
+// A budget that covers more than this share of the blocks attends exactly.
+inline constexpr double kElasticMostShare = 0.75;
+
 struct ElasticProblem {
   DecodeProblem decode;  // max_seq_len: the longest sequence, which sizes the selection
   int block_len = 64;    // tokens per block of the paged cache
   ElasticPolicy policy{ElasticConfig{}};
   int max_new_tokens = 1;  // tokens a sequence gains per step: room for blocks appended between refreshes
+  ExactFallback exact_fallback = ExactFallback::kAuto;
 
   // Blocks of the longest sequence.
   int max_blocks() const { return sequence_blocks(std::max(1, decode.max_seq_len), block_len); }
@@ -53,6 +67,20 @@ struct ElasticProblem {
   }
   std::size_t anchor_bytes(std::size_t num_pool_blocks) const {
     return anchor_elems(num_pool_blocks) * dtype_size(decode.dtype);
+  }
+  // K and V bytes a step skips at the longest sequence, over the batch.
+  double skipped_bytes() const {
+    const int blocks = max_blocks();
+    const int read = std::min(blocks, policy.counts(blocks).total());
+    return static_cast<double>(blocks - read) * block_len * decode.head_dim * 2.0 * dtype_size(decode.dtype) *
+           decode.kv_heads * decode.batch;
+  }
+  // Whether a step attends exactly instead: kAuto and the budget covers most of the blocks
+  // or skips fewer bytes than kElasticBreakEvenBytes.
+  bool attends_exactly() const {
+    if (exact_fallback == ExactFallback::kNever) return false;
+    const int blocks = max_blocks();
+    return policy.counts(blocks).total() > kElasticMostShare * blocks || skipped_bytes() < kElasticBreakEvenBytes;
   }
 };
 

@@ -1,11 +1,14 @@
 #pragma once
-// Query-aware block selection on the GPU, the semantics of elastic/reference_select.hpp:
-// score_blocks scores every block from its anchors (many CTAs, one warp per block), then
+// Query-aware block selection on the GPU, the semantics of elastic/reference_select.hpp.
+// score_blocks scores every block from its anchors (many CTAs, one warp per block group);
 // select_blocks keeps per granule the sinks, the window and the top blocks by score,
 // counted by the policy at each sequence's own length (one CTA per granule: a radix
-// select of the k-th score, then CUB scans; equal scores go to the lower block),
-// ascending, in the selection rows gather_selection reads: [batch][kv_heads][max_selected]
-// for LAYER and KVHEAD, [batch][q_heads][max_selected] for QHEAD.
+// select of the k-th score, then CUB scans; equal scores go to the lower block), ascending,
+// in the selection rows gather_selection reads: [batch][kv_heads][max_selected] for LAYER
+// and KVHEAD, [batch][q_heads][max_selected] for QHEAD. score_and_select_blocks does both
+// in one launch (LAYER, KVHEAD): the last scoring CTA of a granule to finish selects it.
+// Either can also write the block-sparse rows decode reads (SelectionOut::sparse), so a
+// refreshing step needs no gather.
 
 #include <cub/block/block_scan.cuh>
 
@@ -23,6 +26,7 @@
 #include "ekv/core/launch.hpp"
 #include "ekv/core/stream.hpp"
 #include "ekv/elastic/anchors.cuh"
+#include "ekv/elastic/block_sparse.cuh"
 #include "ekv/elastic/elastic_config.hpp"
 #include "ekv/elastic/elastic_problem.hpp"
 #include "ekv/elastic/policy.hpp"
@@ -31,14 +35,213 @@
 namespace ekv {
 
 inline constexpr int kSelectThreads = 256;
-// Blocks per thread of the selection: the fewest that hold a sequence's blocks (the
-// radix select's passes cost in items, not in blocks).
-inline constexpr int kSelectItemCounts[] = {1, 2, 4, 8, 16};
-// The most blocks per sequence, kSelectMaxBlocks (elastic_problem.hpp), at the largest item count
-static_assert(kSelectThreads * kSelectItemCounts[sizeof(kSelectItemCounts) / sizeof(int) - 1] == kSelectMaxBlocks,
-              "select_supported and the selection kernel agree on the most blocks per sequence");
+// Keys per thread of one pass over a sequence's blocks: up to kSelectTile (4096) blocks
+// are selected from registers, a longer sequence in tiles of that many.
+inline constexpr int kSelectItems = 16;
+inline constexpr int kSelectTile = kSelectThreads * kSelectItems;
+
+// Where a selection goes: the logical lists [batch][rows][max_selected] ascending and their
+// counts [batch][rows]; blocks_then [batch][rows], if given, the blocks each sequence had
+// (for gather_selection on the steps that reuse the selection); and, where
+// sparse.tables is set, the block-sparse rows of exactly these blocks, as gather_selection
+// would write them (pool block ids, or block-head units with sparse.head_units).
+struct SelectionOut {
+  std::int32_t* selected = nullptr;
+  std::int32_t* num_selected = nullptr;
+  int max_selected = 0;
+  std::int32_t* blocks_then = nullptr;
+  SparseRows sparse;
+};
 
 namespace detail {
+// A float's bits as an unsigned key in the same order (-inf lowest, +inf highest).
+__device__ __forceinline__ unsigned ordered_key(float x) {
+  const unsigned u = __float_as_uint(x);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// hist[digit] += 1 for every lane that wants it, one shared atomic per distinct digit of
+// the warp: scores of one magnitude share their top digit, and a warp's 32 atomics on one
+// address would serialize. All 32 lanes call it.
+__device__ __forceinline__ void warp_histogram_add(int* hist, unsigned digit, bool want) {
+  const unsigned active = __ballot_sync(0xffffffffu, want);
+  if (!want) return;
+  const unsigned peers = __match_any_sync(active, digit);
+  if (static_cast<int>(threadIdx.x % 32) == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
+}
+
+// The score rows one selection reads: block b scores the max over `heads` rows from
+// `first` (every kv head's under LAYER, else one row), rows `stride` floats apart.
+struct ScoreRows {
+  const float* scores = nullptr;
+  std::int64_t first = 0;
+  int heads = 1;
+  int stride = 0;
+};
+
+// The whole CTA (kSelectThreads threads) selects one granule of sequence `seq` (len
+// tokens, counts from the policy at its blocks): sinks and window get the top key so they
+// rank first, the rest their score (NaN as -inf, -0 as +0); the keep largest are kept,
+// equal scores to the lower block, by a radix select of the keep-th largest key over 8-bit
+// digits from the top, then CUB scans write them ascending. Blocks come in tiles of
+// kSelectTile, thread t holding kSelectItems consecutive ones of each; one tile stays in
+// registers, more are re-read (from L2) on every pass, so any length is selected. Output
+// rows row_begin .. + row_count of the sequence's rows_per_seq all get the list, each with
+// its own kv head's pool blocks in out.sparse.
+template <typename T>
+__device__ __noinline__ void select_row(const KVView<T>& kv, int seq, int len, const BlockCounts& counts, const ScoreRows& in,
+                           const SelectionOut& out, int rows_per_seq, int row_begin, int row_count) {
+  using Scan = cub::BlockScan<int, kSelectThreads>;
+  __shared__ typename Scan::TempStorage scan;
+  __shared__ int hist[256];
+  __shared__ unsigned chosen_prefix;
+  __shared__ int chosen_remaining;
+  __shared__ int last_block;
+  const int n = sequence_blocks(len, kv.block_len);
+  const int keep = min(n, counts.total());
+  const int tiles = max(1, (n + kSelectTile - 1) / kSelectTile);
+  const int lane = threadIdx.x % 32;
+  unsigned key[kSelectItems];
+  const auto block_of = [&](int t, int i) { return t * kSelectTile + static_cast<int>(threadIdx.x) * kSelectItems + i; };
+  const auto load = [&](int t) {
+#pragma unroll
+    for (int i = 0; i < kSelectItems; ++i) {
+      const int b = block_of(t, i);
+      float s = -INFINITY;
+      if (b < n) {
+        for (int h = 0; h < in.heads; ++h) s = fmaxf(s, __ldcg(in.scores + (in.first + h) * in.stride + b));
+        s = isnan(s) ? -INFINITY : s + 0.0f;  // -0.0 and +0.0 are one score, as in the reference
+      }
+      const bool always = b < counts.init || b >= n - counts.local;
+      // 0 lies below every score's key, ~0u above (+inf's is 0xff800000)
+      key[i] = b >= n ? 0u : always ? ~0u : ordered_key(s);
+    }
+  };
+  if (tiles == 1) load(0);
+  unsigned prefix = 0, mask = 0;
+  int remaining = keep;
+  for (int shift = 24; keep > 0 && shift >= 0; shift -= 8) {
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
+    __syncthreads();
+    for (int t = 0; t < tiles; ++t) {
+      if (tiles > 1) load(t);
+#pragma unroll
+      for (int i = 0; i < kSelectItems; ++i) {
+        warp_histogram_add(hist, (key[i] >> shift) & 255u, block_of(t, i) < n && (key[i] & mask) == prefix);
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      // lane l holds digits 8l .. 8l + 7; its suffix sum counts the keys of digits >= 8l,
+      // so exactly one lane has suffix >= remaining > suffix - mine
+      int mine = 0;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) mine += hist[lane * 8 + j];
+      int suffix = mine;
+#pragma unroll
+      for (int off = 1; off < 32; off *= 2) {
+        const int higher = __shfl_down_sync(0xffffffffu, suffix, off);
+        if (lane + off < 32) suffix += higher;
+      }
+      int cum = suffix - mine;
+      if (cum < remaining && suffix >= remaining) {
+        int digit = lane * 8 + 7;
+        while (cum + hist[digit] < remaining) cum += hist[digit--];
+        chosen_prefix = prefix | static_cast<unsigned>(digit) << shift;
+        chosen_remaining = remaining - cum;
+      }
+    }
+    __syncthreads();
+    prefix = chosen_prefix;
+    remaining = chosen_remaining;
+    mask |= 255u << shift;
+  }
+  // keys above the threshold are kept, and the first `take` equal to it
+  const unsigned threshold = keep > 0 ? prefix : ~0u;
+  const int take = remaining;
+  const int kept = min(keep, out.max_selected);
+  const int rows_kept = out.sparse.tables != nullptr ? min(keep, out.sparse.max_per_row) : 0;
+  const std::int64_t units = out.sparse.head_units ? head_units_per_block(kv) : 1;
+  const int heads_per_row = rows_per_seq / kv.kv_heads;
+  if (threadIdx.x == 0) last_block = -1;
+  int equal_run = 0, kept_run = 0;
+  for (int t = 0; t < tiles; ++t) {
+    if (tiles > 1) load(t);
+    // two arrays for the two scans (registers are short where scoring shares the kernel):
+    // flag[] holds the keys equal to the threshold, then the kept ones; position[] the
+    // equal ones before each, then the kept ones before each
+    int flag[kSelectItems], position[kSelectItems];
+    int equal_total = 0, flag_total = 0;
+#pragma unroll
+    for (int i = 0; i < kSelectItems; ++i) flag[i] = keep > 0 && block_of(t, i) < n && key[i] == threshold;
+    Scan(scan).ExclusiveSum(flag, position, equal_total);
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kSelectItems; ++i) {
+      flag[i] = keep > 0 && block_of(t, i) < n &&
+                (key[i] > threshold || (flag[i] && equal_run + position[i] < take));
+    }
+    Scan(scan).ExclusiveSum(flag, position, flag_total);
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kSelectItems; ++i) {
+      const int p = kept_run + position[i], b = block_of(t, i);
+      if (!flag[i]) continue;
+      if (p == rows_kept - 1) last_block = b;
+      for (int r = row_begin; r < row_begin + row_count; ++r) {
+        const std::int64_t row = static_cast<std::int64_t>(seq) * rows_per_seq + r;
+        if (p < kept) out.selected[row * out.max_selected + p] = b;
+        if (p < rows_kept) {
+          const int head = r / heads_per_row;
+          const std::int64_t id = kv.block_id(seq, head, b);
+          out.sparse.tables[row * out.sparse.max_per_row + p] =
+              static_cast<std::int32_t>(out.sparse.head_units ? id * units + head : id);
+          if (out.sparse.attended != nullptr) out.sparse.attended[row * out.sparse.max_per_row + p] = b;
+        }
+      }
+    }
+    equal_run += equal_total;
+    kept_run += flag_total;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int r = row_begin; r < row_begin + row_count; ++r) {
+      const std::int64_t row = static_cast<std::int64_t>(seq) * rows_per_seq + r;
+      out.num_selected[row] = kept;
+      if (out.blocks_then != nullptr) out.blocks_then[row] = n;
+      if (out.sparse.tables != nullptr) {
+        out.sparse.lengths[row] =
+            rows_kept > 0 ? (rows_kept - 1) * kv.block_len + block_valid_tokens(len, kv.block_len, last_block) : 0;
+        if (out.sparse.num_attended != nullptr) out.sparse.num_attended[row] = rows_kept;
+      }
+    }
+  }
+}
+
+// CTA (granule, seq) of the standalone selection; rows: score and selection rows per
+// sequence (q_heads for QHEAD, else kv_heads).
+template <typename T>
+__global__ void __launch_bounds__(kSelectThreads)
+    select_blocks_kernel(const KVView<T> kv, const float* scores, int rows, bool layer, ElasticPolicy policy,
+                         SelectionOut out) {
+  const int seq = blockIdx.y, granule = blockIdx.x;
+  const int len = min(kv.length(seq, layer ? 0 : granule / (rows / kv.kv_heads)), kv.capacity());
+  const BlockCounts counts = policy.counts(sequence_blocks(len, kv.block_len));
+  const ScoreRows in{scores, static_cast<std::int64_t>(seq) * rows + (layer ? 0 : granule), layer ? rows : 1,
+                     kv.max_blocks_per_seq};
+  select_row<T>(kv, seq, len, counts, in, out, rows, layer ? 0 : granule, layer ? rows : 1);
+}
+
+
+// What score_blocks_kernel selects after scoring: nothing where arrivals is null;
+// otherwise arrivals holds a zeroed counter per granule ([batch] for LAYER, [batch]
+// [kv_heads] for KVHEAD), left at zero again.
+struct FusedSelect {
+  int* arrivals = nullptr;
+  bool layer = false;
+  ElasticPolicy policy{ElasticConfig{}};
+  SelectionOut out;
+};
 
 inline constexpr int kScoreWarps = 8;
 // The most blocks one warp scores: one table lookup per lane.
@@ -61,7 +264,7 @@ inline constexpr int kScoreChunk = std::clamp(64 / (HeadDim / 32 * static_cast<i
 template <typename T, int HeadDim>
 __global__ void __launch_bounds__(kScoreWarps * 32, 3)
     score_blocks_kernel(const KVView<T> kv, const T* q, int q_heads, const T* anchors, AnchorKind kind,
-                        int anchor_num, bool per_query, int warp_blocks, float* scores) {
+                        int anchor_num, bool per_query, int warp_blocks, float* scores, const FusedSelect fuse) {
   // each lane takes contiguous channels: one vector load of an anchor's, one of a query's
   constexpr int kPerLane = HeadDim / 32, kChunk = kScoreChunk<T, HeadDim>;
   constexpr int kAnchorBytes = kPerLane * static_cast<int>(sizeof(T)), kQueryBytes = kPerLane * 4;
@@ -143,120 +346,86 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 3)
       scores[(static_cast<std::int64_t>(seq) * kv.kv_heads + head) * kv.max_blocks_per_seq + first + c + lane] = mine;
     }
   }
-}
-
-// A float's bits as an unsigned key in the same order (-inf lowest, +inf highest).
-__device__ __forceinline__ unsigned ordered_key(float x) {
-  const unsigned u = __float_as_uint(x);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-// The k-th largest of the CTA's keys (1 <= k <= the number of keys), by radix select
-// over 8-bit digits from the top: returns it and, through `take`, how many of the keys
-// equal to it belong to the k largest.
-template <int Items>
-__device__ unsigned kth_largest(const unsigned (&key)[Items], int k, int& take) {
-  __shared__ int hist[256];
-  __shared__ unsigned chosen_prefix;
-  __shared__ int chosen_remaining;
-  unsigned prefix = 0, mask = 0;
-  int remaining = k;
-  const int lane = threadIdx.x % 32;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < Items; ++i) {
-      if ((key[i] & mask) == prefix) atomicAdd(&hist[(key[i] >> shift) & 255], 1);
-    }
-    __syncthreads();
-    if (threadIdx.x < 32) {
-      // lane l holds digits 8l .. 8l + 7; its suffix sum counts the keys of digits >= 8l,
-      // so exactly one lane has suffix >= remaining > suffix - mine
-      int mine = 0;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) mine += hist[lane * 8 + j];
-      int suffix = mine;
-#pragma unroll
-      for (int off = 1; off < 32; off *= 2) {
-        const int higher = __shfl_down_sync(0xffffffffu, suffix, off);
-        if (lane + off < 32) suffix += higher;
-      }
-      int cum = suffix - mine;
-      if (cum < remaining && suffix >= remaining) {
-        int digit = lane * 8 + 7;
-        while (cum + hist[digit] < remaining) cum += hist[digit--];
-        chosen_prefix = prefix | static_cast<unsigned>(digit) << shift;
-        chosen_remaining = remaining - cum;
-      }
-    }
-    __syncthreads();
-    prefix = chosen_prefix;
-    remaining = chosen_remaining;
-    mask |= 255u << shift;
-  }
-  take = remaining;
-  return prefix;
-}
-
-// CTA (granule, seq): sinks and window get the top key so they rank first, the rest
-// their score (the max over kv heads for LAYER; NaN as -inf); the keep largest are
-// flagged, equal scores to the lower block, and a scan over the flags writes them in
-// ascending block order. rows: score and selection rows per sequence (q_heads for
-// QHEAD, else kv_heads).
-template <typename T, int Items>
-__global__ void __launch_bounds__(kSelectThreads)
-    select_blocks_kernel(const KVView<T> kv, const float* scores, int rows, bool layer, ElasticPolicy policy,
-                         std::int32_t* selected, std::int32_t* num_selected, int max_selected,
-                         std::int32_t* blocks_then) {
-  using Scan = cub::BlockScan<int, kSelectThreads>;
-  __shared__ typename Scan::TempStorage scan;
-  const int seq = blockIdx.y, granule = blockIdx.x;
-  const int len = min(kv.length(seq, layer ? 0 : granule / (rows / kv.kv_heads)), kv.capacity());
-  const int n = sequence_blocks(len, kv.block_len);
-  const BlockCounts counts = policy.counts(n);
-  const int keep = min(n, counts.total());
-  unsigned key[Items];  // blocked: thread t holds blocks t * Items .. + Items - 1
-#pragma unroll
-  for (int i = 0; i < Items; ++i) {
-    const int b = threadIdx.x * Items + i;
-    float s = -INFINITY;
-    if (b < n) {
-      const int heads = layer ? rows : 1;
-      for (int h = 0; h < heads; ++h) {
-        const int row = layer ? h : granule;
-        s = fmaxf(s, scores[(static_cast<std::int64_t>(seq) * rows + row) * kv.max_blocks_per_seq + b]);
-      }
-      s = isnan(s) ? -INFINITY : s + 0.0f;  // -0.0 and +0.0 are one score, as in the reference
-    }
-    const bool always = b < counts.init || b >= n - counts.local;
-    // 0 lies below every score's key, ~0u above (+inf's is 0xff800000)
-    key[i] = b >= n ? 0u : always ? ~0u : ordered_key(s);
-  }
-  int take = 0;
-  const unsigned threshold = keep > 0 ? kth_largest<Items>(key, keep, take) : ~0u;
-  // among keys equal to the threshold, the lowest blocks first
-  int equal[Items], equal_before[Items];
-#pragma unroll
-  for (int i = 0; i < Items; ++i) equal[i] = keep > 0 && key[i] == threshold;
-  Scan(scan).ExclusiveSum(equal, equal_before);
+  if (fuse.arrivals == nullptr) return;
+  // fused selection: the last CTA of the granule (a kv head, or under LAYER the whole
+  // sequence) to finish its scores selects, as merge_if_last merges decode's splits
+  const bool layer = fuse.layer;
+  __threadfence();  // this CTA's scores are visible before it is counted
   __syncthreads();
-  int flag[Items], position[Items];
-#pragma unroll
-  for (int i = 0; i < Items; ++i) {
-    flag[i] = keep > 0 && (key[i] > threshold || (equal[i] && equal_before[i] < take));
+  bool counted_last = false;
+  if (threadIdx.x == 0) {
+    int* arrivals = fuse.arrivals + (layer ? seq : static_cast<std::int64_t>(seq) * kv.kv_heads + head);
+    const int expected = layer ? static_cast<int>(gridDim.x * gridDim.y) : static_cast<int>(gridDim.x);
+    counted_last = atomicAdd(arrivals, 1) == expected - 1;
+    if (counted_last) *arrivals = 0;
   }
-  Scan(scan).ExclusiveSum(flag, position);
-  for (int r = 0; r < (layer ? rows : 1); ++r) {
-    const std::int64_t row = static_cast<std::int64_t>(seq) * rows + (layer ? r : granule);
-#pragma unroll
-    for (int i = 0; i < Items; ++i) {
-      if (flag[i] && position[i] < max_selected) selected[row * max_selected + position[i]] = threadIdx.x * Items + i;
-    }
-    if (threadIdx.x == 0) {
-      num_selected[row] = min(keep, max_selected);
-      if (blocks_then != nullptr) blocks_then[row] = n;
-    }
+  if (!__syncthreads_or(counted_last)) return;
+  __threadfence();  // and the other CTAs' scores are visible to this one
+  const int len = min(kv.length(seq, layer ? 0 : head), kv.capacity());
+  const BlockCounts counts = fuse.policy.counts(sequence_blocks(len, kv.block_len));
+  const ScoreRows in{scores, static_cast<std::int64_t>(seq) * kv.kv_heads + (layer ? 0 : head), layer ? kv.kv_heads : 1,
+                     kv.max_blocks_per_seq};
+  select_row<T>(kv, seq, len, counts, in, fuse.out, kv.kv_heads, layer ? 0 : head, layer ? kv.kv_heads : 1);
+}
+
+template <typename T>
+void launch_score_blocks(const KVView<T>& kv, const T* q, int q_heads, const T* anchors, const ElasticConfig& config,
+                         float* scores, const DeviceInfo& device, const Stream& stream, const FusedSelect& fuse,
+                         const char* what) {
+  if (kv.block_table == nullptr || q == nullptr || anchors == nullptr || scores == nullptr || kv.kv_heads < 1 ||
+      q_heads % kv.kv_heads || q_heads / kv.kv_heads > kDecodeMaxGroup) {
+    throw Error(std::string(what) + ": needs a paged view, q, anchors, scores and q_heads a multiple of kv_heads, "
+                "group <= " + std::to_string(kDecodeMaxGroup));
+  }
+  if (!is_aligned<32>(anchors)) {
+    throw Error(std::string(what) + ": anchors must be 32-byte aligned, as a DeviceBuffer's are");
+  }
+  if (kv.batch < 1 || kv.batch > 65535 || kv.kv_heads > 65535) {
+    throw Error(std::string(what) + ": batch and kv_heads must be 1 to 65535");
+  }
+  dispatch<kDecodeHeadDims>("head_dim", "GPU selection", kv.head_dim, [&](auto dim) {
+    constexpr int kChunk = kScoreChunk<T, decltype(dim)::value>;
+    const auto ctas = [&](int warp_blocks) {
+      const int cta_blocks = kScoreWarps * warp_blocks;
+      return static_cast<long>((kv.max_blocks_per_seq + cta_blocks - 1) / cta_blocks) * kv.kv_heads * kv.batch;
+    };
+    int warp_blocks = kScoreMaxWarpBlocks;
+    const long min_ctas = static_cast<long>(kScoreMinCtasPerSm) * std::max(1, device.sm_count);
+    while (warp_blocks > kChunk && ctas(warp_blocks) < min_ctas) warp_blocks /= 2;
+    const int cta_blocks = kScoreWarps * warp_blocks;
+    const dim3 grid((kv.max_blocks_per_seq + cta_blocks - 1) / cta_blocks, kv.kv_heads, kv.batch);
+    score_blocks_kernel<T, decltype(dim)::value><<<grid, kScoreWarps * 32, 0, stream.get()>>>(
+        kv, q, q_heads, anchors, config.anchor, config.anchor_num, config.retrieval == RetrievalType::kQHead,
+        warp_blocks, scores, fuse);
+  });
+  check_launch(what, stream.get());
+}
+
+// What every selection checks: the view, the rows and the outputs.
+template <typename T>
+void check_selection(const KVView<T>& kv, int q_heads, const ElasticPolicy& policy, const SelectionOut& out,
+                     const char* what) {
+  if (Support s = select_supported(kv.max_blocks_per_seq, kv.head_dim); !s) throw Error(std::string(what) + ": " + s.why);
+  if (kv.block_table == nullptr || !kv.has_lengths()) throw Error(std::string(what) + ": needs a paged view with lengths");
+  if (kv.kv_heads < 1 || q_heads < kv.kv_heads || q_heads % kv.kv_heads != 0) {
+    throw Error(std::string(what) + ": q_heads=" + std::to_string(q_heads) + " must be a multiple of kv_heads=" +
+                std::to_string(kv.kv_heads));
+  }
+  // counts grow with the blocks, so the view's most blocks bound every sequence's
+  if (out.selected == nullptr || out.num_selected == nullptr ||
+      out.max_selected < policy.counts(kv.max_blocks_per_seq).total()) {
+    throw Error(std::string(what) + ": needs scores, outputs and max_selected >= "
+                "policy.counts(max_blocks_per_seq).total() = " +
+                std::to_string(policy.counts(kv.max_blocks_per_seq).total()) + ", got " +
+                std::to_string(out.max_selected));
+  }
+  const SparseRows& sparse = out.sparse;
+  if (sparse.tables != nullptr && (sparse.lengths == nullptr || sparse.max_per_row < out.max_selected)) {
+    throw Error(std::string(what) + ": sparse rows need lengths and max_per_row >= max_selected (" +
+                std::to_string(out.max_selected) + ")");
+  }
+  if (sparse.tables != nullptr && sparse.head_units && head_units_per_block(kv) == 0) {
+    throw Error(std::string(what) + ": block-head units need the view's block stride a multiple of its head stride");
   }
 }
 
@@ -268,61 +437,61 @@ __global__ void __launch_bounds__(kSelectThreads)
 template <typename T>
 void score_blocks(const KVView<T>& kv, const T* q, int q_heads, const T* anchors, const ElasticConfig& config,
                   float* scores, const DeviceInfo& device, const Stream& stream) {
-  if (kv.block_table == nullptr || q == nullptr || anchors == nullptr || scores == nullptr || q_heads % kv.kv_heads ||
-      q_heads / kv.kv_heads > kDecodeMaxGroup) {
-    throw Error("score_blocks: needs a paged view, q, anchors, scores and q_heads a multiple of kv_heads, group <= " +
-                std::to_string(kDecodeMaxGroup));
-  }
-  if (!is_aligned<32>(anchors)) throw Error("score_blocks: anchors must be 32-byte aligned, as a DeviceBuffer's are");
-  dispatch<kDecodeHeadDims>("head_dim", "GPU selection", kv.head_dim, [&](auto dim) {
-    constexpr int kChunk = detail::kScoreChunk<T, decltype(dim)::value>;
-    const auto ctas = [&](int warp_blocks) {
-      const int cta_blocks = detail::kScoreWarps * warp_blocks;
-      return static_cast<long>((kv.max_blocks_per_seq + cta_blocks - 1) / cta_blocks) * kv.kv_heads * kv.batch;
-    };
-    int warp_blocks = detail::kScoreMaxWarpBlocks;
-    const long min_ctas = static_cast<long>(detail::kScoreMinCtasPerSm) * std::max(1, device.sm_count);
-    while (warp_blocks > kChunk && ctas(warp_blocks) < min_ctas) warp_blocks /= 2;
-    const int cta_blocks = detail::kScoreWarps * warp_blocks;
-    const dim3 grid((kv.max_blocks_per_seq + cta_blocks - 1) / cta_blocks, kv.kv_heads, kv.batch);
-    detail::score_blocks_kernel<T, decltype(dim)::value><<<grid, detail::kScoreWarps * 32, 0, stream.get()>>>(
-        kv, q, q_heads, anchors, config.anchor, config.anchor_num, config.retrieval == RetrievalType::kQHead,
-        warp_blocks, scores);
-  });
-  check_launch("score_blocks", stream.get());
+  detail::launch_score_blocks<T>(kv, q, q_heads, anchors, config, scores, device, stream, detail::FusedSelect{},
+                                 "score_blocks");
 }
 
-// From score_blocks' scores for q_heads query heads: selected int32 [batch][rows]
-// [max_selected] (ascending logical blocks, as many as policy.counts(the sequence's
-// blocks) gives; LAYER writes one list to every row) and num_selected [batch][rows], where
-// rows is q_heads for QHEAD and kv_heads otherwise; blocks_then [batch][rows], if given,
-// the blocks each sequence had (for gather_selection on the steps that reuse this selection).
+// From score_blocks' scores for q_heads query heads: the selection of every granule
+// (SelectionOut), as many blocks as policy.counts(the sequence's blocks) gives; LAYER
+// writes one list to every row. Rows are q_heads per sequence for QHEAD, else kv_heads.
+template <typename T>
+void select_blocks(const KVView<T>& kv, int q_heads, const float* scores, const ElasticPolicy& policy,
+                   const SelectionOut& out, const Stream& stream) {
+  detail::check_selection(kv, q_heads, policy, out, "select_blocks");
+  if (scores == nullptr) throw Error("select_blocks: needs scores");
+  const ElasticConfig& config = policy.config();
+  const int rows = config.retrieval == RetrievalType::kQHead ? q_heads : kv.kv_heads;
+  const bool layer = config.retrieval == RetrievalType::kLayer;
+  detail::select_blocks_kernel<T><<<dim3(layer ? 1 : rows, kv.batch), kSelectThreads, 0, stream.get()>>>(
+      kv, scores, rows, layer, policy, out);
+  check_launch("select_blocks", stream.get());
+}
+
+// The lists alone: selected [batch][rows][max_selected], num_selected [batch][rows],
+// blocks_then [batch][rows] if given.
 template <typename T>
 void select_blocks(const KVView<T>& kv, int q_heads, const float* scores, const ElasticPolicy& policy,
                    std::int32_t* selected, std::int32_t* num_selected, int max_selected, const Stream& stream,
                    std::int32_t* blocks_then = nullptr) {
+  SelectionOut out;
+  out.selected = selected;
+  out.num_selected = num_selected;
+  out.max_selected = max_selected;
+  out.blocks_then = blocks_then;
+  select_blocks<T>(kv, q_heads, scores, policy, out, stream);
+}
+
+// score_blocks then select_blocks in one launch, for LAYER and KVHEAD (QHEAD: the two
+// calls). arrivals: int32, zeroed once before the first call ([batch] for LAYER, [batch]
+// [kv_heads] for KVHEAD), left zeroed by each call; not shared by concurrent launches.
+template <typename T>
+void score_and_select_blocks(const KVView<T>& kv, const T* q, int q_heads, const T* anchors,
+                             const ElasticPolicy& policy, float* scores, int* arrivals, const SelectionOut& out,
+                             const DeviceInfo& device, const Stream& stream) {
   const ElasticConfig& config = policy.config();
-  if (Support s = select_supported(kv.max_blocks_per_seq, kv.head_dim); !s) throw Error("select_blocks: " + s.why);
-  if (kv.kv_heads < 1 || q_heads < kv.kv_heads || q_heads % kv.kv_heads != 0) {
-    throw Error("select_blocks: q_heads=" + std::to_string(q_heads) + " must be a multiple of kv_heads=" +
-                std::to_string(kv.kv_heads));
+  if (config.retrieval == RetrievalType::kQHead) {
+    throw Error("score_and_select_blocks: retrieval qhead selects per query head; supported: layer, kvhead "
+                "(qhead: score_blocks, then select_blocks)");
   }
-  const bool per_query = config.retrieval == RetrievalType::kQHead;
-  const int rows = per_query ? q_heads : kv.kv_heads;
-  // counts grow with the blocks, so the view's most blocks bound every sequence's
-  if (scores == nullptr || selected == nullptr || num_selected == nullptr ||
-      max_selected < policy.counts(kv.max_blocks_per_seq).total()) {
-    throw Error("select_blocks: needs scores, outputs and max_selected >= policy.counts(max_blocks_per_seq).total()");
-  }
-  const bool layer = config.retrieval == RetrievalType::kLayer;
-  int items = 1;
-  while (items * kSelectThreads < kv.max_blocks_per_seq) items *= 2;
-  dispatch<kSelectItemCounts>("items", "select_blocks", items, [&](auto n) {
-    detail::select_blocks_kernel<T, decltype(n)::value>
-        <<<dim3(layer ? 1 : rows, kv.batch), kSelectThreads, 0, stream.get()>>>(
-            kv, scores, rows, layer, policy, selected, num_selected, max_selected, blocks_then);
-  });
-  check_launch("select_blocks", stream.get());
+  detail::check_selection(kv, q_heads, policy, out, "score_and_select_blocks");
+  if (arrivals == nullptr) throw Error("score_and_select_blocks: needs arrivals (zeroed counters)");
+  detail::FusedSelect fuse;
+  fuse.arrivals = arrivals;
+  fuse.layer = config.retrieval == RetrievalType::kLayer;
+  fuse.policy = policy;
+  fuse.out = out;
+  detail::launch_score_blocks<T>(kv, q, q_heads, anchors, config, scores, device, stream, fuse,
+                                 "score_and_select_blocks");
 }
 
 }  // namespace ekv
