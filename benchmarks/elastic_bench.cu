@@ -1,8 +1,10 @@
 // Elastic against exact decode on the same paged cache: fp16, q_heads 32, kv_heads 8,
 // head_dim 128, blocks of 64 tokens, QUEST anchors (half) with one kv-head selection, one sink
 // and one window block, compression C. Both timed by graph replay on cold L2 in the same
-// benchmark; a refreshing elastic step includes scoring, selection and the gather, a
-// reusing one (between refreshes, ElasticConfig::token_step) only the gather. Accuracy: the
+// benchmark; a refreshing elastic step is scoring and selection (one launch) and decode
+// over the selection, a reusing one (between refreshes, ElasticConfig::token_step) a
+// gather and decode. Stages alone: select_us (the fused launch), score_us (scoring only,
+// score_blocks), decode_us (decode over the selection); select_share = select / step. Accuracy: the
 // relative L2 error of elastic O against exact O (both from the GPU), and at batch 1 the
 // attention mass the selection captured (float64, host). Data: random, or random with
 // planted needles (a few blocks per kv head whose keys point along the query).
@@ -58,6 +60,15 @@ void elastic(benchmark::State& state) {
     elastic_step.run(view, q, anchors.data(), o_elastic.data(), lse_elastic.data(), s);
   };
   auto run_selection = [&](const ekv::Stream& s) { elastic_step.select(view, q, anchors.data(), s); };
+  // the stages alone: scoring without selection (score_blocks into a scratch buffer), and
+  // the decode over the selection's sparse rows without a gather
+  ekv::DeviceBuffer<float> scratch_scores(static_cast<std::size_t>(batch) * kKvHeads * blocks);
+  auto run_scoring = [&](const ekv::Stream& s) {
+    ekv::score_blocks<T>(view, q, kQHeads, anchors.data(), config, scratch_scores.data(), device, s);
+  };
+  auto run_decode_selection = [&](const ekv::Stream& s) {
+    elastic_step.decode_selection(view, q, o_elastic.data(), lse_elastic.data(), s);
+  };
   auto run_reuse = [&](const ekv::Stream& s) {  // a step between refreshes
     elastic_step.attend(view, q, o_elastic.data(), lse_elastic.data(), s);
   };
@@ -65,16 +76,20 @@ void elastic(benchmark::State& state) {
   ekv::Graph elastic_graph = ekv::Graph::capture(stream, run_elastic);
   ekv::Graph selection_graph = ekv::Graph::capture(stream, run_selection);
   ekv::Graph reuse_graph = ekv::Graph::capture(stream, run_reuse);
+  ekv::Graph scoring_graph = ekv::Graph::capture(stream, run_scoring);
+  ekv::Graph decode_graph = ekv::Graph::capture(stream, run_decode_selection);
   ekv::bench::SampleTimer timer(device);
   auto sample = [&](ekv::Graph& graph) { return timer.seconds(stream, [&](const ekv::Stream& s) { graph.launch(s); }); };
   // interleaved: each iteration times an exact step, a refreshing elastic step, the
   // selection alone and a step that reuses the selection
-  std::vector<double> exact_s, elastic_s, selection_s, reuse_s;
+  std::vector<double> exact_s, elastic_s, selection_s, reuse_s, scoring_s, decode_s;
   for (auto _ : state) {
     exact_s.push_back(sample(exact_graph));
     elastic_s.push_back(sample(elastic_graph));
     selection_s.push_back(sample(selection_graph));
     reuse_s.push_back(sample(reuse_graph));
+    scoring_s.push_back(sample(scoring_graph));
+    decode_s.push_back(sample(decode_graph));
     state.SetIterationTime(elastic_s.back());
   }
   const double exact_median = ekv::bench::summarize(exact_s).median;
@@ -93,6 +108,9 @@ void elastic(benchmark::State& state) {
   state.counters["exact_us"] = exact_median * 1e6;
   state.counters["elastic_us"] = elastic_median * 1e6;
   state.counters["select_us"] = selection_median * 1e6;
+  state.counters["score_us"] = ekv::bench::summarize(scoring_s).median * 1e6;
+  state.counters["decode_us"] = ekv::bench::summarize(decode_s).median * 1e6;
+  state.counters["select_share"] = selection_median / elastic_median;
   state.counters["speedup"] = exact_median / elastic_median;
   state.counters["reuse_us"] = reuse_median * 1e6;
   state.counters["speedup_reuse"] = exact_median / reuse_median;

@@ -25,7 +25,7 @@ int main() {
     const double copy = ekv::bench::measure_copy_bandwidth(stream);
     const double memcpy_bw = ekv::bench::measure_memcpy_bandwidth(stream);
     const double flops = ekv::bench::measure_fma_throughput(stream);
-    std::printf("read bandwidth     %.0f GB/s (the best of %d read kernels over 1 GiB, median of 20: %s)\n",
+    std::printf("read bandwidth     %.0f GB/s (the best of %d read kernels over 4 GiB, median of 20: %s)\n",
                 read / 1e9, static_cast<int>(ceiling.kernels.size()), ceiling.best.c_str());
     for (const auto& k : ceiling.kernels) std::printf("  %-60s %.0f GB/s\n", k.name.c_str(), k.bytes_per_s / 1e9);
     if (ceiling.theoretical_bytes_per_s > 0) {

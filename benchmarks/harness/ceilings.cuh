@@ -20,12 +20,12 @@
 
 namespace ekv::bench {
 
-// 1 GiB, or a quarter of free memory where less is free: far past any L2, so every byte
-// comes from DRAM.
+// 4 GiB, or a quarter of free memory where less is free: far past any L2, so every byte
+// comes from DRAM, and long enough that a launch's ramp and tail weigh under 1%.
 inline std::size_t ceiling_buffer_bytes() {
   std::size_t free_bytes = 0, total_bytes = 0;
   EKV_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes), "ceiling_buffer_bytes: cannot query free memory");
-  return std::min<std::size_t>(std::size_t{1} << 30, free_bytes / 4) / 256 * 256;
+  return std::min<std::size_t>(std::size_t{4} << 30, free_bytes / 4) / 256 * 256;
 }
 
 inline TimingOptions ceiling_timing() {
@@ -61,7 +61,9 @@ inline double measure_memcpy_bandwidth(const Stream& stream, std::size_t bytes =
 }
 
 // The read ceiling (read_ceiling.cuh) over a `bytes`-byte buffer: every read kernel timed.
-inline ReadCeiling measure_read_ceiling(const Stream& stream) { return measure_read_ceiling(stream, ceiling_buffer_bytes()); }
+inline ReadCeiling measure_read_ceiling(const Stream& stream) {
+  return measure_read_ceiling(stream, ceiling_buffer_bytes());
+}
 
 // Bytes per second of the best read kernel (measure_read_ceiling) on a `bytes`-byte buffer.
 inline double measure_read_bandwidth(const Stream& stream, std::size_t bytes = 0) {

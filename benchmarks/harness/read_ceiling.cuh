@@ -3,7 +3,8 @@
 // Decode attention is a read of the KV cache, and a ceiling below what some decode kernel
 // reaches flatters every kernel measured against it. The candidates: read_reduce (16-byte
 // loads into registers) at 256, 512 and 1024 threads per CTA x 2, 4, 8 and 16 loads in
-// flight per thread x one resident wave (grid-stride) or one tile per CTA; and
+// flight per thread x one resident wave (grid-stride) or one tile per CTA; the same loads
+// with an L2 prefetch hint of 256 bytes (ld.global.nc.L2::256B) at three shapes; and
 // bulk_read_reduce, Hopper's bulk copies (cp.async.bulk, the TMA's 1-D form) of 16 or
 // 32 KiB chunks into 4 shared-memory stages per CTA, the way a TMA-fed decode reads.
 // Every candidate sums what it reads (bandwidth_test checks the sums).
@@ -99,7 +100,55 @@ __global__ void __launch_bounds__(kBulkCtaThreads)
 #endif
 }
 
+// One tile of CtaThreads x Unroll 16-byte loads per CTA, each load asking L2 to fetch the
+// whole 256-byte sector group it falls in (.L2::256B), then summed.
+template <int CtaThreads, int Unroll>
+__global__ void __launch_bounds__(CtaThreads)
+    read_prefetch_kernel(const float* __restrict__ src, std::size_t n, float* __restrict__ partials) {
+  const std::size_t base = (static_cast<std::size_t>(blockIdx.x) * CtaThreads * Unroll + threadIdx.x) * 4;
+  float4 r[Unroll];
+#pragma unroll
+  for (int u = 0; u < Unroll; ++u) {
+    const std::size_t at = base + static_cast<std::size_t>(u) * CtaThreads * 4;
+    if (at + 4 <= n) {
+      asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.f32 {%0, %1, %2, %3}, [%4];"
+                   : "=f"(r[u].x), "=f"(r[u].y), "=f"(r[u].z), "=f"(r[u].w)
+                   : "l"(src + at));
+    } else {
+      r[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      for (std::size_t i = at; i < n && i < at + 4; ++i) (&r[u].x)[i - at] = src[i];
+    }
+  }
+  float acc = 0.0f;
+#pragma unroll
+  for (int u = 0; u < Unroll; ++u) acc += (r[u].x + r[u].y) + (r[u].z + r[u].w);
+  using Reduce = cub::BlockReduce<float, CtaThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  acc = Reduce(storage).Sum(acc);
+  if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
 }  // namespace detail
+
+// CTAs read_prefetch_reduce launches over n floats: one per tile.
+template <int CtaThreads, int Unroll>
+std::size_t read_prefetch_ctas(std::size_t n) {
+  constexpr std::size_t kTile = static_cast<std::size_t>(CtaThreads) * Unroll * 4;
+  return (n + kTile - 1) / kTile;
+}
+
+// Sums src (16-byte aligned) into read_prefetch_ctas(src.size()) partials, one per CTA.
+template <int CtaThreads, int Unroll>
+void read_prefetch_reduce(Span<const float> src, Span<float> partials, const Stream& stream) {
+  const std::size_t ctas = read_prefetch_ctas<CtaThreads, Unroll>(src.size());
+  if (partials.size() < ctas || ctas > 0x7fffffffu || !is_aligned<16>(src.data())) {
+    throw Error("read_prefetch_reduce: needs " + std::to_string(ctas) + " partials and 16-byte-aligned src");
+  }
+  if (ctas == 0) return;
+  detail::read_prefetch_kernel<CtaThreads, Unroll>
+      <<<static_cast<int>(ctas), CtaThreads, 0, stream.get()>>>(src.data(), src.size(), partials.data());
+  check_launch("read_prefetch_reduce", stream.get());
+}
 
 // Sums the first whole ChunkBytes chunks of src (src.size() * 4 / ChunkBytes of them; the
 // rest is not read) into partials.size() float partial sums, one per CTA. src must be
@@ -184,6 +233,18 @@ void add_read_reduce(ReadCeiling& c, const DeviceBuffer<float>& src, const Devic
   }
 }
 
+template <int CtaThreads, int Unroll>
+void add_read_prefetch(ReadCeiling& c, const DeviceBuffer<float>& src, const Stream& stream,
+                       const TimingOptions& timing) {
+  DeviceBuffer<float> partials(read_prefetch_ctas<CtaThreads, Unroll>(src.size()));
+  const Stats st = summarize(time_ms(stream, [&](const Stream& s) {
+    read_prefetch_reduce<CtaThreads, Unroll>(src.span(), partials.span(), s);
+  }, timing));
+  c.kernels.push_back({"read_reduce with L2::256B prefetch, " + std::to_string(CtaThreads) + " threads x " +
+                           std::to_string(Unroll) + " loads, one tile per CTA",
+                       static_cast<double>(src.size_bytes()) / (st.median * 1e-3)});
+}
+
 template <int ChunkBytes>
 void add_bulk_read(ReadCeiling& c, const DeviceBuffer<float>& src, const DeviceInfo& device, const Stream& stream,
                    const TimingOptions& timing) {
@@ -199,8 +260,8 @@ void add_bulk_read(ReadCeiling& c, const DeviceBuffer<float>& src, const DeviceI
 
 }  // namespace detail
 
-// Times every candidate over `bytes` (default: ceiling_buffer_bytes(), past any L2) and
-// keeps the best.
+// Times every candidate over `bytes` (ceiling_buffer_bytes(): far past any L2) and keeps
+// the best.
 inline ReadCeiling measure_read_ceiling(const Stream& stream, std::size_t bytes) {
   const DeviceInfo device = DeviceInfo::current();
   DeviceBuffer<float> src(bytes / sizeof(float));
@@ -218,6 +279,9 @@ inline ReadCeiling measure_read_ceiling(const Stream& stream, std::size_t bytes)
   detail::add_read_reduce<1024, 2>(c, src, device, stream, timing);
   detail::add_read_reduce<1024, 4>(c, src, device, stream, timing);
   detail::add_read_reduce<1024, 8>(c, src, device, stream, timing);
+  detail::add_read_prefetch<256, 16>(c, src, stream, timing);
+  detail::add_read_prefetch<512, 8>(c, src, stream, timing);
+  detail::add_read_prefetch<1024, 4>(c, src, stream, timing);
   if (device.cc_major >= 9) {
     detail::add_bulk_read<16 * 1024>(c, src, device, stream, timing);
     detail::add_bulk_read<32 * 1024>(c, src, device, stream, timing);

@@ -72,52 +72,23 @@ __device__ __forceinline__ void load_q_fragments(const T* q_rows, int heads,
   }
 }
 
-// The pool blocks of one thread's rows of a tile, read a tile ahead (paged views).
-template <typename T, int HeadDim>
-struct TcTileBlocks {
-  using Traits = DecodeTcTraits<T, HeadDim>;
-  static constexpr int kTokenStep = Traits::kCtaThreads / Traits::kChunksPerToken;
-  static constexpr int kCopies = Traits::kTileTokens / kTokenStep;
-  std::int32_t id[kCopies];
-
-  // Rows of tokens first + t0 + j * kTokenStep, t0 this thread's first row; `row` is the
-  // view's table_row(seq, kv_head). Rows at or past `end` read nothing.
-  __device__ __forceinline__ void fetch(const KVView<T>& kv, std::int64_t row, int first, int end) {
-    const int t0 = threadIdx.x / Traits::kChunksPerToken;
-#pragma unroll
-    for (int j = 0; j < kCopies; ++j) {
-      const int pos = first + t0 + j * kTokenStep;
-      const int logical = kv.block_shift >= 0 ? pos >> kv.block_shift : pos / kv.block_len;
-      id[j] = pos < end ? kv.block_table[row + logical] : 0;
-    }
-  }
-};
-
 // Stages tokens first .. first + kTileTokens of K and V (zeros past `end`). Thread x
-// copies 16-byte column x % kChunksPerToken of tokens x / kChunksPerToken + j * kTokenStep;
-// a paged view's blocks come from `blocks`, fetched for this tile. A full tile needs no
-// bounds checks, and in a contiguous view its rows are a fixed stride apart, so only the
-// last tile of a range pays for per-token checks.
+// copies 16-byte column x % kChunksPerToken of tokens x / kChunksPerToken + j * kTokenStep.
+// A full tile needs no bounds checks, and in a contiguous view its rows are a fixed
+// stride apart, so only the last tile of a range pays for per-token checks.
 template <typename T, int HeadDim>
 __device__ __forceinline__ void stage_tc_tile(const KVView<T>& kv, int seq, int kv_head, int first, int end,
-                                              T* stage, const TcTileBlocks<T, HeadDim>& blocks) {
+                                              T* stage) {
   using Traits = DecodeTcTraits<T, HeadDim>;
   constexpr int kElemsPerChunk = 16 / static_cast<int>(sizeof(T));
-  constexpr int kTokenStep = TcTileBlocks<T, HeadDim>::kTokenStep;
-  constexpr int kCopies = TcTileBlocks<T, HeadDim>::kCopies;
+  constexpr int kTokenStep = Traits::kCtaThreads / Traits::kChunksPerToken;
+  constexpr int kCopies = Traits::kTileTokens / kTokenStep;
   static_assert(Traits::kTileTokens % kTokenStep == 0, "every thread copies the same number of rows");
   const int column = (threadIdx.x % Traits::kChunksPerToken) * kElemsPerChunk;
   const int t0 = threadIdx.x / Traits::kChunksPerToken;
   T* k_dst = stage + t0 * Traits::kRowElems + column;
   T* v_dst = k_dst + Traits::kTileTokens * Traits::kRowElems;
   constexpr int kDstStep = kTokenStep * Traits::kRowElems;
-  // where row j starts, from the fetched block of a paged view
-  const auto paged_offset = [&](int j) {
-    const int pos = first + t0 + j * kTokenStep;
-    const int within = kv.block_shift >= 0 ? pos & (kv.block_len - 1) : pos % kv.block_len;
-    return blocks.id[j] * kv.block_stride + kv_head * kv.head_stride + static_cast<std::int64_t>(within) * kv.token_stride +
-           column;
-  };
   if (first + Traits::kTileTokens <= end) {
     if (kv.block_table == nullptr) {
       const std::int64_t base = kv.offset(seq, kv_head, first + t0) + column;
@@ -130,7 +101,7 @@ __device__ __forceinline__ void stage_tc_tile(const KVView<T>& kv, int seq, int 
     } else {
 #pragma unroll
       for (int j = 0; j < kCopies; ++j) {
-        const std::int64_t off = paged_offset(j);
+        const std::int64_t off = kv.offset(seq, kv_head, first + t0 + j * kTokenStep) + column;
         async_copy_16(k_dst + j * kDstStep, kv.k + off);
         async_copy_16(v_dst + j * kDstStep, kv.v + off);
       }
@@ -140,9 +111,7 @@ __device__ __forceinline__ void stage_tc_tile(const KVView<T>& kv, int seq, int 
 #pragma unroll
   for (int j = 0; j < kCopies; ++j) {
     const bool valid = first + t0 + j * kTokenStep < end;
-    std::int64_t off = 0;
-    if (valid) off = kv.block_table == nullptr ? kv.offset(seq, kv_head, first + t0 + j * kTokenStep) + column
-                                               : paged_offset(j);
+    const std::int64_t off = valid ? kv.offset(seq, kv_head, first + t0 + j * kTokenStep) + column : 0;
     async_copy_16_zfill(k_dst + j * kDstStep, kv.k + off, valid ? 16 : 0);
     async_copy_16_zfill(v_dst + j * kDstStep, kv.v + off, valid ? 16 : 0);
   }
@@ -241,20 +210,12 @@ __device__ __forceinline__ void decode_tc_tiles(const KVView<T>& kv, int seq, in
       decode_tc_warp_tile<T, HeadDim>(k_rows(slot), v_rows(slot), first, tiles.end, qa, scale_log2, state);
     }
   };
-  // a paged view's block ids, read one tile ahead of the copies that use them
-  TcTileBlocks<T, HeadDim> blocks;
-  const bool paged = kv.block_table != nullptr;
-  const std::int64_t row = paged ? kv.table_row(seq, kv_head) : 0;
-  auto fetch = [&](int i) {
-    if (paged) blocks.fetch(kv, row, tiles.first(i), tiles.end);
-  };
   auto stage = [&](int i, int slot) {
-    stage_tc_tile<T, HeadDim>(kv, seq, kv_head, tiles.first(i), tiles.end, pipeline + slot * Traits::kStageElems,
-                              blocks);
+    stage_tc_tile<T, HeadDim>(kv, seq, kv_head, tiles.first(i), tiles.end, pipeline + slot * Traits::kStageElems);
   };
-  pipeline_prologue<Traits::kStages>(tiles.count, fetch, stage);
+  pipeline_prologue<Traits::kStages>(tiles.count, stage);
   load_q_fragments<T, HeadDim>(q_rows, heads, qa);
-  pipeline_run<Traits::kStages>(tiles.count, fetch, stage, consume);
+  pipeline_run<Traits::kStages>(tiles.count, stage, consume);
 }
 
 }  // namespace ekv

@@ -60,16 +60,6 @@ __device__ __forceinline__ unsigned ordered_key(float x) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// hist[digit] += 1 for every lane that wants it, one shared atomic per distinct digit of
-// the warp: scores of one magnitude share their top digit, and a warp's 32 atomics on one
-// address would serialize. All 32 lanes call it.
-__device__ __forceinline__ void warp_histogram_add(int* hist, unsigned digit, bool want) {
-  const unsigned active = __ballot_sync(0xffffffffu, want);
-  if (!want) return;
-  const unsigned peers = __match_any_sync(active, digit);
-  if (static_cast<int>(threadIdx.x % 32) == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
-}
-
 // The score rows one selection reads: block b scores the max over `heads` rows from
 // `first` (every kv head's under LAYER, else one row), rows `stride` floats apart.
 struct ScoreRows {
@@ -96,7 +86,6 @@ __device__ __noinline__ void select_row(const KVView<T>& kv, int seq, int len, c
   __shared__ int hist[256];
   __shared__ unsigned chosen_prefix;
   __shared__ int chosen_remaining;
-  __shared__ int last_block;
   const int n = sequence_blocks(len, kv.block_len);
   const int keep = min(n, counts.total());
   const int tiles = max(1, (n + kSelectTile - 1) / kSelectTile);
@@ -127,7 +116,7 @@ __device__ __noinline__ void select_row(const KVView<T>& kv, int seq, int len, c
       if (tiles > 1) load(t);
 #pragma unroll
       for (int i = 0; i < kSelectItems; ++i) {
-        warp_histogram_add(hist, (key[i] >> shift) & 255u, block_of(t, i) < n && (key[i] & mask) == prefix);
+        if (block_of(t, i) < n && (key[i] & mask) == prefix) atomicAdd(&hist[(key[i] >> shift) & 255u], 1);
       }
     }
     __syncthreads();
@@ -160,10 +149,8 @@ __device__ __noinline__ void select_row(const KVView<T>& kv, int seq, int len, c
   const unsigned threshold = keep > 0 ? prefix : ~0u;
   const int take = remaining;
   const int kept = min(keep, out.max_selected);
-  const int rows_kept = out.sparse.tables != nullptr ? min(keep, out.sparse.max_per_row) : 0;
-  const std::int64_t units = out.sparse.head_units ? head_units_per_block(kv) : 1;
-  const int heads_per_row = rows_per_seq / kv.kv_heads;
-  if (threadIdx.x == 0) last_block = -1;
+  const std::int64_t first_row = static_cast<std::int64_t>(seq) * rows_per_seq + row_begin;
+  std::int32_t* list = out.selected + first_row * out.max_selected;
   int equal_run = 0, kept_run = 0;
   for (int t = 0; t < tiles; ++t) {
     if (tiles > 1) load(t);
@@ -185,34 +172,41 @@ __device__ __noinline__ void select_row(const KVView<T>& kv, int seq, int len, c
     __syncthreads();
 #pragma unroll
     for (int i = 0; i < kSelectItems; ++i) {
-      const int p = kept_run + position[i], b = block_of(t, i);
-      if (!flag[i]) continue;
-      if (p == rows_kept - 1) last_block = b;
-      for (int r = row_begin; r < row_begin + row_count; ++r) {
-        const std::int64_t row = static_cast<std::int64_t>(seq) * rows_per_seq + r;
-        if (p < kept) out.selected[row * out.max_selected + p] = b;
-        if (p < rows_kept) {
-          const int head = r / heads_per_row;
-          const std::int64_t id = kv.block_id(seq, head, b);
-          out.sparse.tables[row * out.sparse.max_per_row + p] =
-              static_cast<std::int32_t>(out.sparse.head_units ? id * units + head : id);
-          if (out.sparse.attended != nullptr) out.sparse.attended[row * out.sparse.max_per_row + p] = b;
-        }
-      }
+      if (flag[i] && kept_run + position[i] < kept) list[kept_run + position[i]] = block_of(t, i);
     }
     equal_run += equal_total;
     kept_run += flag_total;
   }
-  __syncthreads();
+  __syncthreads();  // the list is visible to the whole CTA
+  // the other rows' copies and the sparse rows, one position per thread: their block-table
+  // reads go out together rather than one after another
+  const std::int64_t units = out.sparse.head_units ? head_units_per_block(kv) : 1;
+  const int heads_per_row = rows_per_seq / kv.kv_heads;
+  for (int p = threadIdx.x; p < kept; p += blockDim.x) {
+    const int b = list[p];
+    for (int r = row_begin; r < row_begin + row_count; ++r) {
+      const std::int64_t row = static_cast<std::int64_t>(seq) * rows_per_seq + r;
+      if (r != row_begin) out.selected[row * out.max_selected + p] = b;
+      if (out.sparse.tables != nullptr) {
+        const int head = r / heads_per_row;
+        const std::int64_t id = kv.block_id(seq, head, b);
+        out.sparse.tables[row * out.sparse.max_per_row + p] =
+            static_cast<std::int32_t>(out.sparse.head_units ? id * units + head : id);
+        if (out.sparse.attended != nullptr) out.sparse.attended[row * out.sparse.max_per_row + p] = b;
+      }
+    }
+  }
   if (threadIdx.x == 0) {
+    // check_selection holds sparse rows at least max_selected long, so they keep all `kept`
+    const int last_block = kept > 0 ? list[kept - 1] : 0;
     for (int r = row_begin; r < row_begin + row_count; ++r) {
       const std::int64_t row = static_cast<std::int64_t>(seq) * rows_per_seq + r;
       out.num_selected[row] = kept;
       if (out.blocks_then != nullptr) out.blocks_then[row] = n;
       if (out.sparse.tables != nullptr) {
         out.sparse.lengths[row] =
-            rows_kept > 0 ? (rows_kept - 1) * kv.block_len + block_valid_tokens(len, kv.block_len, last_block) : 0;
-        if (out.sparse.num_attended != nullptr) out.sparse.num_attended[row] = rows_kept;
+            kept > 0 ? (kept - 1) * kv.block_len + block_valid_tokens(len, kv.block_len, last_block) : 0;
+        if (out.sparse.num_attended != nullptr) out.sparse.num_attended[row] = kept;
       }
     }
   }

@@ -19,48 +19,30 @@ struct TokenTiles {
 };
 
 // Issues the loads of the first Stages - 1 tiles: stage(i, slot) copies tile i into
-// pipeline slot `slot`, after fetch(i) has read what it needs (a paged view's block ids,
-// into registers): fetch(i) runs one tile ahead of stage(i), so stage never waits on a
-// load of its own. The CTA may do other work (load its query) before pipeline_run.
-template <int Stages, typename Fetch, typename Stage>
-__device__ __forceinline__ void pipeline_prologue(int tiles, Fetch&& fetch, Stage&& stage) {
+// pipeline slot `slot`. The CTA may do other work (load its query) before pipeline_run.
+template <int Stages, typename Stage>
+__device__ __forceinline__ void pipeline_prologue(int tiles, Stage&& stage) {
 #pragma unroll
   for (int i = 0; i < Stages - 1; ++i) {
-    if (i < tiles) {
-      fetch(i);
-      stage(i, i);
-    }
+    if (i < tiles) stage(i, i);
     async_copy_commit();
   }
-  if (Stages - 1 < tiles) fetch(Stages - 1);
 }
 
 // consume(i, slot) for every tile in order, each once its copy has landed, while later
-// tiles load; the fetch of the tile after the one just staged goes out before consume.
-// The whole CTA calls it; on return the pipeline's shared memory is free.
-template <int Stages, typename Fetch, typename Stage, typename Consume>
-__device__ __forceinline__ void pipeline_run(int tiles, Fetch&& fetch, Stage&& stage, Consume&& consume) {
+// tiles load. The whole CTA calls it; on return the pipeline's shared memory is free.
+template <int Stages, typename Stage, typename Consume>
+__device__ __forceinline__ void pipeline_run(int tiles, Stage&& stage, Consume&& consume) {
   for (int i = 0; i < tiles; ++i) {
     async_copy_wait<Stages - 2>();
     __syncthreads();  // tile i is visible to all; the slot refilled below was consumed by all
     const int ahead = i + Stages - 1;
     if (ahead < tiles) stage(ahead, ahead % Stages);
     async_copy_commit();
-    if (ahead + 1 < tiles) fetch(ahead + 1);
     consume(i, i % Stages);
   }
   async_copy_wait<0>();
   __syncthreads();
-}
-
-// The same without a fetch: stage(i, slot) reads what it needs itself.
-template <int Stages, typename Stage>
-__device__ __forceinline__ void pipeline_prologue(int tiles, Stage&& stage) {
-  pipeline_prologue<Stages>(tiles, [](int) {}, stage);
-}
-template <int Stages, typename Stage, typename Consume>
-__device__ __forceinline__ void pipeline_run(int tiles, Stage&& stage, Consume&& consume) {
-  pipeline_run<Stages>(tiles, [](int) {}, stage, consume);
 }
 
 }  // namespace ekv
