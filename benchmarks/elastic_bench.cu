@@ -4,7 +4,8 @@
 // benchmark; a refreshing elastic step is scoring and selection (one launch) and decode
 // over the selection, a reusing one (between refreshes, ElasticConfig::token_step) a
 // gather and decode. Stages alone: select_us (the fused launch), score_us (scoring only,
-// score_blocks), decode_us (decode over the selection); select_share = select / step. Accuracy: the
+// score_blocks), unfused_select_us (score_blocks then select_blocks, two launches),
+// decode_us (decode over the selection); select_share = select / step. Accuracy: the
 // relative L2 error of elastic O against exact O (both from the GPU), and at batch 1 the
 // attention mass the selection captured (float64, host). Data: random, or random with
 // planted needles (a few blocks per kv head whose keys point along the query).
@@ -66,6 +67,21 @@ void elastic(benchmark::State& state) {
   auto run_scoring = [&](const ekv::Stream& s) {
     ekv::score_blocks<T>(view, q, kQHeads, anchors.data(), config, scratch_scores.data(), device, s);
   };
+  // the same selection in two launches (score_blocks, then select_blocks writing the sparse rows)
+  const int max_selected = policy.counts(blocks).total();
+  const std::size_t rows = static_cast<std::size_t>(batch) * kKvHeads;
+  ekv::DeviceBuffer<std::int32_t> u_selected(rows * max_selected), u_counts(rows), u_then(rows),
+      u_tables(rows * max_selected), u_lengths(rows), u_attended(rows * max_selected), u_num(rows);
+  ekv::SelectionOut unfused_out;
+  unfused_out.selected = u_selected.data();
+  unfused_out.num_selected = u_counts.data();
+  unfused_out.max_selected = max_selected;
+  unfused_out.blocks_then = u_then.data();
+  unfused_out.sparse = {u_tables.data(), u_lengths.data(), max_selected, false, u_attended.data(), u_num.data()};
+  auto run_unfused = [&](const ekv::Stream& s) {
+    run_scoring(s);
+    ekv::select_blocks<T>(view, kQHeads, scratch_scores.data(), policy, unfused_out, s);
+  };
   auto run_decode_selection = [&](const ekv::Stream& s) {
     elastic_step.decode_selection(view, q, o_elastic.data(), lse_elastic.data(), s);
   };
@@ -78,11 +94,12 @@ void elastic(benchmark::State& state) {
   ekv::Graph reuse_graph = ekv::Graph::capture(stream, run_reuse);
   ekv::Graph scoring_graph = ekv::Graph::capture(stream, run_scoring);
   ekv::Graph decode_graph = ekv::Graph::capture(stream, run_decode_selection);
+  ekv::Graph unfused_graph = ekv::Graph::capture(stream, run_unfused);
   ekv::bench::SampleTimer timer(device);
   auto sample = [&](ekv::Graph& graph) { return timer.seconds(stream, [&](const ekv::Stream& s) { graph.launch(s); }); };
   // interleaved: each iteration times an exact step, a refreshing elastic step, the
   // selection alone and a step that reuses the selection
-  std::vector<double> exact_s, elastic_s, selection_s, reuse_s, scoring_s, decode_s;
+  std::vector<double> exact_s, elastic_s, selection_s, reuse_s, scoring_s, decode_s, unfused_s;
   for (auto _ : state) {
     exact_s.push_back(sample(exact_graph));
     elastic_s.push_back(sample(elastic_graph));
@@ -90,6 +107,7 @@ void elastic(benchmark::State& state) {
     reuse_s.push_back(sample(reuse_graph));
     scoring_s.push_back(sample(scoring_graph));
     decode_s.push_back(sample(decode_graph));
+    unfused_s.push_back(sample(unfused_graph));
     state.SetIterationTime(elastic_s.back());
   }
   const double exact_median = ekv::bench::summarize(exact_s).median;
@@ -110,6 +128,7 @@ void elastic(benchmark::State& state) {
   state.counters["select_us"] = selection_median * 1e6;
   state.counters["score_us"] = ekv::bench::summarize(scoring_s).median * 1e6;
   state.counters["decode_us"] = ekv::bench::summarize(decode_s).median * 1e6;
+  state.counters["unfused_select_us"] = ekv::bench::summarize(unfused_s).median * 1e6;
   state.counters["select_share"] = selection_median / elastic_median;
   state.counters["speedup"] = exact_median / elastic_median;
   state.counters["reuse_us"] = reuse_median * 1e6;
