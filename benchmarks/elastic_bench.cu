@@ -1,11 +1,13 @@
 // Elastic against exact decode on the same paged cache: fp16, q_heads 32, kv_heads 8,
 // head_dim 128, blocks of 64 tokens, QUEST anchors (half) with one kv-head selection, one sink
 // and one window block, compression C. Both timed by graph replay on cold L2 in the same
-// benchmark; a refreshing elastic step is scoring and selection (one launch) and decode
-// over the selection, a reusing one (between refreshes, ElasticConfig::token_step) a
-// gather and decode. Stages alone: select_us (the fused launch), score_us (scoring only,
-// score_blocks), unfused_select_us (score_blocks then select_blocks, two launches),
-// decode_us (decode over the selection); select_share = select / step. Accuracy: the
+// benchmark; a refreshing elastic step is scoring, selection, a gather and decode over the
+// gathered blocks, a reusing one (between refreshes, ElasticConfig::token_step) the gather
+// and decode. Stages alone: select_us (ElasticDecode::select: score_blocks, select_blocks),
+// score_us (score_blocks), decode_us (decode over the gathered rows), and the selections
+// that write the sparse rows themselves: rows_select_us (score_blocks, then select_blocks
+// with sparse rows) and fused_select_us (score_and_select_blocks, one launch);
+// select_share = select / step. Accuracy: the
 // relative L2 error of elastic O against exact O (both from the GPU), and at batch 1 the
 // attention mass the selection captured (float64, host). Data: random, or random with
 // planted needles (a few blocks per kv head whose keys point along the query).
@@ -67,7 +69,8 @@ void elastic(benchmark::State& state) {
   auto run_scoring = [&](const ekv::Stream& s) {
     ekv::score_blocks<T>(view, q, kQHeads, anchors.data(), config, scratch_scores.data(), device, s);
   };
-  // the same selection in two launches (score_blocks, then select_blocks writing the sparse rows)
+  // the selection writing the sparse rows itself: in two launches (score_blocks, then
+  // select_blocks with sparse rows) and in one (score_and_select_blocks)
   const int max_selected = policy.counts(blocks).total();
   const std::size_t rows = static_cast<std::size_t>(batch) * kKvHeads;
   ekv::DeviceBuffer<std::int32_t> u_selected(rows * max_selected), u_counts(rows), u_then(rows),
@@ -82,6 +85,12 @@ void elastic(benchmark::State& state) {
     run_scoring(s);
     ekv::select_blocks<T>(view, kQHeads, scratch_scores.data(), policy, unfused_out, s);
   };
+  ekv::DeviceBuffer<int> arrivals(rows);
+  arrivals.fill_bytes(0, stream);
+  auto run_fused = [&](const ekv::Stream& s) {
+    ekv::score_and_select_blocks<T>(view, q, kQHeads, anchors.data(), policy, scratch_scores.data(), arrivals.data(),
+                                    unfused_out, device, s);
+  };
   auto run_decode_selection = [&](const ekv::Stream& s) {
     elastic_step.decode_selection(view, q, o_elastic.data(), lse_elastic.data(), s);
   };
@@ -95,11 +104,12 @@ void elastic(benchmark::State& state) {
   ekv::Graph scoring_graph = ekv::Graph::capture(stream, run_scoring);
   ekv::Graph decode_graph = ekv::Graph::capture(stream, run_decode_selection);
   ekv::Graph unfused_graph = ekv::Graph::capture(stream, run_unfused);
+  ekv::Graph fused_graph = ekv::Graph::capture(stream, run_fused);
   ekv::bench::SampleTimer timer(device);
   auto sample = [&](ekv::Graph& graph) { return timer.seconds(stream, [&](const ekv::Stream& s) { graph.launch(s); }); };
   // interleaved: each iteration times an exact step, a refreshing elastic step, the
   // selection alone and a step that reuses the selection
-  std::vector<double> exact_s, elastic_s, selection_s, reuse_s, scoring_s, decode_s, unfused_s;
+  std::vector<double> exact_s, elastic_s, selection_s, reuse_s, scoring_s, decode_s, unfused_s, fused_s;
   for (auto _ : state) {
     exact_s.push_back(sample(exact_graph));
     elastic_s.push_back(sample(elastic_graph));
@@ -108,6 +118,7 @@ void elastic(benchmark::State& state) {
     scoring_s.push_back(sample(scoring_graph));
     decode_s.push_back(sample(decode_graph));
     unfused_s.push_back(sample(unfused_graph));
+    fused_s.push_back(sample(fused_graph));
     state.SetIterationTime(elastic_s.back());
   }
   const double exact_median = ekv::bench::summarize(exact_s).median;
@@ -128,7 +139,8 @@ void elastic(benchmark::State& state) {
   state.counters["select_us"] = selection_median * 1e6;
   state.counters["score_us"] = ekv::bench::summarize(scoring_s).median * 1e6;
   state.counters["decode_us"] = ekv::bench::summarize(decode_s).median * 1e6;
-  state.counters["unfused_select_us"] = ekv::bench::summarize(unfused_s).median * 1e6;
+  state.counters["rows_select_us"] = ekv::bench::summarize(unfused_s).median * 1e6;
+  state.counters["fused_select_us"] = ekv::bench::summarize(fused_s).median * 1e6;
   state.counters["select_share"] = selection_median / elastic_median;
   state.counters["speedup"] = exact_median / elastic_median;
   state.counters["reuse_us"] = reuse_median * 1e6;

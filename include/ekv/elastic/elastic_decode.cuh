@@ -1,10 +1,11 @@
 #pragma once
 // ElasticDecode: one elastic decode step over a paged cache, sized once. A refreshing step
-// is two launches: score every block from its anchors and select sinks + window + top-k
-// per granule in one kernel, which also writes the block-sparse rows, then exact decode
-// over them (QHEAD scores and selects in two). Steps that do not refresh the selection
-// (ElasticConfig::token_step) gather the last selection plus the blocks appended since,
-// then decode. Every buffer is allocated at construction, so a step never allocates or
+// scores every block from its anchors (score_blocks), selects sinks + window + top-k per
+// granule (select_blocks), gathers the selection into block-sparse rows and runs exact
+// decode over them; steps that do not refresh the selection (ElasticConfig::token_step)
+// gather the last selection plus the blocks appended since, then decode. (The fused
+// score_and_select_blocks, one launch writing the sparse rows itself, measured slower on
+// the H200 at batch 1: RESULTS.md, issue 16.) Every buffer is allocated at construction, so a step never allocates or
 // synchronizes and can be captured in a CUDA Graph (one graph for refreshing steps, one
 // for the others).
 //
@@ -78,10 +79,8 @@ class ElasticDecode {
     num_attended_ = DeviceBuffer<std::int32_t>(rows);
     tables_ = DeviceBuffer<std::int32_t>(rows * max_attended_);
     lengths_ = DeviceBuffer<std::int32_t>(rows);
-    arrivals_ = DeviceBuffer<int>(static_cast<std::size_t>(dense.batch) * dense.kv_heads);
     num_selected_.fill_bytes(0, stream);
     blocks_then_.fill_bytes(0, stream);
-    arrivals_.fill_bytes(0, stream);
     workspace_ = make_decode_workspace(plan_, stream);
   }
   // The same, from its parts: problem.max_seq_len the longest sequence, max_new_tokens
@@ -91,18 +90,13 @@ class ElasticDecode {
       : ElasticDecode(ElasticProblem{problem, block_len, policy, max_new_tokens, fallback}, device, stream) {}
 
   // Decode step `step` (0 at the sequence's first): selects when the config's token_step
-  // says so and attends to that selection, else attends to the last one plus the blocks
-  // appended since. kv: the paged cache (its max_blocks_per_seq covering the planned
+  // says so, then attends to the last selection plus the blocks appended since. kv: the paged cache (its max_blocks_per_seq covering the planned
   // length); anchors current (build_anchors, update_anchors); o and lse as for run_decode.
   // The first step run must refresh (attend() throws otherwise).
   void run(const KVView<T>& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream,
            int step = 0) {
-    if (problem_.policy.config().refreshes_selection(step)) {
-      select(kv, q, anchors, stream);
-      decode_selection(kv, q, o, lse, stream);
-    } else {
-      attend(kv, q, o, lse, stream);
-    }
+    if (problem_.policy.config().refreshes_selection(step)) select(kv, q, anchors, stream);
+    attend(kv, q, o, lse, stream);
   }
   // Layer `layer` of decode step `step`, the layers sharing selections as the config's
   // layer_step and layer_offset say: selects when this layer owns its selection and the
@@ -110,32 +104,17 @@ class ElasticDecode {
   void run_layer(const KVView<T>& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream,
                  int step, int layer) {
     const ElasticConfig& config = problem_.policy.config();
-    if (config.selection_layer(layer) == layer && config.refreshes_selection(step)) {
-      select(kv, q, anchors, stream);
-      decode_selection(kv, q, o, lse, stream);
-    } else {
-      attend(kv, q, o, lse, stream);
-    }
+    if (config.selection_layer(layer) == layer && config.refreshes_selection(step)) select(kv, q, anchors, stream);
+    attend(kv, q, o, lse, stream);
   }
-  // Scores every block and selects (one launch, two for QHEAD), writing the block-sparse
-  // rows of the selection; nothing where the step attends exactly.
+  // Scores every block and selects; nothing where the step attends exactly.
   void select(const KVView<T>& kv, const T* q, const T* anchors, const Stream& stream) {
     check_view(kv, "select");
     selected_once_ = true;
     if (exact_) return;
-    SelectionOut out;
-    out.selected = selected_.data();
-    out.num_selected = num_selected_.data();
-    out.max_selected = max_selected_;
-    out.blocks_then = blocks_then_.data();
-    out.sparse = sparse_rows();
-    if (per_query_) {
-      score_blocks<T>(kv, q, q_heads_, anchors, problem_.policy.config(), scores_.data(), device_, stream);
-      select_blocks<T>(kv, q_heads_, scores_.data(), problem_.policy, out, stream);
-    } else {
-      score_and_select_blocks<T>(kv, q, q_heads_, anchors, problem_.policy, scores_.data(), arrivals_.data(), out,
-                                 device_, stream);
-    }
+    score_blocks<T>(kv, q, q_heads_, anchors, problem_.policy.config(), scores_.data(), device_, stream);
+    select_blocks<T>(kv, q_heads_, scores_.data(), problem_.policy, selected_.data(), num_selected_.data(),
+                     max_selected_, stream, blocks_then_.data());
   }
   // Attention over the last selection plus the blocks appended since: a gather, then
   // decode (exact decode alone where the step attends exactly).
@@ -149,8 +128,8 @@ class ElasticDecode {
     }
     decode_selection(kv, q, o, lse, stream);
   }
-  // Decode over the block-sparse rows as select() or attend() last wrote them (what run
-  // issues right after select: no gather, nothing appended in between).
+  // Decode over the block-sparse rows the last attend() gathered (attend without the gather:
+  // for timing the stages, or a second query over the same blocks).
   void decode_selection(const KVView<T>& kv, const T* q, T* o, float* lse, const Stream& stream) {
     check_view(kv, "decode_selection");
     if (!selected_once_) throw Error("ElasticDecode::decode_selection: no selection yet; the first step must select");
@@ -171,12 +150,12 @@ class ElasticDecode {
   // Elements of T the anchors of a pool of num_pool_blocks blocks hold (build_anchors'
   // layout, T [num_pool_blocks][kv_heads][values]); anchors must be 32-byte aligned.
   std::size_t anchor_elems(std::size_t num_pool_blocks) const { return problem_.anchor_elems(num_pool_blocks); }
-  // Device memory this step owns: scores, selections, sparse rows, counters and decode's
-  // workspace, all allocated at construction.
+  // Device memory this step owns: scores, selections, sparse rows and decode's workspace,
+  // all allocated at construction.
   std::size_t workspace_bytes() const {
     return scores_.size_bytes() + selected_.size_bytes() + num_selected_.size_bytes() + blocks_then_.size_bytes() +
            attended_.size_bytes() + num_attended_.size_bytes() + tables_.size_bytes() + lengths_.size_bytes() +
-           arrivals_.size_bytes() + workspace_.size_bytes();
+           workspace_.size_bytes();
   }
   // The counts at the planned length; a shorter sequence's come from the policy at its own.
   const BlockCounts& counts() const { return counts_; }
@@ -225,7 +204,6 @@ class ElasticDecode {
   DecodePlan plan_;
   DeviceBuffer<float> scores_;
   DeviceBuffer<std::int32_t> selected_, num_selected_, blocks_then_, attended_, num_attended_, tables_, lengths_;
-  DeviceBuffer<int> arrivals_;
   DeviceBuffer<unsigned char> workspace_;
 };
 

@@ -39,6 +39,11 @@ inline constexpr int kSelectThreads = 256;
 // are selected from registers, a longer sequence in tiles of that many.
 inline constexpr int kSelectItems = 16;
 inline constexpr int kSelectTile = kSelectThreads * kSelectItems;
+// Blocks per thread of the lists-only selection (select_lists_kernel): the fewest that hold
+// a sequence's blocks, up to one tile (the radix select's passes cost in items).
+inline constexpr int kSelectItemCounts[] = {1, 2, 4, 8, 16};
+static_assert(kSelectThreads * kSelectItemCounts[sizeof(kSelectItemCounts) / sizeof(int) - 1] == kSelectTile,
+              "the lists-only selection covers one tile");
 
 // Where a selection goes: the logical lists [batch][rows][max_selected] ascending and their
 // counts [batch][rows]; blocks_then [batch][rows], if given, the blocks each sequence had
@@ -58,6 +63,48 @@ namespace detail {
 __device__ __forceinline__ unsigned ordered_key(float x) {
   const unsigned u = __float_as_uint(x);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Warp 0 of a radix select: from the 256-bin histogram of the keys that match `prefix`,
+// the digit at `shift` of the remaining-th largest of them; writes the prefix extended by
+// it and how many keys of that digit still belong to the largest.
+__device__ __forceinline__ void choose_digit(const int* hist, unsigned prefix, int shift, int remaining,
+                                             unsigned& chosen_prefix, int& chosen_remaining) {
+  const int lane = threadIdx.x % 32;
+  // lane l holds digits 8l .. 8l + 7; its suffix sum counts the keys of digits >= 8l, so
+  // exactly one lane has suffix >= remaining > suffix - mine
+  int mine = 0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) mine += hist[lane * 8 + j];
+  int suffix = mine;
+#pragma unroll
+  for (int off = 1; off < 32; off *= 2) {
+    const int higher = __shfl_down_sync(0xffffffffu, suffix, off);
+    if (lane + off < 32) suffix += higher;
+  }
+  int cum = suffix - mine;
+  if (cum < remaining && suffix >= remaining) {
+    int digit = lane * 8 + 7;
+    while (cum + hist[digit] < remaining) cum += hist[digit--];
+    chosen_prefix = prefix | static_cast<unsigned>(digit) << shift;
+    chosen_remaining = remaining - cum;
+  }
+}
+
+// One pass of a radix select, the whole CTA: fill() adds the keys that match `prefix` to
+// hist by their digit at `shift`; then prefix, mask and remaining move to the chosen digit.
+template <typename Fill>
+__device__ __forceinline__ void radix_pass(int* hist, int shift, unsigned& prefix, unsigned& mask, int& remaining,
+                                           unsigned& chosen_prefix, int& chosen_remaining, Fill&& fill) {
+  for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
+  __syncthreads();
+  fill();
+  __syncthreads();
+  if (threadIdx.x < 32) choose_digit(hist, prefix, shift, remaining, chosen_prefix, chosen_remaining);
+  __syncthreads();
+  prefix = chosen_prefix;
+  remaining = chosen_remaining;
+  mask |= 255u << shift;
 }
 
 // The score rows one selection reads: block b scores the max over `heads` rows from
@@ -148,40 +195,15 @@ __device__ __noinline__ void select_row(const KVView<T>& kv, int seq, int len, c
   int remaining = picks;
   for (int shift = top - 7; picks > 0 && shift > -8; shift -= 8) {
     const int s = max(shift, 0);  // a last digit below bit 0 overlaps bits already fixed
-    for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
-    __syncthreads();
-    for (int t = 0; t < tiles; ++t) {
-      if (tiles > 1) load(t);
+    radix_pass(hist, s, prefix, mask, remaining, chosen_prefix, chosen_remaining, [&] {
+      for (int t = 0; t < tiles; ++t) {
+        if (tiles > 1) load(t);
 #pragma unroll
-      for (int i = 0; i < kSelectItems; ++i) {
-        if (candidate(block_of(t, i)) && (key[i] & mask) == prefix) atomicAdd(&hist[(key[i] >> s) & 255u], 1);
+        for (int i = 0; i < kSelectItems; ++i) {
+          if (candidate(block_of(t, i)) && (key[i] & mask) == prefix) atomicAdd(&hist[(key[i] >> s) & 255u], 1);
+        }
       }
-    }
-    __syncthreads();
-    if (threadIdx.x < 32) {
-      // lane l holds digits 8l .. 8l + 7; its suffix sum counts the keys of digits >= 8l,
-      // so exactly one lane has suffix >= remaining > suffix - mine
-      int mine = 0;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) mine += hist[lane * 8 + j];
-      int suffix = mine;
-#pragma unroll
-      for (int off = 1; off < 32; off *= 2) {
-        const int higher = __shfl_down_sync(0xffffffffu, suffix, off);
-        if (lane + off < 32) suffix += higher;
-      }
-      int cum = suffix - mine;
-      if (cum < remaining && suffix >= remaining) {
-        int digit = lane * 8 + 7;
-        while (cum + hist[digit] < remaining) cum += hist[digit--];
-        chosen_prefix = prefix | static_cast<unsigned>(digit) << s;
-        chosen_remaining = remaining - cum;
-      }
-    }
-    __syncthreads();
-    prefix = chosen_prefix;
-    remaining = chosen_remaining;
-    mask |= 255u << s;
+    });
   }
   // candidates above the threshold are kept, and the first `take` equal to it
   const unsigned threshold = prefix;
@@ -250,6 +272,91 @@ __device__ __noinline__ void select_row(const KVView<T>& kv, int seq, int len, c
     }
   }
 }
+
+// The k-th largest of the CTA's keys (1 <= k <= the number of keys), by radix select
+// over 8-bit digits from the top: returns it and, through `take`, how many of the keys
+// equal to it belong to the k largest.
+template <int Items>
+__device__ unsigned kth_largest(const unsigned (&key)[Items], int k, int& take) {
+  __shared__ int hist[256];
+  __shared__ unsigned chosen_prefix;
+  __shared__ int chosen_remaining;
+  unsigned prefix = 0, mask = 0;
+  int remaining = k;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    radix_pass(hist, shift, prefix, mask, remaining, chosen_prefix, chosen_remaining, [&] {
+#pragma unroll
+      for (int i = 0; i < Items; ++i) {
+        if ((key[i] & mask) == prefix) atomicAdd(&hist[(key[i] >> shift) & 255], 1);
+      }
+    });
+  }
+  take = remaining;
+  return prefix;
+}
+
+// The lists alone, for sequences of up to kSelectTile blocks, keys in registers at the
+// fewest items per thread that hold them (Items). CTA (granule, seq): sinks and window get
+// the top key so they rank first, the rest their score (the max over kv heads for LAYER; NaN as -inf); the keep largest are
+// flagged, equal scores to the lower block, and a scan over the flags writes them in
+// ascending block order. rows: score and selection rows per sequence (q_heads for
+// QHEAD, else kv_heads).
+template <typename T, int Items>
+__global__ void __launch_bounds__(kSelectThreads)
+    select_lists_kernel(const KVView<T> kv, const float* scores, int rows, bool layer, ElasticPolicy policy,
+                         std::int32_t* selected, std::int32_t* num_selected, int max_selected,
+                         std::int32_t* blocks_then) {
+  using Scan = cub::BlockScan<int, kSelectThreads>;
+  __shared__ typename Scan::TempStorage scan;
+  const int seq = blockIdx.y, granule = blockIdx.x;
+  const int len = min(kv.length(seq, layer ? 0 : granule / (rows / kv.kv_heads)), kv.capacity());
+  const int n = sequence_blocks(len, kv.block_len);
+  const BlockCounts counts = policy.counts(n);
+  const int keep = min(n, counts.total());
+  unsigned key[Items];  // blocked: thread t holds blocks t * Items .. + Items - 1
+#pragma unroll
+  for (int i = 0; i < Items; ++i) {
+    const int b = threadIdx.x * Items + i;
+    float s = -INFINITY;
+    if (b < n) {
+      const int heads = layer ? rows : 1;
+      for (int h = 0; h < heads; ++h) {
+        const int row = layer ? h : granule;
+        s = fmaxf(s, scores[(static_cast<std::int64_t>(seq) * rows + row) * kv.max_blocks_per_seq + b]);
+      }
+      s = isnan(s) ? -INFINITY : s + 0.0f;  // -0.0 and +0.0 are one score, as in the reference
+    }
+    const bool always = b < counts.init || b >= n - counts.local;
+    // 0 lies below every score's key, ~0u above (+inf's is 0xff800000)
+    key[i] = b >= n ? 0u : always ? ~0u : ordered_key(s);
+  }
+  int take = 0;
+  const unsigned threshold = keep > 0 ? kth_largest<Items>(key, keep, take) : ~0u;
+  // among keys equal to the threshold, the lowest blocks first
+  int equal[Items], equal_before[Items];
+#pragma unroll
+  for (int i = 0; i < Items; ++i) equal[i] = keep > 0 && key[i] == threshold;
+  Scan(scan).ExclusiveSum(equal, equal_before);
+  __syncthreads();
+  int flag[Items], position[Items];
+#pragma unroll
+  for (int i = 0; i < Items; ++i) {
+    flag[i] = keep > 0 && (key[i] > threshold || (equal[i] && equal_before[i] < take));
+  }
+  Scan(scan).ExclusiveSum(flag, position);
+  for (int r = 0; r < (layer ? rows : 1); ++r) {
+    const std::int64_t row = static_cast<std::int64_t>(seq) * rows + (layer ? r : granule);
+#pragma unroll
+    for (int i = 0; i < Items; ++i) {
+      if (flag[i] && position[i] < max_selected) selected[row * max_selected + position[i]] = threadIdx.x * Items + i;
+    }
+    if (threadIdx.x == 0) {
+      num_selected[row] = min(keep, max_selected);
+      if (blocks_then != nullptr) blocks_then[row] = n;
+    }
+  }
+}
+
 
 // CTA (granule, seq) of the standalone selection; rows: score and selection rows per
 // sequence (q_heads for QHEAD, else kv_heads).
@@ -485,8 +592,18 @@ void select_blocks(const KVView<T>& kv, int q_heads, const float* scores, const 
   const ElasticConfig& config = policy.config();
   const int rows = config.retrieval == RetrievalType::kQHead ? q_heads : kv.kv_heads;
   const bool layer = config.retrieval == RetrievalType::kLayer;
-  detail::select_blocks_kernel<T><<<dim3(layer ? 1 : rows, kv.batch), kSelectThreads, 0, stream.get()>>>(
-      kv, scores, rows, layer, policy, out);
+  const dim3 grid(layer ? 1 : rows, kv.batch);
+  if (out.sparse.tables == nullptr && kv.max_blocks_per_seq <= kSelectTile) {
+    // lists alone, up to one tile: keys in registers at the fewest items per thread
+    int items = 1;
+    while (items * kSelectThreads < kv.max_blocks_per_seq) items *= 2;
+    dispatch<kSelectItemCounts>("items", "select_blocks", items, [&](auto n) {
+      detail::select_lists_kernel<T, decltype(n)::value><<<grid, kSelectThreads, 0, stream.get()>>>(
+          kv, scores, rows, layer, policy, out.selected, out.num_selected, out.max_selected, out.blocks_then);
+    });
+  } else {
+    detail::select_blocks_kernel<T><<<grid, kSelectThreads, 0, stream.get()>>>(kv, scores, rows, layer, policy, out);
+  }
   check_launch("select_blocks", stream.get());
 }
 
