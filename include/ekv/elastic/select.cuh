@@ -117,14 +117,15 @@ struct ScoreRows {
 };
 
 // The whole CTA (kSelectThreads threads) selects one granule of sequence `seq` (len
-// tokens, counts from the policy at its blocks): the sinks and the window, and of the other
-// blocks the largest by score (NaN as -inf, -0 as +0), equal scores to the lower block, by
-// a radix select of the picks-th largest key over 8-bit digits from the candidates' highest
-// differing bit down, then CUB scans write them ascending. Blocks come in tiles of
+// tokens, counts from the policy at its blocks): sinks and window get the top key so they
+// rank first, the rest their score (NaN as -inf, -0 as +0); the keep largest are kept,
+// equal scores to the lower block, by a radix select of the keep-th largest key over 8-bit
+// digits from the top, then CUB scans write them ascending. Blocks come in tiles of
 // kSelectTile, thread t holding kSelectItems consecutive ones of each; one tile stays in
 // registers, more are re-read (from L2) on every pass, so any length is selected. Output
 // rows row_begin .. + row_count of the sequence's rows_per_seq all get the list, each with
-// its own kv head's pool blocks in out.sparse.
+// its own kv head's pool blocks in out.sparse. (Starting the passes below the keys' common
+// prefix, and warp-aggregated histograms, measured slower on the H200: RESULTS.md.)
 template <typename T>
 __device__ __noinline__ void select_row(const KVView<T>& kv, int seq, int len, const BlockCounts& counts, const ScoreRows& in,
                            const SelectionOut& out, int rows_per_seq, int row_begin, int row_count) {
@@ -133,81 +134,42 @@ __device__ __noinline__ void select_row(const KVView<T>& kv, int seq, int len, c
   __shared__ int hist[256];
   __shared__ unsigned chosen_prefix;
   __shared__ int chosen_remaining;
-  __shared__ unsigned key_lo, key_hi;
   const int n = sequence_blocks(len, kv.block_len);
   const int keep = min(n, counts.total());
-  // sinks and window are kept whatever their scores (policy.counts keeps them apart and
-  // within the blocks); the radix select picks the rest among the other blocks
-  const int picks = keep - min(keep, counts.init + counts.local);
   const int tiles = max(1, (n + kSelectTile - 1) / kSelectTile);
-  const int lane = threadIdx.x % 32;
   unsigned key[kSelectItems];
   const auto block_of = [&](int t, int i) { return t * kSelectTile + static_cast<int>(threadIdx.x) * kSelectItems + i; };
-  const auto always = [&](int b) { return b < counts.init || b >= n - counts.local; };
-  const auto candidate = [&](int b) { return b < n && !always(b); };
   const auto load = [&](int t) {
 #pragma unroll
     for (int i = 0; i < kSelectItems; ++i) {
       const int b = block_of(t, i);
       float s = -INFINITY;
-      if (candidate(b)) {
+      if (b < n) {
         for (int h = 0; h < in.heads; ++h) s = fmaxf(s, __ldcg(in.scores + (in.first + h) * in.stride + b));
         s = isnan(s) ? -INFINITY : s + 0.0f;  // -0.0 and +0.0 are one score, as in the reference
       }
-      key[i] = ordered_key(s);
+      const bool always = b < counts.init || b >= n - counts.local;
+      // 0 lies below every score's key, ~0u above (+inf's is 0xff800000)
+      key[i] = b >= n ? 0u : always ? ~0u : ordered_key(s);
     }
   };
   if (tiles == 1) load(0);
-  // the candidates' keys share their top bits (scores of one magnitude share sign and most
-  // of the exponent): the radix passes start below the common prefix, so that the first
-  // histogram spreads over its bins instead of piling into one shared-memory atomic
   unsigned prefix = 0, mask = 0;
-  int top = 31;  // the highest bit where candidates differ
-  if (picks > 0) {
-    if (threadIdx.x == 0) {
-      key_lo = ~0u;
-      key_hi = 0u;
-    }
-    __syncthreads();
-    unsigned lo = ~0u, hi = 0u;
-    for (int t = 0; t < tiles; ++t) {
-      if (tiles > 1) load(t);
-#pragma unroll
-      for (int i = 0; i < kSelectItems; ++i) {
-        if (candidate(block_of(t, i))) {
-          lo = min(lo, key[i]);
-          hi = max(hi, key[i]);
-        }
-      }
-    }
-    lo = __reduce_min_sync(0xffffffffu, lo);
-    hi = __reduce_max_sync(0xffffffffu, hi);
-    if (lane == 0) {
-      atomicMin(&key_lo, lo);
-      atomicMax(&key_hi, hi);
-    }
-    __syncthreads();
-    const unsigned differ = key_lo ^ key_hi;
-    top = differ == 0 ? 0 : 31 - __clz(differ);
-    mask = top == 31 ? 0u : ~((2u << top) - 1u);
-    prefix = key_hi & mask;
-  }
-  int remaining = picks;
-  for (int shift = top - 7; picks > 0 && shift > -8; shift -= 8) {
-    const int s = max(shift, 0);  // a last digit below bit 0 overlaps bits already fixed
-    radix_pass(hist, s, prefix, mask, remaining, chosen_prefix, chosen_remaining, [&] {
+  int remaining = keep;
+  for (int shift = 24; keep > 0 && shift >= 0; shift -= 8) {
+    radix_pass(hist, shift, prefix, mask, remaining, chosen_prefix, chosen_remaining, [&] {
       for (int t = 0; t < tiles; ++t) {
         if (tiles > 1) load(t);
 #pragma unroll
         for (int i = 0; i < kSelectItems; ++i) {
-          if (candidate(block_of(t, i)) && (key[i] & mask) == prefix) atomicAdd(&hist[(key[i] >> s) & 255u], 1);
+          if (block_of(t, i) < n && (key[i] & mask) == prefix) atomicAdd(&hist[(key[i] >> shift) & 255u], 1);
         }
       }
     });
   }
-  // candidates above the threshold are kept, and the first `take` equal to it
-  const unsigned threshold = prefix;
-  const int take = picks > 0 ? remaining : 0;
+  // keys above the threshold are kept, and the first `take` equal to it
+  const unsigned threshold = keep > 0 ? prefix : ~0u;
+  const int take = remaining;
   const int kept = min(keep, out.max_selected);
   const std::int64_t first_row = static_cast<std::int64_t>(seq) * rows_per_seq + row_begin;
   std::int32_t* list = out.selected + first_row * out.max_selected;
@@ -220,14 +182,13 @@ __device__ __noinline__ void select_row(const KVView<T>& kv, int seq, int len, c
     int flag[kSelectItems], position[kSelectItems];
     int equal_total = 0, flag_total = 0;
 #pragma unroll
-    for (int i = 0; i < kSelectItems; ++i) flag[i] = picks > 0 && candidate(block_of(t, i)) && key[i] == threshold;
+    for (int i = 0; i < kSelectItems; ++i) flag[i] = keep > 0 && block_of(t, i) < n && key[i] == threshold;
     Scan(scan).ExclusiveSum(flag, position, equal_total);
     __syncthreads();
 #pragma unroll
     for (int i = 0; i < kSelectItems; ++i) {
-      const int b = block_of(t, i);
-      flag[i] = keep > 0 && b < n &&
-                (always(b) || (picks > 0 && (key[i] > threshold || (flag[i] && equal_run + position[i] < take))));
+      flag[i] = keep > 0 && block_of(t, i) < n &&
+                (key[i] > threshold || (flag[i] && equal_run + position[i] < take));
     }
     Scan(scan).ExclusiveSum(flag, position, flag_total);
     __syncthreads();
