@@ -222,7 +222,8 @@ void add_read_reduce(ReadCeiling& c, const DeviceBuffer<float>& src, const Devic
   const std::size_t tiles = n * sizeof(float) / (static_cast<std::size_t>(CtaThreads) * Unroll * 16);
   const int wave = read_reduce_ctas<float, CtaThreads, Unroll>(device, n);
   for (const bool persistent : {true, false}) {
-    const int grid = persistent ? wave : static_cast<int>(std::min<std::size_t>(std::max<std::size_t>(tiles, 1), 1u << 30));
+    const int grid =
+        persistent ? wave : static_cast<int>(std::min<std::size_t>(std::max<std::size_t>(tiles, 1), 1u << 30));
     DeviceBuffer<float> partials(static_cast<std::size_t>(grid));
     const Stats st = summarize(time_ms(stream, [&](const Stream& s) {
       read_reduce<float, CtaThreads, Unroll>(src.span(), partials.span(), s);

@@ -42,7 +42,8 @@ TEST_CASE("supports accepts a Llama-shaped problem and names the first unsupport
   CHECK(why([](auto& p) {
           p.block_len = 1;
           p.decode.max_seq_len = (1 << 20) + 1;
-        }) == "blocks per sequence 1048577 not supported by GPU selection; supported: up to 1048576 (use longer blocks)");
+        }) == "blocks per sequence 1048577 not supported by GPU selection; supported: up to 1048576 "
+              "(use longer blocks)");
   CHECK(why([](auto& p) {
           ekv::ElasticConfig c;
           c.anchor = ekv::AnchorKind::kDynamic;

@@ -34,7 +34,9 @@ struct SelectionBuffers {
   SelectionBuffers(std::size_t rows, int max, const ekv::Stream& stream)
       : selected(rows * max), counts(rows), then(rows), tables(rows * max), lengths(rows), attended(rows * max),
         num_attended(rows), max_selected(max) {
-    for (auto* b : {&selected, &counts, &then, &tables, &lengths, &attended, &num_attended}) b->fill_bytes(0xA5, stream);
+    for (auto* b : {&selected, &counts, &then, &tables, &lengths, &attended, &num_attended}) {
+      b->fill_bytes(0xA5, stream);
+    }
   }
   ekv::SelectionOut out(bool head_units) {
     ekv::SelectionOut o;
@@ -81,7 +83,8 @@ void check_selection(ekv::RetrievalType retrieval, const ekv::test::CacheShape& 
   const std::size_t all_rows = static_cast<std::size_t>(shape.batch()) * rows;
   const int max_blocks = cache.blocks_per_seq;
   const int max_selected = policy.counts(max_blocks).total();
-  ekv::DeviceBuffer<T> anchors(cache.table.size() * shape.kv_heads * ekv::anchor_values(config.anchor, 1, shape.head_dim));
+  const int values = ekv::anchor_values(config.anchor, 1, shape.head_dim);
+  ekv::DeviceBuffer<T> anchors(cache.table.size() * shape.kv_heads * values);
   ekv::build_anchors<T>(view, anchors.data(), config, stream);
   const ekv::DeviceInfo device = ekv::DeviceInfo::current();
 
@@ -92,10 +95,11 @@ void check_selection(ekv::RetrievalType retrieval, const ekv::test::CacheShape& 
   ekv::score_blocks<T>(view, dev.q.data(), shape.q_heads(), anchors.data(), config, scores.data(), device, stream);
   ekv::select_blocks<T>(view, shape.q_heads(), scores.data(), policy, two.out(qhead), stream);
   // the gather of the two-launch lists: what the sparse rows must equal
-  ekv::DeviceBuffer<std::int32_t> g_tables(all_rows * max_selected), g_lengths(all_rows), g_att(all_rows * max_selected),
-      g_num(all_rows);
+  ekv::DeviceBuffer<std::int32_t> g_tables(all_rows * max_selected), g_lengths(all_rows),
+      g_att(all_rows * max_selected), g_num(all_rows);
   ekv::gather_selection<T>(view, {two.selected.data(), two.counts.data(), max_selected, rows, two.then.data()},
-                           {g_tables.data(), g_lengths.data(), max_selected, qhead, g_att.data(), g_num.data()}, stream);
+                           {g_tables.data(), g_lengths.data(), max_selected, qhead, g_att.data(), g_num.data()},
+                           stream);
   // one launch, twice (the counters must be left at zero for the next call)
   SelectionBuffers fused(all_rows, max_selected, stream);
   ekv::DeviceBuffer<float> fused_scores(all_rows * max_blocks);

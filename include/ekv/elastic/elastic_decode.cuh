@@ -5,9 +5,9 @@
 // decode over them; steps that do not refresh the selection (ElasticConfig::token_step)
 // gather the last selection plus the blocks appended since, then decode. (The fused
 // score_and_select_blocks, one launch writing the sparse rows itself, measured slower on
-// the H200 at batch 1: RESULTS.md, issue 16.) Every buffer is allocated at construction, so a step never allocates or
-// synchronizes and can be captured in a CUDA Graph (one graph for refreshing steps, one
-// for the others).
+// the H200 at batch 1: RESULTS.md, issue 16.) Every buffer is allocated at construction,
+// so a step never allocates or synchronizes and can be captured in a CUDA Graph (one graph
+// for refreshing steps, one for the others).
 //
 // Where elastic attention cannot pay (ElasticProblem::attends_exactly: the budget covers
 // most blocks, or skips fewer bytes than selection costs), the step attends exactly, with
@@ -90,8 +90,9 @@ class ElasticDecode {
       : ElasticDecode(ElasticProblem{problem, block_len, policy, max_new_tokens, fallback}, device, stream) {}
 
   // Decode step `step` (0 at the sequence's first): selects when the config's token_step
-  // says so, then attends to the last selection plus the blocks appended since. kv: the paged cache (its max_blocks_per_seq covering the planned
-  // length); anchors current (build_anchors, update_anchors); o and lse as for run_decode.
+  // says so, then attends to the last selection plus the blocks appended since. kv: the
+  // paged cache (its max_blocks_per_seq covering the planned length); anchors current
+  // (build_anchors, update_anchors); o and lse as for run_decode.
   // The first step run must refresh (attend() throws otherwise).
   void run(const KVView<T>& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream,
            int step = 0) {

@@ -127,8 +127,9 @@ struct ScoreRows {
 // its own kv head's pool blocks in out.sparse. (Starting the passes below the keys' common
 // prefix, and warp-aggregated histograms, measured slower on the H200: RESULTS.md.)
 template <typename T>
-__device__ __noinline__ void select_row(const KVView<T>& kv, int seq, int len, const BlockCounts& counts, const ScoreRows& in,
-                           const SelectionOut& out, int rows_per_seq, int row_begin, int row_count) {
+__device__ __noinline__ void select_row(const KVView<T>& kv, int seq, int len, const BlockCounts& counts,
+                                        const ScoreRows& in, const SelectionOut& out, int rows_per_seq, int row_begin,
+                                        int row_count) {
   using Scan = cub::BlockScan<int, kSelectThreads>;
   __shared__ typename Scan::TempStorage scan;
   __shared__ int hist[256];
@@ -138,7 +139,9 @@ __device__ __noinline__ void select_row(const KVView<T>& kv, int seq, int len, c
   const int keep = min(n, counts.total());
   const int tiles = max(1, (n + kSelectTile - 1) / kSelectTile);
   unsigned key[kSelectItems];
-  const auto block_of = [&](int t, int i) { return t * kSelectTile + static_cast<int>(threadIdx.x) * kSelectItems + i; };
+  const auto block_of = [&](int t, int i) {
+    return t * kSelectTile + static_cast<int>(threadIdx.x) * kSelectItems + i;
+  };
   const auto load = [&](int t) {
 #pragma unroll
     for (int i = 0; i < kSelectItems; ++i) {
@@ -258,9 +261,9 @@ __device__ unsigned kth_largest(const unsigned (&key)[Items], int k, int& take) 
 
 // The lists alone, for sequences of up to kSelectTile blocks, keys in registers at the
 // fewest items per thread that hold them (Items). CTA (granule, seq): sinks and window get
-// the top key so they rank first, the rest their score (the max over kv heads for LAYER; NaN as -inf); the keep largest are
-// flagged, equal scores to the lower block, and a scan over the flags writes them in
-// ascending block order. rows: score and selection rows per sequence (q_heads for
+// the top key so they rank first, the rest their score (the max over kv heads for LAYER;
+// NaN as -inf); the keep largest are flagged, equal scores to the lower block, and a scan
+// over the flags writes them in ascending block order. rows: score and selection rows per sequence (q_heads for
 // QHEAD, else kv_heads).
 template <typename T, int Items>
 __global__ void __launch_bounds__(kSelectThreads)
@@ -506,8 +509,12 @@ void launch_score_blocks(const KVView<T>& kv, const T* q, int q_heads, const T* 
 template <typename T>
 void check_selection(const KVView<T>& kv, int q_heads, const ElasticPolicy& policy, const SelectionOut& out,
                      const char* what) {
-  if (Support s = select_supported(kv.max_blocks_per_seq, kv.head_dim); !s) throw Error(std::string(what) + ": " + s.why);
-  if (kv.block_table == nullptr || !kv.has_lengths()) throw Error(std::string(what) + ": needs a paged view with lengths");
+  if (Support s = select_supported(kv.max_blocks_per_seq, kv.head_dim); !s) {
+    throw Error(std::string(what) + ": " + s.why);
+  }
+  if (kv.block_table == nullptr || !kv.has_lengths()) {
+    throw Error(std::string(what) + ": needs a paged view with lengths");
+  }
   if (kv.kv_heads < 1 || q_heads < kv.kv_heads || q_heads % kv.kv_heads != 0) {
     throw Error(std::string(what) + ": q_heads=" + std::to_string(q_heads) + " must be a multiple of kv_heads=" +
                 std::to_string(kv.kv_heads));
