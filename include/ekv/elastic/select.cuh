@@ -125,11 +125,13 @@ struct ScoreRows {
 // registers, more are re-read (from L2) on every pass, so any length is selected. Output
 // rows row_begin .. + row_count of the sequence's rows_per_seq all get the list, each with
 // its own kv head's pool blocks in out.sparse. (Starting the passes below the keys' common
-// prefix, and warp-aggregated histograms, measured slower on the H200: RESULTS.md.)
+// prefix, and warp-aggregated histograms, measured slower on the H200: RESULTS.md.) Inlined:
+// as a __noinline__ call its key, flag and position arrays lived in local memory (442 local
+// loads and stores in the PTX, none inlined), the likely cause of its measured slowness.
 template <typename T>
-__device__ __noinline__ void select_row(const KVView<T>& kv, int seq, int len, const BlockCounts& counts,
-                                        const ScoreRows& in, const SelectionOut& out, int rows_per_seq, int row_begin,
-                                        int row_count) {
+__device__ __forceinline__ void select_row(const KVView<T>& kv, int seq, int len, const BlockCounts& counts,
+                                           const ScoreRows& in, const SelectionOut& out, int rows_per_seq,
+                                           int row_begin, int row_count) {
   using Scan = cub::BlockScan<int, kSelectThreads>;
   __shared__ typename Scan::TempStorage scan;
   __shared__ int hist[256];
