@@ -117,7 +117,8 @@ class KVCache {
   // attn_lse device float [batch][q_head_num]. pick_block_num < 0: exact (every block);
   // otherwise elastic with init_block_num sinks, local_block_num window and pick_block_num
   // blocks by score, per retrieval_type, token_step and layer_step (a layer that shares
-  // attends after the layer that selects, in the same step).
+  // attends after the layer that selects, in the same step), or exact where that budget
+  // cannot pay at the batch's longest sequence (set_exact_fallback; last_attn_exact()).
   void attn(const TensorView& q, const TensorView& output, const TensorView& attn_lse, int layer_idx,
             int generate_token_idx, const Stream& stream, int pick_block_num = -1, int init_block_num = 1,
             int local_block_num = 1) {
