@@ -124,11 +124,8 @@ BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
     const bool refresh = config.refreshes_selection(v);
     elastic_steps.emplace_back(stream, [&, v, refresh](const Stream& s) {
       append_and_update(s, v);
-      if (refresh) {
-        elastic.run(kv, cache.q.data(), anchors.data(), elastic_o.data(), elastic_lse.data(), s);
-      } else {
-        elastic.attend(kv, cache.q.data(), elastic_o.data(), elastic_lse.data(), s);
-      }
+      if (refresh) elastic.select(kv, cache.q.data(), anchors.data(), s);
+      elastic.attend(kv, cache.q.data(), elastic_o.data(), elastic_lse.data(), s);
     }, o.graphs);
   }
 
@@ -197,7 +194,7 @@ BenchReport run_gpu_bench(const BenchOptions& o, std::ostream& progress) {
   r.notes.push_back(elastic.attends_exactly()
                         ? "GPU elastic: ElasticDecode attends exactly at this shape (its budget cannot pay for "
                           "selection); --no-fallback times the elastic path"
-                        : "GPU elastic: anchors, scoring and selection in one launch, then block-sparse decode "
+                        : "GPU elastic: anchors, scoring, selection and block-sparse decode on the GPU "
                           "(ElasticDecode)");
   r.notes.push_back("timing: every step cold, L2 evicted before each step outside its CUDA-event interval");
   if (has_roofs(r.ceilings) && r.exact.work.bytes / r.exact.step_s.median > r.ceilings.read_bytes_per_s) {

@@ -127,21 +127,14 @@ class ElasticDecode {
                                     blocks_then_.data()};
       gather_selection<T>(kv, selection, sparse_rows(), stream);
     }
-    decode_selection(kv, q, o, lse, stream);
+    decode_rows(kv, q, o, lse, stream);
   }
   // Decode over the block-sparse rows the last attend() gathered (attend without the gather:
   // for timing the stages, or a second query over the same blocks).
   void decode_selection(const KVView<T>& kv, const T* q, T* o, float* lse, const Stream& stream) {
     check_view(kv, "decode_selection");
     if (!selected_once_) throw Error("ElasticDecode::decode_selection: no selection yet; the first step must select");
-    if (exact_) {
-      run_decode<T>(plan_, kv, q, o, lse, workspace_.data(), stream);
-      return;
-    }
-    const KVView<T> sparse = per_query_
-                                 ? qhead_sparse_view<T>(kv, q_heads_, tables_.data(), lengths_.data(), max_attended_)
-                                 : block_sparse_view<T>(kv, tables_.data(), lengths_.data(), max_attended_);
-    run_decode<T>(plan_, sparse, q, o, lse, workspace_.data(), stream);
+    decode_rows(kv, q, o, lse, stream);
   }
 
   const ElasticProblem& problem() const { return problem_; }
@@ -177,6 +170,17 @@ class ElasticDecode {
   }
 
  private:
+  // Exact decode over the whole cache, or over the sparse rows (no checks: callers made them).
+  void decode_rows(const KVView<T>& kv, const T* q, T* o, float* lse, const Stream& stream) {
+    if (exact_) {
+      run_decode<T>(plan_, kv, q, o, lse, workspace_.data(), stream);
+      return;
+    }
+    const KVView<T> sparse = per_query_
+                                 ? qhead_sparse_view<T>(kv, q_heads_, tables_.data(), lengths_.data(), max_attended_)
+                                 : block_sparse_view<T>(kv, tables_.data(), lengths_.data(), max_attended_);
+    run_decode<T>(plan_, sparse, q, o, lse, workspace_.data(), stream);
+  }
   SparseRows sparse_rows() {
     return {tables_.data(), lengths_.data(), max_attended_, per_query_, attended_.data(), num_attended_.data()};
   }
