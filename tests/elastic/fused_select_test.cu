@@ -285,3 +285,34 @@ TEST_CASE("ElasticDecode attends exactly where its budget cannot pay, and says s
   broad.policy = ekv::ElasticPolicy(config, ekv::ElasticBudget::ratio(1.2));  // covers 83% of the blocks
   CHECK(broad.attends_exactly());
 }
+
+TEST_CASE("the fused and row-writing selections reject bad input before launching anything") {
+  ekv::test::HostCache<T> cache({2, 2, 128, 16, {100}, ekv::test::Layout::kPaged}, 5);
+  ekv::test::DeviceCache<T> dev(cache);
+  ekv::Stream stream;
+  const ekv::KVView<T> view = dev.view(cache);
+  const ekv::DeviceInfo device = ekv::DeviceInfo::current();
+  ekv::ElasticConfig config;
+  config.pick_block_num = 1;
+  const ekv::ElasticPolicy policy(config);  // a sink, the window and one pick: 3 blocks
+  SelectionBuffers buffers(2, 3, stream);
+  ekv::DeviceBuffer<float> scores(2 * cache.blocks_per_seq);
+  ekv::DeviceBuffer<T> anchors(cache.table.size() * 2 * 2 * 128);
+  ekv::DeviceBuffer<int> arrivals(2);
+  const auto fused = [&](const ekv::ElasticPolicy& p, int* counters, const ekv::SelectionOut& out) {
+    ekv::score_and_select_blocks<T>(view, dev.q.data(), 4, anchors.data(), p, scores.data(), counters, out, device,
+                                    stream);
+  };
+  CHECK_THROWS_WITH_AS(fused(policy, nullptr, buffers.out(false)), doctest::Contains("needs arrivals"), ekv::Error);
+  ekv::ElasticConfig qhead = config;
+  qhead.retrieval = ekv::RetrievalType::kQHead;
+  CHECK_THROWS_WITH_AS(fused(ekv::ElasticPolicy(qhead), arrivals.data(), buffers.out(false)),
+                       doctest::Contains("supported: layer, kvhead"), ekv::Error);
+  ekv::SelectionOut short_rows = buffers.out(false);
+  short_rows.sparse.max_per_row = 2;  // shorter than max_selected
+  CHECK_THROWS_WITH_AS(ekv::select_blocks<T>(view, 4, scores.data(), policy, short_rows, stream),
+                       doctest::Contains("max_per_row >= max_selected"), ekv::Error);
+  ekv::SelectionOut too_few = buffers.out(false);
+  too_few.max_selected = 2;
+  CHECK_THROWS_WITH_AS(fused(policy, arrivals.data(), too_few), doctest::Contains("max_selected >="), ekv::Error);
+}
