@@ -3,7 +3,8 @@
 // rows of m16n8k16 MMAs (up to 16 heads of a GQA group in one CTA), tokens the N columns
 // of S = Q K^T, and P V reuses S's accumulator fragments as its A operand, so scores
 // never leave registers. K and V tiles stream through a cp.async pipeline in shared
-// memory; each warp owns 16 tokens of every tile. Like decode_block.cuh it assumes no
+// memory; each warp owns 16 tokens of every tile, copies them itself and waits only for
+// its own copies (no CTA barrier per tile). Like decode_block.cuh it assumes no
 // grid, so split-KV and block-sparse kernels share it.
 
 #include <cstdint>
@@ -31,7 +32,7 @@ struct DecodeTcTraits {
   static constexpr int kSmemBytes = kStages * kStageElems * static_cast<int>(sizeof(T));
   static constexpr int kChunksPerToken = HeadDim * static_cast<int>(sizeof(T)) / 16;
   static constexpr int kDimTiles = HeadDim / 8;  // N tiles of the output
-  static_assert(kCtaThreads % kChunksPerToken == 0, "each thread copies one 16-byte column of a tile");
+  static_assert(32 % kChunksPerToken == 0, "each lane copies one 16-byte column of its warp's tokens");
 };
 
 // One warp's running state: the accumulator fragments of O (16 heads x HeadDim) and,
@@ -72,24 +73,30 @@ __device__ __forceinline__ void load_q_fragments(const T* q_rows, int heads,
   }
 }
 
-// Stages tokens first .. first + kTileTokens of K and V (zeros past `end`). Thread x
-// copies 16-byte column x % kChunksPerToken of tokens x / kChunksPerToken + j * kTokenStep.
-// A full tile needs no bounds checks, and in a contiguous view its rows are a fixed
-// stride apart, so only the last tile of a range pays for per-token checks.
+// Stages one warp's 16 tokens of K and V, first .. first + 15 (zeros past `end`), into its
+// own rows k_warp and v_warp: each warp copies only what it consumes, so the pipeline
+// synchronises warps, not the CTA (TileOwner::kWarp). Lane x copies 16-byte column
+// x % kChunksPerToken of tokens x / kChunksPerToken + j * kTokenStep. A full slice needs
+// no bounds checks, and in a contiguous view its rows are a fixed stride apart, so only
+// the last tile of a range pays for per-token checks; a slice past `end` copies nothing
+// (its warp skips it).
 template <typename T, int HeadDim>
-__device__ __forceinline__ void stage_tc_tile(const KVView<T>& kv, int seq, int kv_head, int first, int end,
-                                              T* stage) {
+__device__ __forceinline__ void stage_tc_warp_tile(const KVView<T>& kv, int seq, int kv_head, int first, int end,
+                                                   T* k_warp, T* v_warp) {
   using Traits = DecodeTcTraits<T, HeadDim>;
   constexpr int kElemsPerChunk = 16 / static_cast<int>(sizeof(T));
-  constexpr int kTokenStep = Traits::kCtaThreads / Traits::kChunksPerToken;
-  constexpr int kCopies = Traits::kTileTokens / kTokenStep;
-  static_assert(Traits::kTileTokens % kTokenStep == 0, "every thread copies the same number of rows");
-  const int column = (threadIdx.x % Traits::kChunksPerToken) * kElemsPerChunk;
-  const int t0 = threadIdx.x / Traits::kChunksPerToken;
-  T* k_dst = stage + t0 * Traits::kRowElems + column;
-  T* v_dst = k_dst + Traits::kTileTokens * Traits::kRowElems;
+  constexpr int kTokenStep = 32 / Traits::kChunksPerToken;
+  constexpr int kCopies = Traits::kWarpTokens / kTokenStep;
+  static_assert(32 % Traits::kChunksPerToken == 0 && Traits::kWarpTokens % kTokenStep == 0,
+                "every lane copies the same number of rows");
+  const int lane = threadIdx.x % 32;
+  const int column = (lane % Traits::kChunksPerToken) * kElemsPerChunk;
+  const int t0 = lane / Traits::kChunksPerToken;
+  T* k_dst = k_warp + t0 * Traits::kRowElems + column;
+  T* v_dst = v_warp + t0 * Traits::kRowElems + column;
   constexpr int kDstStep = kTokenStep * Traits::kRowElems;
-  if (first + Traits::kTileTokens <= end) {
+  if (first >= end) return;
+  if (first + Traits::kWarpTokens <= end) {
     if (kv.block_table == nullptr) {
       const std::int64_t base = kv.offset(seq, kv_head, first + t0) + column;
       const std::int64_t step = kTokenStep * kv.token_stride;
@@ -137,6 +144,15 @@ __device__ __forceinline__ void decode_tc_warp_tile(const T* k_warp, const T* v_
       mma_16816<T>(s[n], qa[2 * k + 1], b[2], b[3]);
     }
   }
+  // V's fragments are read now, so their shared-memory latency hides under the softmax
+  // (up to head_dim 128: at 256 the 64 more registers spill, and V is read as it is used)
+  constexpr int kEarlyV = HeadDim <= 128 ? HeadDim / 16 : 0;
+  auto load_v = [&](int d, std::uint32_t(&b)[4]) {
+    ldmatrix_x4<true>(b, v_warp + ((lane / 8) % 2 * 8 + lane % 8) * Traits::kRowElems + d * 16 + (lane / 16) * 8);
+  };
+  std::uint32_t vb[kEarlyV > 0 ? kEarlyV : 1][4];
+#pragma unroll
+  for (int d = 0; d < kEarlyV; ++d) load_v(d, vb[d]);
   // online softmax over the rows this lane holds: r = 0 for row lane/4, 1 for lane/4 + 8
   float correction[2];
 #pragma unroll
@@ -169,20 +185,25 @@ __device__ __forceinline__ void decode_tc_warp_tile(const T* k_warp, const T* v_
     }
     state.l[r] = state.l[r] * correction[r] + sum;
   }
+  // once the running max settles (after the first tiles, on most data) no row of the
+  // warp changes it, and the 64 rescales per lane are skipped: exp2f(0) is exactly 1
+  if (__any_sync(0xffffffffu, correction[0] != 1.0f || correction[1] != 1.0f)) {
 #pragma unroll
-  for (int d = 0; d < Traits::kDimTiles; ++d) {
-    state.o[d][0] *= correction[0];
-    state.o[d][1] *= correction[0];
-    state.o[d][2] *= correction[1];
-    state.o[d][3] *= correction[1];
+    for (int d = 0; d < Traits::kDimTiles; ++d) {
+      state.o[d][0] *= correction[0];
+      state.o[d][1] *= correction[0];
+      state.o[d][2] *= correction[1];
+      state.o[d][3] *= correction[1];
+    }
   }
   // O += P V: P's fragments are S's accumulators, rounded to T
   const std::uint32_t pa[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]),
                                pack2<T>(s[1][0], s[1][1]), pack2<T>(s[1][2], s[1][3])};
 #pragma unroll
   for (int d = 0; d < HeadDim / 16; ++d) {
-    std::uint32_t b[4];
-    ldmatrix_x4<true>(b, v_warp + ((lane / 8) % 2 * 8 + lane % 8) * Traits::kRowElems + d * 16 + (lane / 16) * 8);
+    std::uint32_t late[4];
+    if (d >= kEarlyV) load_v(d, late);
+    const std::uint32_t(&b)[4] = d < kEarlyV ? vb[d] : late;
     mma_16816<T>(state.o[2 * d], pa, b[0], b[1]);
     mma_16816<T>(state.o[2 * d + 1], pa, b[2], b[3]);
   }
@@ -211,11 +232,12 @@ __device__ __forceinline__ void decode_tc_tiles(const KVView<T>& kv, int seq, in
     }
   };
   auto stage = [&](int i, int slot) {
-    stage_tc_tile<T, HeadDim>(kv, seq, kv_head, tiles.first(i), tiles.end, pipeline + slot * Traits::kStageElems);
+    stage_tc_warp_tile<T, HeadDim>(kv, seq, kv_head, tiles.first(i) + warp * Traits::kWarpTokens, tiles.end,
+                                   k_rows(slot), v_rows(slot));
   };
   pipeline_prologue<Traits::kStages>(tiles.count, stage);
   load_q_fragments<T, HeadDim>(q_rows, heads, qa);
-  pipeline_run<Traits::kStages>(tiles.count, stage, consume);
+  pipeline_run<Traits::kStages, TileOwner::kWarp>(tiles.count, stage, consume);
 }
 
 }  // namespace ekv

@@ -29,13 +29,25 @@ __device__ __forceinline__ void pipeline_prologue(int tiles, Stage&& stage) {
   }
 }
 
+// Who copies and who reads each part of a tile. kCta: any thread may read what another
+// copied, so every tile waits on a CTA barrier. kWarp: each warp copies exactly the part
+// it alone consumes, so a warp waits only for its own copies and streams at its own pace
+// (no warp idles at a barrier while a slower one computes, and its next copies are
+// issued as soon as its own slot is free).
+enum class TileOwner { kCta, kWarp };
+
 // consume(i, slot) for every tile in order, each once its copy has landed, while later
 // tiles load. The whole CTA calls it; on return the pipeline's shared memory is free.
-template <int Stages, typename Stage, typename Consume>
+template <int Stages, TileOwner Owner = TileOwner::kCta, typename Stage, typename Consume>
 __device__ __forceinline__ void pipeline_run(int tiles, Stage&& stage, Consume&& consume) {
   for (int i = 0; i < tiles; ++i) {
     async_copy_wait<Stages - 2>();
-    __syncthreads();  // tile i is visible to all; the slot refilled below was consumed by all
+    // tile i is visible to its readers; the slot refilled below was consumed by them
+    if constexpr (Owner == TileOwner::kCta) {
+      __syncthreads();
+    } else {
+      __syncwarp();
+    }
     const int ahead = i + Stages - 1;
     if (ahead < tiles) stage(ahead, ahead % Stages);
     async_copy_commit();
