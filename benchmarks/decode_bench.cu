@@ -20,7 +20,8 @@ namespace {
 constexpr int kQHeads = 32, kKvHeads = 8, kHeadDim = 128;
 
 // forced_splits 0: the plan's choice; paged_block 0: contiguous
-void run_case(benchmark::State& state, int batch, int len, int paged_block, bool graph, int forced_splits) {
+void run_case(benchmark::State& state, int batch, int len, int paged_block, bool graph, int forced_splits,
+              ekv::DecodeCopy copy = ekv::DecodeCopy::kAuto) {
   using T = __half;
   const ekv::DeviceInfo device = ekv::DeviceInfo::current();
   ekv::Stream stream;
@@ -45,7 +46,7 @@ void run_case(benchmark::State& state, int batch, int len, int paged_block, bool
             : ekv::contiguous_hnd_kv<T>(k.data(), v.data(), lengths.data(), batch, kKvHeads, kHeadDim, len);
 
   const ekv::DecodeProblem problem{ekv::DType::kFloat16, batch, kQHeads, kKvHeads, kHeadDim, len};
-  const ekv::DecodePlan plan = ekv::plan_decode(problem, device, forced_splits);
+  const ekv::DecodePlan plan = ekv::plan_decode(problem, device, forced_splits, copy);
   ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
   auto issue = [&](const ekv::Stream& s) {
     ekv::run_decode<T>(plan, view, q.data(), o.data(), lse.data(), workspace.data(), s);
@@ -62,12 +63,14 @@ void run_case(benchmark::State& state, int batch, int len, int paged_block, bool
   }, &flusher);
   ekv::bench::report_bandwidth(state, 2.0 * batch * kKvHeads * static_cast<double>(len) * kHeadDim * sizeof(T), s);
   state.counters["splits"] = plan.num_splits;
+  state.SetLabel(ekv::to_string(plan.copy));
 }
 
-// state.range: batch, length, paged block (0: contiguous), graph replay (0/1)
+// state.range: batch, length, paged block (0: contiguous), graph replay (0/1), copy
+// (DecodeCopy: 0 the plan's choice, 1 cp.async, 2 bulk copies)
 void decode(benchmark::State& state) {
   run_case(state, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)),
-           static_cast<int>(state.range(2)), state.range(3) != 0, 0);
+           static_cast<int>(state.range(2)), state.range(3) != 0, 0, static_cast<ekv::DecodeCopy>(state.range(4)));
 }
 
 // state.range: batch, length, graph replay (0/1), split count
@@ -78,12 +81,14 @@ void decode_split_sweep(benchmark::State& state) {
 
 void shapes(benchmark::internal::Benchmark* b) {
   for (int paged : {0, 64, 16}) {
-    b->Args({1, 4096, paged, 0})->Args({1, 4096, paged, 1});
-    b->Args({1, 32768, paged, 0})->Args({1, 32768, paged, 1})->Args({1, 131072, paged, 0});
-    b->Args({16, 32768, paged, 0})->Args({16, 131072, paged, 0})->Args({64, 4096, paged, 0});
-    b->Args({1, 1 << 20, paged, 0});
+    for (int copy : {1, 2}) {
+      b->Args({1, 4096, paged, 0, copy})->Args({1, 4096, paged, 1, copy});
+      b->Args({1, 32768, paged, 0, copy})->Args({1, 32768, paged, 1, copy})->Args({1, 131072, paged, 0, copy});
+      b->Args({16, 32768, paged, 0, copy})->Args({16, 131072, paged, 0, copy})->Args({64, 4096, paged, 0, copy});
+      b->Args({1, 1 << 20, paged, 0, copy});
+    }
   }
-  b->ArgNames({"batch", "len", "paged", "graph"});
+  b->ArgNames({"batch", "len", "paged", "graph", "copy"});
   b->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(5)->Repetitions(30)->ReportAggregatesOnly(true);
 }
 

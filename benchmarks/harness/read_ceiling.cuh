@@ -25,6 +25,7 @@
 #include "ekv/core/launch.hpp"
 #include "ekv/core/span.hpp"
 #include "ekv/core/stream.hpp"
+#include "ekv/kernels/bulk_copy.cuh"
 #include "ekv/kernels/fill.cuh"
 #include "harness/bandwidth.cuh"
 #include "harness/statistics.hpp"
@@ -37,10 +38,6 @@ inline constexpr int kBulkStages = 4;
 
 namespace detail {
 
-__device__ __forceinline__ std::uint32_t shared_address(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
-
 // CTA c sums chunks c, c + grid, ... of ChunkBytes each: thread 0 issues one bulk copy per
 // chunk into a free stage, completing on that stage's mbarrier; every thread then adds up
 // its share of the landed chunk and the stage is refilled once all have.
@@ -51,22 +48,16 @@ __global__ void __launch_bounds__(kBulkCtaThreads)
   extern __shared__ __align__(128) unsigned char stages[];  // kBulkStages x ChunkBytes
   __shared__ __align__(8) std::uint64_t barriers[kBulkStages];
   if (threadIdx.x == 0) {
-    for (int s = 0; s < kBulkStages; ++s) {
-      asm volatile("mbarrier.init.shared.b64 [%0], 1;" ::"r"(shared_address(&barriers[s])));
-    }
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the async proxy sees the barriers
+    for (int s = 0; s < kBulkStages; ++s) mbarrier_init(&barriers[s], 1);
+    fence_proxy_async_shared();  // the async proxy sees the barriers
   }
   __syncthreads();
   const std::size_t mine = chunks > blockIdx.x ? (chunks - blockIdx.x + gridDim.x - 1) / gridDim.x : 0;
   const auto issue = [&](std::size_t i) {
     const int s = static_cast<int>(i % kBulkStages);
-    const std::uint32_t bar = shared_address(&barriers[s]);
     const unsigned char* from = reinterpret_cast<const unsigned char*>(src) + (blockIdx.x + i * gridDim.x) * ChunkBytes;
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(ChunkBytes) : "memory");
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                     shared_address(stages + s * ChunkBytes)),
-                 "l"(from), "r"(ChunkBytes), "r"(bar)
-                 : "memory");
+    mbarrier_arrive_expect_tx(&barriers[s], ChunkBytes);
+    bulk_copy_to_shared(stages + s * ChunkBytes, from, ChunkBytes, &barriers[s]);
   };
   if (threadIdx.x == 0) {
     for (std::size_t i = 0; i < kBulkStages && i < mine; ++i) issue(i);
@@ -74,16 +65,7 @@ __global__ void __launch_bounds__(kBulkCtaThreads)
   float acc = 0.0f;
   for (std::size_t i = 0; i < mine; ++i) {
     const int s = static_cast<int>(i % kBulkStages);
-    const std::uint32_t bar = shared_address(&barriers[s]), parity = static_cast<std::uint32_t>(i / kBulkStages) & 1u;
-    asm volatile(
-        "{\n"
-        ".reg .pred done;\n"
-        "WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra WAIT;\n"
-        "}\n" ::"r"(bar),
-        "r"(parity)
-        : "memory");
+    mbarrier_wait_parity(&barriers[s], static_cast<std::uint32_t>(i / kBulkStages) & 1u);
     const float4* chunk = reinterpret_cast<const float4*>(stages + s * ChunkBytes);
 #pragma unroll 4
     for (int j = threadIdx.x; j < ChunkBytes / 16; j += kBulkCtaThreads) {

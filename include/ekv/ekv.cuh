@@ -8,6 +8,7 @@
 
 #include "ekv/kernels/arch_check.cuh"
 #include "ekv/kernels/async_copy.cuh"
+#include "ekv/kernels/bulk_copy.cuh"
 #include "ekv/kernels/fill.cuh"
 #include "ekv/kernels/mma.cuh"
 #include "ekv/kernels/tile_pipeline.cuh"

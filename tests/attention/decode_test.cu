@@ -34,6 +34,7 @@ struct DecodeCase {
   // which decode clamps to the shape's lengths, the reference's)
   std::vector<std::int32_t> device_lengths;
   ekv::test::Inputs inputs = ekv::test::Inputs::kUniform;
+  ekv::DecodeCopy copy = ekv::DecodeCopy::kAuto;
 };
 
 // Decode on the device over a random cache (decode_check.hpp), against reference_decode
@@ -49,9 +50,12 @@ ekv::DecodePlan check_decode(const CacheShape& shape, std::uint64_t seed, const 
   ekv::DecodeProblem problem = ekv::test::decode_problem(shape, ekv::kDTypeOf<T>);
   if (c.planned_len >= 0) problem.max_seq_len = c.planned_len;
   problem.scale = c.scale;
-  const ekv::DecodePlan plan = ekv::plan_decode(problem, ekv::DeviceInfo::current(), c.forced_splits);
+  const ekv::DecodePlan plan = ekv::plan_decode(problem, ekv::DeviceInfo::current(), c.forced_splits, c.copy);
   INFO("inputs=" << ekv::test::name(c.inputs) << " splits=" << plan.num_splits << " split_tokens=" << plan.split_tokens
-                 << " head_tile=" << plan.head_tile << " planned_len=" << problem.max_seq_len);
+                 << " head_tile=" << plan.head_tile << " planned_len=" << problem.max_seq_len
+                 << " copy=" << ekv::to_string(plan.copy));
+  CHECK(plan.copy != ekv::DecodeCopy::kAuto);
+  if (c.copy != ekv::DecodeCopy::kAuto) CHECK(plan.copy == c.copy);
   ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
   dout.fill_bytes(0xFF, stream);
   dlse.fill_bytes(0xFF, stream);
@@ -87,6 +91,39 @@ TEST_CASE_TEMPLATE("decode matches the reference over head_dim x group x layout 
       ++i;
     }
   }
+}
+
+// Both ways of staging K and V (cp.async, and Hopper's bulk copies where the device has
+// them) over head dims, layouts, block lengths, partial last tiles, splits and ragged
+// batches: the rows past a sequence's end are where the two differ.
+TEST_CASE_TEMPLATE("decode matches the reference with each copy engine", T, __half, __nv_bfloat16) {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  std::vector<ekv::DecodeCopy> copies = {ekv::DecodeCopy::kCpAsync};
+  if (ekv::DeviceInfo::current().cc_major >= 9) copies.push_back(ekv::DecodeCopy::kBulk);
+  int i = 0;
+  for (ekv::DecodeCopy copy : copies) {
+    for (int head_dim : ekv::kDecodeHeadDims) {
+      for (Layout layout : ekv::test::kAllLayouts) {
+        const int block_len = ekv::test::is_paged(layout) ? (i % 3 == 0 ? 16 : i % 3 == 1 ? 48 : 64) : 0;
+        const CacheShape c{3, 4, head_dim, block_len, {1, 15, 17, 129, 0, 2049}, layout};
+        INFO(ekv::test::describe(c) << " copy=" << ekv::to_string(copy));
+        for (int splits : {1, 5, 0}) {
+          DecodeCase dc;
+          dc.copy = copy;
+          dc.forced_splits = splits;
+          check_decode<T>(c, seed + i++, dc);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("plan_decode names the copies a dtype supports") {
+  ekv::DecodeProblem p{ekv::DType::kFloat32, 1, 8, 8, 128, 100};
+  CHECK_THROWS_WITH_AS(ekv::plan_decode(p, ekv::DeviceInfo::current(), 0, ekv::DecodeCopy::kBulk),
+                       doctest::Contains("copy=bulk runs on the tensor-core kernel"), ekv::Error);
+  CHECK(ekv::plan_decode(p, ekv::DeviceInfo::current()).copy == ekv::DecodeCopy::kCpAsync);
 }
 
 TEST_CASE_TEMPLATE("decode over batch 64 with ragged lengths, empty sequences included", T, __half, __nv_bfloat16) {

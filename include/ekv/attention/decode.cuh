@@ -35,6 +35,7 @@ struct DecodePlan {
   int head_tiles = 1;
   int num_splits = 1;
   int split_tokens = 0;  // a multiple of kDecodeSplitAlign
+  DecodeCopy copy = DecodeCopy::kCpAsync;  // as resolved by plan_decode, never kAuto
 
   // The split counters, then the partial states: [batch][q_heads][num_splits][head_dim]
   // o and [batch][q_heads][num_splits] lse.
@@ -67,12 +68,17 @@ void dispatch_decode(DType dtype, int head_dim, F&& f) {
 }
 
 // Calls f(kernel, cta_threads, dynamic_smem_bytes) for the decode kernel instance of
-// (T, HeadDim) and, on CUDA cores, of the head tile.
+// (T, HeadDim) and, on tensor cores, of the copy (kBulk or not), on CUDA cores of the
+// head tile.
 template <typename T, int HeadDim, typename F>
-void with_decode_kernel(int head_tile, F&& f) {
+void with_decode_kernel(int head_tile, DecodeCopy copy, F&& f) {
   if constexpr (kDecodeOnTensorCores<T>) {
     using Traits = DecodeTcTraits<T, HeadDim>;
-    f(decode_tc_kernel<T, HeadDim>, Traits::kCtaThreads, Traits::kSmemBytes);
+    if (copy == DecodeCopy::kBulk) {
+      f(decode_tc_kernel<T, HeadDim, true>, Traits::kCtaThreads, Traits::kBulkSmemBytes);
+    } else {
+      f(decode_tc_kernel<T, HeadDim, false>, Traits::kCtaThreads, Traits::kSmemBytes);
+    }
   } else {
     dispatch<kDecodeHeadTiles>("head_tile", "decode", head_tile, [&](auto tile) {
       f(decode_kernel<T, HeadDim, decltype(tile)::value>, DecodeTraits<T, HeadDim>::kCtaThreads, 0);
@@ -96,14 +102,40 @@ inline int choose_splits(long units, long slots, int most) {
   return 1;
 }
 
+// The copy plan_decode runs for T: kBulk needs the tensor-core kernel and device code for
+// sm_90 or newer in this build (read off the kernel's binary, so a build for sm_80 run on
+// an H100 through its PTX keeps cp.async); kAuto takes kBulk where it can.
+template <typename T, int HeadDim>
+DecodeCopy resolve_decode_copy(DecodeCopy asked) {
+  if constexpr (kDecodeOnTensorCores<T>) {
+    cudaFuncAttributes attributes{};
+    EKV_CUDA_CHECK(cudaFuncGetAttributes(&attributes, decode_tc_kernel<T, HeadDim, true>),
+                   "plan_decode: cannot read the decode kernel's attributes");
+    const bool built = attributes.binaryVersion >= 90;
+    if (asked == DecodeCopy::kBulk && !built) {
+      throw Error("plan_decode: copy=bulk needs decode device code for sm_90 or newer, this build runs sm_" +
+                  std::to_string(attributes.binaryVersion) + "; supported here: auto, cp.async");
+    }
+    return asked == DecodeCopy::kAuto ? (built ? DecodeCopy::kBulk : DecodeCopy::kCpAsync) : asked;
+  } else {
+    if (asked == DecodeCopy::kBulk) {
+      throw Error(std::string("plan_decode: copy=bulk runs on the tensor-core kernel (float16, bfloat16), not ") +
+                  to_string(kDTypeOf<T>) + "; supported for it: auto, cp.async");
+    }
+    return DecodeCopy::kCpAsync;
+  }
+}
+
 }  // namespace detail
 
 // Splits so that batch x kv heads x head tiles x splits CTAs fill whole waves of the
 // SMs (occupancy read from the kernel instance), each split a multiple of
 // kDecodeSplitAlign tokens. `num_splits` > 0 asks for a count (tests, tuning); the plan
-// may take fewer where splits would be shorter than that.
-// Throws ekv::Error for an unsupported problem.
-inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& device, int num_splits = 0) {
+// may take fewer where splits would be shorter than that. `copy` picks how K and V are
+// staged (DecodeCopy; the default lets the plan choose).
+// Throws ekv::Error for an unsupported problem or copy.
+inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& device, int num_splits = 0,
+                              DecodeCopy copy = DecodeCopy::kAuto) {
   if (Support s = supports(problem); !s) throw Error(s.why);
   int current = 0;
   EKV_CUDA_CHECK(cudaGetDevice(&current), "plan_decode: no usable CUDA device");
@@ -123,7 +155,9 @@ inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& de
     } else {
       plan.head_tile = decode_head_tile(problem.group());
     }
-    detail::with_decode_kernel<T, decltype(dim)::value>(plan.head_tile, [&](auto kernel, int threads, int smem) {
+    plan.copy = detail::resolve_decode_copy<T, decltype(dim)::value>(copy);
+    detail::with_decode_kernel<T, decltype(dim)::value>(plan.head_tile, plan.copy, [&](auto kernel, int threads,
+                                                                                       int smem) {
       // above 48 KB a kernel must opt in; plan does it once, so run never sets attributes
       if (smem > 48 * 1024) {
         EKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
@@ -153,7 +187,7 @@ namespace detail {
 template <typename T, int HeadDim>
 void launch_decode(const DecodePlan& plan, const DecodeParams<T>& params, const Stream& stream) {
   const dim3 grid(plan.num_splits, plan.problem.kv_heads * plan.head_tiles, plan.problem.batch);
-  with_decode_kernel<T, HeadDim>(plan.head_tile, [&](auto kernel, int threads, int smem) {
+  with_decode_kernel<T, HeadDim>(plan.head_tile, plan.copy, [&](auto kernel, int threads, int smem) {
     kernel<<<grid, threads, smem, stream.get()>>>(params);
   });
   check_launch("decode", stream.get());

@@ -175,8 +175,9 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim>::kCtaThreads)
   if (p.num_splits > 1) merge_if_last<T, HeadDim>(p, c.seq, c.first_head, c.heads);
 }
 
-// The tensor-core decode kernel (half, bfloat16): up to 16 heads of a group per CTA.
-template <typename T, int HeadDim>
+// The tensor-core decode kernel (half, bfloat16): up to 16 heads of a group per CTA; K
+// and V staged by cp.async or, with Bulk (sm_90+), by bulk copies.
+template <typename T, int HeadDim, bool Bulk = false>
 __global__ void __launch_bounds__(DecodeTcTraits<T, HeadDim>::kCtaThreads)
     decode_tc_kernel(const __grid_constant__ DecodeParams<T> p) {
   using Traits = DecodeTcTraits<T, HeadDim>;
@@ -185,7 +186,7 @@ __global__ void __launch_bounds__(DecodeTcTraits<T, HeadDim>::kCtaThreads)
   const DecodeCta c = decode_cta(p, Traits::kHeads, Traits::kTileTokens);
   DecodeTcState<T, HeadDim> state;
   state.init();
-  decode_tc_tiles<T, HeadDim>(p.kv, c.seq, c.kv_head, c.tiles,
+  decode_tc_tiles<T, HeadDim, Bulk>(p.kv, c.seq, c.kv_head, c.tiles,
                               p.q + (static_cast<std::int64_t>(c.seq) * p.q_heads + c.first_head) * HeadDim, c.heads,
                               p.scale_log2, state, reinterpret_cast<T*>(smem));
 

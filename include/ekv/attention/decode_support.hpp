@@ -19,6 +19,20 @@ inline constexpr int kDecodeHeadDims[] = {64, 128, 256};
 inline constexpr int kDecodeHeadTiles[] = {1, 2, 4, 8};
 inline constexpr int kDecodeMaxGroup = 16;
 
+// How the decode kernel stages K and V in shared memory. kCpAsync: 16-byte cp.async per
+// lane and row (sm_80+). kBulk: one bulk copy per row, completing on an mbarrier (sm_90+,
+// half and bfloat16). kAuto: plan_decode picks (DecodePlan::copy says which).
+enum class DecodeCopy { kAuto, kCpAsync, kBulk };
+
+inline const char* to_string(DecodeCopy c) {
+  switch (c) {
+    case DecodeCopy::kAuto: return "auto";
+    case DecodeCopy::kCpAsync: return "cp.async";
+    case DecodeCopy::kBulk: return "bulk";
+  }
+  return "?";
+}
+
 // One decode step's shapes: one query token per sequence.
 struct DecodeProblem {
   DType dtype = DType::kFloat16;

@@ -11,6 +11,7 @@
 
 #include "ekv/attention/kv_view.hpp"
 #include "ekv/kernels/async_copy.cuh"
+#include "ekv/kernels/bulk_copy.cuh"
 #include "ekv/kernels/mma.cuh"
 #include "ekv/kernels/tile_pipeline.cuh"
 
@@ -30,6 +31,9 @@ struct DecodeTcTraits {
   static constexpr int kStages = 3;
   static constexpr int kStageElems = 2 * kTileTokens * kRowElems;  // K then V
   static constexpr int kSmemBytes = kStages * kStageElems * static_cast<int>(sizeof(T));
+  // bulk copies (Bulk = true) complete on one mbarrier per warp and slot, after the stages
+  static constexpr int kBulkSmemBytes = kSmemBytes + kStages * kWarps * static_cast<int>(sizeof(std::uint64_t));
+  static constexpr int kRowBytes = HeadDim * static_cast<int>(sizeof(T));
   static constexpr int kChunksPerToken = HeadDim * static_cast<int>(sizeof(T)) / 16;
   static constexpr int kDimTiles = HeadDim / 8;  // N tiles of the output
   static_assert(32 % kChunksPerToken == 0, "each lane copies one 16-byte column of its warp's tokens");
@@ -124,6 +128,33 @@ __device__ __forceinline__ void stage_tc_warp_tile(const KVView<T>& kv, int seq,
   }
 }
 
+// The same slice by bulk copies: lane r < 16 copies K's row of token first + r, lane
+// 16 + r V's, one 256-byte copy each at head_dim 128 (into the padded rows ldmatrix
+// reads without bank conflicts), all completing on `bar`; lane 0 announces their bytes
+// first. Rows past `end` are zeroed by ordinary stores instead: P is 0 there, but
+// 0 x NaN in stale shared memory would still reach O. Needs first < end.
+template <typename T, int HeadDim>
+__device__ __forceinline__ void stage_tc_warp_tile_bulk(const KVView<T>& kv, int seq, int kv_head, int first,
+                                                        int end, T* k_warp, T* v_warp, std::uint64_t* bar) {
+  using Traits = DecodeTcTraits<T, HeadDim>;
+  static_assert(Traits::kWarpTokens == 16, "one lane per row of K and of V");
+  static_assert(Traits::kRowBytes % 16 == 0, "bulk copies move multiples of 16 bytes");
+  const int lane = threadIdx.x % 32;
+  const int rows = min(Traits::kWarpTokens, end - first);
+  if (lane == 0) mbarrier_arrive_expect_tx(bar, 2 * rows * Traits::kRowBytes);
+  __syncwarp();  // the bytes are announced before any copy can complete them
+  const int row = lane % Traits::kWarpTokens;
+  T* dst = (lane < Traits::kWarpTokens ? k_warp : v_warp) + row * Traits::kRowElems;
+  if (row < rows) {
+    const T* src = (lane < Traits::kWarpTokens ? kv.k : kv.v) + kv.offset(seq, kv_head, first + row);
+    bulk_copy_to_shared(dst, src, Traits::kRowBytes, bar);
+  } else {
+#pragma unroll
+    for (int c = 0; c < Traits::kRowBytes / 16; ++c) reinterpret_cast<uint4*>(dst)[c] = make_uint4(0, 0, 0, 0);
+    fence_proxy_async_shared();  // ordered before the copies that later refill the row
+  }
+}
+
 // One warp's 16 tokens of a staged tile, first .. first + 15 (those at or past `end`
 // masked), folded into its state. k_warp and v_warp point at its first rows.
 template <typename T, int HeadDim>
@@ -214,7 +245,7 @@ __device__ __forceinline__ void decode_tc_warp_tile(const T* k_warp, const T* v_
 // is Traits::kSmemBytes of 16-byte-aligned shared memory, free again on return. The
 // first tiles' loads are issued before the query is read, so its latency hides under
 // theirs. scale_log2 = softmax scale * log2(e).
-template <typename T, int HeadDim>
+template <typename T, int HeadDim, bool Bulk = false>
 __device__ __forceinline__ void decode_tc_tiles(const KVView<T>& kv, int seq, int kv_head, const TokenTiles& tiles,
                                                 const T* q_rows, int heads, float scale_log2,
                                                 DecodeTcState<T, HeadDim>& state, T* pipeline) {
@@ -231,9 +262,36 @@ __device__ __forceinline__ void decode_tc_tiles(const KVView<T>& kv, int seq, in
       decode_tc_warp_tile<T, HeadDim>(k_rows(slot), v_rows(slot), first, tiles.end, qa, scale_log2, state);
     }
   };
+  auto warp_first = [&](int i) { return tiles.first(i) + warp * Traits::kWarpTokens; };
+  if constexpr (Bulk) {
+    // each warp streams its own slices: slot s of warp w completes on bars[s][w]
+    auto* bars = reinterpret_cast<std::uint64_t*>(pipeline + Traits::kStages * Traits::kStageElems);
+    auto bar = [&](int slot) { return bars + slot * Traits::kWarps + warp; };
+    if (threadIdx.x < Traits::kStages * Traits::kWarps) mbarrier_init(bars + threadIdx.x, 1);
+    fence_proxy_async_shared();
+    __syncthreads();
+    auto stage = [&](int i, int slot) {
+      if (i < tiles.count && warp_first(i) < tiles.end) {
+        stage_tc_warp_tile_bulk<T, HeadDim>(kv, seq, kv_head, warp_first(i), tiles.end, k_rows(slot), v_rows(slot),
+                                            bar(slot));
+      }
+    };
+    for (int i = 0; i < Traits::kStages - 1; ++i) stage(i, i);
+    load_q_fragments<T, HeadDim>(q_rows, heads, qa);
+    // a warp whose slice is past the end is past it in every later tile too; every slice
+    // staged is waited for below, so no copy is in flight when the CTA moves on
+    for (int i = 0; i < tiles.count && warp_first(i) < tiles.end; ++i) {
+      const int slot = i % Traits::kStages;
+      mbarrier_wait_parity(bar(slot), static_cast<std::uint32_t>(i / Traits::kStages) & 1u);
+      __syncwarp();  // every lane has read the slot refilled next (tile i - 1's)
+      stage(i + Traits::kStages - 1, (i + Traits::kStages - 1) % Traits::kStages);
+      decode_tc_warp_tile<T, HeadDim>(k_rows(slot), v_rows(slot), warp_first(i), tiles.end, qa, scale_log2, state);
+    }
+    __syncthreads();
+    return;
+  }
   auto stage = [&](int i, int slot) {
-    stage_tc_warp_tile<T, HeadDim>(kv, seq, kv_head, tiles.first(i) + warp * Traits::kWarpTokens, tiles.end,
-                                   k_rows(slot), v_rows(slot));
+    stage_tc_warp_tile<T, HeadDim>(kv, seq, kv_head, warp_first(i), tiles.end, k_rows(slot), v_rows(slot));
   };
   pipeline_prologue<Traits::kStages>(tiles.count, stage);
   load_q_fragments<T, HeadDim>(q_rows, heads, qa);
