@@ -21,7 +21,7 @@ constexpr int kQHeads = 32, kKvHeads = 8, kHeadDim = 128;
 
 // forced_splits 0: the plan's choice; paged_block 0: contiguous
 void run_case(benchmark::State& state, int batch, int len, int paged_block, bool graph, int forced_splits,
-              ekv::DecodeCopy copy = ekv::DecodeCopy::kAuto, int l2_prefetch_tiles = 0) {
+              ekv::DecodeCopy copy = ekv::DecodeCopy::kAuto) {
   using T = __half;
   const ekv::DeviceInfo device = ekv::DeviceInfo::current();
   ekv::Stream stream;
@@ -46,8 +46,7 @@ void run_case(benchmark::State& state, int batch, int len, int paged_block, bool
             : ekv::contiguous_hnd_kv<T>(k.data(), v.data(), lengths.data(), batch, kKvHeads, kHeadDim, len);
 
   const ekv::DecodeProblem problem{ekv::DType::kFloat16, batch, kQHeads, kKvHeads, kHeadDim, len};
-  ekv::DecodePlan plan = ekv::plan_decode(problem, device, forced_splits, copy);
-  plan.l2_prefetch_tiles = l2_prefetch_tiles;
+  const ekv::DecodePlan plan = ekv::plan_decode(problem, device, forced_splits, copy);
   ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
   auto issue = [&](const ekv::Stream& s) {
     ekv::run_decode<T>(plan, view, q.data(), o.data(), lse.data(), workspace.data(), s);
@@ -72,14 +71,6 @@ void run_case(benchmark::State& state, int batch, int len, int paged_block, bool
 void decode(benchmark::State& state) {
   run_case(state, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)),
            static_cast<int>(state.range(2)), state.range(3) != 0, 0, static_cast<ekv::DecodeCopy>(state.range(4)));
-}
-
-// state.range: batch, length, paged block, copy (1 cp.async, 2 bulk), tiles prefetched
-// into L2 ahead of staging
-void decode_prefetch(benchmark::State& state) {
-  run_case(state, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)),
-           static_cast<int>(state.range(2)), false, 0, static_cast<ekv::DecodeCopy>(state.range(3)),
-           static_cast<int>(state.range(4)));
 }
 
 // state.range: batch, length, graph replay (0/1), split count
@@ -121,21 +112,9 @@ void split_sweep(benchmark::internal::Benchmark* b) {
   b->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(5)->Repetitions(15)->ReportAggregatesOnly(true);
 }
 
-void prefetch_sweep(benchmark::internal::Benchmark* b) {
-  for (int copy : {1, 2}) {
-    for (int ahead : {0, 2, 4, 8}) {
-      b->Args({16, 32768, 0, copy, ahead})->Args({1, 131072, 0, copy, ahead})->Args({1, 1 << 20, 0, copy, ahead});
-      b->Args({16, 32768, 64, copy, ahead});
-    }
-  }
-  b->ArgNames({"batch", "len", "paged", "copy", "ahead"});
-  b->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(5)->Repetitions(20)->ReportAggregatesOnly(true);
-}
-
 }  // namespace
 
 BENCHMARK(decode)->Apply(shapes);
-BENCHMARK(decode_prefetch)->Apply(prefetch_sweep);
 BENCHMARK(decode_split_sweep)->Apply(split_sweep);
 
 int main(int argc, char** argv) { return ekv::bench::main(argc, argv); }

@@ -36,10 +36,6 @@ struct DecodePlan {
   int num_splits = 1;
   int split_tokens = 0;  // a multiple of kDecodeSplitAlign
   DecodeCopy copy = DecodeCopy::kCpAsync;  // as resolved by plan_decode, never kAuto
-  // Tuning (tensor-core kernel): besides the tiles staged in shared memory, L2 is asked
-  // for the tile this many ahead, so more bytes are on their way from DRAM; 0 (default)
-  // asks for none. Set it on a plan before run_decode; it never changes results.
-  int l2_prefetch_tiles = 0;
 
   // The split counters, then the partial states: [batch][q_heads][num_splits][head_dim]
   // o and [batch][q_heads][num_splits] lse.
@@ -268,7 +264,6 @@ void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, f
   params.num_splits = plan.num_splits;
   params.split_tokens = plan.split_tokens;
   params.scale_log2 = plan.scale * 1.4426950408889634f;
-  params.l2_prefetch_tiles = std::max(0, plan.l2_prefetch_tiles);
   const int rows = p.batch * p.q_heads;
   if (plan.num_splits > 1) {
     params.arrivals = static_cast<int*>(workspace);

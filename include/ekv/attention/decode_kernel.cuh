@@ -28,7 +28,6 @@ struct DecodeParams {
   int num_splits = 1;
   int split_tokens = 0;  // tokens per split, a multiple of every kernel's tile
   float scale_log2 = 0;  // softmax scale * log2(e)
-  int l2_prefetch_tiles = 0;  // tensor-core kernel: tiles ahead of staging that L2 is asked for; 0 none
 };
 
 // Per-warp states of a CTA, deposited in shared memory for the cross-warp merge.
@@ -189,7 +188,7 @@ __global__ void __launch_bounds__(DecodeTcTraits<T, HeadDim>::kCtaThreads)
   state.init();
   decode_tc_tiles<T, HeadDim, Bulk>(p.kv, c.seq, c.kv_head, c.tiles,
                               p.q + (static_cast<std::int64_t>(c.seq) * p.q_heads + c.first_head) * HeadDim, c.heads,
-                              p.scale_log2, state, reinterpret_cast<T*>(smem), p.l2_prefetch_tiles);
+                              p.scale_log2, state, reinterpret_cast<T*>(smem));
 
   using States = DecodeWarpStates<Traits::kWarps, Traits::kHeads, HeadDim>;
   static_assert(sizeof(States) <= Traits::kSmemBytes, "the merge fits in the pipeline's shared memory");

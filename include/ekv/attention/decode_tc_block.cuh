@@ -155,18 +155,6 @@ __device__ __forceinline__ void stage_tc_warp_tile_bulk(const KVView<T>& kv, int
   }
 }
 
-// Asks L2 for one warp's 16 tokens of K and V, first .. first + 15 (none past `end`), a
-// row per lane, some tiles before they are staged (DecodeParams::l2_prefetch_tiles).
-template <typename T, int HeadDim>
-__device__ __forceinline__ void prefetch_tc_warp_tile(const KVView<T>& kv, int seq, int kv_head, int first,
-                                                      int end) {
-  using Traits = DecodeTcTraits<T, HeadDim>;
-  const int lane = threadIdx.x % 32, row = lane % Traits::kWarpTokens;
-  if (first + row < end) {
-    prefetch_l2((lane < Traits::kWarpTokens ? kv.k : kv.v) + kv.offset(seq, kv_head, first + row), Traits::kRowBytes);
-  }
-}
-
 // One warp's 16 tokens of a staged tile, first .. first + 15 (those at or past `end`
 // masked), folded into its state. k_warp and v_warp point at its first rows.
 template <typename T, int HeadDim>
@@ -260,8 +248,7 @@ __device__ __forceinline__ void decode_tc_warp_tile(const T* k_warp, const T* v_
 template <typename T, int HeadDim, bool Bulk = false>
 __device__ __forceinline__ void decode_tc_tiles(const KVView<T>& kv, int seq, int kv_head, const TokenTiles& tiles,
                                                 const T* q_rows, int heads, float scale_log2,
-                                                DecodeTcState<T, HeadDim>& state, T* pipeline,
-                                                int prefetch_tiles = 0) {
+                                                DecodeTcState<T, HeadDim>& state, T* pipeline) {
   using Traits = DecodeTcTraits<T, HeadDim>;
   const int warp = threadIdx.x / 32;
   std::uint32_t qa[HeadDim / 16][4];  // loaded once the first tiles are on their way
@@ -276,12 +263,6 @@ __device__ __forceinline__ void decode_tc_tiles(const KVView<T>& kv, int seq, in
     }
   };
   auto warp_first = [&](int i) { return tiles.first(i) + warp * Traits::kWarpTokens; };
-  // with staging tile i, L2 is asked for tile i + prefetch_tiles
-  auto prefetch = [&](int i) {
-    if (prefetch_tiles > 0 && i + prefetch_tiles < tiles.count) {
-      prefetch_tc_warp_tile<T, HeadDim>(kv, seq, kv_head, warp_first(i + prefetch_tiles), tiles.end);
-    }
-  };
   if constexpr (Bulk) {
     // each warp streams its own slices: slot s of warp w completes on bars[s][w]
     auto* bars = reinterpret_cast<std::uint64_t*>(pipeline + Traits::kStages * Traits::kStageElems);
@@ -293,7 +274,6 @@ __device__ __forceinline__ void decode_tc_tiles(const KVView<T>& kv, int seq, in
       if (i < tiles.count && warp_first(i) < tiles.end) {
         stage_tc_warp_tile_bulk<T, HeadDim>(kv, seq, kv_head, warp_first(i), tiles.end, k_rows(slot), v_rows(slot),
                                             bar(slot));
-        prefetch(i);
       }
     };
     for (int i = 0; i < Traits::kStages - 1; ++i) stage(i, i);
@@ -312,7 +292,6 @@ __device__ __forceinline__ void decode_tc_tiles(const KVView<T>& kv, int seq, in
   }
   auto stage = [&](int i, int slot) {
     stage_tc_warp_tile<T, HeadDim>(kv, seq, kv_head, warp_first(i), tiles.end, k_rows(slot), v_rows(slot));
-    prefetch(i);
   };
   pipeline_prologue<Traits::kStages>(tiles.count, stage);
   load_q_fragments<T, HeadDim>(q_rows, heads, qa);

@@ -61,19 +61,6 @@ __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, 
 #endif
 }
 
-// Asks L2 to fetch `bytes` (a multiple of 16; src 16-byte aligned) from global memory
-// ahead of a later copy, so more bytes are on their way from DRAM than shared memory
-// holds stages for. A hint: nothing waits for it. Below sm_90, one line prefetch per 128.
-__device__ __forceinline__ void prefetch_l2(const void* src, int bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
-#else
-  for (int b = 0; b < bytes; b += 128) {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(static_cast<const char*>(src) + b));
-  }
-#endif
-}
-
 // Waits until the phase of parity `parity` of `bar` has completed.
 __device__ __forceinline__ void mbarrier_wait_parity(std::uint64_t* bar, std::uint32_t parity) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
