@@ -15,6 +15,7 @@
 #include "ekv/core/host_device.hpp"
 #include "ekv/core/launch.hpp"
 #include "ekv/core/pinned_buffer.hpp"
+#include "ekv/core/quant.hpp"
 #include "ekv/core/span.hpp"
 #include "ekv/core/stream.hpp"
 #include "ekv/core/version.hpp"
