@@ -22,6 +22,7 @@
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/core/pinned_buffer.hpp"
+#include "ekv/kernels/magnitude_select_reference.hpp"
 #include "test_seed.hpp"
 
 namespace {
@@ -56,22 +57,6 @@ std::vector<float> random_input(std::size_t n, std::uint64_t seed) {
     x = k < 10 ? specials[k] : k == 10 ? std::numeric_limits<float>::min() : uniform(rng);
   }
   return v;
-}
-
-struct Kept {
-  std::vector<float> values;
-  std::vector<int> indices;
-};
-
-Kept host_compress(const std::vector<float>& in, float threshold) {
-  Kept kept;
-  for (std::size_t i = 0; i < in.size(); ++i) {
-    if (std::fabs(in[i]) > threshold) {
-      kept.values.push_back(in[i]);
-      kept.indices.push_back(static_cast<int>(i));
-    }
-  }
-  return kept;
 }
 
 // Where a test keeps its input and outputs.
@@ -111,8 +96,8 @@ class Array {
 
 // One ekv_compress call against the host loop's `want`: kept values bit for bit, indices,
 // count, nothing written past the count, timings reported.
-void check_compress(const std::vector<float>& input, float threshold, const Kept& want, Memory in_memory,
-                    Memory out_memory, bool with_indices, int seq_length) {
+void check_compress(const std::vector<float>& input, float threshold, const ekv::MagnitudeSelection& want,
+                    Memory in_memory, Memory out_memory, bool with_indices, int seq_length) {
   const std::size_t n = input.size();
   INFO("n=" << n << " threshold=" << threshold << " in=" << to_string(in_memory) << " out=" << to_string(out_memory)
             << " indices=" << with_indices);
@@ -164,7 +149,7 @@ TEST_CASE("ekv_compress keeps every |x| > threshold, in order, bit for bit, from
     // 0.5 sits on generated values; a denormal threshold; negative keeps all but NaN;
     // infinity keeps nothing; 0 drops only the zeros (and NaN)
     for (float threshold : {0.5f, 0.0f, from_bits(0x00000004u), -1.0f, std::numeric_limits<float>::infinity()}) {
-      const Kept want = host_compress(input, threshold);
+      const auto want = ekv::reference_magnitude_select(input.data(), n, threshold);
       for (Memory in_memory : memories) {
         for (Memory out_memory : memories) {
           for (bool with_indices : {false, true}) {
@@ -180,8 +165,11 @@ TEST_CASE("ekv_compress processes all of 100M elements (the older core stopped a
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
   const std::vector<float> input = random_input(100'000'000, seed);
-  check_compress(input, 0.5f, host_compress(input, 0.5f), Memory::kPageable, Memory::kPageable, true, 100'000);
-  check_compress(input, 1.5f, host_compress(input, 1.5f), Memory::kDevice, Memory::kDevice, true, 100'000);
+  for (float threshold : {0.5f, 1.5f}) {
+    const auto want = ekv::reference_magnitude_select(input.data(), input.size(), threshold);
+    const Memory memory = threshold == 0.5f ? Memory::kPageable : Memory::kDevice;
+    check_compress(input, threshold, want, memory, memory, true, 100'000);
+  }
 }
 
 TEST_CASE("ekv_compress rejects a device pointer of another device") {
