@@ -14,7 +14,7 @@
 #include "ekv/c_api/compress.cuh"
 #include "ekv/c_api/compute_throughput.cuh"
 #include "ekv/c_api/gpu_info.hpp"
-#include "ekv/c_api/inference_cycle.hpp"
+#include "ekv/c_api/inference_cycle.cuh"
 #include "ekv/c_api/status.hpp"
 
 extern "C" {

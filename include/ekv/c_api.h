@@ -49,10 +49,8 @@ typedef enum ekv_status {
   EKV_ERROR_OUT_OF_MEMORY = 3,
   /* any other CUDA failure: the message carries CUDA's error name and string */
   EKV_ERROR_CUDA = 4,
-  /* the function is declared but this build does not implement it yet */
-  EKV_ERROR_NOT_IMPLEMENTED = 5,
   /* a failure inside ekv that is none of the above (a bug: please report the message) */
-  EKV_ERROR_INTERNAL = 6
+  EKV_ERROR_INTERNAL = 5
 } ekv_status;
 
 /* The message of the calling thread's last call: empty ("") after a call that succeeded,
@@ -141,19 +139,34 @@ EKV_C_EXPORT ekv_status ekv_mem_bandwidth_batched(float* input, float* output, i
  * EKV_ERROR_OUT_OF_MEMORY; EKV_ERROR_CUDA. */
 EKV_C_EXPORT ekv_status ekv_compute_throughput(float* data, int size, int ops_per_element, float* gflops);
 
-/* A decode loop over ekv's paged KV cache, exact and elastic. Not implemented in this
- * build (issue 18): after checking its arguments it returns EKV_ERROR_NOT_IMPLEMENTED.
- *   kv_cache          float [seq_length * hidden_size], read only
- *   compressed_cache  float [seq_length * hidden_size]: scratch
- *   indices           int [seq_length * hidden_size], or NULL
- *   seq_length, hidden_size, decode_steps  >= 1, seq_length * hidden_size <= INT_MAX
- *   threshold_elastic the elastic step's compression ratio C, finite and > 1 (about
- *                     1/C of the cache's blocks attended)
- *   baseline_total_ms, elastic_total_ms  out: total milliseconds of the exact and the
- *                     elastic loop
+/* A decode loop over ekv's paged KV cache (ekv::KVCache), run twice on fresh caches:
+ * once exact, once elastic. The cache has one layer of float32 K and V, heads =
+ * hidden_size / head_dim query and kv heads, head_dim 128 where it divides hidden_size,
+ * else 64, blocks of 64 tokens, QUEST anchors per kv head. Each loop prefills the
+ * seq_length tokens of kv_cache, attends once untimed (the first call plans and
+ * allocates), then times decode_steps steps; step s appends token s % seq_length of
+ * kv_cache (as key and as value) and attends with that token as the query.
+ *   kv_cache          float [seq_length][heads][head_dim], read only: each token's key,
+ *                     which is also its value and its query
+ *   compressed_cache  float [hidden_size] at least: out, the elastic loop's last output
+ *                     [heads][head_dim]
+ *   indices           unused, may be NULL (the older core's scratch)
+ *   seq_length, decode_steps  >= 1; seq_length + decode_steps <= 2^26 tokens
+ *   hidden_size       heads * head_dim, a multiple of 64; seq_length * hidden_size <=
+ *                     INT_MAX
+ *   threshold_elastic the compression ratio C, finite and >= 1: the elastic loop attends
+ *                     ceil(B / C) of the prefilled cache's B blocks at every step (1 sink
+ *                     block, 1 window block, the rest picked by score), or every block
+ *                     where that budget cannot pay (KVCache::attn's exact fallback)
+ *   baseline_total_ms, elastic_total_ms  out: milliseconds of the exact and of the
+ *                     elastic loop's decode_steps steps, appends included (CUDA events)
+ * Bytes read per exact step: 8 * hidden_size per cached token (K and V); per elastic
+ * step, that of the attended blocks plus the scored blocks' anchors.
  * Errors: EKV_ERROR_INVALID_ARGUMENT for a NULL kv_cache, compressed_cache,
  * baseline_total_ms or elastic_total_ms, a size or decode_steps < 1, an overflowing
- * product, or threshold_elastic not > 1; then EKV_ERROR_NOT_IMPLEMENTED. */
+ * product, a hidden_size that is not a multiple of 64, too many tokens, a
+ * threshold_elastic below 1, infinite or NaN, or a device pointer on another device;
+ * EKV_ERROR_NO_DEVICE; EKV_ERROR_OUT_OF_MEMORY; EKV_ERROR_CUDA. */
 EKV_C_EXPORT ekv_status ekv_inference_cycle(const float* kv_cache, float* compressed_cache, int* indices,
                                             int seq_length, int hidden_size, int decode_steps,
                                             float threshold_elastic, float* baseline_total_ms,

@@ -1,15 +1,18 @@
 // The C API's results on the GPU against host loops, bit for bit: ekv_compress on fresh
 // random data with NaN, infinities, signed zeros and denormals, from host (pageable and
 // pinned) and device memory, with and without indices, at odd sizes and at 100M elements;
-// the copies of the bandwidth functions; the FMA chains of ekv_compute_throughput; and
-// ekv_get_gpu_info against the runtime's own properties. Timings are checked to be
+// the copies of the bandwidth functions; the FMA chains of ekv_compute_throughput;
+// ekv_get_gpu_info against the runtime's own properties; and ekv_inference_cycle's last
+// output against float64 attention (within 1e-5) where it attends every block. Timings are checked to be
 // reported (finite, positive), never compared.
 
 #include <doctest/doctest.h>
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -262,4 +265,107 @@ TEST_CASE("ekv_get_gpu_info reports the current device, its name cut to the buff
   CHECK(cut[4] == 'x');  // nothing past max_name_length
   REQUIRE(ekv_get_gpu_info(cut, &major, &minor, &memory, 1) == EKV_SUCCESS);
   CHECK(cut[0] == '\0');
+}
+
+namespace {
+
+// Float64 attention of `query` [heads][head_dim] over `tokens` [count][heads][head_dim],
+// keys and values alike, scale 1/sqrt(head_dim): what ekv_inference_cycle's last step
+// computes when it attends every block.
+std::vector<double> reference_self_attention(const std::vector<float>& tokens, const float* query, int heads,
+                                             int head_dim) {
+  const std::size_t hidden = static_cast<std::size_t>(heads) * head_dim, count = tokens.size() / hidden;
+  std::vector<double> out(hidden, 0.0);
+  for (int h = 0; h < heads; ++h) {
+    std::vector<double> scores(count);
+    double top = -INFINITY;
+    for (std::size_t t = 0; t < count; ++t) {
+      double dot = 0;
+      for (int d = 0; d < head_dim; ++d) {
+        dot += double{query[h * head_dim + d]} * tokens[t * hidden + h * head_dim + d];
+      }
+      scores[t] = dot / std::sqrt(static_cast<double>(head_dim));
+      top = std::max(top, scores[t]);
+    }
+    double sum = 0;
+    for (double& s : scores) sum += (s = std::exp(s - top));
+    for (std::size_t t = 0; t < count; ++t) {
+      const double p = scores[t] / sum;
+      for (int d = 0; d < head_dim; ++d) out[h * head_dim + d] += p * tokens[t * hidden + h * head_dim + d];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("ekv_inference_cycle: with C = 1 its last output is exact attention over the cache it grew") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  // hidden 256: 2 heads of 128; hidden 192: 3 heads of 64
+  for (int hidden : {256, 192}) {
+    const int head_dim = hidden % 128 == 0 ? 128 : 64, heads = hidden / head_dim;
+    const int seq_length = 300, steps = 5;
+    std::mt19937_64 rng(seed + hidden);
+    std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+    std::vector<float> tokens(static_cast<std::size_t>(seq_length) * hidden);
+    for (float& x : tokens) x = uniform(rng);
+    // the cache after the loop: the prefill, then tokens 0 .. steps - 1 appended again;
+    // the last query is token steps - 1
+    std::vector<float> grown = tokens;
+    grown.insert(grown.end(), tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(steps) * hidden);
+    const std::vector<double> want =
+        reference_self_attention(grown, tokens.data() + static_cast<std::size_t>(steps - 1) * hidden, heads, head_dim);
+    for (Memory memory : {Memory::kPageable, Memory::kDevice}) {
+      INFO("hidden=" << hidden << " memory=" << to_string(memory));
+      Array<float> in(memory, tokens.size()), out(memory, static_cast<std::size_t>(hidden));
+      in.write(tokens);
+      out.write(std::vector<float>(static_cast<std::size_t>(hidden), from_bits(kPoison)));
+      float exact_ms = -1, elastic_ms = -1;
+      const ekv_status status = ekv_inference_cycle(in.data(), out.data(), nullptr, seq_length, hidden, steps, 1.0f,
+                                                    &exact_ms, &elastic_ms);
+      REQUIRE_MESSAGE(status == EKV_SUCCESS, ekv_last_error());
+      const std::vector<float> got = out.read();
+      // float32 decode against float64, per head: relative L2 error within 1e-5
+      for (int h = 0; h < heads; ++h) {
+        double diff = 0, norm = 0;
+        for (int d = 0; d < head_dim; ++d) {
+          const double w = want[h * head_dim + d];
+          diff += (got[h * head_dim + d] - w) * (got[h * head_dim + d] - w);
+          norm += w * w;
+        }
+        CHECK(std::sqrt(diff / norm) < 1e-5);
+      }
+      CHECK(std::isfinite(exact_ms));
+      CHECK(exact_ms > 0.0f);
+      CHECK(std::isfinite(elastic_ms));
+      CHECK(elastic_ms > 0.0f);
+    }
+  }
+}
+
+TEST_CASE("ekv_inference_cycle: elastic at C = 4 over a cache large enough to pay") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  // 8192 tokens of 1024 floats: 64 MiB of K and V per step, 48 MiB of it skipped at C = 4,
+  // past KVCache::attn's exact fallback (kElasticBreakEvenBytes)
+  const int seq_length = 8192, hidden = 1024, steps = 8;
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  std::vector<float> tokens(static_cast<std::size_t>(seq_length) * hidden);
+  for (float& x : tokens) x = uniform(rng);
+  Array<float> in(Memory::kDevice, tokens.size()), out(Memory::kDevice, static_cast<std::size_t>(hidden));
+  in.write(tokens);
+  out.write(std::vector<float>(static_cast<std::size_t>(hidden), from_bits(kPoison)));
+  float exact_ms = -1, elastic_ms = -1;
+  REQUIRE_MESSAGE(ekv_inference_cycle(in.data(), out.data(), nullptr, seq_length, hidden, steps, 4.0f, &exact_ms,
+                                      &elastic_ms) == EKV_SUCCESS,
+                  ekv_last_error());
+  std::size_t non_finite = 0;
+  for (float x : out.read()) non_finite += !std::isfinite(x);
+  CHECK(non_finite == 0);
+  CHECK(std::isfinite(exact_ms));
+  CHECK(exact_ms > 0.0f);
+  CHECK(std::isfinite(elastic_ms));
+  CHECK(elastic_ms > 0.0f);
 }

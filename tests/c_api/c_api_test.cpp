@@ -51,7 +51,6 @@ TEST_CASE("status names, and a success clears the message") {
   CHECK(std::string(ekv_status_name(EKV_ERROR_NO_DEVICE)) == "EKV_ERROR_NO_DEVICE");
   CHECK(std::string(ekv_status_name(EKV_ERROR_OUT_OF_MEMORY)) == "EKV_ERROR_OUT_OF_MEMORY");
   CHECK(std::string(ekv_status_name(EKV_ERROR_CUDA)) == "EKV_ERROR_CUDA");
-  CHECK(std::string(ekv_status_name(EKV_ERROR_NOT_IMPLEMENTED)) == "EKV_ERROR_NOT_IMPLEMENTED");
   CHECK(std::string(ekv_status_name(EKV_ERROR_INTERNAL)) == "EKV_ERROR_INTERNAL");
   CHECK(std::string(ekv_status_name(static_cast<ekv_status>(99))) == "unknown ekv_status");
   CHECK(EKV_SUCCESS == 0);  // the older core's callers test for 0 (cudaSuccess)
@@ -162,31 +161,38 @@ TEST_CASE("ekv_compute_throughput checks its arguments") {
   check_valid(ekv_compute_throughput(data.data(), 300, 64, &gflops), f);
 }
 
-TEST_CASE("ekv_inference_cycle checks its arguments, then says it is not implemented") {
-  std::vector<float> in(6, 1.0f), scratch(6);
+TEST_CASE("ekv_inference_cycle checks its arguments") {
+  std::vector<float> in(2 * 128, 1.0f), out(128);
   float exact = 0, elastic = 0;
   const std::string f = "ekv_inference_cycle";
-  check_rejected(ekv_inference_cycle(nullptr, scratch.data(), nullptr, 2, 3, 4, 4.0f, &exact, &elastic), f,
+  check_rejected(ekv_inference_cycle(nullptr, out.data(), nullptr, 2, 128, 4, 4.0f, &exact, &elastic), f,
                  "kv_cache is NULL; it must point to seq_length * hidden_size floats");
-  check_rejected(ekv_inference_cycle(in.data(), nullptr, nullptr, 2, 3, 4, 4.0f, &exact, &elastic), f,
-                 "compressed_cache is NULL; it must point to room for seq_length * hidden_size floats");
-  check_rejected(ekv_inference_cycle(in.data(), scratch.data(), nullptr, 2, 3, 4, 4.0f, nullptr, &elastic), f,
+  check_rejected(ekv_inference_cycle(in.data(), nullptr, nullptr, 2, 128, 4, 4.0f, &exact, &elastic), f,
+                 "compressed_cache is NULL; it must point to room for hidden_size floats");
+  check_rejected(ekv_inference_cycle(in.data(), out.data(), nullptr, 2, 128, 4, 4.0f, nullptr, &elastic), f,
                  "baseline_total_ms is NULL; it must point to a float");
-  check_rejected(ekv_inference_cycle(in.data(), scratch.data(), nullptr, 2, 3, 4, 4.0f, &exact, nullptr), f,
+  check_rejected(ekv_inference_cycle(in.data(), out.data(), nullptr, 2, 128, 4, 4.0f, &exact, nullptr), f,
                  "elastic_total_ms is NULL; it must point to a float");
-  check_rejected(ekv_inference_cycle(in.data(), scratch.data(), nullptr, 0, 3, 4, 4.0f, &exact, &elastic), f,
+  check_rejected(ekv_inference_cycle(in.data(), out.data(), nullptr, 0, 128, 4, 4.0f, &exact, &elastic), f,
                  "seq_length=0 not supported; supported: >= 1");
-  check_rejected(ekv_inference_cycle(in.data(), scratch.data(), nullptr, 2, 3, 0, 4.0f, &exact, &elastic), f,
+  check_rejected(ekv_inference_cycle(in.data(), out.data(), nullptr, 2, 0, 4, 4.0f, &exact, &elastic), f,
+                 "hidden_size=0 not supported; supported: >= 1");
+  check_rejected(ekv_inference_cycle(in.data(), out.data(), nullptr, 2, 128, 0, 4.0f, &exact, &elastic), f,
                  "decode_steps=0 not supported; supported: >= 1");
   check_rejected_containing(
-      ekv_inference_cycle(in.data(), scratch.data(), nullptr, 65536, 65536, 4, 4.0f, &exact, &elastic), f, kOverflow);
-  for (float bad : {1.0f, 0.5f, -2.0f, INFINITY, std::nanf("")}) {
-    check_rejected_containing(ekv_inference_cycle(in.data(), scratch.data(), nullptr, 2, 3, 4, bad, &exact, &elastic),
-                              f, "not supported; supported: a finite compression ratio C > 1");
+      ekv_inference_cycle(in.data(), out.data(), nullptr, 65536, 65536, 4, 4.0f, &exact, &elastic), f, kOverflow);
+  check_rejected(ekv_inference_cycle(in.data(), out.data(), nullptr, 2, 96, 4, 4.0f, &exact, &elastic), f,
+                 "hidden_size=96 not supported; supported: a multiple of 64 (heads x head_dim, head_dim 128 or 64)");
+  // 2^26 tokens at most: 2^20 blocks of 64 (selection's limit)
+  check_rejected(ekv_inference_cycle(in.data(), out.data(), nullptr, 1, 64, 1 << 26, 4.0f, &exact, &elastic), f,
+                 "seq_length + decode_steps = 67108865 tokens not supported; supported: at most 67108864 "
+                 "(1048576 blocks of 64)");
+  for (float bad : {0.99f, 0.5f, -2.0f, INFINITY, std::nanf("")}) {
+    check_rejected_containing(ekv_inference_cycle(in.data(), out.data(), nullptr, 2, 128, 4, bad, &exact, &elastic),
+                              f, "not supported; supported: a finite compression ratio C >= 1");
   }
-  CHECK(ekv_inference_cycle(in.data(), scratch.data(), nullptr, 2, 3, 4, 4.0f, &exact, &elastic) ==
-        EKV_ERROR_NOT_IMPLEMENTED);
-  CHECK(last_error() == f + ": the exact and elastic decode loop is not implemented in this build (issue 18)");
+  check_valid(ekv_inference_cycle(in.data(), out.data(), nullptr, 2, 128, 4, 4.0f, &exact, &elastic), f);
+  check_valid(ekv_inference_cycle(in.data(), out.data(), nullptr, 2, 128, 4, 1.0f, &exact, &elastic), f);
 }
 
 TEST_CASE("ekv_get_gpu_info checks its arguments") {

@@ -38,7 +38,6 @@ inline const char* status_name(ekv_status status) noexcept {
     case EKV_ERROR_NO_DEVICE: return "EKV_ERROR_NO_DEVICE";
     case EKV_ERROR_OUT_OF_MEMORY: return "EKV_ERROR_OUT_OF_MEMORY";
     case EKV_ERROR_CUDA: return "EKV_ERROR_CUDA";
-    case EKV_ERROR_NOT_IMPLEMENTED: return "EKV_ERROR_NOT_IMPLEMENTED";
     case EKV_ERROR_INTERNAL: return "EKV_ERROR_INTERNAL";
   }
   return "unknown ekv_status";
