@@ -58,6 +58,15 @@ ekv_status ekv_inference_cycle(const float* kv_cache, float* compressed_cache, i
   });
 }
 
+ekv_status ekv_inference_cycle_ex(const float* kv_cache, float* compressed_cache, int* indices, int seq_length,
+                                  int hidden_size, int decode_steps, float threshold_elastic, float* baseline_total_ms,
+                                  float* elastic_total_ms, float* relative_error) {
+  return ekv::capi::guarded("ekv_inference_cycle_ex", [&] {
+    ekv::capi::inference_cycle_ex(kv_cache, compressed_cache, indices, seq_length, hidden_size, decode_steps,
+                                  threshold_elastic, baseline_total_ms, elastic_total_ms, relative_error);
+  });
+}
+
 ekv_status ekv_get_gpu_info(char* device_name, int* compute_major, int* compute_minor, std::size_t* total_memory,
                             int max_name_length) {
   return ekv::capi::guarded("ekv_get_gpu_info", [&] {

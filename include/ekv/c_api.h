@@ -17,8 +17,8 @@
  * device. GB/s and GFLOP/s count 10^9 bytes and 10^9 flops per second.
  *
  * ctypes: int arguments are ctypes.c_int, float ctypes.c_float, size_t* is
- * POINTER(ctypes.c_size_t), and the return type is ctypes.c_int (as the older core's
- * cudaError_t was). */
+ * POINTER(ctypes.c_size_t), the functions' return type is ctypes.c_int (as the older
+ * core's cudaError_t was), and ekv_last_error's and ekv_status_name's ctypes.c_char_p. */
 #ifndef EKV_C_API_H
 #define EKV_C_API_H
 
@@ -61,8 +61,9 @@ EKV_C_EXPORT const char* ekv_last_error(void);
 EKV_C_EXPORT const char* ekv_status_name(ekv_status status);
 
 /* Keeps the elements x of kv_cache with |x| > threshold, in their original order
- * (stable, deterministic), on the GPU with CUB's device select.
- *   kv_cache          float [seq_length * hidden_size], read only (row-major; only the
+ * (stable, deterministic), on the GPU with CUB's device select, over all
+ * n = seq_length * hidden_size elements.
+ *   kv_cache          float [n], read only (row-major [seq_length][hidden_size]; only the
  *                     element count matters)
  *   compressed_cache  float, room for seq_length * hidden_size elements: receives the kept
  *                     values, bit for bit (signed zeros and denormals as they were);
@@ -171,6 +172,18 @@ EKV_C_EXPORT ekv_status ekv_inference_cycle(const float* kv_cache, float* compre
                                             int seq_length, int hidden_size, int decode_steps,
                                             float threshold_elastic, float* baseline_total_ms,
                                             float* elastic_total_ms);
+
+/* ekv_inference_cycle, and what elastic attention cost in accuracy:
+ *   relative_error    out: the relative L2 error of the elastic loop's last output against
+ *                     the exact loop's (the same cache, the same query), the worst over
+ *                     heads; about 0 (the same computation twice) where the elastic
+ *                     loop attended every block
+ * Errors: ekv_inference_cycle's, and EKV_ERROR_INVALID_ARGUMENT for a NULL
+ * relative_error. */
+EKV_C_EXPORT ekv_status ekv_inference_cycle_ex(const float* kv_cache, float* compressed_cache, int* indices,
+                                               int seq_length, int hidden_size, int decode_steps,
+                                               float threshold_elastic, float* baseline_total_ms,
+                                               float* elastic_total_ms, float* relative_error);
 
 /* The calling thread's current CUDA device.
  *   device_name       char [max_name_length]: out, the device's name, cut to

@@ -26,7 +26,7 @@ int main(void) {
   float out[300];
   int indices[300];
   int kept = -1, major = 0, minor = 0, want = 0;
-  float avg = 0.0f, sd = 0.0f, rate = 0.0f, exact = 0.0f, elastic = 0.0f;
+  float avg = 0.0f, sd = 0.0f, rate = 0.0f, exact = 0.0f, elastic = 0.0f, error = 0.0f;
   size_t memory = 0;
   char name[256];
   ekv_status status;
@@ -54,6 +54,8 @@ int main(void) {
   /* 300 floats: 3 tokens of hidden_size 64 (one head), and 64 of them out */
   expect(ran_or_no_device(ekv_inference_cycle(data, out, NULL, 3, 64, 2, 4.0f, &exact, &elastic)),
          "ekv_inference_cycle");
+  expect(ran_or_no_device(ekv_inference_cycle_ex(data, out, NULL, 3, 64, 2, 4.0f, &exact, &elastic, &error)),
+         "ekv_inference_cycle_ex");
 
   if (failures == 0) printf("the C API from C99: all checks passed\n");
   return failures == 0 ? 0 : 1;

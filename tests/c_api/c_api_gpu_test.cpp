@@ -299,7 +299,7 @@ std::vector<double> reference_self_attention(const std::vector<float>& tokens, c
 
 }  // namespace
 
-TEST_CASE("ekv_inference_cycle: with C = 1 its last output is exact attention over the cache it grew") {
+TEST_CASE("ekv_inference_cycle_ex: with C = 1 its last output is exact attention over the cache it grew") {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
   // hidden 256: 2 heads of 128; hidden 192: 3 heads of 64
@@ -321,10 +321,12 @@ TEST_CASE("ekv_inference_cycle: with C = 1 its last output is exact attention ov
       Array<float> in(memory, tokens.size()), out(memory, static_cast<std::size_t>(hidden));
       in.write(tokens);
       out.write(std::vector<float>(static_cast<std::size_t>(hidden), from_bits(kPoison)));
-      float exact_ms = -1, elastic_ms = -1;
-      const ekv_status status = ekv_inference_cycle(in.data(), out.data(), nullptr, seq_length, hidden, steps, 1.0f,
-                                                    &exact_ms, &elastic_ms);
+      float exact_ms = -1, elastic_ms = -1, error = -1;
+      const ekv_status status = ekv_inference_cycle_ex(in.data(), out.data(), nullptr, seq_length, hidden, steps,
+                                                       1.0f, &exact_ms, &elastic_ms, &error);
       REQUIRE_MESSAGE(status == EKV_SUCCESS, ekv_last_error());
+      CHECK(error >= 0.0f);
+      CHECK(error <= 1e-6f);  // both loops attended every block
       const std::vector<float> got = out.read();
       // float32 decode against float64, per head: relative L2 error within 1e-5
       for (int h = 0; h < heads; ++h) {
@@ -344,7 +346,7 @@ TEST_CASE("ekv_inference_cycle: with C = 1 its last output is exact attention ov
   }
 }
 
-TEST_CASE("ekv_inference_cycle: elastic at C = 4 over a cache large enough to pay") {
+TEST_CASE("ekv_inference_cycle_ex: elastic at C = 4 over a cache large enough to pay") {
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
   // 8192 tokens of 1024 floats: 64 MiB of K and V per step, 48 MiB of it skipped at C = 4,
@@ -357,10 +359,14 @@ TEST_CASE("ekv_inference_cycle: elastic at C = 4 over a cache large enough to pa
   Array<float> in(Memory::kDevice, tokens.size()), out(Memory::kDevice, static_cast<std::size_t>(hidden));
   in.write(tokens);
   out.write(std::vector<float>(static_cast<std::size_t>(hidden), from_bits(kPoison)));
-  float exact_ms = -1, elastic_ms = -1;
-  REQUIRE_MESSAGE(ekv_inference_cycle(in.data(), out.data(), nullptr, seq_length, hidden, steps, 4.0f, &exact_ms,
-                                      &elastic_ms) == EKV_SUCCESS,
+  float exact_ms = -1, elastic_ms = -1, error = -1;
+  REQUIRE_MESSAGE(ekv_inference_cycle_ex(in.data(), out.data(), nullptr, seq_length, hidden, steps, 4.0f, &exact_ms,
+                                         &elastic_ms, &error) == EKV_SUCCESS,
                   ekv_last_error());
+  // random keys leave no block more relevant than another: elastic reads a quarter and
+  // differs from exact (RESULTS.md: relative error near 1.7 at C = 4 on random data)
+  CHECK(std::isfinite(error));
+  CHECK(error > 0.0f);
   std::size_t non_finite = 0;
   for (float x : out.read()) non_finite += !std::isfinite(x);
   CHECK(non_finite == 0);

@@ -195,6 +195,20 @@ TEST_CASE("ekv_inference_cycle checks its arguments") {
   check_valid(ekv_inference_cycle(in.data(), out.data(), nullptr, 2, 128, 4, 1.0f, &exact, &elastic), f);
 }
 
+TEST_CASE("ekv_inference_cycle_ex checks ekv_inference_cycle's arguments and its own") {
+  std::vector<float> in(2 * 128, 1.0f), out(128);
+  float exact = 0, elastic = 0, error = 0;
+  const std::string f = "ekv_inference_cycle_ex";
+  check_rejected(ekv_inference_cycle_ex(in.data(), out.data(), nullptr, 2, 128, 4, 4.0f, &exact, &elastic, nullptr),
+                 f, "relative_error is NULL; it must point to a float");
+  check_rejected(ekv_inference_cycle_ex(in.data(), out.data(), nullptr, 2, 128, 0, 4.0f, &exact, &elastic, &error),
+                 f, "decode_steps=0 not supported; supported: >= 1");
+  check_rejected(ekv_inference_cycle_ex(in.data(), out.data(), nullptr, 2, 100, 4, 4.0f, &exact, &elastic, &error),
+                 f, "hidden_size=100 not supported; supported: a multiple of 64 (heads x head_dim, head_dim 128 or "
+                    "64)");
+  check_valid(ekv_inference_cycle_ex(in.data(), out.data(), nullptr, 2, 128, 4, 4.0f, &exact, &elastic, &error), f);
+}
+
 TEST_CASE("ekv_get_gpu_info checks its arguments") {
   char name[256];
   int major = 0, minor = 0;

@@ -1,11 +1,13 @@
 #pragma once
-// ekv_inference_cycle: a decode loop over ekv's KVCache, built from the caller's tokens,
-// timed once exact and once elastic (c_api.h states the layout and the rules).
+// ekv_inference_cycle and ekv_inference_cycle_ex: a decode loop over ekv's KVCache, built
+// from the caller's tokens, timed once exact and once elastic, and the elastic output's
+// error against the exact one (c_api.h states the layout and the rules).
 
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "ekv/attention/sequence_blocks.hpp"
 #include "ekv/c_api/arguments.hpp"
@@ -19,6 +21,7 @@
 #include "ekv/core/error.hpp"
 #include "ekv/core/event.hpp"
 #include "ekv/core/stream.hpp"
+#include "ekv/elastic/accuracy.hpp"
 #include "ekv/elastic/budget.hpp"
 #include "ekv/elastic/elastic_config.hpp"
 #include "ekv/elastic/policy.hpp"
@@ -77,8 +80,9 @@ inline void check_cycle_arguments(const float* kv_cache, const float* compressed
 // Prefills a cache with the `seq_length` tokens at `tokens` (device, [seq_length][heads]
 // [head_dim], keys and values alike), attends once untimed (the first call plans and
 // allocates), then times `decode_steps` steps of append + attn: step s appends token
-// s % seq_length and attends with it as the query. pick < 0: exact; otherwise elastic
-// with these block counts. Leaves the last step's output in `out` [heads][head_dim].
+// s % seq_length and attends with it as the query, exactly or elastic with `counts`
+// (KVCache::attn falls back to exact where they cannot pay). Leaves the last step's
+// output in `out` (device, [heads][head_dim]).
 inline float timed_decode_loop(const KVCacheConfig& c, const DeviceInfo& device, const float* tokens, int seq_length,
                                int decode_steps, BlockCounts counts, bool exact, float* out, const Stream& stream) {
   KVCache cache(c, device, stream);
@@ -111,11 +115,10 @@ inline float timed_decode_loop(const KVCacheConfig& c, const DeviceInfo& device,
   return Event::elapsed_ms(start, stop);
 }
 
-inline void inference_cycle(const float* kv_cache, float* compressed_cache, int* /*indices: unused*/,
-                            int seq_length, int hidden_size, int decode_steps, float threshold_elastic,
-                            float* baseline_total_ms, float* elastic_total_ms) {
-  check_cycle_arguments(kv_cache, compressed_cache, seq_length, hidden_size, decode_steps, threshold_elastic,
-                        baseline_total_ms, elastic_total_ms);
+// Both loops, on checked arguments; relative_error may be nullptr (not asked for).
+inline void run_inference_cycle(const float* kv_cache, float* compressed_cache, int seq_length, int hidden_size,
+                                int decode_steps, float threshold_elastic, float* baseline_total_ms,
+                                float* elastic_total_ms, float* relative_error) {
   const KVCacheConfig c = cycle_config(seq_length, hidden_size, decode_steps);
   const int device = require_gpu();
   const DeviceInfo info = DeviceInfo::query(device);
@@ -128,14 +131,45 @@ inline void inference_cycle(const float* kv_cache, float* compressed_cache, int*
   // cache, kept for the whole loop (a new count would plan a new elastic step)
   const ElasticPolicy policy(c.elastic_config(), ElasticBudget::ratio(threshold_elastic));
   const BlockCounts counts = policy.counts(sequence_blocks(seq_length, c.block_len));
+  const auto hidden = static_cast<std::size_t>(hidden_size);
+  DeviceBuffer<float> exact_out(hidden, stream);
   const float exact_ms = timed_decode_loop(c, info, tokens.data(), seq_length, decode_steps, counts, true,
-                                           out.data(), stream);
+                                           exact_out.data(), stream);
   const float elastic_ms = timed_decode_loop(c, info, tokens.data(), seq_length, decode_steps, counts, false,
                                              out.data(), stream);
-  out.copy_out(static_cast<std::size_t>(hidden_size), stream);
+  if (relative_error != nullptr) {
+    std::vector<float> exact_host(hidden), elastic_host(hidden);
+    exact_out.copy_to(exact_host, stream);
+    EKV_CUDA_CHECK(cudaMemcpyAsync(elastic_host.data(), out.data(), hidden * sizeof(float), cudaMemcpyDeviceToHost,
+                                   stream.get()),
+                   "cannot copy the elastic output back");
+    stream.synchronize();
+    *relative_error = static_cast<float>(
+        relative_l2_error(elastic_host.data(), exact_host.data(), c.q_head_num, c.head_dim).worst);
+  }
+  out.copy_out(hidden, stream);
   stream.synchronize();
   *baseline_total_ms = exact_ms;
   *elastic_total_ms = elastic_ms;
+}
+
+inline void inference_cycle(const float* kv_cache, float* compressed_cache, int* /*indices: unused*/,
+                            int seq_length, int hidden_size, int decode_steps, float threshold_elastic,
+                            float* baseline_total_ms, float* elastic_total_ms) {
+  check_cycle_arguments(kv_cache, compressed_cache, seq_length, hidden_size, decode_steps, threshold_elastic,
+                        baseline_total_ms, elastic_total_ms);
+  run_inference_cycle(kv_cache, compressed_cache, seq_length, hidden_size, decode_steps, threshold_elastic,
+                      baseline_total_ms, elastic_total_ms, nullptr);
+}
+
+inline void inference_cycle_ex(const float* kv_cache, float* compressed_cache, int* /*indices: unused*/,
+                               int seq_length, int hidden_size, int decode_steps, float threshold_elastic,
+                               float* baseline_total_ms, float* elastic_total_ms, float* relative_error) {
+  check_cycle_arguments(kv_cache, compressed_cache, seq_length, hidden_size, decode_steps, threshold_elastic,
+                        baseline_total_ms, elastic_total_ms);
+  require_pointer(relative_error, "relative_error", "a float");
+  run_inference_cycle(kv_cache, compressed_cache, seq_length, hidden_size, decode_steps, threshold_elastic,
+                      baseline_total_ms, elastic_total_ms, relative_error);
 }
 
 }  // namespace ekv::capi
