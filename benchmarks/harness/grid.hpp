@@ -1,24 +1,12 @@
 #pragma once
-// Grid sizing shared by the streaming kernels: one full wave of resident CTAs, which a
-// grid-stride loop then walks over any size.
+// Grid sizing of the streaming kernels, under the harness's names: the rule lives in the
+// library (ekv/kernels/streaming_grid.hpp), where the C API's copy uses it too.
 
-#include <algorithm>
-#include <cstddef>
-
-#include "ekv/core/device.hpp"
+#include "ekv/kernels/streaming_grid.hpp"
 
 namespace ekv::bench {
 
-inline int full_wave_ctas(const DeviceInfo& device, int cta_threads) {
-  return device.sm_count * std::max(1, device.max_threads_per_sm / cta_threads);
-}
-
-// Enough CTAs to cover `work_items` with `items_per_cta`, capped at one full wave.
-inline int streaming_grid(const DeviceInfo& device, int cta_threads, std::size_t work_items,
-                          std::size_t items_per_cta) {
-  const std::size_t needed = (work_items + items_per_cta - 1) / items_per_cta;
-  return static_cast<int>(std::max<std::size_t>(
-      1, std::min<std::size_t>(needed, static_cast<std::size_t>(full_wave_ctas(device, cta_threads)))));
-}
+using ekv::full_wave_ctas;
+using ekv::streaming_grid;
 
 }  // namespace ekv::bench

@@ -1,15 +1,19 @@
 #pragma once
 // All of ekv, for a .cu file built by nvcc: <ekv/ekv.hpp> and the kernels: vector loads,
-// cp.async, mma and the tile pipeline; append, exact decode and merge_states; anchors,
-// scoring, selection, importance, block-sparse and elastic decode; hybrid GPU + CPU decode.
-// Device code needs sm_80 or newer.
+// cp.async, mma, the tile pipeline, the streaming copy, FMA chains and selection by
+// magnitude; append, exact decode and merge_states; anchors, scoring, selection,
+// importance, block-sparse and elastic decode; hybrid GPU + CPU decode. Device code needs
+// sm_80 or newer.
 
 #include "ekv/ekv.hpp"
 
 #include "ekv/kernels/arch_check.cuh"
 #include "ekv/kernels/async_copy.cuh"
 #include "ekv/kernels/bulk_copy.cuh"
+#include "ekv/kernels/copy.cuh"
 #include "ekv/kernels/fill.cuh"
+#include "ekv/kernels/fma_chains.cuh"
+#include "ekv/kernels/magnitude_select.cuh"
 #include "ekv/kernels/mma.cuh"
 #include "ekv/kernels/tile_pipeline.cuh"
 #include "ekv/kernels/vec.cuh"

@@ -1,9 +1,10 @@
 #pragma once
 // ekv's host-compilable half, for a translation unit built by a C++ compiler alone (g++,
 // clang++, or the host side of a .cu file): errors, buffers, streams, events, graphs,
-// device info, dtypes; KV views and the float64 references; elastic configs, budgets,
-// policies and accuracy tools; cache placement and the hybrid block table; the CPU
-// backend (CPUInfer, cpu_decode, CpuElasticDecode). The kernels need nvcc: <ekv/ekv.cuh>.
+// device info, dtypes, streaming grid sizes, the reference of selection by magnitude; KV
+// views and the float64 references; elastic configs, budgets, policies and accuracy
+// tools; cache placement and the hybrid block table; the CPU backend (CPUInfer,
+// cpu_decode, CpuElasticDecode). The kernels need nvcc: <ekv/ekv.cuh>.
 
 #include "ekv/core/device.hpp"
 #include "ekv/core/device_buffer.hpp"
@@ -19,6 +20,9 @@
 #include "ekv/core/span.hpp"
 #include "ekv/core/stream.hpp"
 #include "ekv/core/version.hpp"
+
+#include "ekv/kernels/magnitude_select_reference.hpp"
+#include "ekv/kernels/streaming_grid.hpp"
 
 #include "ekv/attention/decode_support.hpp"
 #include "ekv/attention/decode_traits.hpp"
