@@ -27,6 +27,7 @@
 #include "ekv/attention/decode_support.hpp"
 #include "ekv/attention/decode_traits.hpp"
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/attention/reference.hpp"
 #include "ekv/attention/sequence_blocks.hpp"
 

@@ -231,4 +231,34 @@ EKV_HOST_DEVICE inline float dequantize_value(KVStorage storage, const void* cod
   return 0.0f;
 }
 
+// A whole stored row as float, into out [head_dim].
+EKV_HOST_DEVICE inline void dequantize_row(KVStorage storage, const void* codes, const __half* scales, int head_dim,
+                                           float* out, float s = 1.0f) {
+  switch (storage) {
+    case KVStorage::kFloat16:
+      for (int i = 0; i < head_dim; ++i) out[i] = __half2float(static_cast<const __half*>(codes)[i]);
+      return;
+    case KVStorage::kBFloat16:
+      for (int i = 0; i < head_dim; ++i) out[i] = __bfloat162float(static_cast<const __nv_bfloat16*>(codes)[i]);
+      return;
+    case KVStorage::kFloat32:
+      for (int i = 0; i < head_dim; ++i) out[i] = static_cast<const float*>(codes)[i];
+      return;
+    case KVStorage::kFp8E4M3:
+      for (int i = 0; i < head_dim; ++i) out[i] = dequantize_fp8(static_cast<const __nv_fp8_e4m3*>(codes)[i], s);
+      return;
+    case KVStorage::kQ8_0:
+      for (int i = 0; i < head_dim; ++i) {
+        out[i] = dequantize_q8_0(static_cast<const std::int8_t*>(codes)[i], scales[i / kQuantGroup]);
+      }
+      return;
+    case KVStorage::kQ4_0:
+      for (int g = 0; g < head_dim / kQuantGroup; ++g) {
+        const auto* group = static_cast<const std::uint8_t*>(codes) + g * (kQuantGroup / 2);
+        for (int j = 0; j < kQuantGroup; ++j) out[g * kQuantGroup + j] = dequantize_q4_0(group, j, scales[g]);
+      }
+      return;
+  }
+}
+
 }  // namespace ekv

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/core/dtype.hpp"
 #include "ekv/cpu/exp.hpp"
 #include "ekv/cpu/group_tile.hpp"
@@ -32,6 +33,9 @@ struct AttendState {
   // the AVX2 ones, and for float)
   std::vector<float> k_wide;
   std::vector<float> v_wide;
+  // [kAttendTileTokens][head_dim]: a quantized view's K and V rows, dequantized
+  std::vector<float> k_rows;
+  std::vector<float> v_rows;
 
   // Starts an empty state for q [group][head_dim] (consecutive query heads).
   template <typename T>
@@ -64,6 +68,27 @@ struct AttendState {
   }
 };
 
+namespace detail {
+
+// Folds one tile of n tokens, rows k_rows and v_rows [n] in type T, into `state`.
+template <typename T>
+void attend_tile(const T* const* k_rows, const T* const* v_rows, int n, int d, AttendState& state) {
+  constexpr int kTile = kAttendTileTokens;
+  tile_scores(state.q.data(), state.group, k_rows, n, d, state.scores.data(), kTile, state.k_wide.data());
+  for (int g = 0; g < state.group; ++g) {
+    float* s = &state.scores[static_cast<std::size_t>(g) * kTile];
+    const float tile_max = max_row(s, n);
+    const float new_max = std::max(state.max[g], tile_max);
+    state.rescale[g] = std::exp(state.max[g] - new_max);  // 0 for the first tile
+    state.sum[g] = state.sum[g] * state.rescale[g] + exp_row(s, n, new_max);
+    state.max[g] = new_max;
+  }
+  tile_accumulate(state.acc.data(), state.rescale.data(), state.scores.data(), kTile, state.group, v_rows, n, d,
+                  state.v_wide.data());
+}
+
+}  // namespace detail
+
 // Adds tokens [begin, end) of (seq, kv_head) to `state` (begun with the group's q).
 // head_dim a multiple of 8; the tokens must lie within the view.
 template <typename T>
@@ -93,17 +118,34 @@ void attend_range(const KVView<T>& kv, int seq, int kv_head, int begin, int end,
       k_rows[t] = kv.k + off[t];
       v_rows[t] = kv.v + off[t];
     }
-    tile_scores(state.q.data(), state.group, k_rows, n, d, state.scores.data(), kTile, state.k_wide.data());
-    for (int g = 0; g < state.group; ++g) {
-      float* s = &state.scores[static_cast<std::size_t>(g) * kTile];
-      const float tile_max = max_row(s, n);
-      const float new_max = std::max(state.max[g], tile_max);
-      state.rescale[g] = std::exp(state.max[g] - new_max);  // 0 for the first tile
-      state.sum[g] = state.sum[g] * state.rescale[g] + exp_row(s, n, new_max);
-      state.max[g] = new_max;
+    detail::attend_tile(k_rows, v_rows, n, d, state);
+  }
+}
+
+// The same over a quantized view: each tile's K and V rows are dequantized to float
+// (quant.hpp's dequantize_row, the values the GPU kernels compute with) into the state's
+// own rows, then attended as float rows.
+inline void attend_range(const QuantKVView& kv, int seq, int kv_head, int begin, int end, AttendState& state) {
+  constexpr int kTile = kAttendTileTokens;
+  const int d = kv.head_dim;
+  const std::size_t row = static_cast<std::size_t>(d);
+  if (state.k_rows.size() < kTile * row) {
+    state.k_rows.resize(kTile * row);
+    state.v_rows.resize(kTile * row);
+  }
+  const float* k_rows[kTile];
+  const float* v_rows[kTile];
+  for (int t0 = begin; t0 < end; t0 += kTile) {
+    const int n = std::min(kTile, end - t0);
+    for (int t = 0; t < n; ++t) {
+      float* k = state.k_rows.data() + t * row;
+      float* v = state.v_rows.data() + t * row;
+      kv.row(false, seq, kv_head, t0 + t, k);
+      kv.row(true, seq, kv_head, t0 + t, v);
+      k_rows[t] = k;
+      v_rows[t] = v;
     }
-    tile_accumulate(state.acc.data(), state.rescale.data(), state.scores.data(), kTile, state.group, v_rows, n, d,
-                    state.v_wide.data());
+    detail::attend_tile(k_rows, v_rows, n, d, state);
   }
 }
 

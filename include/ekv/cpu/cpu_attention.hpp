@@ -13,9 +13,11 @@
 
 #include "ekv/attention/decode_support.hpp"
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/core/dispatch.hpp"
 #include "ekv/core/dtype.hpp"
 #include "ekv/core/error.hpp"
+#include "ekv/core/quant.hpp"
 #include "ekv/cpu/attend_range.hpp"
 #include "ekv/cpu/merge_states.hpp"
 #include "ekv/cpu/thread_pool.hpp"
@@ -79,44 +81,22 @@ inline int cpu_decode_chunk_tokens(std::int64_t token_heads, int num_threads) {
 
 }  // namespace detail
 
-// Decode attention, one query token per sequence, on `pool`; returns when done. q and o:
-// T [batch][q_heads][head_dim]; lse: float [batch][q_heads], the natural log of
-// sum(exp(scale * q.k)); K, V, lengths and block table in host memory, as a KVView.
-// Query head h reads kv head h / (q_heads / kv_heads); T is float, half or bfloat16,
-// accumulated in float; head_dim any positive multiple of 8; scale 0 means
-// 1 / sqrt(head_dim). Lengths are clamped to the view's capacity, as on the GPU; a
-// sequence of length 0 gives o = 0 and lse = -inf. chunk_tokens > 0 forces the split
-// length (tests, tuning); 0 picks it from the work and the pool's size. Throws ekv::Error
-// for an unsupported problem or a null pointer, and rethrows what a worker threw.
-template <typename T>
-void cpu_decode(CPUInfer& pool, const KVView<T>& kv, const T* q, int q_heads, T* o, float* lse, float scale = 0.0f,
-                int chunk_tokens = 0) {
-  static_assert(cpu_decode_has_dtype<T>(), "cpu_decode: T must be float, half or bfloat16");
-  DecodeProblem problem;
-  problem.dtype = kDTypeOf<T>;
-  problem.batch = kv.batch;
-  problem.q_heads = q_heads;
-  problem.kv_heads = kv.kv_heads;
-  problem.head_dim = kv.head_dim;
-  problem.scale = scale;
-  if (Support s = cpu_decode_supports(problem); !s) throw Error(s.why);
-  if (kv.batch == 0) return;
-  if (kv.k == nullptr || kv.v == nullptr || !kv.has_lengths() || q == nullptr || o == nullptr || lse == nullptr) {
-    throw Error("cpu_decode: null K, V, lengths, q, o or lse");
-  }
-  if (kv.block_table != nullptr && kv.block_len < 1) {
-    throw Error("cpu_decode: a paged view needs block_len >= 1, got " + std::to_string(kv.block_len));
-  }
-  const int d = kv.head_dim;
-  const int group = q_heads / kv.kv_heads;
+namespace detail {
+
+// cpu_decode's work over any view with length(), capacity() and an attend_range: the
+// split into (sequence, kv head, chunk) items, the items on the pool, the merge.
+template <typename T, typename View>
+void cpu_decode_view(CPUInfer& pool, const View& kv, int batch, int kv_heads, int d, const T* q, int q_heads, T* o,
+                     float* lse, float scale, int chunk_tokens) {
+  const int group = q_heads / kv_heads;
   const float softmax_scale = scale > 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(d));
 
   // a block-sparse view's heads differ in length: chunks follow each sequence's longest
   const auto length = [&](int b, int h) { return std::clamp(kv.length(b, h), 0, kv.capacity()); };
-  std::vector<int> lengths(kv.batch, 0);
+  std::vector<int> lengths(batch, 0);
   std::int64_t token_heads = 0;
-  for (int b = 0; b < kv.batch; ++b) {
-    for (int h = 0; h < kv.kv_heads; ++h) {
+  for (int b = 0; b < batch; ++b) {
+    for (int h = 0; h < kv_heads; ++h) {
       lengths[b] = std::max(lengths[b], length(b, h));
       token_heads += length(b, h);
     }
@@ -127,14 +107,14 @@ void cpu_decode(CPUInfer& pool, const KVView<T>& kv, const T* q, int q_heads, T*
     int seq, kv_head, chunk;
   };
   std::vector<Item> items;
-  std::vector<int> chunks(kv.batch);
+  std::vector<int> chunks(batch);
   // a split sequence b's partial states: float [q_heads][chunks[b]][head_dim] from states[b]
-  std::vector<std::int64_t> states(kv.batch + 1, 0);
-  for (int b = 0; b < kv.batch; ++b) {
+  std::vector<std::int64_t> states(batch + 1, 0);
+  for (int b = 0; b < batch; ++b) {
     chunks[b] = static_cast<int>(std::max<std::int64_t>(1, (std::int64_t{lengths[b]} + chunk - 1) / chunk));
     states[b + 1] = states[b] + (chunks[b] > 1 ? std::int64_t{q_heads} * chunks[b] : 0);
     for (int c = 0; c < chunks[b]; ++c) {
-      for (int h = 0; h < kv.kv_heads; ++h) items.push_back({b, h, c});  // a chunk's heads together: NHD rows share lines
+      for (int h = 0; h < kv_heads; ++h) items.push_back({b, h, c});  // a chunk's heads together: NHD rows share lines
     }
   }
   std::vector<float> partial_o(static_cast<std::size_t>(states.back()) * d);
@@ -157,7 +137,7 @@ void cpu_decode(CPUInfer& pool, const KVView<T>& kv, const T* q, int q_heads, T*
     }
   });
   if (states.back() == 0) return;
-  pool.parallel_for(0, kv.batch, [&](std::int64_t b) {
+  pool.parallel_for(0, batch, [&](std::int64_t b) {
     if (chunks[b] == 1) return;
     for (int h = 0; h < q_heads; ++h) {
       const std::int64_t first = states[b] + std::int64_t{h} * chunks[b];
@@ -165,6 +145,62 @@ void cpu_decode(CPUInfer& pool, const KVView<T>& kv, const T* q, int q_heads, T*
       merge_row_host(partial_o.data() + first * d, partial_lse.data() + first, chunks[b], d, o + row * d, lse + row);
     }
   });
+}
+
+template <typename T>
+DecodeProblem cpu_decode_problem(int batch, int q_heads, int kv_heads, int head_dim, float scale) {
+  return DecodeProblem{kDTypeOf<T>, batch, q_heads, kv_heads, head_dim, 0, scale};
+}
+
+}  // namespace detail
+
+// Decode attention, one query token per sequence, on `pool`; returns when done. q and o:
+// T [batch][q_heads][head_dim]; lse: float [batch][q_heads], the natural log of
+// sum(exp(scale * q.k)); K, V, lengths and block table in host memory, as a KVView.
+// Query head h reads kv head h / (q_heads / kv_heads); T is float, half or bfloat16,
+// accumulated in float; head_dim any positive multiple of 8; scale 0 means
+// 1 / sqrt(head_dim). Lengths are clamped to the view's capacity, as on the GPU; a
+// sequence of length 0 gives o = 0 and lse = -inf. chunk_tokens > 0 forces the split
+// length (tests, tuning); 0 picks it from the work and the pool's size. Throws ekv::Error
+// for an unsupported problem or a null pointer, and rethrows what a worker threw.
+template <typename T>
+void cpu_decode(CPUInfer& pool, const KVView<T>& kv, const T* q, int q_heads, T* o, float* lse, float scale = 0.0f,
+                int chunk_tokens = 0) {
+  static_assert(cpu_decode_has_dtype<T>(), "cpu_decode: T must be float, half or bfloat16");
+  const DecodeProblem problem = detail::cpu_decode_problem<T>(kv.batch, q_heads, kv.kv_heads, kv.head_dim, scale);
+  if (Support s = cpu_decode_supports(problem); !s) throw Error(s.why);
+  if (kv.batch == 0) return;
+  if (kv.k == nullptr || kv.v == nullptr || !kv.has_lengths() || q == nullptr || o == nullptr || lse == nullptr) {
+    throw Error("cpu_decode: null K, V, lengths, q, o or lse");
+  }
+  if (kv.block_table != nullptr && kv.block_len < 1) {
+    throw Error("cpu_decode: a paged view needs block_len >= 1, got " + std::to_string(kv.block_len));
+  }
+  detail::cpu_decode_view(pool, kv, kv.batch, kv.kv_heads, kv.head_dim, q, q_heads, o, lse, scale, chunk_tokens);
+}
+
+// Decode attention over a quantized cache (QuantKVView: FP8, Q8_0, Q4_0 or the float
+// formats as stored rows), with cpu_decode's semantics; each row is dequantized to float
+// as it is read. q, o: T [batch][q_heads][head_dim] (float, half or bfloat16). Throws
+// ekv::Error for an unsupported problem or storage, or a null pointer.
+template <typename T>
+void cpu_decode(CPUInfer& pool, const QuantKVView& kv, const T* q, int q_heads, T* o, float* lse,
+                float scale = 0.0f, int chunk_tokens = 0) {
+  static_assert(cpu_decode_has_dtype<T>(), "cpu_decode: T must be float, half or bfloat16");
+  const DecodeProblem problem = detail::cpu_decode_problem<T>(kv.batch(), q_heads, kv.kv_heads(), kv.head_dim, scale);
+  if (Support s = cpu_decode_supports(problem); !s) throw Error(s.why);
+  if (Support s = kv_storage_supports(kv.storage, kv.head_dim); !s) throw Error("cpu_decode: " + s.why);
+  if (kv.batch() == 0) return;
+  const bool scales_missing =
+      kv_scale_bytes(kv.storage, kv.head_dim) > 0 && (kv.scales.k == nullptr || kv.scales.v == nullptr);
+  if (kv.codes.k == nullptr || kv.codes.v == nullptr || scales_missing || !kv.codes.has_lengths() || q == nullptr ||
+      o == nullptr || lse == nullptr) {
+    throw Error("cpu_decode: null K or V codes, scales, lengths, q, o or lse");
+  }
+  if (kv.codes.block_table != nullptr && kv.codes.block_len < 1) {
+    throw Error("cpu_decode: a paged view needs block_len >= 1, got " + std::to_string(kv.codes.block_len));
+  }
+  detail::cpu_decode_view(pool, kv, kv.batch(), kv.kv_heads(), kv.head_dim, q, q_heads, o, lse, scale, chunk_tokens);
 }
 
 }  // namespace ekv

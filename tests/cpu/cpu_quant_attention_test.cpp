@@ -1,0 +1,154 @@
+// CPU decode over quantized KV storage (QuantKVView), paged and contiguous, ragged lengths:
+// (1) against the float64 reference run on the dequantized values: both sides attend the
+// same numbers, so only float accumulation differs (tolerance: float's, relative L2 of
+// the worst row 1e-5; LSE 1e-4); (2) against full-precision attention over the original
+// values, the accuracy cost of each format on uniform keys and values in [-1, 1], for the
+// worst row, which includes a one-token sequence whose output is its V row as stored:
+// FP8 (scale 1) <= 5e-2 (E4M3's 3 mantissa bits: 2.9-4.0e-2 measured here, where the
+// issue's goal of 2e-2 is for long sequences, measured by the benchmark), Q8_0 <= 1e-2
+// (5.5-6.4e-3 measured), Q4_0 <= 1.5e-1 (9.1e-2-1.04e-1), bf16 1e-2, fp16 2e-3, fp32 1e-5.
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "decode_check.hpp"
+#include "ekv/attention/quant_kv_view.hpp"
+#include "ekv/core/quant.hpp"
+#include "ekv/cpu/cpu_attention.hpp"
+#include "test_seed.hpp"
+
+namespace {
+
+using ekv::KVStorage;
+using ekv::test::CacheShape;
+using ekv::test::HostCache;
+using ekv::test::Layout;
+
+// A float cache's K and V pools, row by row (HND layouts: row r at r * head_dim),
+// quantized into codes and scales, and the values those decode to.
+struct QuantPools {
+  std::vector<std::uint8_t> k_codes, v_codes;
+  std::vector<__half> k_scales, v_scales;
+  std::vector<float> k_values, v_values;  // dequantized, in the float pool's layout
+
+  QuantPools(KVStorage s, const HostCache<float>& cache) {
+    const int d = cache.shape.head_dim;
+    const std::size_t rows = cache.k.size() / d;
+    const std::size_t code_bytes = ekv::kv_code_bytes(s, d), groups = ekv::kv_scale_bytes(s, d) / sizeof(__half);
+    k_codes.resize(rows * code_bytes);
+    v_codes.resize(rows * code_bytes);
+    k_scales.resize(std::max<std::size_t>(1, rows * groups));
+    v_scales.resize(k_scales.size());
+    k_values.resize(cache.k.size());
+    v_values.resize(cache.v.size());
+    for (std::size_t r = 0; r < rows; ++r) {
+      ekv::quantize_row(s, cache.k.data() + r * d, d, k_codes.data() + r * code_bytes, k_scales.data() + r * groups);
+      ekv::quantize_row(s, cache.v.data() + r * d, d, v_codes.data() + r * code_bytes, v_scales.data() + r * groups);
+      ekv::dequantize_row(s, k_codes.data() + r * code_bytes, k_scales.data() + r * groups, d, k_values.data() + r * d);
+      ekv::dequantize_row(s, v_codes.data() + r * code_bytes, v_scales.data() + r * groups, d, v_values.data() + r * d);
+    }
+  }
+  ekv::QuantKVPool pool() const { return {k_codes.data(), v_codes.data(), k_scales.data(), v_scales.data()}; }
+};
+
+ekv::QuantKVView quant_view(KVStorage s, const QuantPools& p, HostCache<float>& cache) {
+  const CacheShape& c = cache.shape;
+  if (c.layout == Layout::kPaged) {
+    return ekv::paged_quant_kv(s, p.pool(), cache.table.data(), cache.lengths.data(), c.batch(), c.kv_heads,
+                               c.head_dim, cache.block_len, cache.blocks_per_seq);
+  }
+  return ekv::contiguous_hnd_quant_kv(s, p.pool(), cache.lengths.data(), c.batch(), c.kv_heads, c.head_dim,
+                                      cache.block_len);
+}
+
+// The worst row's relative L2 error of o against ref.
+double worst_error(const std::vector<ekv::RefState>& ref, const std::vector<float>& o, int d) {
+  double worst = 0;
+  for (std::size_t r = 0; r < ref.size(); ++r) {
+    double e2 = 0, r2 = 0;
+    for (int i = 0; i < d; ++i) {
+      e2 += (o[r * d + i] - ref[r].o[i]) * (o[r * d + i] - ref[r].o[i]);
+      r2 += ref[r].o[i] * ref[r].o[i];
+    }
+    worst = std::max(worst, r2 > 0 ? std::sqrt(e2 / r2) : std::sqrt(e2));
+  }
+  return worst;
+}
+
+double accuracy_bound(KVStorage s) {
+  switch (s) {
+    case KVStorage::kFp8E4M3: return 5e-2;
+    case KVStorage::kQ8_0: return 1e-2;
+    case KVStorage::kQ4_0: return 1.5e-1;
+    case KVStorage::kBFloat16: return 1e-2;
+    case KVStorage::kFloat16: return 2e-3;
+    case KVStorage::kFloat32: break;
+  }
+  return 1e-5;
+}
+
+}  // namespace
+
+TEST_CASE("cpu decode over quantized storage matches the reference on its values, at each format's cost") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  ekv::CPUInfer pool(3);
+  int i = 0;
+  for (Layout layout : {Layout::kPaged, Layout::kContiguousHnd}) {
+    for (int head_dim : {64, 128}) {
+      const CacheShape shape{2, 4, head_dim, 16, {1, 37, 700, 0}, layout};
+      HostCache<float> cache(shape, seed + i++);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+      const auto exact = ekv::reference_decode<float>(cache.host_view(), cache.q.data(), shape.q_heads(), scale);
+      for (KVStorage s : ekv::kAllKVStorages) {
+        INFO(ekv::test::describe(shape) << " storage=" << ekv::to_string(s));
+        const QuantPools p(s, cache);
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        std::vector<float> o(cache.q.size(), nan), lse(static_cast<std::size_t>(shape.batch()) * shape.q_heads(), nan);
+        ekv::cpu_decode<float>(pool, quant_view(s, p, cache), cache.q.data(), shape.q_heads(), o.data(), lse.data(),
+                               0.0f, i % 2 == 0 ? 0 : 256);  // a forced split of the 700-token sequence too
+        // (1) the same values in float64
+        const ekv::KVView<float> dequantized = cache.view(const_cast<float*>(p.k_values.data()),
+                                                          const_cast<float*>(p.v_values.data()), cache.table.data(),
+                                                          cache.lengths.data());
+        ekv::test::check_against_reference(
+            ekv::reference_decode<float>(dequantized, cache.q.data(), shape.q_heads(), scale), o, lse, head_dim);
+        // (2) the format's cost against the values before quantization
+        const double cost = worst_error(exact, o, head_dim);
+        MESSAGE(std::string(ekv::to_string(s)) << " head_dim " << head_dim
+                                               << ": worst relative error against full precision " << cost);
+        CHECK(cost <= accuracy_bound(s));
+      }
+    }
+  }
+}
+
+TEST_CASE("cpu decode over quantized storage names what it rejects") {
+  ekv::CPUInfer pool(1);
+  std::vector<std::uint8_t> codes(64 * 16);
+  std::vector<__half> scales(64);
+  std::vector<std::int32_t> lengths{4};
+  std::vector<float> q(4 * 96), o(q.size()), lse(4);
+  // Q4_0 needs whole groups of 32: head_dim 40 is refused by the view
+  CHECK_THROWS_WITH_AS(ekv::contiguous_hnd_quant_kv(KVStorage::kQ4_0, {codes.data(), codes.data(), scales.data(),
+                                                                      scales.data()},
+                                                    lengths.data(), 1, 1, 40, 4),
+                       "contiguous_hnd_quant_kv: head_dim=40 not supported by kv storage q4_0; it must be a multiple "
+                       "of 32",
+                       ekv::Error);
+  CHECK_THROWS_WITH_AS(ekv::contiguous_hnd_quant_kv(KVStorage::kQ8_0, {codes.data(), codes.data(), nullptr, nullptr},
+                                                    lengths.data(), 1, 1, 96, 4),
+                       "contiguous_hnd_quant_kv: storage q8_0 needs K and V scales", ekv::Error);
+  ekv::QuantKVView view = ekv::contiguous_hnd_quant_kv(
+      KVStorage::kQ8_0, {codes.data(), codes.data(), scales.data(), scales.data()}, lengths.data(), 1, 1, 96, 4);
+  CHECK_THROWS_WITH_AS(ekv::cpu_decode<float>(pool, view, q.data(), 4, o.data(), nullptr),
+                       "cpu_decode: null K or V codes, scales, lengths, q, o or lse", ekv::Error);
+  view.scales.k = nullptr;
+  CHECK_THROWS_WITH_AS(ekv::cpu_decode<float>(pool, view, q.data(), 4, o.data(), lse.data()),
+                       "cpu_decode: null K or V codes, scales, lengths, q, o or lse", ekv::Error);
+}
