@@ -7,19 +7,26 @@
 // FP8 (scale 1) <= 5e-2 (E4M3's 3 mantissa bits: 2.9-4.0e-2 measured here, where the
 // issue's goal of 2e-2 is for long sequences, measured by the benchmark), Q8_0 <= 1e-2
 // (5.5-6.4e-3 measured), Q4_0 <= 1.5e-1 (9.1e-2-1.04e-1), bf16 1e-2, fp16 2e-3, fp32 1e-5.
+// Then cpu_append_kv into quantized storage: the bytes of each appended row, lengths, and
+// a sequence that passes its capacity.
 
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "decode_check.hpp"
 #include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/core/quant.hpp"
+#include "ekv/cpu/cpu_append.hpp"
 #include "ekv/cpu/cpu_attention.hpp"
+#include "harness/random.hpp"
 #include "test_seed.hpp"
 
 namespace {
@@ -53,10 +60,10 @@ struct QuantPools {
       ekv::dequantize_row(s, v_codes.data() + r * code_bytes, v_scales.data() + r * groups, d, v_values.data() + r * d);
     }
   }
-  ekv::QuantKVPool pool() const { return {k_codes.data(), v_codes.data(), k_scales.data(), v_scales.data()}; }
+  ekv::QuantKVPool pool() { return {k_codes.data(), v_codes.data(), k_scales.data(), v_scales.data()}; }
 };
 
-ekv::QuantKVView quant_view(KVStorage s, const QuantPools& p, HostCache<float>& cache) {
+ekv::QuantKVView quant_view(KVStorage s, QuantPools& p, HostCache<float>& cache) {
   const CacheShape& c = cache.shape;
   if (c.layout == Layout::kPaged) {
     return ekv::paged_quant_kv(s, p.pool(), cache.table.data(), cache.lengths.data(), c.batch(), c.kv_heads,
@@ -107,15 +114,14 @@ TEST_CASE("cpu decode over quantized storage matches the reference on its values
       const auto exact = ekv::reference_decode<float>(cache.host_view(), cache.q.data(), shape.q_heads(), scale);
       for (KVStorage s : ekv::kAllKVStorages) {
         INFO(ekv::test::describe(shape) << " storage=" << ekv::to_string(s));
-        const QuantPools p(s, cache);
+        QuantPools p(s, cache);
         const float nan = std::numeric_limits<float>::quiet_NaN();
         std::vector<float> o(cache.q.size(), nan), lse(static_cast<std::size_t>(shape.batch()) * shape.q_heads(), nan);
         ekv::cpu_decode<float>(pool, quant_view(s, p, cache), cache.q.data(), shape.q_heads(), o.data(), lse.data(),
                                0.0f, i % 2 == 0 ? 0 : 256);  // a forced split of the 700-token sequence too
         // (1) the same values in float64
-        const ekv::KVView<float> dequantized = cache.view(const_cast<float*>(p.k_values.data()),
-                                                          const_cast<float*>(p.v_values.data()), cache.table.data(),
-                                                          cache.lengths.data());
+        const ekv::KVView<float> dequantized =
+            cache.view(p.k_values.data(), p.v_values.data(), cache.table.data(), cache.lengths.data());
         ekv::test::check_against_reference(
             ekv::reference_decode<float>(dequantized, cache.q.data(), shape.q_heads(), scale), o, lse, head_dim);
         // (2) the format's cost against the values before quantization
@@ -151,4 +157,58 @@ TEST_CASE("cpu decode over quantized storage names what it rejects") {
   view.scales.k = nullptr;
   CHECK_THROWS_WITH_AS(ekv::cpu_decode<float>(pool, view, q.data(), 4, o.data(), lse.data()),
                        "cpu_decode: null K or V codes, scales, lengths, q, o or lse", ekv::Error);
+}
+
+TEST_CASE("cpu_append_kv into quantized storage writes each row's quantized bytes and grows the lengths") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const int batch = 3, kv_heads = 2, head_dim = 64, block_len = 16, blocks = 3, tokens = 5;
+  std::vector<std::int32_t> table(batch * blocks);
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), std::mt19937(static_cast<unsigned>(seed)));
+  const std::vector<__half> k_new =
+      ekv::bench::random_uniform<__half>(static_cast<std::size_t>(batch) * tokens * kv_heads * head_dim, -3, 3, seed);
+  const std::vector<__half> v_new = ekv::bench::random_uniform<__half>(k_new.size(), -3, 3, seed + 1);
+  for (KVStorage s : ekv::kAllKVStorages) {
+    INFO("storage=" << ekv::to_string(s));
+    const std::size_t rows = static_cast<std::size_t>(batch) * blocks * kv_heads * block_len;
+    const std::size_t code_bytes = ekv::kv_code_bytes(s, head_dim), groups = ekv::kv_scale_bytes(s, head_dim) / 2;
+    std::vector<std::uint8_t> k_codes(rows * code_bytes, 0xA5), v_codes(k_codes);
+    std::vector<__half> k_scales(std::max<std::size_t>(1, rows * groups)), v_scales(k_scales);
+    std::vector<std::int32_t> lengths{0, 20, 45};  // 45 + 5 passes the capacity of 48
+    const ekv::QuantKVView kv =
+        ekv::paged_quant_kv(s, {k_codes.data(), v_codes.data(), k_scales.data(), v_scales.data()}, table.data(),
+                            lengths.data(), batch, kv_heads, head_dim, block_len, blocks);
+    CHECK_FALSE(ekv::cpu_append_kv<__half>(kv, k_new.data(), v_new.data(), tokens));  // sequence 2 overflows
+    CHECK(lengths == std::vector<std::int32_t>{5, 25, 48});
+    int checked = 0;
+    for (int b = 0; b < batch; ++b) {
+      const int start = b == 0 ? 0 : b == 1 ? 20 : 45;
+      for (int t = 0; t < lengths[b] - start; ++t) {
+        for (int h = 0; h < kv_heads; ++h) {
+          const std::size_t src = ((static_cast<std::size_t>(b) * tokens + t) * kv_heads + h) * head_dim;
+          std::vector<float> x(head_dim);
+          for (int i = 0; i < head_dim; ++i) x[i] = __half2float(k_new[src + i]);
+          std::vector<std::uint8_t> codes(code_bytes);
+          std::vector<__half> scales(std::max<std::size_t>(1, groups));
+          ekv::quantize_row(s, x.data(), head_dim, codes.data(), scales.data());
+          CHECK(std::memcmp(codes.data(), kv.row_codes(false, b, h, start + t), code_bytes) == 0);
+          if (groups > 0) CHECK(std::memcmp(scales.data(), kv.row_scales(false, b, h, start + t), groups * 2) == 0);
+          for (int i = 0; i < head_dim; ++i) {
+            CHECK(kv.value(true, b, h, start + t, i) ==
+                  ekv::dequantize_value(s, kv.row_codes(true, b, h, start + t), kv.row_scales(true, b, h, start + t),
+                                        i));
+          }
+          ++checked;
+        }
+      }
+    }
+    CHECK(checked == (5 + 5 + 3) * kv_heads);
+  }
+  std::vector<std::uint8_t> codes(4 * 64);
+  const ekv::QuantKVView bad = ekv::contiguous_hnd_quant_kv(KVStorage::kFp8E4M3,
+                                                            {codes.data(), codes.data(), nullptr, nullptr}, nullptr, 1,
+                                                            1, 64, 4);  // no lengths to grow
+  CHECK_THROWS_WITH_AS(ekv::cpu_append_kv<__half>(bad, k_new.data(), v_new.data(), 1),
+                       "cpu_append_kv: null K or V codes, scales, lengths or new tokens", ekv::Error);
 }

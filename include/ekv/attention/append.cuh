@@ -6,7 +6,9 @@
 #include <string>
 
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/core/error.hpp"
+#include "ekv/core/quant.hpp"
 #include "ekv/core/launch.hpp"
 #include "ekv/core/stream.hpp"
 #include "ekv/kernels/vec.cuh"
@@ -44,6 +46,33 @@ __global__ void append_kv_kernel(KVView<T> kv, const T* __restrict__ k_new, cons
   }
 }
 
+// One CTA per sequence, one thread per new row of K or V (token, kv head): each quantizes
+// its row with quantize_row_from, as cpu_append_kv does.
+template <typename T>
+__global__ void append_quant_kv_kernel(QuantKVView kv, const T* __restrict__ k_new, const T* __restrict__ v_new,
+                                       int new_tokens, int* __restrict__ overflow) {
+  __shared__ int start;
+  const int seq = blockIdx.x;
+  if (threadIdx.x == 0) start = kv.codes.lengths[seq];
+  __syncthreads();
+  const int fits = max(0, min(new_tokens, kv.capacity() - start));
+  const int heads = kv.kv_heads();
+  const std::int64_t rows = 2 * static_cast<std::int64_t>(fits) * heads;
+  for (std::int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
+    const bool is_v = r % 2 == 1;
+    const int token = static_cast<int>(r / 2 / heads), head = static_cast<int>(r / 2 % heads);
+    const std::int64_t src = ((static_cast<std::int64_t>(seq) * new_tokens + token) * heads + head) * kv.head_dim;
+    const int pos = start + token;
+    quantize_row_from(kv.storage, (is_v ? v_new : k_new) + src, kv.head_dim, kv.row_codes(is_v, seq, head, pos),
+                      kv.row_scales(is_v, seq, head, pos), kv.head_scale(is_v, head));
+  }
+  __syncthreads();  // every thread has read `start` before it changes
+  if (threadIdx.x == 0) {
+    kv.codes.lengths[seq] = start + fits;
+    if (fits < new_tokens && overflow != nullptr) *overflow = 1;
+  }
+}
+
 }  // namespace detail
 
 // Appends `new_tokens` tokens to every sequence: k_new and v_new are
@@ -71,6 +100,27 @@ void append_kv(const KVView<T>& kv, const T* k_new, const T* v_new, int new_toke
     throw Error("append_kv: K, V and the new tokens must be 16-byte aligned");
   }
   detail::append_kv_kernel<T><<<kv.batch, 256, 0, stream.get()>>>(kv, k_new, v_new, new_tokens, overflow);
+  check_launch("append_kv", stream.get());
+}
+
+// The same into a quantized cache (QuantKVView): k_new and v_new T (float, half,
+// bfloat16) [batch][new_tokens][kv_heads][head_dim], quantized on the device by the
+// function cpu_append_kv runs, so both write the same bytes. Throws ekv::Error for bad
+// arguments.
+template <typename T>
+void append_kv(const QuantKVView& kv, const T* k_new, const T* v_new, int new_tokens, const Stream& stream,
+               int* overflow = nullptr) {
+  if (new_tokens < 0) throw Error("append_kv: new_tokens=" + std::to_string(new_tokens) + " must be >= 0");
+  if (kv.batch() < 0) throw Error("append_kv: batch=" + std::to_string(kv.batch()) + " must be >= 0");
+  if (Support s = kv_storage_supports(kv.storage, kv.head_dim); !s) throw Error("append_kv: " + s.why);
+  if (kv.batch() == 0 || new_tokens == 0) return;
+  const bool scales_missing =
+      kv_scale_bytes(kv.storage, kv.head_dim) > 0 && (kv.scales.k == nullptr || kv.scales.v == nullptr);
+  if (kv.codes.k == nullptr || kv.codes.v == nullptr || scales_missing || kv.codes.lengths == nullptr ||
+      k_new == nullptr || v_new == nullptr) {
+    throw Error("append_kv: null K or V codes, scales, lengths or new tokens");
+  }
+  detail::append_quant_kv_kernel<T><<<kv.batch(), 128, 0, stream.get()>>>(kv, k_new, v_new, new_tokens, overflow);
   check_launch("append_kv", stream.get());
 }
 

@@ -4,7 +4,8 @@
 // kv_code_bytes(storage, head_dim) bytes; strides in bytes), and `scales`, over float16
 // (a row is head_dim / 32 scales for Q8_0 and Q4_0; unused otherwise), so a token's codes
 // and scales are found by the same block arithmetic. FP8's scales are per kv head.
-// A view owns nothing and is taken by value, for device and host memory alike.
+// A view owns nothing and is taken by value, for device and host memory alike; attention
+// only reads through it, append writes codes, scales and lengths.
 
 #include <cuda_fp16.h>
 
@@ -22,8 +23,8 @@ namespace ekv {
 struct QuantKVView {
   KVStorage storage = KVStorage::kQ8_0;
   int head_dim = 0;                     // values per row
-  KVView<const std::uint8_t> codes;     // head_dim there: code bytes per row
-  KVView<const __half> scales;          // head_dim there: scales per row (0 where none)
+  KVView<std::uint8_t> codes;  // head_dim there: code bytes per row
+  KVView<__half> scales;       // head_dim there: scales per row (0 where none)
   const float* k_head_scales = nullptr;  // FP8: [kv_heads], null for 1
   const float* v_head_scales = nullptr;
 
@@ -32,17 +33,24 @@ struct QuantKVView {
   EKV_HOST_DEVICE int length(int seq, int head) const { return codes.length(seq, head); }
   EKV_HOST_DEVICE int capacity() const { return codes.capacity(); }
 
+  // Where K's (or V's) row of token pos of (seq, head) keeps its codes and scales (null
+  // for formats without per-row scales).
+  EKV_HOST_DEVICE std::uint8_t* row_codes(bool is_v, int seq, int head, int pos) const {
+    return (is_v ? codes.v : codes.k) + codes.offset(seq, head, pos);
+  }
+  EKV_HOST_DEVICE __half* row_scales(bool is_v, int seq, int head, int pos) const {
+    return scales.k == nullptr ? nullptr : (is_v ? scales.v : scales.k) + scales.offset(seq, head, pos);
+  }
+
   // Value i of K's (or V's) row of token pos of (seq, head).
   EKV_HOST_DEVICE float value(bool is_v, int seq, int head, int pos, int i) const {
-    const std::uint8_t* c = (is_v ? codes.v : codes.k) + codes.offset(seq, head, pos);
-    const __half* s = scales.k == nullptr ? nullptr : (is_v ? scales.v : scales.k) + scales.offset(seq, head, pos);
-    return dequantize_value(storage, c, s, i, head_scale(is_v, head));
+    return dequantize_value(storage, row_codes(is_v, seq, head, pos), row_scales(is_v, seq, head, pos), i,
+                            head_scale(is_v, head));
   }
   // The whole row as float, into out [head_dim].
   EKV_HOST_DEVICE void row(bool is_v, int seq, int head, int pos, float* out) const {
-    const std::uint8_t* c = (is_v ? codes.v : codes.k) + codes.offset(seq, head, pos);
-    const __half* s = scales.k == nullptr ? nullptr : (is_v ? scales.v : scales.k) + scales.offset(seq, head, pos);
-    dequantize_row(storage, c, s, head_dim, out, head_scale(is_v, head));
+    dequantize_row(storage, row_codes(is_v, seq, head, pos), row_scales(is_v, seq, head, pos), head_dim, out,
+                   head_scale(is_v, head));
   }
   EKV_HOST_DEVICE float head_scale(bool is_v, int head) const {
     const float* s = is_v ? v_head_scales : k_head_scales;
@@ -52,10 +60,10 @@ struct QuantKVView {
 
 // Where a quantized pool's rows live: K's and V's codes and (Q8_0, Q4_0) scales.
 struct QuantKVPool {
-  const std::uint8_t* k_codes = nullptr;
-  const std::uint8_t* v_codes = nullptr;
-  const __half* k_scales = nullptr;
-  const __half* v_scales = nullptr;
+  std::uint8_t* k_codes = nullptr;
+  std::uint8_t* v_codes = nullptr;
+  __half* k_scales = nullptr;
+  __half* v_scales = nullptr;
 };
 
 namespace detail {
@@ -68,8 +76,8 @@ inline void check_quant_view_args(KVStorage storage, const QuantKVPool& pool, in
   }
 }
 
-inline QuantKVView quant_view_from(KVStorage storage, int head_dim, const KVView<const std::uint8_t>& codes,
-                                   const KVView<const __half>& scales) {
+inline QuantKVView quant_view_from(KVStorage storage, int head_dim, const KVView<std::uint8_t>& codes,
+                                   const KVView<__half>& scales) {
   QuantKVView view;
   view.storage = storage;
   view.head_dim = head_dim;
@@ -93,9 +101,9 @@ inline QuantKVView paged_quant_kv(KVStorage storage, const QuantKVPool& pool, co
   const int groups = static_cast<int>(kv_scale_bytes(storage, head_dim) / sizeof(__half));
   return detail::quant_view_from(
       storage, head_dim,
-      paged_kv<const std::uint8_t>(pool.k_codes, pool.v_codes, block_table, lengths, batch, kv_heads, code_bytes,
+      paged_kv<std::uint8_t>(pool.k_codes, pool.v_codes, block_table, lengths, batch, kv_heads, code_bytes,
                                    block_len, max_blocks_per_seq),
-      paged_kv<const __half>(pool.k_scales, pool.v_scales, block_table, lengths, batch, kv_heads, groups, block_len,
+      paged_kv<__half>(pool.k_scales, pool.v_scales, block_table, lengths, batch, kv_heads, groups, block_len,
                              max_blocks_per_seq));
 }
 
@@ -108,9 +116,9 @@ inline QuantKVView contiguous_hnd_quant_kv(KVStorage storage, const QuantKVPool&
   const int groups = static_cast<int>(kv_scale_bytes(storage, head_dim) / sizeof(__half));
   return detail::quant_view_from(
       storage, head_dim,
-      contiguous_hnd_kv<const std::uint8_t>(pool.k_codes, pool.v_codes, lengths, batch, kv_heads, code_bytes,
+      contiguous_hnd_kv<std::uint8_t>(pool.k_codes, pool.v_codes, lengths, batch, kv_heads, code_bytes,
                                             capacity),
-      contiguous_hnd_kv<const __half>(pool.k_scales, pool.v_scales, lengths, batch, kv_heads, groups, capacity));
+      contiguous_hnd_kv<__half>(pool.k_scales, pool.v_scales, lengths, batch, kv_heads, groups, capacity));
 }
 
 }  // namespace ekv

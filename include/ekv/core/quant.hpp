@@ -89,19 +89,26 @@ inline Support kv_storage_supports(KVStorage s, int head_dim) {
   return {};
 }
 
+// Bits of code per value (0 for an invalid value).
+EKV_HOST_DEVICE inline int kv_code_bits(KVStorage s) {
+  switch (s) {
+    case KVStorage::kFloat16:
+    case KVStorage::kBFloat16: return 16;
+    case KVStorage::kFloat32: return 32;
+    case KVStorage::kFp8E4M3:
+    case KVStorage::kQ8_0: return 8;
+    case KVStorage::kQ4_0: return 4;
+  }
+  return 0;
+}
+
 // Bytes of one row's codes, of its scales, and both: what a step reads per token and kv
 // head for K (and again for V). FP8's per-head scale is not per row and not counted here.
 inline std::size_t kv_code_bytes(KVStorage s, int head_dim) {
-  const auto d = static_cast<std::size_t>(head_dim);
-  switch (s) {
-    case KVStorage::kFloat16:
-    case KVStorage::kBFloat16: return 2 * d;
-    case KVStorage::kFloat32: return 4 * d;
-    case KVStorage::kFp8E4M3:
-    case KVStorage::kQ8_0: return d;
-    case KVStorage::kQ4_0: return d / 2;
+  if (kv_code_bits(s) == 0) {
+    throw Error("kv_code_bytes: invalid KVStorage value " + std::to_string(static_cast<int>(s)));
   }
-  throw Error("kv_code_bytes: invalid KVStorage value " + std::to_string(static_cast<int>(s)));
+  return static_cast<std::size_t>(head_dim) * kv_code_bits(s) / 8;
 }
 
 inline std::size_t kv_scale_bytes(KVStorage s, int head_dim) {
@@ -258,6 +265,23 @@ EKV_HOST_DEVICE inline void dequantize_row(KVStorage storage, const void* codes,
         for (int j = 0; j < kQuantGroup; ++j) out[g * kQuantGroup + j] = dequantize_q4_0(group, j, scales[g]);
       }
       return;
+  }
+}
+
+// A row of head_dim values of type T (float, half, bfloat16) quantized in chunks of 32
+// (a GGML group each; the float formats and FP8 are per value, so any chunking gives the
+// same bytes), each widened to float on the stack first: the one function both appends,
+// GPU and CPU, call, so their bytes agree by construction. Q8_0 and Q4_0 need head_dim a
+// multiple of 32; the others take a shorter last chunk.
+template <typename T>
+EKV_HOST_DEVICE inline void quantize_row_from(KVStorage storage, const T* src, int head_dim, void* codes,
+                                              __half* scales, float s = 1.0f) {
+  float x[kQuantGroup];
+  for (int c = 0; c < head_dim; c += kQuantGroup) {
+    const int n = head_dim - c < kQuantGroup ? head_dim - c : kQuantGroup;
+    for (int i = 0; i < n; ++i) x[i] = DTypeTraits<T>::to_float(src[c + i]);
+    quantize_row(storage, x, n, static_cast<unsigned char*>(codes) + c * kv_code_bits(storage) / 8,
+                 scales == nullptr ? nullptr : scales + c / kQuantGroup, s);
   }
 }
 

@@ -7,7 +7,9 @@
 #include <string>
 
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/core/error.hpp"
+#include "ekv/core/quant.hpp"
 
 namespace ekv {
 
@@ -37,6 +39,40 @@ bool cpu_append_kv(const KVView<T>& kv, const T* k_new, const T* v_new, int new_
       }
     }
     kv.lengths[b] = start + fits;
+    all = all && fits == new_tokens;
+  }
+  return all;
+}
+
+// The same into a quantized cache: each new row (T: float, half or bfloat16) quantized
+// with quantize_row_from, the function the GPU's append_kv runs, so both write the same
+// bytes. FP8 divides by the view's per-head scales.
+template <typename T>
+bool cpu_append_kv(const QuantKVView& kv, const T* k_new, const T* v_new, int new_tokens) {
+  if (new_tokens < 0) throw Error("cpu_append_kv: new_tokens=" + std::to_string(new_tokens) + " must be >= 0");
+  if (Support s = kv_storage_supports(kv.storage, kv.head_dim); !s) throw Error("cpu_append_kv: " + s.why);
+  const bool scales_missing =
+      kv_scale_bytes(kv.storage, kv.head_dim) > 0 && (kv.scales.k == nullptr || kv.scales.v == nullptr);
+  if (kv.codes.k == nullptr || kv.codes.v == nullptr || scales_missing || kv.codes.lengths == nullptr ||
+      k_new == nullptr || v_new == nullptr) {
+    throw Error("cpu_append_kv: null K or V codes, scales, lengths or new tokens");
+  }
+  bool all = true;
+  const std::size_t token_elems = static_cast<std::size_t>(kv.kv_heads()) * kv.head_dim;
+  for (int b = 0; b < kv.batch(); ++b) {
+    const int start = kv.codes.lengths[b];
+    const int fits = std::max(0, std::min(new_tokens, kv.capacity() - start));
+    for (int t = 0; t < fits; ++t) {
+      for (int h = 0; h < kv.kv_heads(); ++h) {
+        const std::size_t src = (static_cast<std::size_t>(b) * new_tokens + t) * token_elems +
+                                static_cast<std::size_t>(h) * kv.head_dim;
+        quantize_row_from(kv.storage, k_new + src, kv.head_dim, kv.row_codes(false, b, h, start + t),
+                          kv.row_scales(false, b, h, start + t), kv.head_scale(false, h));
+        quantize_row_from(kv.storage, v_new + src, kv.head_dim, kv.row_codes(true, b, h, start + t),
+                          kv.row_scales(true, b, h, start + t), kv.head_scale(true, h));
+      }
+    }
+    kv.codes.lengths[b] = start + fits;
     all = all && fits == new_tokens;
   }
   return all;
