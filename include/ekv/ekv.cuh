@@ -20,6 +20,7 @@
 
 #include "ekv/attention/append.cuh"
 #include "ekv/attention/decode.cuh"
+#include "ekv/attention/decode_quant.cuh"
 #include "ekv/attention/decode_block.cuh"
 #include "ekv/attention/decode_kernel.cuh"
 #include "ekv/attention/decode_tc_block.cuh"

@@ -22,6 +22,7 @@
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/dispatch.hpp"
 #include "ekv/core/launch.hpp"
+#include "ekv/core/quant.hpp"
 #include "ekv/core/stream.hpp"
 #include "ekv/kernels/vec.cuh"
 
@@ -36,6 +37,9 @@ struct DecodePlan {
   int num_splits = 1;
   int split_tokens = 0;  // a multiple of kDecodeSplitAlign
   DecodeCopy copy = DecodeCopy::kCpAsync;  // as resolved by plan_decode, never kAuto
+  // plan_quant_decode's (decode_quant.cuh): K and V stored as kv_storage
+  bool quantized = false;
+  KVStorage kv_storage = KVStorage::kFloat16;
 
   // The split counters, then the partial states: [batch][q_heads][num_splits][head_dim]
   // o and [batch][q_heads][num_splits] lse.
@@ -215,6 +219,44 @@ inline DeviceBuffer<unsigned char> make_decode_workspace(const DecodePlan& plan,
   return workspace;
 }
 
+namespace detail {
+
+// A launch's parameters but the view: the plan's shapes and splits, the outputs, and the
+// workspace's counters and partial states. Checks the workspace and the current device.
+template <typename T, typename View = KVView<T>>
+DecodeParams<T, View> decode_params(const DecodePlan& plan, const T* q, T* o, float* lse, void* workspace) {
+  const DecodeProblem& p = plan.problem;
+  if (plan.num_splits > 1 && (workspace == nullptr || !is_aligned<16>(workspace))) {
+    throw Error("run_decode: the plan splits KV and needs " + std::to_string(plan.workspace_bytes()) +
+                " bytes of 16-byte-aligned workspace");
+  }
+  int current = 0;
+  EKV_CUDA_CHECK(cudaGetDevice(&current), "run_decode: no usable CUDA device");
+  if (current != plan.device) {
+    throw Error("run_decode: the plan is for device " + std::to_string(plan.device) + ", device " +
+                std::to_string(current) + " is current");
+  }
+  DecodeParams<T, View> params;
+  params.q = q;
+  params.o = o;
+  params.lse = lse;
+  params.q_heads = p.q_heads;
+  params.group = p.group();
+  params.head_tiles = plan.head_tiles;
+  params.num_splits = plan.num_splits;
+  params.split_tokens = plan.split_tokens;
+  params.scale_log2 = plan.scale * 1.4426950408889634f;
+  if (plan.num_splits > 1) {
+    const int rows = p.batch * p.q_heads;
+    params.arrivals = static_cast<int*>(workspace);
+    params.partial_o = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + plan.counter_bytes());
+    params.partial_lse = params.partial_o + static_cast<std::size_t>(rows) * plan.num_splits * p.head_dim;
+  }
+  return params;
+}
+
+}  // namespace detail
+
 // Runs the plan: one kernel launch. `workspace` must hold plan.workspace_bytes() (may be
 // null when 0), cleared once by clear_decode_workspace, and not be shared by concurrent
 // launches.
@@ -226,6 +268,10 @@ template <typename T>
 void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, float* lse, void* workspace,
                 const Stream& stream) {
   const DecodeProblem& p = plan.problem;
+  if (plan.quantized) {
+    throw Error(std::string("run_decode: the plan is for ") + to_string(plan.kv_storage) +
+                " storage (plan_quant_decode), the view is dense");
+  }
   if (kDTypeOf<T> != p.dtype) {
     throw Error(std::string("run_decode: the plan is for ") + to_string(p.dtype) + ", the view holds " +
                 to_string(kDTypeOf<T>));
@@ -243,33 +289,8 @@ void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, f
   if (!is_aligned<16>(kv.k) || !is_aligned<16>(kv.v) || !is_aligned<16>(q)) {
     throw Error("run_decode: K, V and q must be 16-byte aligned");
   }
-  if (plan.num_splits > 1 && (workspace == nullptr || !is_aligned<16>(workspace))) {
-    throw Error("run_decode: the plan splits KV and needs " + std::to_string(plan.workspace_bytes()) +
-                " bytes of 16-byte-aligned workspace");
-  }
-  int current = 0;
-  EKV_CUDA_CHECK(cudaGetDevice(&current), "run_decode: no usable CUDA device");
-  if (current != plan.device) {
-    throw Error("run_decode: the plan is for device " + std::to_string(plan.device) + ", device " +
-                std::to_string(current) + " is current");
-  }
-  DecodeParams<T> params;
+  DecodeParams<T> params = detail::decode_params<T>(plan, q, o, lse, workspace);
   params.kv = kv;
-  params.q = q;
-  params.o = o;
-  params.lse = lse;
-  params.q_heads = p.q_heads;
-  params.group = p.group();
-  params.head_tiles = plan.head_tiles;
-  params.num_splits = plan.num_splits;
-  params.split_tokens = plan.split_tokens;
-  params.scale_log2 = plan.scale * 1.4426950408889634f;
-  const int rows = p.batch * p.q_heads;
-  if (plan.num_splits > 1) {
-    params.arrivals = static_cast<int*>(workspace);
-    params.partial_o = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + plan.counter_bytes());
-    params.partial_lse = params.partial_o + static_cast<std::size_t>(rows) * plan.num_splits * p.head_dim;
-  }
   detail::dispatch_decode(p.dtype, p.head_dim, [&](auto type, auto dim) {
     if constexpr (std::is_same_v<typename decltype(type)::type, T>) {  // checked above
       detail::launch_decode<T, decltype(dim)::value>(plan, params, stream);

@@ -13,9 +13,10 @@
 
 namespace ekv {
 
-template <typename T>
+// View: KVView<T>, or QuantKVView for quantized storage (decode_quant_kernel.cuh).
+template <typename T, typename View = KVView<T>>
 struct DecodeParams {
-  KVView<T> kv;
+  View kv;
   const T* q = nullptr;        // [batch][q_heads][head_dim]
   T* o = nullptr;              // [batch][q_heads][head_dim], written when num_splits == 1
   float* lse = nullptr;        // [batch][q_heads], natural log, written when num_splits == 1
@@ -41,8 +42,8 @@ struct DecodeWarpStates {
 // Merges the warps' states of heads first_head .. + heads and writes O and LSE (one
 // split), or the float partial state of this split for merge_states. Empty states
 // (m = -inf) give o = 0 and lse = -inf.
-template <typename T, int HeadDim, int Warps, int Heads>
-__device__ void write_decode_output(const DecodeWarpStates<Warps, Heads, HeadDim>& w, const DecodeParams<T>& p,
+template <typename T, int HeadDim, int Warps, int Heads, typename View>
+__device__ void write_decode_output(const DecodeWarpStates<Warps, Heads, HeadDim>& w, const DecodeParams<T, View>& p,
                                     int seq, int split, int first_head, int heads) {
   constexpr float kLn2 = 0.693147180559945309f;
   for (int i = threadIdx.x; i < heads * HeadDim; i += blockDim.x) {
@@ -76,8 +77,8 @@ __device__ void write_decode_output(const DecodeWarpStates<Warps, Heads, HeadDim
 // partial states (no second kernel): each CTA publishes its partials, then counts
 // itself in; the one that completes the count merges, one warp per head, and resets the
 // counter for the next launch.
-template <typename T, int HeadDim>
-__device__ void merge_if_last(const DecodeParams<T>& p, int seq, int first_head, int heads) {
+template <typename T, int HeadDim, typename View>
+__device__ void merge_if_last(const DecodeParams<T, View>& p, int seq, int first_head, int heads) {
   __threadfence();  // this CTA's partials are visible before it is counted
   __syncthreads();
   bool counted_last = false;
@@ -102,8 +103,8 @@ struct DecodeCta {
   TokenTiles tiles;
 };
 
-template <typename T>
-__device__ __forceinline__ DecodeCta decode_cta(const DecodeParams<T>& p, int head_tile, int tile_tokens) {
+template <typename T, typename View>
+__device__ __forceinline__ DecodeCta decode_cta(const DecodeParams<T, View>& p, int head_tile, int tile_tokens) {
   DecodeCta c;
   c.seq = blockIdx.z;
   c.split = blockIdx.x;
@@ -175,21 +176,13 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim>::kCtaThreads)
   if (p.num_splits > 1) merge_if_last<T, HeadDim>(p, c.seq, c.first_head, c.heads);
 }
 
-// The tensor-core decode kernel (half, bfloat16): up to 16 heads of a group per CTA; K
-// and V staged by cp.async or, with Bulk (sm_90+), by bulk copies.
-template <typename T, int HeadDim, bool Bulk = false>
-__global__ void __launch_bounds__(DecodeTcTraits<T, HeadDim>::kCtaThreads)
-    decode_tc_kernel(const __grid_constant__ DecodeParams<T> p) {
+// The tensor-core kernels' end: each warp's state into shared memory (`smem`, the
+// pipeline's bytes, free again), the warps merged, O and LSE (or the split's partials)
+// written, and the splits merged by the last CTA.
+template <typename T, int HeadDim, typename View>
+__device__ __forceinline__ void finish_tc_cta(const DecodeTcState<T, HeadDim>& state, const DecodeParams<T, View>& p,
+                                              const DecodeCta& c, unsigned char* smem) {
   using Traits = DecodeTcTraits<T, HeadDim>;
-  static_assert(kDecodeSplitAlign % Traits::kTileTokens == 0, "splits start on tile boundaries");
-  extern __shared__ __align__(16) unsigned char smem[];
-  const DecodeCta c = decode_cta(p, Traits::kHeads, Traits::kTileTokens);
-  DecodeTcState<T, HeadDim> state;
-  state.init();
-  decode_tc_tiles<T, HeadDim, Bulk>(p.kv, c.seq, c.kv_head, c.tiles,
-                              p.q + (static_cast<std::int64_t>(c.seq) * p.q_heads + c.first_head) * HeadDim, c.heads,
-                              p.scale_log2, state, reinterpret_cast<T*>(smem));
-
   using States = DecodeWarpStates<Traits::kWarps, Traits::kHeads, HeadDim>;
   static_assert(sizeof(States) <= Traits::kSmemBytes, "the merge fits in the pipeline's shared memory");
   States& w = *reinterpret_cast<States*>(smem);
@@ -213,6 +206,24 @@ __global__ void __launch_bounds__(DecodeTcTraits<T, HeadDim>::kCtaThreads)
   __syncthreads();
   write_decode_output<T, HeadDim>(w, p, c.seq, c.split, c.first_head, c.heads);
   if (p.num_splits > 1) merge_if_last<T, HeadDim>(p, c.seq, c.first_head, c.heads);
+}
+
+// The tensor-core decode kernel (half, bfloat16): up to 16 heads of a group per CTA; K
+// and V staged by cp.async or, with Bulk (sm_90+), by bulk copies.
+template <typename T, int HeadDim, bool Bulk = false>
+__global__ void __launch_bounds__(DecodeTcTraits<T, HeadDim>::kCtaThreads)
+    decode_tc_kernel(const __grid_constant__ DecodeParams<T> p) {
+  using Traits = DecodeTcTraits<T, HeadDim>;
+  static_assert(kDecodeSplitAlign % Traits::kTileTokens == 0, "splits start on tile boundaries");
+  extern __shared__ __align__(16) unsigned char smem[];
+  const DecodeCta c = decode_cta(p, Traits::kHeads, Traits::kTileTokens);
+  DecodeTcState<T, HeadDim> state;
+  state.init();
+  decode_tc_tiles<T, HeadDim, Bulk>(p.kv, c.seq, c.kv_head, c.tiles,
+                              p.q + (static_cast<std::int64_t>(c.seq) * p.q_heads + c.first_head) * HeadDim, c.heads,
+                              p.scale_log2, state, reinterpret_cast<T*>(smem));
+
+  finish_tc_cta<T, HeadDim>(state, p, c, smem);
 }
 
 }  // namespace ekv
