@@ -1,14 +1,19 @@
 // Exact decode attention, fp16, q_heads 32, kv_heads 8, head_dim 128: the shapes of
 // issues 4 and 16, contiguous and paged (blocks of 16 and of 64 tokens, ekv's cache
-// default), cold L2, GPU time from CUDA events.
-// Bytes counted: K and V of every attended token (q and o are under 0.1% and left out).
+// default), cold L2, GPU time from CUDA events; and the same over quantized storage
+// (issue 17: FP8, Q8_0, Q4_0, paged 64).
+// Bytes counted: K and V of every attended token (q and o are under 0.1% and left out),
+// with a quantized row's codes and scales.
 
 #include <algorithm>
 #include <numeric>
 #include <random>
 #include <vector>
 
+#include "ekv/attention/append.cuh"
 #include "ekv/attention/decode.cuh"
+#include "ekv/attention/decode_quant.cuh"
+#include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/graph.hpp"
 #include "gpu_bench.hpp"
@@ -73,6 +78,57 @@ void decode(benchmark::State& state) {
            static_cast<int>(state.range(2)), state.range(3) != 0, 0, static_cast<ekv::DecodeCopy>(state.range(4)));
 }
 
+// state.range: batch, length, storage (KVStorage: 3 FP8, 4 Q8_0, 5 Q4_0), paged block 64.
+// The pool is filled by appending uniform random tokens in [-1, 1] (float, quantized on
+// the device by append_kv), a chunk at a time; FP8's per-head scales are 1 / 448.
+void decode_quant(benchmark::State& state) {
+  using T = __half;
+  const int batch = static_cast<int>(state.range(0)), len = static_cast<int>(state.range(1));
+  const auto storage = static_cast<ekv::KVStorage>(state.range(2));
+  const int block_len = 64, blocks_per_seq = (len + block_len - 1) / block_len;
+  const ekv::DeviceInfo device = ekv::DeviceInfo::current();
+  ekv::Stream stream;
+  const std::size_t rows = static_cast<std::size_t>(batch) * blocks_per_seq * kKvHeads * block_len;
+  const std::size_t code_bytes = ekv::kv_code_bytes(storage, kHeadDim);
+  const std::size_t groups = ekv::kv_scale_bytes(storage, kHeadDim) / sizeof(__half);
+  ekv::DeviceBuffer<std::uint8_t> k(rows * code_bytes), v(rows * code_bytes);
+  ekv::DeviceBuffer<__half> ks(std::max<std::size_t>(1, rows * groups)), vs(ks.size());
+  ekv::DeviceBuffer<float> head_scales(kKvHeads);
+  head_scales.copy_from(std::vector<float>(kKvHeads, 1.0f / 448.0f));
+  ekv::DeviceBuffer<T> q(static_cast<std::size_t>(batch) * kQHeads * kHeadDim), o(q.size());
+  ekv::DeviceBuffer<float> lse(static_cast<std::size_t>(batch) * kQHeads);
+  ekv::DeviceBuffer<std::int32_t> lengths(batch), table(static_cast<std::size_t>(batch) * blocks_per_seq);
+  q.copy_from(ekv::bench::random_uniform<T>(q.size(), -1.0f, 1.0f, 7));
+  std::vector<std::int32_t> host_table(table.size());
+  std::iota(host_table.begin(), host_table.end(), 0);
+  std::shuffle(host_table.begin(), host_table.end(), std::mt19937(3));
+  table.copy_from(host_table);
+  lengths.copy_from(std::vector<std::int32_t>(batch, 0));
+  ekv::QuantKVView view = ekv::paged_quant_kv(storage, {k.data(), v.data(), ks.data(), vs.data()}, table.data(),
+                                              lengths.data(), batch, kKvHeads, kHeadDim, block_len, blocks_per_seq);
+  view.k_head_scales = head_scales.data();
+  view.v_head_scales = head_scales.data();
+  const int chunk = std::min(len, 4096);
+  ekv::DeviceBuffer<float> k_new(static_cast<std::size_t>(batch) * chunk * kKvHeads * kHeadDim), v_new(k_new.size());
+  for (int done = 0, i = 0; done < len; done += chunk, ++i) {
+    ekv::bench::random_uniform_fill<float>(k_new.span(), -1.0f, 1.0f, 11 + 2 * i, stream);
+    ekv::bench::random_uniform_fill<float>(v_new.span(), -1.0f, 1.0f, 12 + 2 * i, stream);
+    ekv::append_kv<float>(view, k_new.data(), v_new.data(), std::min(chunk, len - done), stream);
+  }
+  stream.synchronize();
+  const ekv::DecodeProblem problem{ekv::DType::kFloat16, batch, kQHeads, kKvHeads, kHeadDim, len};
+  const ekv::DecodePlan plan = ekv::plan_quant_decode(problem, storage, device);
+  ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
+  ekv::bench::L2Flusher flusher(device);
+  const double s = ekv::bench::run_timed(state, stream, [&](const ekv::Stream& st) {
+    ekv::run_decode<T>(plan, view, q.data(), o.data(), lse.data(), workspace.data(), st);
+  }, &flusher);
+  ekv::bench::report_bandwidth(state, 2.0 * batch * kKvHeads * static_cast<double>(len) *
+                                          ekv::kv_row_bytes(storage, kHeadDim), s);
+  state.counters["splits"] = plan.num_splits;
+  state.SetLabel(ekv::to_string(storage));
+}
+
 // state.range: batch, length, graph replay (0/1), split count
 void decode_split_sweep(benchmark::State& state) {
   run_case(state, static_cast<int>(state.range(0)), static_cast<int>(state.range(1)), 0, state.range(2) != 0,
@@ -114,7 +170,17 @@ void split_sweep(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
+void quant_shapes(benchmark::internal::Benchmark* b) {
+  for (int storage : {3, 4, 5}) {
+    b->Args({1, 4096, storage})->Args({1, 32768, storage})->Args({1, 131072, storage});
+    b->Args({16, 32768, storage})->Args({16, 131072, storage});
+  }
+  b->ArgNames({"batch", "len", "storage"});
+  b->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(5)->Repetitions(20)->ReportAggregatesOnly(true);
+}
+
 BENCHMARK(decode)->Apply(shapes);
+BENCHMARK(decode_quant)->Apply(quant_shapes);
 BENCHMARK(decode_split_sweep)->Apply(split_sweep);
 
 int main(int argc, char** argv) { return ekv::bench::main(argc, argv); }
