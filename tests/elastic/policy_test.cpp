@@ -108,3 +108,22 @@ TEST_CASE("bytes read: attended K and V plus the anchors of the blocks scored") 
   CHECK(no_window.kv == 2u * 8 * 16 * kv_heads * d * 4);  // a picked last block counts whole
   CHECK(no_window.anchors == 62u * kv_heads * (4 * d) * 4);  // anchors in the cache's dtype, float here
 }
+
+TEST_CASE("bytes read over quantized storage count codes and scales, anchors in their own dtype") {
+  const ekv::ElasticConfig config = config_with(1, 1);
+  const int kv_heads = 8, d = 128, block_len = 16, len = 1000;
+  const ekv::ElasticPolicy c8(config, ekv::ElasticBudget::ratio(8));
+  const ekv::BytesRead fp16 = c8.bytes_read(len, block_len, kv_heads, d, ekv::DType::kFloat16);
+  const ekv::BytesRead q8 = c8.bytes_read(len, block_len, kv_heads, d, ekv::KVStorage::kQ8_0, ekv::DType::kFloat16);
+  const ekv::BytesRead q4 = c8.bytes_read(len, block_len, kv_heads, d, ekv::KVStorage::kQ4_0, ekv::DType::kFloat16);
+  const ekv::BytesRead f8 = c8.bytes_read(len, block_len, kv_heads, d, ekv::KVStorage::kFp8E4M3, ekv::DType::kFloat16);
+  CHECK(q8.kv == 2u * (8 * 16 - 8) * kv_heads * (128 + 8));  // 128 codes and 4 float16 scales a row
+  CHECK(q4.kv == 2u * (8 * 16 - 8) * kv_heads * (64 + 8));
+  CHECK(f8.kv == fp16.kv / 2);
+  CHECK(q8.anchors == fp16.anchors);  // anchors stay float16
+  CHECK(c8.bytes_read(len, block_len, kv_heads, d, ekv::KVStorage::kFloat16, ekv::DType::kFloat16).kv == fp16.kv);
+  CHECK_THROWS_WITH_AS(ekv::dense_storage(ekv::DType::kFloat8E4M3),
+                       "dense_storage: dtype=float8_e4m3 is not a dense kv storage; supported: float32, float16, "
+                       "bfloat16",
+                       ekv::Error);
+}

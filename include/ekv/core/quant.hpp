@@ -75,6 +75,18 @@ inline KVStorage parse_kv_storage(const std::string& text) {
   throw Error("kv storage '" + text + "' not supported; supported: fp16, bf16, fp32, fp8, q8_0, q4_0");
 }
 
+// The storage that holds values of `dtype` as they are (float32, float16, bfloat16).
+inline KVStorage dense_storage(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat16: return KVStorage::kFloat16;
+    case DType::kBFloat16: return KVStorage::kBFloat16;
+    case DType::kFloat32: return KVStorage::kFloat32;
+    case DType::kFloat8E4M3: break;
+  }
+  throw Error(std::string("dense_storage: dtype=") + to_string(dtype) +
+              " is not a dense kv storage; supported: float32, float16, bfloat16");
+}
+
 inline bool is_quantized(KVStorage s) {
   return s == KVStorage::kFp8E4M3 || s == KVStorage::kQ8_0 || s == KVStorage::kQ4_0;
 }

@@ -8,6 +8,7 @@
 #include "ekv/core/dtype.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/core/host_device.hpp"
+#include "ekv/core/quant.hpp"
 #include "ekv/elastic/budget.hpp"
 #include "ekv/elastic/elastic_config.hpp"
 
@@ -65,15 +66,23 @@ class ElasticPolicy {
   // whole when it is picked. Scoring scans the anchors of the blocks that are neither sinks
   // nor window, and only when something is left to pick.
   BytesRead bytes_read(int seq_len, int block_len, int kv_heads, int head_dim, DType kv_dtype) const {
+    return bytes_read(seq_len, block_len, kv_heads, head_dim, dense_storage(kv_dtype), kv_dtype);
+  }
+  // The same for K and V stored as `storage` (quantized rows count their codes and
+  // scales, kv_row_bytes), with anchors in anchor_dtype (quantized caches keep them in
+  // float16 or bfloat16).
+  BytesRead bytes_read(int seq_len, int block_len, int kv_heads, int head_dim, KVStorage storage,
+                       DType anchor_dtype) const {
     const int num_blocks = sequence_blocks(seq_len, block_len);
     const BlockCounts c = counts(num_blocks);
     const bool everything = c.total() == num_blocks;
     std::size_t tokens = static_cast<std::size_t>(c.total()) * block_len;
     if (everything || c.local > 0) tokens -= static_cast<std::size_t>(num_blocks) * block_len - seq_len;
-    const std::size_t per_token = static_cast<std::size_t>(kv_heads) * head_dim * dtype_size(kv_dtype);
+    const std::size_t per_token = static_cast<std::size_t>(kv_heads) * kv_row_bytes(storage, head_dim);
     const int scored = everything || c.pick == 0 ? 0 : num_blocks - c.init - c.local;
-    const std::size_t per_anchor_block =
-        static_cast<std::size_t>(kv_heads) * anchor_values(config_.anchor, config_.anchor_num, head_dim) * dtype_size(kv_dtype);
+    const std::size_t per_anchor_block = static_cast<std::size_t>(kv_heads) *
+                                         anchor_values(config_.anchor, config_.anchor_num, head_dim) *
+                                         dtype_size(anchor_dtype);
     return {2 * tokens * per_token, scored * per_anchor_block};
   }
 
