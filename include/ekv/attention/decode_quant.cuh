@@ -56,7 +56,7 @@ struct DecodeQuantTraits {
 // head's scale (FP8).
 template <typename T, KVStorage S>
 __device__ __forceinline__ void dequantize_group_to(const std::uint8_t* codes, __half d, float s, T* out) {
-  T v[kQuantGroup];
+  alignas(16) T v[kQuantGroup];  // read back as 16-byte vectors
 #pragma unroll
   for (int j = 0; j < kQuantGroup; ++j) {
     float x;
