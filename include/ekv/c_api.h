@@ -1,5 +1,6 @@
-/* ekv's C API: the older elastic-KV core's six functions, made real, for C callers and
- * for Python through ctypes. Plain C (C99 and later, and C++), one shared library:
+/* ekv's C API: the older elastic-KV core's six functions, made real, and a handle to
+ * ekv's KV cache (ekv_cache, below), for C callers and for Python through ctypes (the
+ * package ekv, examples/python/). Plain C (C99 and later, and C++), one shared library:
  * libekv_c (CMake: find_package(ekv CONFIG), target ekv::c), built from
  * ekv/c_api.cu.
  *
@@ -319,7 +320,9 @@ EKV_C_EXPORT ekv_status ekv_cache_create(const ekv_cache_config* config, int dev
 EKV_C_EXPORT ekv_status ekv_cache_create_from_text(const char* config_text, int device_type, int device_id,
                                                    ekv_cache** cache);
 
-/* Frees the cache and its memory; NULL is accepted and does nothing. Never fails. */
+/* Frees the cache and its memory; NULL is accepted and does nothing. The memory is freed
+ * whatever the status (EKV_ERROR_CUDA only where the cache's device cannot be made
+ * current first). */
 EKV_C_EXPORT ekv_status ekv_cache_destroy(ekv_cache* cache);
 
 /* The config the cache was made from, and where it lives (EKV_DEVICE_CPU with device_id

@@ -13,10 +13,9 @@
 #include <cstdio>
 #include <limits>
 #include <string>
-#include <type_traits>
-#include <utility>
 #include <vector>
 
+#include "c_api/descriptor.hpp"
 #include "cache/kv_cache_checks.hpp"
 #include "ekv/c_api.h"
 #include "ekv/core/device.hpp"
@@ -34,21 +33,7 @@ void check_rejected(ekv_status status, const std::string& expected) {
   CHECK(last_error() == expected);
 }
 
-// A host descriptor of a float vector or any T, row-major.
-struct Host {
-  template <typename T>
-  Host(T* data, std::vector<std::int64_t> dims, int dtype) : shape(std::move(dims)) {
-    t.data = const_cast<std::remove_const_t<T>*>(data);  // an input is only read
-    t.dtype = dtype;
-    t.ndim = static_cast<int>(shape.size());
-    t.shape = shape.data();
-    t.strides = nullptr;
-    t.device_type = EKV_DEVICE_CPU;
-    t.device_id = 0;
-  }
-  std::vector<std::int64_t> shape;
-  ekv_tensor t{};
-};
+using Host = ekv::test::Descriptor;  // host memory unless said
 
 // The handle, destroyed at scope exit.
 struct Handle {

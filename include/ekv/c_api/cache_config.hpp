@@ -37,8 +37,10 @@ static_assert(EKV_RETRIEVAL_LAYER == static_cast<int>(RetrievalType::kLayer) &&
 
 // The int fields of both structs, in one list that both directions read.
 struct IntField {
-  int ekv_cache_config::*c;
-  int KVCacheConfig::*cpp;
+  using CMember = int ekv_cache_config::*;
+  using CppMember = int KVCacheConfig::*;
+  CMember c;
+  CppMember cpp;
 };
 inline constexpr IntField kIntFields[] = {
     {&ekv_cache_config::layer_num, &KVCacheConfig::layer_num},
