@@ -16,6 +16,7 @@
 #include "ekv/c_api/cache_config.hpp"
 #include "ekv/c_api/compress.cuh"
 #include "ekv/c_api/compute_throughput.cuh"
+#include "ekv/c_api/device_info.cuh"
 #include "ekv/c_api/gpu_info.hpp"
 #include "ekv/c_api/inference_cycle.cuh"
 #include "ekv/c_api/status.hpp"
@@ -75,6 +76,10 @@ ekv_status ekv_get_gpu_info(char* device_name, int* compute_major, int* compute_
   return ekv::capi::guarded("ekv_get_gpu_info", [&] {
     ekv::capi::get_gpu_info(device_name, compute_major, compute_minor, total_memory, max_name_length);
   });
+}
+
+ekv_status ekv_get_device_info(ekv_device_info* info, int measure_bandwidth) {
+  return ekv::capi::guarded("ekv_get_device_info", [&] { ekv::capi::get_device_info(info, measure_bandwidth); });
 }
 
 ekv_status ekv_cache_config_default(ekv_cache_config* config) {

@@ -198,6 +198,32 @@ EKV_C_EXPORT ekv_status ekv_inference_cycle_ex(const float* kv_cache, float* com
 EKV_C_EXPORT ekv_status ekv_get_gpu_info(char* device_name, int* compute_major, int* compute_minor,
                                          size_t* total_memory, int max_name_length);
 
+/* The calling thread's current device in more detail (ekv::DeviceInfo), and its
+ * bandwidths measured now where asked. */
+typedef struct ekv_device_info {
+  char name[256];                           /* NUL-terminated */
+  int device;                               /* the ordinal */
+  int compute_major, compute_minor;
+  int sm_count;
+  int max_threads_per_sm;
+  int memory_bus_width_bits;
+  size_t global_memory_bytes;
+  size_t l2_cache_bytes;
+  size_t shared_memory_per_sm_bytes;
+  size_t shared_memory_per_cta_optin_bytes; /* after opting in */
+  float copy_gbps;           /* measured: ekv_mem_bandwidth's copy, read + write bytes; 0 if not asked */
+  float host_to_device_gbps; /* measured: cudaMemcpyAsync from pinned host memory; 0 if not asked */
+} ekv_device_info;
+
+/* Fills info for the current device. measure_bandwidth != 0 also measures, on buffers of
+ * max(4 x L2, 64 MiB) bytes, 10 timed device copies (copy_gbps, as ekv_mem_bandwidth
+ * counts) and 10 timed pinned host-to-device copies (host_to_device_gbps, bytes copied
+ * over time), each after one untimed; that allocates 3 such buffers and takes a fraction
+ * of a second.
+ * Errors: EKV_ERROR_INVALID_ARGUMENT for a NULL info; EKV_ERROR_NO_DEVICE;
+ * EKV_ERROR_OUT_OF_MEMORY; EKV_ERROR_CUDA. */
+EKV_C_EXPORT ekv_status ekv_get_device_info(ekv_device_info* info, int measure_bandwidth);
+
 /* ---- The KV cache handle: ekv's KVCache (GPU) or HostKVCache (CPU backend) ----
  *
  * An ekv_cache is a multi-layer paged KV cache (README, "The KV cache object"): made from

@@ -308,6 +308,10 @@ def test_the_six_functions_check_arguments_and_need_a_gpu():
         assert kept.compressed_size == 511 and np.array_equal(kept.indices, np.arange(513, 1024))
         info = ekv.get_gpu_info()
         assert info.total_memory > 0 and info.device_name
+        detail = ekv.get_device_info(measure_bandwidth=True)
+        assert detail.name == info.device_name and detail.global_memory_bytes == info.total_memory
+        assert detail.sm_count > 0 and detail.l2_cache_bytes > 0
+        assert detail.copy_gbps > 0 and detail.host_to_device_gbps > 0
         assert ekv.mem_bandwidth(data, np.empty_like(data), iterations=2) > 0
         assert ekv.compute_throughput(np.empty_like(data)) > 0
         run = ekv.inference_cycle(np.ones(64 * 128, np.float32), 64, 128, 4, 2.0)
@@ -315,7 +319,7 @@ def test_the_six_functions_check_arguments_and_need_a_gpu():
         return
     for call in (lambda: ekv.compress(data, 0.5), lambda: ekv.mem_bandwidth(data, np.empty_like(data)),
                  lambda: ekv.mem_bandwidth_batched(data, np.empty_like(data)),
-                 lambda: ekv.compute_throughput(np.empty_like(data)), ekv.get_gpu_info,
+                 lambda: ekv.compute_throughput(np.empty_like(data)), ekv.get_gpu_info, ekv.get_device_info,
                  lambda: ekv.inference_cycle(np.ones(4 * 64, np.float32), 4, 64, 2, 4.0)):
         with pytest.raises(ekv.NoDeviceError, match="no CUDA device"):
             call()

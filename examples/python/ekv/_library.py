@@ -39,6 +39,16 @@ class CMemory(ctypes.Structure):
                 ("total_bytes", ctypes.c_size_t), ("blocks_used", ctypes.c_int), ("blocks_free", ctypes.c_int)]
 
 
+class CDeviceInfo(ctypes.Structure):
+    """ekv_device_info (c_api.h)."""
+    _fields_ = [("name", ctypes.c_char * 256), ("device", ctypes.c_int), ("compute_major", ctypes.c_int),
+                ("compute_minor", ctypes.c_int), ("sm_count", ctypes.c_int), ("max_threads_per_sm", ctypes.c_int),
+                ("memory_bus_width_bits", ctypes.c_int), ("global_memory_bytes", ctypes.c_size_t),
+                ("l2_cache_bytes", ctypes.c_size_t), ("shared_memory_per_sm_bytes", ctypes.c_size_t),
+                ("shared_memory_per_cta_optin_bytes", ctypes.c_size_t), ("copy_gbps", ctypes.c_float),
+                ("host_to_device_gbps", ctypes.c_float)]
+
+
 _p = ctypes.c_void_p
 _i = ctypes.c_int
 _t = ctypes.POINTER(CTensor)
@@ -49,6 +59,7 @@ _SIGNATURES = {
     "ekv_compute_throughput": [_p, _i, _i, c_float_p],
     "ekv_inference_cycle_ex": [_p, _p, _p, _i, _i, _i, ctypes.c_float, c_float_p, c_float_p, c_float_p],
     "ekv_get_gpu_info": [ctypes.c_char_p, c_int_p, c_int_p, c_size_t_p, _i],
+    "ekv_get_device_info": [ctypes.POINTER(CDeviceInfo), _i],
     "ekv_cache_config_default": [ctypes.POINTER(CConfig)],
     "ekv_cache_config_parse": [ctypes.c_char_p, ctypes.POINTER(CConfig)],
     "ekv_cache_config_to_string": [ctypes.POINTER(CConfig), ctypes.c_char_p, ctypes.c_size_t],

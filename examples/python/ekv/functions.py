@@ -8,12 +8,13 @@ from collections import namedtuple
 import numpy as np
 
 from ._errors import check
-from ._library import lib
+from ._library import CDeviceInfo, lib
 from ._tensor import as_tensor
 
 Compressed = namedtuple("Compressed", "values indices compressed_size avg_ms std_ms")
 InferenceCycle = namedtuple("InferenceCycle", "baseline_total_ms elastic_total_ms relative_error output")
 GpuInfo = namedtuple("GpuInfo", "device_name compute_major compute_minor total_memory")
+DeviceInfo = namedtuple("DeviceInfo", [name for name, _ in CDeviceInfo._fields_])
 
 
 def _pointer(obj, name, dtype, size=None, writable=False):
@@ -100,3 +101,14 @@ def get_gpu_info():
     major, minor, memory = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_size_t(0)
     check(lib().ekv_get_gpu_info(name, ctypes.byref(major), ctypes.byref(minor), ctypes.byref(memory), 256))
     return GpuInfo(name.value.decode(), major.value, minor.value, memory.value)
+
+
+def get_device_info(measure_bandwidth=False):
+    """ekv_get_device_info: the current device's DeviceInfo (name, device, compute
+    capability, SMs, L2, memory, ...), with copy_gbps and host_to_device_gbps measured now
+    where measure_bandwidth is true (else 0); NoDeviceError where there is none."""
+    info = CDeviceInfo()
+    check(lib().ekv_get_device_info(ctypes.byref(info), 1 if measure_bandwidth else 0))
+    values = {name: getattr(info, name) for name, _ in CDeviceInfo._fields_}
+    values["name"] = info.name.decode()
+    return DeviceInfo(**values)

@@ -105,7 +105,9 @@ def _device(device):
 
 class KVCache:
     """A multi-layer paged KV cache (ekv_cache). KVCache(config, device="cpu"); close() or
-    a with block frees it (as does garbage collection).
+    a with block frees it (as does garbage collection). On the GPU, each call first waits
+    for work queued on the legacy default stream (torch's and CuPy's default); synchronize
+    arrays written on other streams first.
 
     Shapes (kv_type elements unless said): append's k_new, v_new [batch][new_tokens]
     [kv_head_num][head_dim]; attn's q_in, output [batch][q_head_num][head_dim] and attn_lse
@@ -131,7 +133,10 @@ class KVCache:
             self._handle = None
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:  # at interpreter exit the module's globals may be gone; the process frees it
+            pass
 
     def __enter__(self):
         return self
