@@ -352,6 +352,19 @@ def test_readme_example_runs_as_written(tmp_path):
     assert (tmp_path / "cache.safetensors").exists()
 
 
+def test_a_missing_library_is_reported_with_the_places_tried(tmp_path):
+    # a copy of the package outside the checkout, so that no build/libekv_c.so is beside it
+    shutil.copytree(PACKAGE / "ekv", tmp_path / "ekv", ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import ekv\ntry:\n    ekv.KVCacheConfig()\nexcept ekv.LibraryNotFoundError as e:\n    print(e)")
+    env = {k: v for k, v in os.environ.items() if k not in ("EKV_LIBRARY", "EKV_C_LIBRARY")}
+    env.update(EKV_LIBRARY="/nonexistent/libekv_c.so", PYTHONPATH=str(tmp_path), LD_LIBRARY_PATH="")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("libekv_c not found; set EKV_LIBRARY to its path"), run.stdout
+    assert "/nonexistent/libekv_c.so (no such file)" in run.stdout
+    assert str(tmp_path / "ekv" / "libekv_c.so") + " (no such file)" in run.stdout
+
+
 def test_the_example_runs():
     run = subprocess.run([sys.executable, str(PACKAGE / "kv_cache_example.py")], capture_output=True, text=True,
                          env=os.environ.copy())
