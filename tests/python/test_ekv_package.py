@@ -163,26 +163,27 @@ def test_cache_end_to_end_against_numpy(dtype, tmp_path):
     config = small_config(kv_type)
     cache, tokens = ekv.KVCache(config), Tokens(config)
     group, d, block = config.q_head_num // config.kv_head_num, config.head_dim, config.block_len
-    # prefill: both sequences 50 tokens, then sequence 0 20 more; keys of block 3 of
-    # sequence 0 (tokens 48 to 63) all point along its kv heads' queries: a needle
+    # prefill: both sequences 50 tokens, then sequence 0 20 more; in layer 0 the keys of
+    # block 3 of sequence 0 (tokens 48 to 63) all point along its kv heads' queries: a needle
     q = rng.uniform(-1, 1, (2, config.q_head_num, d)).astype(dtype)
+    needle = q[0].reshape(2, group, d).sum(axis=1)  # [kv_head_num][head_dim]
     for layer in range(config.layer_num):
         k = rng.uniform(-0.5, 0.5, (2, 50, 2, d)).astype(dtype)
-        v = rng.uniform(-1, 1, (2, 50, 2, d)).astype(dtype)
-        tokens.append(cache, layer, k, v)
         more = rng.uniform(-0.5, 0.5, (1, 20, 2, d)).astype(dtype)
-        needle = q[0].reshape(2, group, d).sum(axis=1)
-        more[0, :, :, :] = needle[None] if layer == 0 else more[0]
+        if layer == 0:
+            k[0, 48:50], more[0, :14] = needle, needle
+        tokens.append(cache, layer, k, rng.uniform(-1, 1, (2, 50, 2, d)).astype(dtype))
         tokens.append(cache, layer, more, rng.uniform(-1, 1, (1, 20, 2, d)).astype(dtype))
-    k0 = np.array(tokens.k[0][0])
-    k0[48:50] = needle[None]  # the needle's first two tokens came with the first append
-    tokens.k[0][0] = list(k0)
-    # rewrite block 3's first two keys through the block accessors, so the needle is whole
+    # the block accessors: block 3 holds the needle; its values, rewritten, are what attention reads
     blocks = cache.block_table()
     kb, vb = np.empty((2, block, d), dtype), np.empty((2, block, d), dtype)
     cache.get_kvcache_one_block(kb, vb, 0, int(blocks[0, 3]))
-    kb[:, 0:2] = needle[:, None]
+    assert np.array_equal(kb, np.broadcast_to(needle[:, None], kb.shape))
+    vb = rng.uniform(-1, 1, vb.shape).astype(dtype)
     cache.update_kvcache_one_block(kb, vb, 0, int(blocks[0, 3]))
+    v0 = np.array(tokens.v[0][0])
+    v0[48:64] = vb.transpose(1, 0, 2)  # [block_len][kv_head_num][head_dim], as tokens are kept
+    tokens.v[0][0] = list(v0)
     assert [cache.get_cache_total_len(b) for b in range(2)] == [70, 50]
     memory = cache.memory()
     assert memory.blocks_used == 5 + 4 and memory.blocks_free == 40 - 9
