@@ -3,7 +3,8 @@ wrapper's names, error paths carrying ekv_last_error(), KVCache end to end (appe
 exact attention against a numpy float64 reference, elastic attention that finds a planted
 block, dump and load with identical outputs, block accessors), the DLPack path, the six
 functions' errors, `pip install` from the repository and the example script. On a GPU
-machine with torch, the same cache on "cuda" with torch CUDA tensors (skipped otherwise).
+machine with torch, the same cache on "cuda" and the six functions with torch CUDA tensors (skipped
+otherwise).
 EKV_LIBRARY names libekv_c (ctest passes it). Tolerances, relative L2 per head against
 float64: float32 1e-5, float16 2e-3 (tests/cache/kv_cache_checks.hpp's)."""
 import os
@@ -403,3 +404,28 @@ def test_gpu_cache_with_torch_cuda_tensors_matches_the_cpu_backend(tmp_path):
     assert np.array_equal(cpu_loaded.block_table(), gpu.block_table())
     with pytest.raises(ekv.InvalidArgumentError, match="q is in host memory; this cache needs cuda"):
         gpu.attn(q, o, lse, 0, 0)
+
+
+@pytest.mark.skipif(not has_gpu(), reason="no GPU visible")
+def test_the_six_functions_on_torch_cuda_tensors():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(SEED)
+    data = rng.standard_normal(1 << 20).astype(np.float32)
+    device_data = torch.from_numpy(data).cuda()
+    values = torch.full((data.size,), float("nan"), device="cuda")
+    indices = torch.full((data.size,), -1, dtype=torch.int32, device="cuda")
+    kept = ekv.compress(device_data, 0.5, compressed_cache=values, indices=indices, repetitions=3)
+    mask = np.abs(data) > np.float32(0.5)
+    assert kept.compressed_size == mask.sum()
+    assert np.array_equal(values[:kept.compressed_size].cpu().numpy().view(np.uint32), data[mask].view(np.uint32))
+    assert np.array_equal(indices[:kept.compressed_size].cpu().numpy(), np.flatnonzero(mask))
+    host_kept = ekv.compress(device_data, 0.5)  # device input, numpy outputs
+    assert np.array_equal(host_kept.values, data[mask]) and kept.avg_ms > 0
+    out = torch.empty_like(device_data)
+    assert ekv.mem_bandwidth(device_data, out, iterations=3) > 0
+    assert torch.equal(out, device_data)
+    assert ekv.mem_bandwidth_batched(device_data, out, iters_per_launch=2, num_launches=2) > 0
+    assert ekv.compute_throughput(torch.empty(1 << 16, device="cuda"), ops_per_element=64) > 0
+    tokens = torch.from_numpy(rng.standard_normal(256 * 128).astype(np.float32)).cuda()
+    cycle = ekv.inference_cycle(tokens, 256, 128, 8, 1.0)
+    assert cycle.relative_error < 1e-5 and cycle.elastic_total_ms > 0
