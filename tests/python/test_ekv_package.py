@@ -3,9 +3,8 @@ wrapper's names, error paths carrying ekv_last_error(), KVCache end to end (appe
 exact attention against a numpy float64 reference, elastic attention that finds a planted
 block, dump and load with identical outputs, block accessors), the DLPack path, the six
 functions' errors, `pip install` from the repository and the example script. On a GPU
-machine with torch, the same cache on "cuda" and the six functions with torch CUDA tensors (skipped
-otherwise).
-EKV_LIBRARY names libekv_c (ctest passes it). Tolerances, relative L2 per head against
+machine with torch, the same cache on "cuda" and the six functions with torch CUDA
+tensors (skipped otherwise). EKV_LIBRARY names libekv_c (ctest passes it). Tolerances, relative L2 per head against
 float64: float32 1e-5, float16 2e-3 (tests/cache/kv_cache_checks.hpp's)."""
 import os
 import pathlib
