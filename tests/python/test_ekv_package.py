@@ -150,6 +150,7 @@ def test_errors_name_the_argument_and_carry_the_c_message():
     if not has_gpu():
         with pytest.raises(ekv.NoDeviceError, match="ekv_cache_create: no CUDA device"):
             ekv.KVCache(small_config(), device="cuda")
+    assert ekv.KVCache(small_config(), device="auto").device == ("cuda:0" if has_gpu() else "cpu")
     cache.close()
     with pytest.raises(ValueError, match="closed"):
         cache.get_cache_total_len()

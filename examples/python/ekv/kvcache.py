@@ -12,7 +12,7 @@ from collections import namedtuple
 import numpy as np
 
 from ._errors import check
-from ._library import CONFIG_FIELDS, CConfig, CMemory, lib
+from ._library import CONFIG_FIELDS, CConfig, CDeviceInfo, CMemory, lib
 from ._tensor import CPU, CUDA, as_tensor
 
 
@@ -93,19 +93,28 @@ class KVCacheConfig:
 
 
 def _device(device):
-    """"cpu", "cuda", "cuda:N" as (ekv_device_type, device id)."""
+    """"cpu", "cuda", "cuda:N" or "auto" as (ekv_device_type, device id); "auto" is the
+    current GPU where CUDA sees one, else the CPU backend (ekv-bench's --device auto)."""
+    if device == "auto":
+        current = CDeviceInfo()
+        status = lib().ekv_get_device_info(ctypes.byref(current), 0)
+        if status == 2:  # EKV_ERROR_NO_DEVICE
+            return CPU, 0
+        check(status)
+        return CUDA, current.device
     if device == "cpu":
         return CPU, 0
     if device == "cuda":
         return CUDA, 0
     if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
         return CUDA, int(device[5:])
-    raise ValueError(f"device={device!r} not supported; supported: 'cpu', 'cuda', 'cuda:N'")
+    raise ValueError(f"device={device!r} not supported; supported: 'cpu', 'cuda', 'cuda:N', 'auto'")
 
 
 class KVCache:
-    """A multi-layer paged KV cache (ekv_cache). KVCache(config, device="cpu"); close() or
-    a with block frees it (as does garbage collection). On the GPU, each call first waits
+    """A multi-layer paged KV cache (ekv_cache). KVCache(config, device="cpu") (or "cuda",
+    "cuda:N", "auto": the GPU where one is visible, else the CPU); close() or a with block
+    frees it (as does garbage collection). On the GPU, each call first waits
     for work queued on the legacy default stream (torch's and CuPy's default); synchronize
     arrays written on other streams first.
 
