@@ -97,7 +97,9 @@ struct ekv_cache {
   }
 
   // on_host(HostKVCache&) or, on the cache's device, on_gpu(KVCache&, stream) after the
-  // legacy default stream's queued work, returning once the stream is done.
+  // legacy default stream's queued work, returning once the stream is done. const like C's
+  // const ekv_cache* readers (the block getters, dump), which synchronize too: the caches
+  // are reached through the owning pointers, whose constness is the handle's, not theirs.
   template <typename OnHost, typename OnGpu>
   void run(OnHost&& on_host, OnGpu&& on_gpu) const {
     if (host) return on_host(*host);
