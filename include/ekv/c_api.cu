@@ -9,10 +9,14 @@
 #include "ekv/c_api.h"
 
 #include <cstddef>
+#include <cstdint>
 
 #include "ekv/c_api/bandwidth.cuh"
+#include "ekv/c_api/cache.cuh"
+#include "ekv/c_api/cache_config.hpp"
 #include "ekv/c_api/compress.cuh"
 #include "ekv/c_api/compute_throughput.cuh"
+#include "ekv/c_api/device_info.cuh"
 #include "ekv/c_api/gpu_info.hpp"
 #include "ekv/c_api/inference_cycle.cuh"
 #include "ekv/c_api/status.hpp"
@@ -72,6 +76,131 @@ ekv_status ekv_get_gpu_info(char* device_name, int* compute_major, int* compute_
   return ekv::capi::guarded("ekv_get_gpu_info", [&] {
     ekv::capi::get_gpu_info(device_name, compute_major, compute_minor, total_memory, max_name_length);
   });
+}
+
+ekv_status ekv_get_device_info(ekv_device_info* info, int measure_bandwidth) {
+  return ekv::capi::guarded("ekv_get_device_info", [&] { ekv::capi::get_device_info(info, measure_bandwidth); });
+}
+
+ekv_status ekv_cache_config_default(ekv_cache_config* config) {
+  return ekv::capi::guarded("ekv_cache_config_default", [&] { ekv::capi::config_default(config); });
+}
+
+ekv_status ekv_cache_config_parse(const char* text, ekv_cache_config* config) {
+  return ekv::capi::guarded("ekv_cache_config_parse", [&] { ekv::capi::config_parse(text, config); });
+}
+
+ekv_status ekv_cache_config_to_string(const ekv_cache_config* config, char* text, std::size_t capacity) {
+  return ekv::capi::guarded("ekv_cache_config_to_string",
+                            [&] { ekv::capi::config_to_string(config, text, capacity); });
+}
+
+ekv_status ekv_cache_config_validate(const ekv_cache_config* config) {
+  return ekv::capi::guarded("ekv_cache_config_validate", [&] { ekv::capi::valid_config(config, "config"); });
+}
+
+ekv_status ekv_cache_create(const ekv_cache_config* config, int device_type, int device_id, ekv_cache** cache) {
+  return ekv::capi::guarded("ekv_cache_create",
+                            [&] { ekv::capi::cache_create(config, device_type, device_id, cache); });
+}
+
+ekv_status ekv_cache_create_from_text(const char* config_text, int device_type, int device_id, ekv_cache** cache) {
+  return ekv::capi::guarded("ekv_cache_create_from_text", [&] {
+    ekv::capi::cache_create_from_text(config_text, device_type, device_id, cache);
+  });
+}
+
+ekv_status ekv_cache_destroy(ekv_cache* cache) {
+  return ekv::capi::guarded("ekv_cache_destroy", [&] { ekv::capi::cache_destroy(cache); });
+}
+
+ekv_status ekv_cache_get_config(const ekv_cache* cache, ekv_cache_config* config, int* device_type, int* device_id) {
+  return ekv::capi::guarded("ekv_cache_get_config",
+                            [&] { ekv::capi::cache_get_config(cache, config, device_type, device_id); });
+}
+
+ekv_status ekv_cache_append(ekv_cache* cache, int layer_idx, const ekv_tensor* k_new, const ekv_tensor* v_new) {
+  return ekv::capi::guarded("ekv_cache_append", [&] { ekv::capi::cache_append(cache, layer_idx, k_new, v_new); });
+}
+
+ekv_status ekv_cache_attn(ekv_cache* cache, const ekv_tensor* q, const ekv_tensor* output, const ekv_tensor* attn_lse,
+                          int layer_idx, int generate_token_idx, int pick_block_num, int init_block_num,
+                          int local_block_num, int* attended_exactly) {
+  return ekv::capi::guarded("ekv_cache_attn", [&] {
+    ekv::capi::cache_attn(cache, q, output, attn_lse, layer_idx, generate_token_idx, pick_block_num, init_block_num,
+                          local_block_num, attended_exactly);
+  });
+}
+
+ekv_status ekv_cache_get_cache_total_len(const ekv_cache* cache, int seq, int* cache_total_len) {
+  return ekv::capi::guarded("ekv_cache_get_cache_total_len",
+                            [&] { ekv::capi::cache_get_total_len(cache, seq, cache_total_len); });
+}
+
+ekv_status ekv_cache_update_cache_total_len(ekv_cache* cache, int cache_total_len, int seq) {
+  return ekv::capi::guarded("ekv_cache_update_cache_total_len",
+                            [&] { ekv::capi::cache_update_total_len(cache, cache_total_len, seq); });
+}
+
+ekv_status ekv_cache_free_sequence(ekv_cache* cache, int seq) {
+  return ekv::capi::guarded("ekv_cache_free_sequence", [&] { ekv::capi::cache_free_sequence(cache, seq); });
+}
+
+ekv_status ekv_cache_get_block_table(const ekv_cache* cache, std::int32_t* block_table, std::int64_t capacity,
+                                     int* max_seq_block_num) {
+  return ekv::capi::guarded("ekv_cache_get_block_table", [&] {
+    ekv::capi::cache_get_block_table(cache, block_table, capacity, max_seq_block_num);
+  });
+}
+
+ekv_status ekv_cache_get_kvcache_one_block(const ekv_cache* cache, const ekv_tensor* k, const ekv_tensor* v,
+                                           int layer_id, int block_idx) {
+  return ekv::capi::guarded("ekv_cache_get_kvcache_one_block",
+                            [&] { ekv::capi::cache_kv_block(cache, k, v, layer_id, block_idx, false); });
+}
+
+ekv_status ekv_cache_update_kvcache_one_block(ekv_cache* cache, const ekv_tensor* k, const ekv_tensor* v,
+                                              int layer_id, int block_idx) {
+  return ekv::capi::guarded("ekv_cache_update_kvcache_one_block",
+                            [&] { ekv::capi::cache_kv_block(cache, k, v, layer_id, block_idx, true); });
+}
+
+ekv_status ekv_cache_get_importance_one_block(const ekv_cache* cache, const ekv_tensor* importance, int layer_id,
+                                              int block_idx) {
+  return ekv::capi::guarded("ekv_cache_get_importance_one_block", [&] {
+    ekv::capi::cache_importance_block(cache, importance, layer_id, block_idx, false);
+  });
+}
+
+ekv_status ekv_cache_update_importance_one_block(ekv_cache* cache, const ekv_tensor* importance, int layer_id,
+                                                 int block_idx) {
+  return ekv::capi::guarded("ekv_cache_update_importance_one_block", [&] {
+    ekv::capi::cache_importance_block(cache, importance, layer_id, block_idx, true);
+  });
+}
+
+ekv_status ekv_cache_get_anchor_one_block(const ekv_cache* cache, const ekv_tensor* anchor, int layer_id,
+                                          int block_idx) {
+  return ekv::capi::guarded("ekv_cache_get_anchor_one_block",
+                            [&] { ekv::capi::cache_anchor_block(cache, anchor, layer_id, block_idx, false); });
+}
+
+ekv_status ekv_cache_update_anchor_one_block(ekv_cache* cache, const ekv_tensor* anchor, int layer_id,
+                                             int block_idx) {
+  return ekv::capi::guarded("ekv_cache_update_anchor_one_block",
+                            [&] { ekv::capi::cache_anchor_block(cache, anchor, layer_id, block_idx, true); });
+}
+
+ekv_status ekv_cache_get_memory(const ekv_cache* cache, ekv_cache_memory* memory) {
+  return ekv::capi::guarded("ekv_cache_get_memory", [&] { ekv::capi::cache_get_memory(cache, memory); });
+}
+
+ekv_status ekv_cache_dump_kvcache(const ekv_cache* cache, const char* tensor_file_path) {
+  return ekv::capi::guarded("ekv_cache_dump_kvcache", [&] { ekv::capi::cache_dump(cache, tensor_file_path); });
+}
+
+ekv_status ekv_cache_load_kvcache(ekv_cache* cache, const char* tensor_file_path) {
+  return ekv::capi::guarded("ekv_cache_load_kvcache", [&] { ekv::capi::cache_load(cache, tensor_file_path); });
 }
 
 }  // extern "C"

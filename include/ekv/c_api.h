@@ -1,5 +1,6 @@
-/* ekv's C API: the older elastic-KV core's six functions, made real, for C callers and
- * for Python through ctypes. Plain C (C99 and later, and C++), one shared library:
+/* ekv's C API: the older elastic-KV core's six functions, made real, and a handle to
+ * ekv's KV cache (ekv_cache, below), for C callers and for Python through ctypes (the
+ * package ekv, examples/python/). Plain C (C99 and later, and C++), one shared library:
  * libekv_c (CMake: find_package(ekv CONFIG), target ekv::c), built from
  * ekv/c_api.cu.
  *
@@ -23,6 +24,7 @@
 #define EKV_C_API_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* libekv_c is built with hidden symbols: these functions are all it exports. */
 #if defined(_WIN32)
@@ -195,6 +197,250 @@ EKV_C_EXPORT ekv_status ekv_inference_cycle_ex(const float* kv_cache, float* com
  * EKV_ERROR_NO_DEVICE; EKV_ERROR_CUDA. */
 EKV_C_EXPORT ekv_status ekv_get_gpu_info(char* device_name, int* compute_major, int* compute_minor,
                                          size_t* total_memory, int max_name_length);
+
+/* The calling thread's current device in more detail (ekv::DeviceInfo), and its
+ * bandwidths measured now where asked. */
+typedef struct ekv_device_info {
+  char name[256];                           /* NUL-terminated */
+  int device;                               /* the ordinal */
+  int compute_major, compute_minor;
+  int sm_count;
+  int max_threads_per_sm;
+  int memory_bus_width_bits;
+  size_t global_memory_bytes;
+  size_t l2_cache_bytes;
+  size_t shared_memory_per_sm_bytes;
+  size_t shared_memory_per_cta_optin_bytes; /* after opting in */
+  float copy_gbps;           /* measured: ekv_mem_bandwidth's copy, read + write bytes; 0 if not asked */
+  float host_to_device_gbps; /* measured: cudaMemcpyAsync from pinned host memory; 0 if not asked */
+} ekv_device_info;
+
+/* Fills info for the current device. measure_bandwidth != 0 also measures, on buffers of
+ * max(4 x L2, 64 MiB) bytes, 10 timed device copies (copy_gbps, as ekv_mem_bandwidth
+ * counts) and 10 timed pinned host-to-device copies (host_to_device_gbps, bytes copied
+ * over time), each after one untimed; that allocates 3 such buffers and takes a fraction
+ * of a second.
+ * Errors: EKV_ERROR_INVALID_ARGUMENT for a NULL info; EKV_ERROR_NO_DEVICE;
+ * EKV_ERROR_OUT_OF_MEMORY; EKV_ERROR_CUDA. */
+EKV_C_EXPORT ekv_status ekv_get_device_info(ekv_device_info* info, int measure_bandwidth);
+
+/* ---- The KV cache handle: ekv's KVCache (GPU) or HostKVCache (CPU backend) ----
+ *
+ * An ekv_cache is a multi-layer paged KV cache (README, "The KV cache object"): made from
+ * an ekv_cache_config (or its text form), it takes appends, attends exactly or
+ * elastically, reports its memory, dumps to and loads from a safetensors file. Created
+ * on EKV_DEVICE_CPU it is the CPU backend (ekv::HostKVCache: host memory, no GPU needed);
+ * on EKV_DEVICE_CUDA, ekv::KVCache on that device. Its calls are synchronous; on the GPU
+ * each first waits for the work already queued on the legacy default stream (torch's
+ * and CuPy's default stream; synchronize others first) and returns once its own work is
+ * done. One handle must not be used by two threads at once. */
+
+/* Element types: ekv::DType's values. */
+typedef enum ekv_dtype { EKV_DTYPE_FLOAT32 = 0, EKV_DTYPE_FLOAT16 = 1, EKV_DTYPE_BFLOAT16 = 2 } ekv_dtype;
+
+/* Where memory is: DLPack's DLDeviceType values. Pinned host memory (EKV_DEVICE_CUDA_HOST)
+ * is host memory to the cache. */
+typedef enum ekv_device_type { EKV_DEVICE_CPU = 1, EKV_DEVICE_CUDA = 2, EKV_DEVICE_CUDA_HOST = 3 } ekv_device_type;
+
+/* ekv::AnchorKind's values (KTransformers' AnchorType: FIXED, DYNAMIC, QUEST, ...). */
+typedef enum ekv_anchor_type {
+  EKV_ANCHOR_QUEST = 0,
+  EKV_ANCHOR_BLOCK_MEAN = 1,
+  EKV_ANCHOR_BLOCK_MAX = 2,
+  EKV_ANCHOR_FIXED = 3,
+  EKV_ANCHOR_DYNAMIC = 4
+} ekv_anchor_type;
+
+/* ekv::RetrievalType's values: who shares one selection. */
+typedef enum ekv_retrieval_type {
+  EKV_RETRIEVAL_LAYER = 0,
+  EKV_RETRIEVAL_KVHEAD = 1,
+  EKV_RETRIEVAL_QHEAD = 2
+} ekv_retrieval_type;
+
+/* A caller's tensor, as DLPack describes one: no copy is made and nothing is kept after
+ * the call.
+ *   data         the first element
+ *   dtype        an ekv_dtype
+ *   ndim         1 to 4
+ *   shape        int64_t [ndim]
+ *   strides      int64_t [ndim] in elements (not bytes), or NULL for row-major; the cache
+ *                takes contiguous tensors only
+ *   device_type  an ekv_device_type
+ *   device_id    the CUDA device of EKV_DEVICE_CUDA memory; ignored for host memory */
+typedef struct ekv_tensor {
+  void* data;
+  int dtype;
+  int ndim;
+  const int64_t* shape;
+  const int64_t* strides;
+  int device_type;
+  int device_id;
+} ekv_tensor;
+
+/* ekv::KVCacheConfig, field for field (KTransformers' KVCacheConfig names); enum fields
+ * hold ekv_anchor_type, ekv_dtype and ekv_retrieval_type values. */
+typedef struct ekv_cache_config {
+  int layer_num;
+  int kv_head_num;
+  int q_head_num;
+  int head_dim;
+  int block_len;      /* tokens per block */
+  int anchor_num;     /* anchors per block for FIXED and DYNAMIC */
+  int anchor_type;    /* ekv_anchor_type */
+  int kv_type;        /* ekv_dtype */
+  int retrieval_type; /* ekv_retrieval_type */
+  int layer_step;     /* layers sharing one selection */
+  int token_step;     /* decode steps sharing one selection */
+  int layer_offset;   /* the first layer that shares */
+  int max_block_num;  /* blocks in each layer's pool, shared by all sequences */
+  int max_batch_size; /* sequences the cache holds at once */
+  int max_thread_num; /* CPU threads of the CPU backend */
+} ekv_cache_config;
+
+/* What a cache holds (ekv::KVCacheMemory). */
+typedef struct ekv_cache_memory {
+  size_t bytes_per_layer; /* K, V, anchors and importance of one layer's pool */
+  size_t bytes_per_token; /* K and V of one token, all layers and kv heads */
+  size_t total_bytes;     /* every layer's pool, plus the block tables */
+  int blocks_used;
+  int blocks_free;
+} ekv_cache_memory;
+
+typedef struct ekv_cache ekv_cache;
+
+/* ekv's default config: layer_num 1, kv_head_num 8, q_head_num 32, head_dim 128,
+ * block_len 64, anchor_num 1, QUEST, FLOAT16, KVHEAD, steps 1, offset 0, 1024 blocks,
+ * batch 1, 1 thread.
+ * Errors: EKV_ERROR_INVALID_ARGUMENT for a NULL config. */
+EKV_C_EXPORT ekv_status ekv_cache_config_default(ekv_cache_config* config);
+
+/* Reads the text form (ekv::parse_kv_cache_config): field=value items separated by spaces
+ * or commas, any order, enum values by name in any case (QUEST, FP16, KVHEAD, ...); fields
+ * not given take the defaults. Does not validate.
+ * Errors: EKV_ERROR_INVALID_ARGUMENT for a NULL argument, an unknown field or a value
+ * that is not a whole number or a name of its enum (the message lists the accepted). */
+EKV_C_EXPORT ekv_status ekv_cache_config_parse(const char* text, ekv_cache_config* config);
+
+/* The text form of a config, every field: "layer_num=1 kv_head_num=8 ...", NUL-terminated.
+ *   capacity  bytes at text, at least the text's length + 1 (512 holds any config)
+ * Errors: EKV_ERROR_INVALID_ARGUMENT for a NULL argument, an enum field out of range or a
+ * capacity too small (the message says how many bytes are needed). */
+EKV_C_EXPORT ekv_status ekv_cache_config_to_string(const ekv_cache_config* config, char* text, size_t capacity);
+
+/* EKV_SUCCESS where a cache can be made from config, else EKV_ERROR_INVALID_ARGUMENT with
+ * the first field that cannot, its value and what is supported. */
+EKV_C_EXPORT ekv_status ekv_cache_config_validate(const ekv_cache_config* config);
+
+/* Makes a cache with every pool zeroed and no tokens.
+ *   device_type  EKV_DEVICE_CPU (the CPU backend, max_thread_num threads) or
+ *                EKV_DEVICE_CUDA (the GPU cache on device device_id)
+ *   cache        out: the handle, for ekv_cache_destroy; NULL after a failure
+ * Errors: EKV_ERROR_INVALID_ARGUMENT for a NULL argument, an invalid config or device;
+ * EKV_ERROR_NO_DEVICE for EKV_DEVICE_CUDA without a GPU; EKV_ERROR_OUT_OF_MEMORY;
+ * EKV_ERROR_CUDA. */
+EKV_C_EXPORT ekv_status ekv_cache_create(const ekv_cache_config* config, int device_type, int device_id,
+                                         ekv_cache** cache);
+
+/* ekv_cache_config_parse, then ekv_cache_create; the errors of both. */
+EKV_C_EXPORT ekv_status ekv_cache_create_from_text(const char* config_text, int device_type, int device_id,
+                                                   ekv_cache** cache);
+
+/* Frees the cache and its memory; NULL is accepted and does nothing. The memory is freed
+ * whatever the status (EKV_ERROR_CUDA only where the cache's device cannot be made
+ * current first). */
+EKV_C_EXPORT ekv_status ekv_cache_destroy(ekv_cache* cache);
+
+/* The config the cache was made from, and where it lives (EKV_DEVICE_CPU with device_id
+ * 0, or EKV_DEVICE_CUDA and its device); device_type and device_id may be NULL. */
+EKV_C_EXPORT ekv_status ekv_cache_get_config(const ekv_cache* cache, ekv_cache_config* config, int* device_type,
+                                             int* device_id);
+
+/* Appends new_tokens tokens to each of the first `batch` sequences of layer layer_idx and
+ * brings the anchors of the blocks that changed up to date.
+ *   k_new, v_new  kv_type [batch][new_tokens][kv_head_num][head_dim], in the cache's
+ *                 memory (host for the CPU backend, the cache's device for the GPU)
+ * Where the pool cannot hold the blocks this needs, nothing is written.
+ * Errors: EKV_ERROR_INVALID_ARGUMENT for a NULL argument, a layer out of range, a tensor
+ * of another dtype, shape or memory (the message names it, its value and what is
+ * needed), too many tokens or a full pool; EKV_ERROR_CUDA. */
+EKV_C_EXPORT ekv_status ekv_cache_append(ekv_cache* cache, int layer_idx, const ekv_tensor* k_new,
+                                         const ekv_tensor* v_new);
+
+/* One layer's attention for decode step generate_token_idx (0 at the first step) of the
+ * first `batch` sequences, batch = q's first dimension.
+ *   q, output         kv_type [batch][q_head_num][head_dim], in the cache's memory
+ *   attn_lse          float32 [batch][q_head_num]: out, the log-sum-exp of the scores
+ *                     (natural log, scores scaled by 1/sqrt(head_dim))
+ *   pick_block_num    < 0: exact, every block; >= 0: elastic, init_block_num sink blocks,
+ *                     local_block_num window blocks and pick_block_num blocks by score,
+ *                     per retrieval_type, reselected every token_step steps and shared
+ *                     by layer_step layers (a sharing layer attends after the layer that
+ *                     selects, in the same step)
+ *   attended_exactly  out, or NULL: 1 where the call attended every block (asked to, or,
+ *                     on the GPU, where the elastic budget cannot pay at this length), else 0
+ * Errors: EKV_ERROR_INVALID_ARGUMENT for a NULL argument, a layer out of range, a tensor
+ * of another dtype, shape or memory, a sequence with no tokens, block counts elastic
+ * attention does not support; EKV_ERROR_OUT_OF_MEMORY; EKV_ERROR_CUDA. */
+EKV_C_EXPORT ekv_status ekv_cache_attn(ekv_cache* cache, const ekv_tensor* q, const ekv_tensor* output,
+                                       const ekv_tensor* attn_lse, int layer_idx, int generate_token_idx,
+                                       int pick_block_num, int init_block_num, int local_block_num,
+                                       int* attended_exactly);
+
+/* Tokens of sequence seq (0 to max_batch_size - 1), layer 0's count. */
+EKV_C_EXPORT ekv_status ekv_cache_get_cache_total_len(const ekv_cache* cache, int seq, int* cache_total_len);
+
+/* Sets every layer's token count of sequence seq (0 to the most a sequence holds), giving
+ * it the blocks it needs (a full pool: an error, nothing changed); the anchors of blocks
+ * whose tokens changed are recomputed. */
+EKV_C_EXPORT ekv_status ekv_cache_update_cache_total_len(ekv_cache* cache, int cache_total_len, int seq);
+
+/* Returns sequence seq's blocks to the pool; its token count becomes 0 in every layer. */
+EKV_C_EXPORT ekv_status ekv_cache_free_sequence(ekv_cache* cache, int seq);
+
+/* The block tables: int32 [max_batch_size][max_seq_block_num], each sequence's pool
+ * blocks in order, -1 where none.
+ *   block_table        out, room for `capacity` int32s, or NULL to ask for the width alone
+ *   capacity           >= max_batch_size * max_seq_block_num where block_table is not NULL
+ *   max_seq_block_num  out: the width of a row, min(max_block_num, 1048576) */
+EKV_C_EXPORT ekv_status ekv_cache_get_block_table(const ekv_cache* cache, int32_t* block_table, int64_t capacity,
+                                                  int* max_seq_block_num);
+
+/* Pool block block_idx of layer layer_id: k, v kv_type [kv_head_num][block_len][head_dim]
+ * (get: out; update: in, then the block's anchors are recomputed where a sequence holds
+ * it). The GPU cache takes host or device memory, the CPU backend host memory. */
+EKV_C_EXPORT ekv_status ekv_cache_get_kvcache_one_block(const ekv_cache* cache, const ekv_tensor* k,
+                                                        const ekv_tensor* v, int layer_id, int block_idx);
+EKV_C_EXPORT ekv_status ekv_cache_update_kvcache_one_block(ekv_cache* cache, const ekv_tensor* k,
+                                                           const ekv_tensor* v, int layer_id, int block_idx);
+/* Token importance of a pool block: float32 [kv_head_num][block_len]. */
+EKV_C_EXPORT ekv_status ekv_cache_get_importance_one_block(const ekv_cache* cache, const ekv_tensor* importance,
+                                                           int layer_id, int block_idx);
+EKV_C_EXPORT ekv_status ekv_cache_update_importance_one_block(ekv_cache* cache, const ekv_tensor* importance,
+                                                              int layer_id, int block_idx);
+/* Anchors of a pool block: kv_type [kv_head_num][anchor_values] (QUEST: 2 * head_dim, min
+ * then max of each channel; BLOCK_MEAN, BLOCK_MAX: head_dim; FIXED, DYNAMIC: anchor_num *
+ * head_dim). An update stands until the block's tokens change. */
+EKV_C_EXPORT ekv_status ekv_cache_get_anchor_one_block(const ekv_cache* cache, const ekv_tensor* anchor,
+                                                       int layer_id, int block_idx);
+EKV_C_EXPORT ekv_status ekv_cache_update_anchor_one_block(ekv_cache* cache, const ekv_tensor* anchor, int layer_id,
+                                                          int block_idx);
+
+/* The cache's memory and its pool's blocks in use. */
+EKV_C_EXPORT ekv_status ekv_cache_get_memory(const ekv_cache* cache, ekv_cache_memory* memory);
+
+/* Writes the whole cache (config, every layer's pools and token counts, the block tables)
+ * to a safetensors file at path, atomically (a temporary file renamed over it).
+ * Errors: EKV_ERROR_INVALID_ARGUMENT for a NULL argument or a file that cannot be written
+ * (the message names the path and the system's reason); EKV_ERROR_CUDA. */
+EKV_C_EXPORT ekv_status ekv_cache_dump_kvcache(const ekv_cache* cache, const char* tensor_file_path);
+
+/* Reads an ekv_cache_dump_kvcache file of either backend into the cache, after checking
+ * its length, checksums, format, version, config (it must be the cache's) and block
+ * tables; where anything fails the cache is unchanged.
+ * Errors: EKV_ERROR_INVALID_ARGUMENT for a NULL argument or a file that cannot be read or
+ * fails a check (the message says which); EKV_ERROR_OUT_OF_MEMORY; EKV_ERROR_CUDA. */
+EKV_C_EXPORT ekv_status ekv_cache_load_kvcache(ekv_cache* cache, const char* tensor_file_path);
 
 #ifdef __cplusplus
 } /* extern "C" */

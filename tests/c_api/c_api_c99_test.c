@@ -1,7 +1,7 @@
 /* ekv/c_api.h from C: this file is compiled as C99 with -Wall -Wextra -pedantic -Werror
  * (the header check) and run (label cpu): every function is called once, an argument
  * error is reported with its status and message, and a GPU call says there is no GPU,
- * or succeeds where there is one. */
+ * or succeeds where there is one; a cache handle on the CPU backend attends from C. */
 #include <ekv/c_api.h>
 
 #include <stdio.h>
@@ -56,6 +56,52 @@ int main(void) {
          "ekv_inference_cycle");
   expect(ran_or_no_device(ekv_inference_cycle_ex(data, out, NULL, 3, 64, 2, 4.0f, &exact, &elastic, &error)),
          "ekv_inference_cycle_ex");
+
+  {
+    /* the cache handle on the CPU backend: 2 tokens, exact attention of one query head
+     * over them (each token's value is its key, so the output is a mix of the two) */
+    ekv_cache* cache = NULL;
+    ekv_cache_config config;
+    ekv_cache_memory memory;
+    float kv[2 * 64], q[64], o[64], lse[1];
+    int64_t kv_shape[4] = {1, 2, 1, 64}, q_shape[3] = {1, 1, 64}, lse_shape[2] = {1, 1};
+    ekv_tensor k_t, q_t, o_t, lse_t;
+    int exact = -1, len = -1;
+    for (i = 0; i < 2 * 64; ++i) kv[i] = i < 64 ? 1.0f : -1.0f;
+    for (i = 0; i < 64; ++i) q[i] = 0.0f;
+    k_t.data = kv;
+    k_t.dtype = EKV_DTYPE_FLOAT32;
+    k_t.ndim = 4;
+    k_t.shape = kv_shape;
+    k_t.strides = NULL;
+    k_t.device_type = EKV_DEVICE_CPU;
+    k_t.device_id = 0;
+    q_t = k_t;
+    q_t.data = q;
+    q_t.ndim = 3;
+    q_t.shape = q_shape;
+    o_t = q_t;
+    o_t.data = o;
+    lse_t = q_t;
+    lse_t.data = lse;
+    lse_t.ndim = 2;
+    lse_t.shape = lse_shape;
+    expect(ekv_cache_config_parse("kv_head_num=1 q_head_num=1 head_dim=64 kv_type=fp32 max_block_num=4", &config) ==
+               EKV_SUCCESS,
+           "ekv_cache_config_parse");
+    expect(ekv_cache_create(&config, EKV_DEVICE_CPU, 0, &cache) == EKV_SUCCESS, "ekv_cache_create on the CPU");
+    expect(ekv_cache_append(cache, 0, &k_t, &k_t) == EKV_SUCCESS, "ekv_cache_append");
+    expect(ekv_cache_get_cache_total_len(cache, 0, &len) == EKV_SUCCESS && len == 2, "2 tokens");
+    expect(ekv_cache_attn(cache, &q_t, &o_t, &lse_t, 0, 0, -1, 1, 1, &exact) == EKV_SUCCESS && exact == 1,
+           "ekv_cache_attn");
+    /* q = 0: equal weights, so o = (1 + -1) / 2 = 0 and lse = log 2 */
+    expect(o[0] == 0.0f && lse[0] > 0.693f && lse[0] < 0.694f, "attention of a zero query averages the values");
+    expect(ekv_cache_get_memory(cache, &memory) == EKV_SUCCESS && memory.blocks_used == 1, "ekv_cache_get_memory");
+    expect(ekv_cache_append(cache, 1, &k_t, &k_t) == EKV_ERROR_INVALID_ARGUMENT, "a layer out of range");
+    expect(strstr(ekv_last_error(), "ekv_cache_append: HostKVCache::append: layer 1") == ekv_last_error(),
+           "the message names the layer");
+    expect(ekv_cache_destroy(cache) == EKV_SUCCESS, "ekv_cache_destroy");
+  }
 
   if (failures == 0) printf("the C API from C99: all checks passed\n");
   return failures == 0 ? 0 : 1;

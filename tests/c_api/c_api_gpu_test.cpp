@@ -2,7 +2,7 @@
 // random data with NaN, infinities, signed zeros and denormals, from host (pageable and
 // pinned) and device memory, with and without indices, at odd sizes and at 100M elements;
 // the copies of the bandwidth functions; the FMA chains of ekv_compute_throughput;
-// ekv_get_gpu_info against the runtime's own properties; and ekv_inference_cycle's last
+// ekv_get_gpu_info and ekv_get_device_info against the runtime's own properties; and ekv_inference_cycle's last
 // output against float64 attention (within 1e-5) where it attends every block. Timings are checked to be
 // reported (finite, positive), never compared.
 
@@ -265,6 +265,34 @@ TEST_CASE("ekv_get_gpu_info reports the current device, its name cut to the buff
   CHECK(cut[4] == 'x');  // nothing past max_name_length
   REQUIRE(ekv_get_gpu_info(cut, &major, &minor, &memory, 1) == EKV_SUCCESS);
   CHECK(cut[0] == '\0');
+}
+
+TEST_CASE("ekv_get_device_info reports the runtime's properties and, where asked, measured bandwidths") {
+  int device = 0;
+  EKV_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp p{};
+  EKV_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+  ekv_device_info info;
+  REQUIRE_MESSAGE(ekv_get_device_info(&info, 0) == EKV_SUCCESS, ekv_last_error());
+  CHECK(std::string(info.name) == p.name);
+  CHECK(info.device == device);
+  CHECK(info.compute_major == p.major);
+  CHECK(info.compute_minor == p.minor);
+  CHECK(info.sm_count == p.multiProcessorCount);
+  CHECK(info.max_threads_per_sm == p.maxThreadsPerMultiProcessor);
+  CHECK(info.memory_bus_width_bits == p.memoryBusWidth);
+  CHECK(info.global_memory_bytes == p.totalGlobalMem);
+  CHECK(info.l2_cache_bytes == static_cast<std::size_t>(p.l2CacheSize));
+  CHECK(info.shared_memory_per_sm_bytes == p.sharedMemPerMultiprocessor);
+  CHECK(info.shared_memory_per_cta_optin_bytes == p.sharedMemPerBlockOptin);
+  CHECK(info.copy_gbps == 0.0f);  // not asked
+  CHECK(info.host_to_device_gbps == 0.0f);
+  REQUIRE_MESSAGE(ekv_get_device_info(&info, 1) == EKV_SUCCESS, ekv_last_error());
+  MESSAGE("copy " << info.copy_gbps << " GB/s, host to device " << info.host_to_device_gbps << " GB/s");
+  CHECK(std::isfinite(info.copy_gbps));  // reported, never compared with a figure
+  CHECK(info.copy_gbps > 0.0f);
+  CHECK(std::isfinite(info.host_to_device_gbps));
+  CHECK(info.host_to_device_gbps > 0.0f);
 }
 
 namespace {

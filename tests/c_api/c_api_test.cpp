@@ -226,3 +226,10 @@ TEST_CASE("ekv_get_gpu_info checks its arguments") {
                  "max_name_length=0 not supported; supported: >= 1");
   check_valid(ekv_get_gpu_info(name, &major, &minor, &memory, 256), f);
 }
+
+TEST_CASE("ekv_get_device_info checks its arguments") {
+  ekv_device_info info;
+  check_rejected(ekv_get_device_info(nullptr, 0), "ekv_get_device_info",
+                 "info is NULL; it must point to an ekv_device_info");
+  check_valid(ekv_get_device_info(&info, 0), "ekv_get_device_info");
+}

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstddef>
 #include <limits>
 #include <string>
 
@@ -41,6 +42,24 @@ inline int int_product(int a, const char* a_name, int b, const char* b_name, con
            std::to_string(std::numeric_limits<int>::max()) + " (" + why + ")");
   }
   return static_cast<int>(product);
+}
+
+// A C enum's value and its name, for the lists an error prints.
+struct NamedValue {
+  int value;
+  const char* name;
+};
+
+// Throws unless `value` is one of `values`: "<name>=7 not supported; supported:
+// EKV_DTYPE_FLOAT32 (0), EKV_DTYPE_FLOAT16 (1), ...".
+template <std::size_t N>
+void require_one_of(int value, const std::string& name, const NamedValue (&values)[N]) {
+  std::string supported;
+  for (const NamedValue& v : values) {
+    if (v.value == value) return;
+    supported += (supported.empty() ? "" : ", ") + std::string(v.name) + " (" + std::to_string(v.value) + ")";
+  }
+  reject(name + "=" + std::to_string(value) + " not supported; supported: " + supported);
 }
 
 }  // namespace ekv::capi
