@@ -189,3 +189,34 @@ TEST_CASE("NaN and infinities never reach a group's scale") {
     for (int i = 0; i < 32; ++i) CHECK(value(s, r, i) == 0.0f);
   }
 }
+
+TEST_CASE("dequantize_row gives dequantize_value's values, every FP8 code included") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(-3.0f, 3.0f);
+  std::vector<float> x(256);
+  for (float& v : x) v = u(rng);
+  for (KVStorage s : ekv::kAllKVStorages) {
+    INFO("storage=" << ekv::to_string(s));
+    const Row r = quantize(s, x, 0.02f);
+    std::vector<float> row(x.size());
+    ekv::dequantize_row(s, r.codes.data(), r.scales.data(), static_cast<int>(x.size()), row.data(), 0.02f);
+    for (int i = 0; i < static_cast<int>(x.size()); ++i) CHECK(row[i] == value(s, r, i, 0.02f));
+  }
+  std::vector<std::uint8_t> codes(256);
+  for (int c = 0; c < 256; ++c) codes[c] = static_cast<std::uint8_t>(c);
+  std::vector<float> all(256);
+  ekv::dequantize_row(KVStorage::kFp8E4M3, codes.data(), nullptr, 256, all.data(), 0.5f);
+  for (int c = 0; c < 256; ++c) {
+    __nv_fp8_e4m3 code;
+    std::memcpy(static_cast<void*>(&code), &codes[c], 1);
+    const float expected = ekv::dequantize_fp8(code, 0.5f);
+    INFO("code=" << c);
+    if (std::isnan(expected)) {
+      CHECK(std::isnan(all[c]));
+    } else {
+      CHECK(all[c] == expected);
+    }
+  }
+}

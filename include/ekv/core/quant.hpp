@@ -250,9 +250,34 @@ EKV_HOST_DEVICE inline float dequantize_value(KVStorage storage, const void* cod
   return 0.0f;
 }
 
-// A whole stored row as float, into out [head_dim].
+namespace detail {
+
+#if !defined(__CUDA_ARCH__)
+// Every E4M3 code's value, for the host: cuda_fp8's host conversion is emulated bit by bit
+// per value, a table of the same values is one load.
+inline const float* fp8_e4m3_values() {
+  static const auto table = [] {
+    struct Table {
+      float v[256];
+    } t{};
+    for (int c = 0; c < 256; ++c) {
+      __nv_fp8_e4m3 code;
+      code.__x = static_cast<__nv_fp8_storage_t>(c);
+      t.v[c] = DTypeTraits<__nv_fp8_e4m3>::to_float(code);
+    }
+    return t;
+  }();
+  return table.v;
+}
+#endif
+
+}  // namespace detail
+
+// A whole stored row as float, into out [head_dim] (not overlapping the codes: byte codes
+// could alias it otherwise, and the loops would not vectorize): the values
+// dequantize_value gives, a group's scale converted once.
 EKV_HOST_DEVICE inline void dequantize_row(KVStorage storage, const void* codes, const __half* scales, int head_dim,
-                                           float* out, float s = 1.0f) {
+                                           float* __restrict__ out, float s = 1.0f) {
   switch (storage) {
     case KVStorage::kFloat16:
       for (int i = 0; i < head_dim; ++i) out[i] = __half2float(static_cast<const __half*>(codes)[i]);
@@ -263,18 +288,30 @@ EKV_HOST_DEVICE inline void dequantize_row(KVStorage storage, const void* codes,
     case KVStorage::kFloat32:
       for (int i = 0; i < head_dim; ++i) out[i] = static_cast<const float*>(codes)[i];
       return;
-    case KVStorage::kFp8E4M3:
+    case KVStorage::kFp8E4M3: {
+#if defined(__CUDA_ARCH__)
       for (int i = 0; i < head_dim; ++i) out[i] = dequantize_fp8(static_cast<const __nv_fp8_e4m3*>(codes)[i], s);
+#else
+      const float* values = detail::fp8_e4m3_values();
+      const auto* c = static_cast<const std::uint8_t*>(codes);
+      for (int i = 0; i < head_dim; ++i) out[i] = values[c[i]] * s;
+#endif
       return;
+    }
     case KVStorage::kQ8_0:
-      for (int i = 0; i < head_dim; ++i) {
-        out[i] = dequantize_q8_0(static_cast<const std::int8_t*>(codes)[i], scales[i / kQuantGroup]);
+      for (int g = 0; g < head_dim / kQuantGroup; ++g) {
+        const float d = __half2float(scales[g]);
+        const auto* c = static_cast<const std::int8_t*>(codes) + g * kQuantGroup;
+        for (int j = 0; j < kQuantGroup; ++j) out[g * kQuantGroup + j] = static_cast<float>(c[j]) * d;
       }
       return;
     case KVStorage::kQ4_0:
       for (int g = 0; g < head_dim / kQuantGroup; ++g) {
-        const auto* group = static_cast<const std::uint8_t*>(codes) + g * (kQuantGroup / 2);
-        for (int j = 0; j < kQuantGroup; ++j) out[g * kQuantGroup + j] = dequantize_q4_0(group, j, scales[g]);
+        const float d = __half2float(scales[g]);
+        const auto* c = static_cast<const std::uint8_t*>(codes) + g * (kQuantGroup / 2);
+        float* o = out + g * kQuantGroup;
+        for (int j = 0; j < kQuantGroup / 2; ++j) o[j] = static_cast<float>((c[j] & 0x0F) - 8) * d;
+        for (int j = 0; j < kQuantGroup / 2; ++j) o[j + kQuantGroup / 2] = static_cast<float>((c[j] >> 4) - 8) * d;
       }
       return;
   }
