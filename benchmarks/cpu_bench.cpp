@@ -40,6 +40,24 @@ double& read_bytes_per_s() {
   return bytes_per_s;
 }
 
+// Runs `step` once per iteration, timed by the wall clock (as the caller waits), and
+// reports GB/s and the fraction of the host's read bandwidth for `bytes` a step: Google
+// Benchmark's rate counters divide by CPU time, and the caller's thread only waits.
+template <typename Step>
+void time_steps(benchmark::State& state, double bytes, Step&& step) {
+  double total_s = 0;
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+    step();
+    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+    state.SetIterationTime(elapsed.count());
+    total_s += elapsed.count();
+  }
+  const double bytes_per_s = bytes * static_cast<double>(state.iterations()) / total_s;
+  state.counters["GB/s"] = bytes_per_s / 1e9;
+  state.counters["of_read"] = bytes_per_s / read_bytes_per_s();
+}
+
 // state.range: batch, length, paged (0/1)
 template <typename T>
 void cpu_decode(benchmark::State& state) {
@@ -61,20 +79,9 @@ void cpu_decode(benchmark::State& state) {
       paged ? ekv::paged_kv<T>(k.data(), v.data(), table.data(), lengths.data(), batch, kKvHeads, kHeadDim, block_len,
                                blocks_per_seq)
             : ekv::contiguous_hnd_kv<T>(k.data(), v.data(), lengths.data(), batch, kKvHeads, kHeadDim, len);
-  double total_s = 0;
-  for (auto _ : state) {
-    const auto start = std::chrono::steady_clock::now();
-    ekv::cpu_decode<T>(pool(), view, q.data(), kQHeads, o.data(), lse.data());
-    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
-    state.SetIterationTime(elapsed.count());
-    total_s += elapsed.count();
-  }
+  time_steps(state, 2.0 * batch * kKvHeads * static_cast<double>(len) * kHeadDim * sizeof(T),
+             [&] { ekv::cpu_decode<T>(pool(), view, q.data(), kQHeads, o.data(), lse.data()); });
   benchmark::DoNotOptimize(o.data());
-  // Google Benchmark's rate counters divide by CPU time; the caller's thread only waits
-  const double bytes = 2.0 * batch * kKvHeads * static_cast<double>(len) * kHeadDim * sizeof(T);
-  const double bytes_per_s = bytes * static_cast<double>(state.iterations()) / total_s;
-  state.counters["GB/s"] = bytes_per_s / 1e9;
-  state.counters["of_read"] = bytes_per_s / read_bytes_per_s();
 }
 
 // state.range: batch, length, paged (0/1), storage (KVStorage: 3 FP8, 4 Q8_0, 5 Q4_0). K
@@ -117,19 +124,9 @@ void cpu_decode_quant(benchmark::State& state) {
             : ekv::contiguous_hnd_quant_kv(storage, qpool, lengths.data(), batch, kKvHeads, kHeadDim, len);
   view.k_head_scales = head_scales.data();
   view.v_head_scales = head_scales.data();
-  double total_s = 0;
-  for (auto _ : state) {
-    const auto start = std::chrono::steady_clock::now();
-    ekv::cpu_decode<T>(pool(), view, q.data(), kQHeads, o.data(), lse.data());
-    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
-    state.SetIterationTime(elapsed.count());
-    total_s += elapsed.count();
-  }
+  time_steps(state, 2.0 * batch * kKvHeads * static_cast<double>(len) * ekv::kv_row_bytes(storage, kHeadDim),
+             [&] { ekv::cpu_decode<T>(pool(), view, q.data(), kQHeads, o.data(), lse.data()); });
   benchmark::DoNotOptimize(o.data());
-  const double bytes = 2.0 * batch * kKvHeads * static_cast<double>(len) * ekv::kv_row_bytes(storage, kHeadDim);
-  const double bytes_per_s = bytes * static_cast<double>(state.iterations()) / total_s;
-  state.counters["GB/s"] = bytes_per_s / 1e9;
-  state.counters["of_read"] = bytes_per_s / read_bytes_per_s();
   state.SetLabel(ekv::to_string(storage));
 }
 
