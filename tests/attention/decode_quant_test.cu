@@ -107,25 +107,7 @@ void check_quant_decode(KVStorage s, const CacheShape& shape, std::uint64_t seed
   std::vector<float> lse(dlse.size());
   dout.copy_to(out);
   dlse.copy_to(lse);
-  double worst = 0, lse_err = 0;
-  for (std::size_t r = 0; r < ref.size(); ++r) {
-    double e2 = 0, r2 = 0;
-    for (int i = 0; i < d; ++i) {
-      const double got = ekv::DTypeTraits<T>::to_float(out[r * d + i]);
-      REQUIRE(std::isfinite(got));
-      e2 += (got - ref[r].o[i]) * (got - ref[r].o[i]);
-      r2 += ref[r].o[i] * ref[r].o[i];
-    }
-    worst = std::max(worst, r2 > 0 ? std::sqrt(e2 / r2) : std::sqrt(e2));
-    if (std::isinf(ref[r].lse)) {
-      CHECK(std::isinf(lse[r]));
-    } else {
-      REQUIRE(std::isfinite(lse[r]));
-      lse_err = std::max(lse_err, std::abs(lse[r] - ref[r].lse) / ekv::test::lse_tolerance(ref[r].lse));
-    }
-  }
-  CHECK(worst <= tolerance<T>());
-  CHECK(lse_err <= 1.0);
+  ekv::test::check_against_reference<T>(ref, out, lse, d, ekv::test::Inputs::kUniform, tolerance<T>());
 }
 
 }  // namespace

@@ -114,9 +114,7 @@ void append_kv(const QuantKVView& kv, const T* k_new, const T* v_new, int new_to
   if (kv.batch() < 0) throw Error("append_kv: batch=" + std::to_string(kv.batch()) + " must be >= 0");
   if (Support s = kv_storage_supports(kv.storage, kv.head_dim); !s) throw Error("append_kv: " + s.why);
   if (kv.batch() == 0 || new_tokens == 0) return;
-  const bool scales_missing =
-      kv_scale_bytes(kv.storage, kv.head_dim) > 0 && (kv.scales.k == nullptr || kv.scales.v == nullptr);
-  if (kv.codes.k == nullptr || kv.codes.v == nullptr || scales_missing || kv.codes.lengths == nullptr ||
+  if (!kv.has_rows() || kv.codes.lengths == nullptr ||
       k_new == nullptr || v_new == nullptr) {
     throw Error("append_kv: null K or V codes, scales, lengths or new tokens");
   }

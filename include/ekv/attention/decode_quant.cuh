@@ -222,9 +222,7 @@ void run_decode(const DecodePlan& plan, const QuantKVView& kv, const T* q, T* o,
     throw Error("run_decode: the view holds " + std::to_string(kv.capacity()) + " tokens per sequence, the plan " +
                 std::to_string(p.max_seq_len));
   }
-  const bool scales_missing =
-      kv_scale_bytes(kv.storage, kv.head_dim) > 0 && (kv.scales.k == nullptr || kv.scales.v == nullptr);
-  if (kv.codes.k == nullptr || kv.codes.v == nullptr || scales_missing || !kv.codes.has_lengths() || q == nullptr ||
+  if (!kv.has_rows() || !kv.codes.has_lengths() || q == nullptr ||
       o == nullptr || lse == nullptr) {
     throw Error("run_decode: null K or V codes, scales, lengths, q, o or lse");
   }

@@ -52,6 +52,11 @@ struct QuantKVView {
     dequantize_row(storage, row_codes(is_v, seq, head, pos), row_scales(is_v, seq, head, pos), head_dim, out,
                    head_scale(is_v, head));
   }
+  // Whether K's and V's codes, and the scales the format has, are all given.
+  bool has_rows() const {
+    const bool scaled = kv_scale_bytes(storage, head_dim) > 0;
+    return codes.k != nullptr && codes.v != nullptr && (!scaled || (scales.k != nullptr && scales.v != nullptr));
+  }
   EKV_HOST_DEVICE float head_scale(bool is_v, int head) const {
     const float* s = is_v ? v_head_scales : k_head_scales;
     return s != nullptr ? s[head] : 1.0f;

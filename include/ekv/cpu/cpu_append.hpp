@@ -51,9 +51,7 @@ template <typename T>
 bool cpu_append_kv(const QuantKVView& kv, const T* k_new, const T* v_new, int new_tokens) {
   if (new_tokens < 0) throw Error("cpu_append_kv: new_tokens=" + std::to_string(new_tokens) + " must be >= 0");
   if (Support s = kv_storage_supports(kv.storage, kv.head_dim); !s) throw Error("cpu_append_kv: " + s.why);
-  const bool scales_missing =
-      kv_scale_bytes(kv.storage, kv.head_dim) > 0 && (kv.scales.k == nullptr || kv.scales.v == nullptr);
-  if (kv.codes.k == nullptr || kv.codes.v == nullptr || scales_missing || kv.codes.lengths == nullptr ||
+  if (!kv.has_rows() || kv.codes.lengths == nullptr ||
       k_new == nullptr || v_new == nullptr) {
     throw Error("cpu_append_kv: null K or V codes, scales, lengths or new tokens");
   }

@@ -191,9 +191,7 @@ void cpu_decode(CPUInfer& pool, const QuantKVView& kv, const T* q, int q_heads, 
   if (Support s = cpu_decode_supports(problem); !s) throw Error(s.why);
   if (Support s = kv_storage_supports(kv.storage, kv.head_dim); !s) throw Error("cpu_decode: " + s.why);
   if (kv.batch() == 0) return;
-  const bool scales_missing =
-      kv_scale_bytes(kv.storage, kv.head_dim) > 0 && (kv.scales.k == nullptr || kv.scales.v == nullptr);
-  if (kv.codes.k == nullptr || kv.codes.v == nullptr || scales_missing || !kv.codes.has_lengths() || q == nullptr ||
+  if (!kv.has_rows() || !kv.codes.has_lengths() || q == nullptr ||
       o == nullptr || lse == nullptr) {
     throw Error("cpu_decode: null K or V codes, scales, lengths, q, o or lse");
   }
