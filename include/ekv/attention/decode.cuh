@@ -37,8 +37,8 @@ struct DecodePlan {
   int num_splits = 1;
   int split_tokens = 0;  // a multiple of kDecodeSplitAlign
   DecodeCopy copy = DecodeCopy::kCpAsync;  // as resolved by plan_decode, never kAuto
-  // plan_quant_decode's (decode_quant.cuh): K and V stored as kv_storage
-  bool quantized = false;
+  // how K and V are stored: the dtype's dense storage from plan_decode, a quantized one
+  // from plan_quant_decode (decode_quant.cuh)
   KVStorage kv_storage = KVStorage::kFloat16;
 
   // The split counters, then the partial states: [batch][q_heads][num_splits][head_dim]
@@ -151,6 +151,7 @@ inline DecodePlan plan_decode(const DecodeProblem& problem, const DeviceInfo& de
   plan.problem = problem;
   plan.device = device.ordinal;
   plan.scale = problem.scale > 0.0f ? problem.scale : 1.0f / std::sqrt(static_cast<float>(problem.head_dim));
+  plan.kv_storage = dense_storage(problem.dtype);
   int ctas_per_sm = 0;
   detail::dispatch_decode(problem.dtype, problem.head_dim, [&](auto type, auto dim) {
     using T = typename decltype(type)::type;
@@ -268,7 +269,7 @@ template <typename T>
 void run_decode(const DecodePlan& plan, const KVView<T>& kv, const T* q, T* o, float* lse, void* workspace,
                 const Stream& stream) {
   const DecodeProblem& p = plan.problem;
-  if (plan.quantized) {
+  if (is_quantized(plan.kv_storage)) {
     throw Error(std::string("run_decode: the plan is for ") + to_string(plan.kv_storage) +
                 " storage (plan_quant_decode), the view is dense");
   }

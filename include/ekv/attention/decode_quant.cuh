@@ -185,7 +185,6 @@ inline DecodePlan plan_quant_decode(const DecodeProblem& problem, KVStorage stor
   }
   if (Support s = kv_storage_supports(storage, problem.head_dim); !s) throw Error("plan_quant_decode: " + s.why);
   DecodePlan plan = plan_decode(problem, device, num_splits, DecodeCopy::kCpAsync);
-  plan.quantized = true;
   plan.kv_storage = storage;
   detail::dispatch_decode(problem.dtype, problem.head_dim, [&](auto type, auto dim) {
     using T = typename decltype(type)::type;
@@ -207,9 +206,10 @@ void run_decode(const DecodePlan& plan, const QuantKVView& kv, const T* q, T* o,
                 const Stream& stream) {
   static_assert(kDecodeOnTensorCores<T>, "quantized decode: T must be half or bfloat16");
   const DecodeProblem& p = plan.problem;
-  if (!plan.quantized || plan.kv_storage != kv.storage) {
-    throw Error(std::string("run_decode: the view stores ") + to_string(kv.storage) + ", the plan is for " +
-                (plan.quantized ? to_string(plan.kv_storage) : "dense storage") + " (plan_quant_decode)");
+  if (plan.kv_storage != kv.storage) {
+    const char* planned = is_quantized(plan.kv_storage) ? to_string(plan.kv_storage) : "dense storage";
+    throw Error(std::string("run_decode: the view stores ") + to_string(kv.storage) + ", the plan is for " + planned +
+                " (plan_quant_decode)");
   }
   if (kDTypeOf<T> != p.dtype) {
     throw Error(std::string("run_decode: the plan is for ") + to_string(p.dtype) + " queries, not " +
