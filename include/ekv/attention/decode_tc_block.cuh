@@ -256,12 +256,6 @@ __device__ __forceinline__ void decode_tc_tiles(const KVView<T>& kv, int seq, in
     return pipeline + slot * Traits::kStageElems + warp * Traits::kWarpTokens * Traits::kRowElems;
   };
   auto v_rows = [&](int slot) { return k_rows(slot) + Traits::kTileTokens * Traits::kRowElems; };
-  auto consume = [&](int i, int slot) {
-    const int first = tiles.first(i) + warp * Traits::kWarpTokens;
-    if (first < tiles.end) {
-      decode_tc_warp_tile<T, HeadDim>(k_rows(slot), v_rows(slot), first, tiles.end, qa, scale_log2, state);
-    }
-  };
   auto warp_first = [&](int i) { return tiles.first(i) + warp * Traits::kWarpTokens; };
   if constexpr (Bulk) {
     // each warp streams its own slices: slot s of warp w completes on bars[s][w]
@@ -292,6 +286,11 @@ __device__ __forceinline__ void decode_tc_tiles(const KVView<T>& kv, int seq, in
   }
   auto stage = [&](int i, int slot) {
     stage_tc_warp_tile<T, HeadDim>(kv, seq, kv_head, warp_first(i), tiles.end, k_rows(slot), v_rows(slot));
+  };
+  auto consume = [&](int i, int slot) {
+    if (warp_first(i) < tiles.end) {
+      decode_tc_warp_tile<T, HeadDim>(k_rows(slot), v_rows(slot), warp_first(i), tiles.end, qa, scale_log2, state);
+    }
   };
   pipeline_prologue<Traits::kStages>(tiles.count, stage);
   load_q_fragments<T, HeadDim>(q_rows, heads, qa);

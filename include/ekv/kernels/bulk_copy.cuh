@@ -7,20 +7,14 @@
 // A barrier guards one shared-memory slot: the thread that fills it announces the bytes
 // (mbarrier_arrive_expect_tx) before the copies that deliver them, and readers wait for
 // the slot's phase (mbarrier_wait_parity: the n-th fill of a slot completes phase n, of
-// parity n & 1). Below sm_90 these compile to nothing; kBulkCopyCompiled says whether
-// the device code has them, and hosts read a kernel's binaryVersion before choosing it.
+// parity n & 1). Below sm_90 these compile to nothing: hosts read a kernel's
+// binaryVersion before choosing one that uses them (resolve_decode_copy).
 
 #include <cstdint>
 
 #include "ekv/kernels/arch_check.cuh"
 
 namespace ekv {
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-inline constexpr bool kBulkCopyCompiled = true;
-#else
-inline constexpr bool kBulkCopyCompiled = false;
-#endif
 
 __device__ __forceinline__ std::uint32_t shared_address(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
