@@ -13,6 +13,7 @@
 #include "ekv/attention/append.cuh"
 #include "ekv/attention/decode.cuh"
 #include "ekv/attention/decode_quant.cuh"
+#include "ekv/elastic/accuracy.hpp"
 #include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/graph.hpp"
@@ -79,8 +80,11 @@ void decode(benchmark::State& state) {
 }
 
 // state.range: batch, length, storage (KVStorage: 3 FP8, 4 Q8_0, 5 Q4_0), paged block 64.
-// The pool is filled by appending uniform random tokens in [-1, 1] (float, quantized on
-// the device by append_kv), a chunk at a time; FP8's per-head scales are 1 / 448.
+// The pool is filled by appending uniform random half tokens in [-1, 1] (quantized on the
+// device by append_kv), a chunk at a time, into the quantized pool and into a half one;
+// FP8's per-head scales are 1 / 448. After the timing, exact fp16 decode over the half
+// pool gives the accuracy cost: the relative L2 error of O against it, the worst row's
+// (err_worst) and pooled over rows (err_pooled).
 void decode_quant(benchmark::State& state) {
   using T = __half;
   const int batch = static_cast<int>(state.range(0)), len = static_cast<int>(state.range(1));
@@ -108,12 +112,19 @@ void decode_quant(benchmark::State& state) {
                                               lengths.data(), batch, kKvHeads, kHeadDim, block_len, blocks_per_seq);
   view.k_head_scales = head_scales.data();
   view.v_head_scales = head_scales.data();
+  ekv::DeviceBuffer<T> dense_k(rows * kHeadDim), dense_v(dense_k.size());
+  ekv::DeviceBuffer<std::int32_t> dense_lengths(batch);
+  dense_lengths.copy_from(std::vector<std::int32_t>(batch, 0));
+  const ekv::KVView<T> dense = ekv::paged_kv<T>(dense_k.data(), dense_v.data(), table.data(), dense_lengths.data(),
+                                                batch, kKvHeads, kHeadDim, block_len, blocks_per_seq);
   const int chunk = std::min(len, 4096);
-  ekv::DeviceBuffer<float> k_new(static_cast<std::size_t>(batch) * chunk * kKvHeads * kHeadDim), v_new(k_new.size());
+  ekv::DeviceBuffer<T> k_new(static_cast<std::size_t>(batch) * chunk * kKvHeads * kHeadDim), v_new(k_new.size());
   for (int done = 0, i = 0; done < len; done += chunk, ++i) {
-    ekv::bench::random_uniform_fill<float>(k_new.span(), -1.0f, 1.0f, 11 + 2 * i, stream);
-    ekv::bench::random_uniform_fill<float>(v_new.span(), -1.0f, 1.0f, 12 + 2 * i, stream);
-    ekv::append_kv<float>(view, k_new.data(), v_new.data(), std::min(chunk, len - done), stream);
+    const int n = std::min(chunk, len - done);
+    ekv::bench::random_uniform_fill<T>(k_new.span(), -1.0f, 1.0f, 11 + 2 * i, stream);
+    ekv::bench::random_uniform_fill<T>(v_new.span(), -1.0f, 1.0f, 12 + 2 * i, stream);
+    ekv::append_kv<T>(view, k_new.data(), v_new.data(), n, stream);
+    ekv::append_kv<T>(dense, k_new.data(), v_new.data(), n, stream);
   }
   stream.synchronize();
   const ekv::DecodeProblem problem{ekv::DType::kFloat16, batch, kQHeads, kKvHeads, kHeadDim, len};
@@ -127,6 +138,19 @@ void decode_quant(benchmark::State& state) {
                                           ekv::kv_row_bytes(storage, kHeadDim), s);
   state.counters["splits"] = plan.num_splits;
   state.SetLabel(ekv::to_string(storage));
+
+  const ekv::DecodePlan exact = ekv::plan_decode(problem, device);
+  ekv::DeviceBuffer<unsigned char> exact_workspace = ekv::make_decode_workspace(exact, stream);
+  ekv::DeviceBuffer<T> o_exact(o.size());
+  ekv::run_decode<T>(exact, dense, q.data(), o_exact.data(), lse.data(), exact_workspace.data(), stream);
+  ekv::run_decode<T>(plan, view, q.data(), o.data(), lse.data(), workspace.data(), stream);
+  std::vector<T> got(o.size()), want(o.size());
+  o.copy_to(got, stream);
+  o_exact.copy_to(want, stream);
+  stream.synchronize();
+  const ekv::L2Error err = ekv::relative_l2_error(got.data(), want.data(), batch * kQHeads, kHeadDim);
+  state.counters["err_worst"] = err.worst;
+  state.counters["err_pooled"] = err.pooled;
 }
 
 // state.range: batch, length, graph replay (0/1), split count

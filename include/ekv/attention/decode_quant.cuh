@@ -5,15 +5,22 @@
 //
 // Where the conversion happens, and why there: K and V are staged in shared memory as
 // stored, codes and scales (the fewer bytes are what the step reads from DRAM, and the
-// cp.async pipeline keeps them in flight, four stages deep as they are smaller); once a
-// warp's copies of a tile land, the warp dequantizes its own 16 tokens (quant.hpp's
-// functions, the CPU backend's arithmetic) into a tile of T in the padded layout the
-// dense kernel's consume reads, and then runs that consume unchanged: the MMAs, the
-// online softmax and the merges are the dense kernel's. Rounding the dequantized values
-// to T adds at most half an ulp of T to the format's own error.
+// cp.async pipeline keeps them in flight, four stages deep as they are smaller). Once a
+// warp's copies of a tile land, it converts in registers, never through a dequantized
+// copy in global memory: K goes from its codes straight into the score MMAs' B fragments
+// (each lane's one load of code bytes gives its fragments for a 32-wide block, the query
+// fragments loaded in the same permuted order: detail::q_column), and V, which the MMA
+// wants transposed, is converted 8 values a lane into a T tile in the dense kernel's
+// padded layout while those MMAs run; the online softmax, P V and the merges are the
+// dense kernel's (decode_tc_fold). The conversion is paired half or float arithmetic
+// (detail::code_pairs). Q8_0 and Q4_0 values are d x code rounded once to T (half an ulp
+// of T on top of the format's own error); FP8 codes are exact in T, and the head's scales
+// are applied to the scores (K's, folded into the softmax scale) and to the output (V's),
+// so FP8 adds no rounding at all.
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "ekv/attention/decode.cuh"
 #include "ekv/attention/decode_kernel.cuh"
@@ -38,11 +45,15 @@ struct DecodeQuantTraits {
   static constexpr int kGroups = S == KVStorage::kFp8E4M3 ? 0 : HeadDim / kQuantGroup;
   static constexpr int kScaleBytes = kGroups * 2;  // one row's float16 scales
   static constexpr int kStages = 4;
-  // per warp and stage: K's then V's codes [16][kCodeBytes], then K's then V's scales
-  static constexpr int kWarpStageBytes = 2 * kWarpTokens * (kCodeBytes + kScaleBytes);
+  // a staged code row's pitch: 32 bytes of padding (16 for Q4_0) put the rows that one
+  // K fragment load reads in distinct banks (quant_k_fragments)
+  static constexpr int kCodePitch = kCodeBytes + (S == KVStorage::kQ4_0 ? 16 : 32);
+  // per warp and stage: K's then V's codes [16][kCodePitch], then K's then V's scales
+  static constexpr int kWarpStageBytes = 2 * kWarpTokens * (kCodePitch + kScaleBytes);
   static constexpr int kPipelineBytes = kStages * kWarps * kWarpStageBytes;
-  // each warp's dequantized K then V [16][Dense::kRowElems], after the pipeline
-  static constexpr int kWarpTileElems = 2 * kWarpTokens * Dense::kRowElems;
+  // each warp's dequantized V [16][Dense::kRowElems], after the pipeline (K goes from its
+  // codes to the MMAs' registers)
+  static constexpr int kWarpTileElems = kWarpTokens * Dense::kRowElems;
   static constexpr int kSmemBytes = kPipelineBytes + kWarps * kWarpTileElems * static_cast<int>(sizeof(T));
   static_assert(kCodeBytes % 16 == 0, "code rows are whole 16-byte copies");
   static_assert(kScaleBytes % 4 == 0, "scale rows are whole 4-byte copies");
@@ -51,33 +62,187 @@ struct DecodeQuantTraits {
                 "the merge fits in the kernel's shared memory");
 };
 
-// 32 values of one group of a stored row, dequantized and rounded to T into out [32]
-// (16-byte aligned): codes at the group's first byte, d its scale (Q8_0, Q4_0), s the
-// head's scale (FP8).
-template <typename T, KVStorage S>
-__device__ __forceinline__ void dequantize_group_to(const std::uint8_t* codes, __half d, float s, T* out) {
-  alignas(16) T v[kQuantGroup];  // read back as 16-byte vectors
+namespace detail {
+
+// Four code bytes b0..b3 of `w` (Q8_0: as int8 + 128, Q4_0: as nibbles n) made T pairs
+// (b0, b1), (b2, b3) of the value minus `bias` (128 or 8), exactly: a byte under a half's
+// or a float's exponent is that power of two plus the byte, from which the power and the
+// bias are subtracted without rounding.
+template <typename T>
+__device__ __forceinline__ void unbiased_pairs(std::uint32_t w, float bias, float d, std::uint32_t (&out)[2]) {
+  if constexpr (std::is_same_v<T, __half>) {
+    // 0x64 over a byte is the half 1024 + byte; the product with d rounds once, to nearest
+    // even, as quant.hpp's float product (exact: 8 x 11 bits) rounded to half does
+    const __half2 offset = __float2half2_rn(1024.0f + bias), d2 = __float2half2_rn(d);
 #pragma unroll
-  for (int j = 0; j < kQuantGroup; ++j) {
-    float x;
-    if constexpr (S == KVStorage::kQ8_0) {
-      x = dequantize_q8_0(static_cast<std::int8_t>(codes[j]), d);
-    } else if constexpr (S == KVStorage::kQ4_0) {
-      x = dequantize_q4_0(codes, j, d);
-    } else {
-      x = dequantize_fp8(*reinterpret_cast<const __nv_fp8_e4m3*>(codes + j), s);
+    for (int p = 0; p < 2; ++p) {
+      const std::uint32_t bits = __byte_perm(w, 0x64646464u, p == 0 ? 0x4140u : 0x4342u);
+      const __half2 x = __hsub2(*reinterpret_cast<const __half2*>(&bits), offset);
+      const __half2 y = __hmul2(x, d2);
+      out[p] = *reinterpret_cast<const std::uint32_t*>(&y);
     }
-    v[j] = DTypeTraits<T>::from_float(x);
-  }
+  } else {
+    // 0x4B000000 over a byte is the float 2^23 + byte; bfloat16 rounds the float product
+    float x[4];
 #pragma unroll
-  for (int c = 0; c < kQuantGroup * static_cast<int>(sizeof(T)) / 16; ++c) {
-    reinterpret_cast<uint4*>(out)[c] = reinterpret_cast<const uint4*>(v)[c];
+    for (int b = 0; b < 4; ++b) {
+      const std::uint32_t bits = __byte_perm(w, 0x4B000000u, 0x7440u | b);
+      x[b] = (__uint_as_float(bits) - (8388608.0f + bias)) * d;
+    }
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      const __nv_bfloat162 y = __floats2bfloat162_rn(x[2 * p], x[2 * p + 1]);
+      out[p] = *reinterpret_cast<const std::uint32_t*>(&y);
+    }
   }
 }
 
+// Eight values as four T pairs v, in byte order, from two words of code bytes: FP8 codes
+// as stored, Q8_0's as int8 + 128, Q4_0's as nibbles. FP8 gives the codes' values
+// unscaled, exactly (E4M3 is a subset of half and of bfloat16): the head's scale is
+// applied to the scores and the output instead. Q8_0 and Q4_0 give d x code rounded once
+// to T.
+template <typename T, KVStorage S>
+__device__ __forceinline__ void code_pairs(const std::uint32_t (&words)[2], __half d, std::uint32_t (&v)[4]) {
+  if constexpr (S == KVStorage::kFp8E4M3) {
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      const auto pair = static_cast<__nv_fp8x2_storage_t>(words[p / 2] >> (16 * (p % 2)));
+      const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
+      if constexpr (std::is_same_v<T, __half>) {
+        v[p] = static_cast<std::uint32_t>(h.x) | static_cast<std::uint32_t>(h.y) << 16;
+      } else {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h));
+        const __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
+        v[p] = *reinterpret_cast<const std::uint32_t*>(&b);
+      }
+    }
+  } else {
+    const float bias = S == KVStorage::kQ8_0 ? 128.0f : 8.0f, scale = __half2float(d);
+    unbiased_pairs<T>(words[0], bias, scale, reinterpret_cast<std::uint32_t(&)[2]>(v[0]));
+    unbiased_pairs<T>(words[1], bias, scale, reinterpret_cast<std::uint32_t(&)[2]>(v[2]));
+  }
+}
+
+// Eight values of a stored row, from its codes (in shared memory), as T into out (16-byte
+// aligned, shared memory): values 8 c .. 8 c + 7 of a group (c = 0..3) whose codes start at
+// `group` with scale d (Q8_0, Q4_0); code_pairs' values.
+template <typename T, KVStorage S>
+__device__ __forceinline__ void dequantize_chunk_to(const std::uint8_t* group, int c, __half d, T* out) {
+  std::uint32_t words[2], v[4];
+  if constexpr (S == KVStorage::kQ4_0) {
+    // values 0..15 are the low nibbles of the group's 16 bytes, 16..31 the high
+    const uint2 w = *reinterpret_cast<const uint2*>(group + 8 * (c % 2));
+    const int shift = c < 2 ? 0 : 4;
+    words[0] = (w.x >> shift) & 0x0F0F0F0Fu;
+    words[1] = (w.y >> shift) & 0x0F0F0F0Fu;
+  } else {
+    const uint2 w = *reinterpret_cast<const uint2*>(group + 8 * c);
+    const std::uint32_t flip = S == KVStorage::kQ8_0 ? 0x80808080u : 0u;  // int8 + 128, as a byte
+    words[0] = w.x ^ flip;
+    words[1] = w.y ^ flip;
+  }
+  code_pairs<T, S>(words, d, v);
+  *reinterpret_cast<uint4*>(out) = make_uint4(v[0], v[1], v[2], v[3]);
+}
+
+// The K dimension as the quantized kernel feeds it to the MMAs. S = Q K^T sums over the
+// head dimension in any order, so each lane's B fragments for the two k16 steps of a
+// 32-wide block c (one Q8_0 or Q4_0 group) are values its one load of code bytes gives:
+// 8 contiguous codes 32 c + 8 t .. + 7 for FP8 and Q8_0 (t = lane % 4), the 4 bytes at
+// 16 c + 4 t for Q4_0 (values 32 c + 4 t .. + 3 in their low nibbles, + 16 in the high).
+// q_column(c, step, half) is the head-dimension column of the pair that the MMA's k rows
+// 2 t, 2 t + 1 (half 0) or 2 t + 8, 2 t + 9 (half 1) of step `step` (0, 1) of block c
+// hold; the query's A fragments are loaded with the same map.
+template <KVStorage S>
+__device__ __forceinline__ int q_column(int c, int step, int half) {
+  const int t = threadIdx.x % 4;
+  if constexpr (S == KVStorage::kQ4_0) return 32 * c + 16 * step + 4 * t + 2 * half;
+  return 32 * c + 8 * t + 4 * step + 2 * half;
+}
+
+// Query fragments (A operand, 16 heads x HeadDim) of heads first_head .. + heads in
+// q_column's order; rows past `heads` are zero.
+template <typename T, int HeadDim, KVStorage S>
+__device__ __forceinline__ void load_q_fragments_for(const T* q_rows, int heads,
+                                                     std::uint32_t (&qa)[HeadDim / 16][4]) {
+  const int row = threadIdx.x % 32 / 4;
+  auto pair = [&](int r, int c) -> std::uint32_t {
+    return r < heads ? *reinterpret_cast<const std::uint32_t*>(q_rows + r * HeadDim + c) : 0u;
+  };
+#pragma unroll
+  for (int k = 0; k < HeadDim / 16; ++k) {
+    const int lo = q_column<S>(k / 2, k % 2, 0), hi = q_column<S>(k / 2, k % 2, 1);
+    qa[k][0] = pair(row, lo);
+    qa[k][1] = pair(row + 8, lo);
+    qa[k][2] = pair(row, hi);
+    qa[k][3] = pair(row + 8, hi);
+  }
+}
+
+// S = Q K^T for one warp's 16 staged tokens, K straight from its codes (k_codes: row 0 of
+// the stage, rows Pitch bytes apart; k_scales: the rows' scales, Groups a row) into the
+// MMAs' B fragments, in q_column's order.
+template <typename T, int HeadDim, KVStorage S, int Pitch, int Groups>
+__device__ __forceinline__ void quant_scores(const std::uint8_t* k_codes, const __half* k_scales,
+                                             const std::uint32_t (&qa)[HeadDim / 16][4], float (&s)[2][4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int n = 0; n < 2; ++n) {
+    const int row = n * 8 + g;  // the token this lane's B fragments hold
+#pragma unroll
+    for (int c = 0; c < HeadDim / 32; ++c) {
+      std::uint32_t words[2], b[4];
+      if constexpr (S == KVStorage::kQ4_0) {
+        const std::uint32_t w = *reinterpret_cast<const std::uint32_t*>(k_codes + row * Pitch + 16 * c + 4 * t);
+        words[0] = w & 0x0F0F0F0Fu;
+        words[1] = (w >> 4) & 0x0F0F0F0Fu;
+      } else {
+        const uint2 w = *reinterpret_cast<const uint2*>(k_codes + row * Pitch + 32 * c + 8 * t);
+        const std::uint32_t flip = S == KVStorage::kQ8_0 ? 0x80808080u : 0u;
+        words[0] = w.x ^ flip;
+        words[1] = w.y ^ flip;
+      }
+      code_pairs<T, S>(words, Groups > 0 ? k_scales[row * Groups + c] : __half{}, b);
+      mma_16816<T>(s[n], qa[2 * c], b[0], b[1]);
+      mma_16816<T>(s[n], qa[2 * c + 1], b[2], b[3]);
+    }
+  }
+}
+
+// Stages a warp's 16 rows of K then of V (RowBytes each, Pitch bytes apart in dst) from
+// pools k and v, Piece bytes (16 or 4) a lane: each lane copies fixed pieces of every few
+// rows.
+// my_offset is the byte offset in the pool of token lane % 16 (looked up once per row, by
+// that lane, and passed to the lanes that copy it: K and V share positions); tokens at or
+// past `valid` are zero-filled.
+template <int RowBytes, int Pitch, int Piece>
+__device__ __forceinline__ void stage_quant_rows(std::uint8_t* dst, const std::uint8_t* k, const std::uint8_t* v,
+                                                 std::int64_t my_offset, int valid) {
+  static_assert(Piece == 16 || Piece == 4, "cp.async pieces of 16 or 4 bytes");
+  constexpr int kRows = 16, kPieces = RowBytes / Piece, kRowStep = 32 / kPieces;
+  static_assert(RowBytes % Piece == 0 && 32 % kPieces == 0, "a row's pieces fit a warp");
+  const int lane = threadIdx.x % 32, piece = lane % kPieces, row0 = lane / kPieces;
+#pragma unroll
+  for (int r = 0; r < 2 * kRows; r += kRowStep) {
+    const int row = row0 + r, token = row % kRows;
+    const std::uint8_t* src = (row < kRows ? k : v) + __shfl_sync(0xFFFFFFFFu, my_offset, token) + piece * Piece;
+    std::uint8_t* to = dst + row * Pitch + piece * Piece;
+    const int bytes = token < valid ? Piece : 0;
+    if constexpr (Piece == 16) {
+      async_copy_16_zfill(to, src, bytes);
+    } else {
+      async_copy_4_zfill(to, src, bytes);
+    }
+  }
+}
+
+}  // namespace detail
+
 // decode_tc_tiles over a quantized view: each warp stages its 16 tokens' codes and scales
-// (zeros past `end`, which dequantize to 0), dequantizes them into its own T tile, and
-// consumes that as dense decode does. `smem` is Traits::kSmemBytes, 16-byte aligned.
+// (zeros past `end`, which dequantize to 0), takes its scores from K's codes, converts V
+// into its own T tile, and folds the tile as dense decode does. `smem` is
+// Traits::kSmemBytes, 16-byte aligned.
 template <typename T, int HeadDim, KVStorage S>
 __device__ __forceinline__ void decode_tc_quant_tiles(const QuantKVView& kv, int seq, int kv_head,
                                                       const TokenTiles& tiles, const T* q_rows, int heads,
@@ -89,57 +254,67 @@ __device__ __forceinline__ void decode_tc_quant_tiles(const QuantKVView& kv, int
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   std::uint32_t qa[HeadDim / 16][4];
   auto stage_bytes = [&](int slot) { return smem + (slot * Traits::kWarps + warp) * Traits::kWarpStageBytes; };
-  T* k_tile = reinterpret_cast<T*>(smem + Traits::kPipelineBytes) + warp * Traits::kWarpTileElems;
-  T* v_tile = k_tile + kRows * Dense::kRowElems;
-  const float k_s = kv.head_scale(false, kv_head), v_s = kv.head_scale(true, kv_head);
+  T* v_tile = reinterpret_cast<T*>(smem + Traits::kPipelineBytes) + warp * Traits::kWarpTileElems;
   auto warp_first = [&](int i) { return tiles.first(i) + warp * kRows; };
+  // FP8's tiles hold the codes' values: K's head scale joins the softmax scale, V's
+  // multiplies the output (below)
+  const float k_scale_log2 = S == KVStorage::kFp8E4M3 ? scale_log2 * kv.head_scale(false, kv_head) : scale_log2;
 
   auto stage = [&](int i, int slot) {
     const int first = warp_first(i);
     if (first >= tiles.end) return;
+    const int my_token = lane % kRows;
+    const bool my_valid = first + my_token < tiles.end;
     std::uint8_t* codes = stage_bytes(slot);
-    constexpr int kChunks = Traits::kCodeBytes / 16;
-    for (int c = lane; c < 2 * kRows * kChunks; c += 32) {
-      const int tensor = c / (kRows * kChunks), row = c / kChunks % kRows, chunk = c % kChunks;
-      const bool valid = first + row < tiles.end;
-      const std::int64_t off = valid ? kv.codes.offset(seq, kv_head, first + row) + chunk * 16 : 0;
-      async_copy_16_zfill(codes + (tensor * kRows + row) * Traits::kCodeBytes + chunk * 16,
-                          (tensor == 0 ? kv.codes.k : kv.codes.v) + off, valid ? 16 : 0);
-    }
+    detail::stage_quant_rows<Traits::kCodeBytes, Traits::kCodePitch, 16>(codes, kv.codes.k, kv.codes.v,
+                                                     my_valid ? kv.codes.offset(seq, kv_head, first + my_token) : 0,
+                                                     tiles.end - first);
     if constexpr (Traits::kScaleBytes > 0) {
-      std::uint8_t* scales = codes + 2 * kRows * Traits::kCodeBytes;
-      constexpr int kPieces = Traits::kScaleBytes / 4;
-      for (int c = lane; c < 2 * kRows * kPieces; c += 32) {
-        const int tensor = c / (kRows * kPieces), row = c / kPieces % kRows, piece = c % kPieces;
-        const bool valid = first + row < tiles.end;
-        const std::int64_t off = valid ? kv.scales.offset(seq, kv_head, first + row) : 0;
-        const auto* src = reinterpret_cast<const std::uint8_t*>((tensor == 0 ? kv.scales.k : kv.scales.v) + off);
-        async_copy_4_zfill(scales + (tensor * kRows + row) * Traits::kScaleBytes + piece * 4, src + piece * 4,
-                           valid ? 4 : 0);
-      }
+      detail::stage_quant_rows<Traits::kScaleBytes, Traits::kScaleBytes, 4>(
+          codes + 2 * kRows * Traits::kCodePitch, reinterpret_cast<const std::uint8_t*>(kv.scales.k),
+          reinterpret_cast<const std::uint8_t*>(kv.scales.v),
+          my_valid ? kv.scales.offset(seq, kv_head, first + my_token) * sizeof(__half) : 0, tiles.end - first);
     }
   };
   auto consume = [&](int i, int slot) {
     const int first = warp_first(i);
     if (first >= tiles.end) return;
     const std::uint8_t* codes = stage_bytes(slot);
-    const auto* scales = reinterpret_cast<const __half*>(codes + 2 * kRows * Traits::kCodeBytes);
-    constexpr int kRowGroups = HeadDim / kQuantGroup;
-    constexpr int kGroupCodeBytes = Traits::kCodeBytes / kRowGroups;
-    for (int task = lane; task < 2 * kRows * kRowGroups; task += 32) {
-      const int tensor = task / (kRows * kRowGroups), row = task / kRowGroups % kRows, g = task % kRowGroups;
-      const __half d = Traits::kGroups > 0 ? scales[(tensor * kRows + row) * Traits::kGroups + g] : __half{};
-      dequantize_group_to<T, S>(codes + (tensor * kRows + row) * Traits::kCodeBytes + g * kGroupCodeBytes, d,
-                                tensor == 0 ? k_s : v_s,
-                                (tensor == 0 ? k_tile : v_tile) + row * Dense::kRowElems + g * kQuantGroup);
+    const auto* scales = reinterpret_cast<const __half*>(codes + 2 * kRows * Traits::kCodePitch);
+    float sc[2][4] = {};
+    detail::quant_scores<T, HeadDim, S, Traits::kCodePitch, Traits::kGroups>(codes, scales, qa, sc);
+    // V: 8 values of a row a lane, into the warp's tile, while the MMAs run: a row's chunks
+    // on consecutive lanes, so that the code loads (8 bytes) and the 16-byte stores are
+    // conflict-free; each lane keeps its chunk and steps over the rows, so that every
+    // address is a base and an immediate offset
+    constexpr int kLanesPerRow = HeadDim / 8, kRowStep = 32 / kLanesPerRow;
+    constexpr int kGroupCodeBytes = Traits::kCodeBytes / (HeadDim / kQuantGroup);
+    static_assert(kLanesPerRow <= 32 && 32 % kLanesPerRow == 0, "a row's chunks fit a warp");
+    const int chunk = lane % kLanesPerRow, row0 = lane / kLanesPerRow;
+    const std::uint8_t* src = codes + (kRows + row0) * Traits::kCodePitch + chunk / 4 * kGroupCodeBytes;
+    const __half* d = scales + (kRows + row0) * Traits::kGroups + chunk / 4;
+    T* dst = v_tile + row0 * Dense::kRowElems + chunk * 8;
+#pragma unroll
+    for (int r = 0; r < kRows; r += kRowStep) {
+      detail::dequantize_chunk_to<T, S>(src + r * Traits::kCodePitch, chunk % 4,
+                                        Traits::kGroups > 0 ? d[r * Traits::kGroups] : __half{},
+                                        dst + r * Dense::kRowElems);
     }
-    __syncwarp();  // the warp's tile is whole before ldmatrix reads it
-    decode_tc_warp_tile<T, HeadDim>(k_tile, v_tile, first, tiles.end, qa, scale_log2, state);
+    __syncwarp();  // the warp's V tile is whole before ldmatrix reads it
+    decode_tc_fold<T, HeadDim>(sc, v_tile, first, tiles.end, k_scale_log2, state);
     __syncwarp();  // and read by every lane before the next tile overwrites it
   };
   pipeline_prologue<Traits::kStages>(tiles.count, stage);
-  load_q_fragments<T, HeadDim>(q_rows, heads, qa);
+  detail::load_q_fragments_for<T, HeadDim, S>(q_rows, heads, qa);
   pipeline_run<Traits::kStages, TileOwner::kWarp>(tiles.count, stage, consume);
+  if constexpr (S == KVStorage::kFp8E4M3) {
+    const float v_s = kv.head_scale(true, kv_head);
+#pragma unroll
+    for (int n = 0; n < Dense::kDimTiles; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) state.o[n][e] *= v_s;
+    }
+  }
 }
 
 template <typename T, int HeadDim, KVStorage S>

@@ -155,16 +155,13 @@ __device__ __forceinline__ void stage_tc_warp_tile_bulk(const KVView<T>& kv, int
   }
 }
 
-// One warp's 16 tokens of a staged tile, first .. first + 15 (those at or past `end`
-// masked), folded into its state. k_warp and v_warp point at its first rows.
+// S = Q K^T for one warp's 16 staged tokens (k_warp, its first row): two N tiles of 8
+// tokens, accumulators in the MMA's layout.
 template <typename T, int HeadDim>
-__device__ __forceinline__ void decode_tc_warp_tile(const T* k_warp, const T* v_warp, int first, int end,
-                                                    const std::uint32_t (&qa)[HeadDim / 16][4], float scale_log2,
-                                                    DecodeTcState<T, HeadDim>& state) {
+__device__ __forceinline__ void decode_tc_scores(const T* k_warp, const std::uint32_t (&qa)[HeadDim / 16][4],
+                                                 float (&s)[2][4]) {
   using Traits = DecodeTcTraits<T, HeadDim>;
   const int lane = threadIdx.x % 32;
-  // S = Q K^T for the warp's 16 tokens: two N tiles of 8 tokens
-  float s[2][4] = {};
 #pragma unroll
   for (int n = 0; n < 2; ++n) {
 #pragma unroll
@@ -175,6 +172,16 @@ __device__ __forceinline__ void decode_tc_warp_tile(const T* k_warp, const T* v_
       mma_16816<T>(s[n], qa[2 * k + 1], b[2], b[3]);
     }
   }
+}
+
+// One warp's 16 tokens first .. first + 15 (those at or past `end` masked), whose scores
+// s are in hand, folded into its state: the online softmax, then O += P V with V's rows
+// staged at v_warp.
+template <typename T, int HeadDim>
+__device__ __forceinline__ void decode_tc_fold(float (&s)[2][4], const T* v_warp, int first, int end,
+                                               float scale_log2, DecodeTcState<T, HeadDim>& state) {
+  using Traits = DecodeTcTraits<T, HeadDim>;
+  const int lane = threadIdx.x % 32;
   // V's fragments are read now, so their shared-memory latency hides under the softmax
   // (up to head_dim 128: at 256 the 64 more registers spill, and V is read as it is used)
   constexpr int kEarlyV = HeadDim <= 128 ? HeadDim / 16 : 0;
@@ -238,6 +245,17 @@ __device__ __forceinline__ void decode_tc_warp_tile(const T* k_warp, const T* v_
     mma_16816<T>(state.o[2 * d], pa, b[0], b[1]);
     mma_16816<T>(state.o[2 * d + 1], pa, b[2], b[3]);
   }
+}
+
+// One warp's 16 tokens of a staged tile, first .. first + 15 (those at or past `end`
+// masked), folded into its state. k_warp and v_warp point at its first rows.
+template <typename T, int HeadDim>
+__device__ __forceinline__ void decode_tc_warp_tile(const T* k_warp, const T* v_warp, int first, int end,
+                                                    const std::uint32_t (&qa)[HeadDim / 16][4], float scale_log2,
+                                                    DecodeTcState<T, HeadDim>& state) {
+  float s[2][4] = {};
+  decode_tc_scores<T, HeadDim>(k_warp, qa, s);
+  decode_tc_fold<T, HeadDim>(s, v_warp, first, end, scale_log2, state);
 }
 
 // Folds the tiles of (seq, kv_head) into each warp's `state`, for the query heads at
