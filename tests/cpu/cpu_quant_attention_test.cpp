@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "decode_check.hpp"
+#include "quant_pools.hpp"
 #include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/core/quant.hpp"
 #include "ekv/cpu/cpu_append.hpp"
@@ -35,43 +36,8 @@ using ekv::KVStorage;
 using ekv::test::CacheShape;
 using ekv::test::HostCache;
 using ekv::test::Layout;
-
-// A float cache's K and V pools, row by row (HND layouts: row r at r * head_dim),
-// quantized into codes and scales, and the values those decode to.
-struct QuantPools {
-  std::vector<std::uint8_t> k_codes, v_codes;
-  std::vector<__half> k_scales, v_scales;
-  std::vector<float> k_values, v_values;  // dequantized, in the float pool's layout
-
-  QuantPools(KVStorage s, const HostCache<float>& cache) {
-    const int d = cache.shape.head_dim;
-    const std::size_t rows = cache.k.size() / d;
-    const std::size_t code_bytes = ekv::kv_code_bytes(s, d), groups = ekv::kv_scale_bytes(s, d) / sizeof(__half);
-    k_codes.resize(rows * code_bytes);
-    v_codes.resize(rows * code_bytes);
-    k_scales.resize(std::max<std::size_t>(1, rows * groups));
-    v_scales.resize(k_scales.size());
-    k_values.resize(cache.k.size());
-    v_values.resize(cache.v.size());
-    for (std::size_t r = 0; r < rows; ++r) {
-      ekv::quantize_row(s, cache.k.data() + r * d, d, k_codes.data() + r * code_bytes, k_scales.data() + r * groups);
-      ekv::quantize_row(s, cache.v.data() + r * d, d, v_codes.data() + r * code_bytes, v_scales.data() + r * groups);
-      ekv::dequantize_row(s, k_codes.data() + r * code_bytes, k_scales.data() + r * groups, d, k_values.data() + r * d);
-      ekv::dequantize_row(s, v_codes.data() + r * code_bytes, v_scales.data() + r * groups, d, v_values.data() + r * d);
-    }
-  }
-  ekv::QuantKVPool pool() { return {k_codes.data(), v_codes.data(), k_scales.data(), v_scales.data()}; }
-};
-
-ekv::QuantKVView quant_view(KVStorage s, QuantPools& p, HostCache<float>& cache) {
-  const CacheShape& c = cache.shape;
-  if (c.layout == Layout::kPaged) {
-    return ekv::paged_quant_kv(s, p.pool(), cache.table.data(), cache.lengths.data(), c.batch(), c.kv_heads,
-                               c.head_dim, cache.block_len, cache.blocks_per_seq);
-  }
-  return ekv::contiguous_hnd_quant_kv(s, p.pool(), cache.lengths.data(), c.batch(), c.kv_heads, c.head_dim,
-                                      cache.block_len);
-}
+using ekv::test::QuantPools;
+using ekv::test::quant_view;
 
 // The worst row's relative L2 error of o against ref.
 double worst_error(const std::vector<ekv::RefState>& ref, const std::vector<float>& o, int d) {

@@ -4,7 +4,9 @@
 // (elastic/reference_anchors.hpp, reference_select.hpp): exact to the definitions, not
 // tuned for speed. Attention is cpu_decode over a block-sparse view of the selected
 // blocks, with tables built on the host. Anchors are kept per (sequence, kv head, logical
-// block) and recomputed only for the blocks an append touched.
+// block) and recomputed only for the blocks an append touched. View is KVView<T> or a
+// QuantKVView (quantized storage, T the queries' and outputs' type): anchors come from the
+// keys' dequantized values, attention reads the stored codes.
 
 #include <cstdint>
 #include <string>
@@ -23,22 +25,26 @@
 
 namespace ekv {
 
-template <typename T>
+template <typename T, typename View = KVView<T>>
 class CpuElasticDecode {
  public:
   // kv: the paged host cache (shape and capacity; contents are read by the calls below).
   // Throws ekv::Error for a view that is not paged, per-query-head selection (QHEAD) or
   // DYNAMIC anchors, which need importance this class does not record.
-  CpuElasticDecode(const KVView<T>& kv, int q_heads, const ElasticPolicy& policy)
-      : policy_(policy), q_heads_(q_heads), kv_heads_(kv.kv_heads), batch_(kv.batch), max_blocks_(kv.max_blocks_per_seq) {
-    if (kv.block_table == nullptr) throw Error("CpuElasticDecode: the cache view must be paged");
+  CpuElasticDecode(const View& kv, int q_heads, const ElasticPolicy& policy)
+      : policy_(policy),
+        q_heads_(q_heads),
+        kv_heads_(block_layout(kv).kv_heads),
+        batch_(block_layout(kv).batch),
+        max_blocks_(block_layout(kv).max_blocks_per_seq) {
+    if (block_layout(kv).block_table == nullptr) throw Error("CpuElasticDecode: the cache view must be paged");
     if (policy.config().retrieval == RetrievalType::kQHead || policy.config().anchor == AnchorKind::kDynamic) {
       throw Error("CpuElasticDecode: supports one selection per layer or kv head and anchors quest, block_mean, "
                   "block_max or fixed");
     }
-    if (q_heads < 1 || q_heads % kv.kv_heads != 0) {
+    if (q_heads < 1 || q_heads % kv_heads_ != 0) {
       throw Error("CpuElasticDecode: q_heads=" + std::to_string(q_heads) + " must be a positive multiple of kv_heads=" +
-                  std::to_string(kv.kv_heads));
+                  std::to_string(kv_heads_));
     }
     const std::size_t rows = static_cast<std::size_t>(batch_) * kv_heads_;
     anchors_.resize(rows * max_blocks_);
@@ -50,17 +56,17 @@ class CpuElasticDecode {
   }
 
   // Anchors of every block of every sequence, e.g. after a prefill.
-  void build_anchors(CPUInfer& pool, const KVView<T>& kv) { update_anchors(pool, kv, std::vector<int>(batch_, 0)); }
+  void build_anchors(CPUInfer& pool, const View& kv) { update_anchors(pool, kv, std::vector<int>(batch_, 0)); }
   // After an append: recomputes the blocks holding tokens from[b] .. lengths[b] - 1, where
   // from [batch] holds the lengths before the append.
-  void update_anchors(CPUInfer& pool, const KVView<T>& kv, const std::vector<int>& from) {
+  void update_anchors(CPUInfer& pool, const View& kv, const std::vector<int>& from) {
     if (from.size() != static_cast<std::size_t>(batch_)) {
       throw Error("CpuElasticDecode::update_anchors: needs one length per sequence");
     }
     pool.parallel_for(0, std::int64_t{batch_} * kv_heads_, [&](std::int64_t row) {
       const int b = static_cast<int>(row / kv_heads_), h = static_cast<int>(row % kv_heads_);
-      const int len = kv.length(b, h);
-      for (int block = from[b] / kv.block_len; block < sequence_blocks(len, kv.block_len); ++block) {
+      const int len = kv.length(b, h), block_len = block_layout(kv).block_len;
+      for (int block = from[b] / block_len; block < sequence_blocks(len, block_len); ++block) {
         anchors_[row * max_blocks_ + block] =
             reference_block_anchors(kv, b, h, block, policy_.config().anchor, policy_.config().anchor_num);
       }
@@ -68,7 +74,7 @@ class CpuElasticDecode {
   }
 
   // Scores every block from its anchors and selects sinks + window + top-k. q: [batch][q_heads][head_dim].
-  void select(CPUInfer& pool, const KVView<T>& kv, const T* q) {
+  void select(CPUInfer& pool, const View& kv, const T* q) {
     select_from(pool, kv, q, [&](int b, int h, int block) -> const std::vector<double>& {
       return anchors_[(static_cast<std::size_t>(b) * kv_heads_ + h) * max_blocks_ + block];
     });
@@ -78,11 +84,11 @@ class CpuElasticDecode {
   // as std::vector<double> (or a reference to one). Called from the pool's threads, one
   // sequence per thread at a time.
   template <typename Anchors>
-  void select_from(CPUInfer& pool, const KVView<T>& kv, const T* q, Anchors&& anchors) {
+  void select_from(CPUInfer& pool, const View& kv, const T* q, Anchors&& anchors) {
     const ElasticConfig& config = policy_.config();
     const int group = q_heads_ / kv_heads_;
     pool.parallel_for(0, batch_, [&](std::int64_t b) {
-      const int n = sequence_blocks(kv.length(static_cast<int>(b), 0), kv.block_len);
+      const int n = sequence_blocks(kv.length(static_cast<int>(b), 0), block_layout(kv).block_len);
       std::vector<double> scratch;
       const auto scores = reference_granule_scores_from(
           q + b * q_heads_ * kv.head_dim, q_heads_, kv_heads_, kv.head_dim, n, config,
@@ -105,25 +111,26 @@ class CpuElasticDecode {
 
   // Exact attention over the last selection plus the blocks appended since; o and lse as
   // for cpu_decode.
-  void attend(CPUInfer& pool, const KVView<T>& kv, const T* q, T* o, float* lse) {
+  void attend(CPUInfer& pool, const View& kv, const T* q, T* o, float* lse) {
     if (!selected_once_) throw Error("CpuElasticDecode::attend: no selection yet; the first step must select");
     for (int b = 0; b < batch_; ++b) {
       for (int h = 0; h < kv_heads_; ++h) {
         const std::size_t row = static_cast<std::size_t>(b) * kv_heads_ + h;
-        const int len = kv.length(b, h);
-        attended_[row] = reference_reuse_selection(selection_[row], blocks_then_[b], sequence_blocks(len, kv.block_len));
+        const auto& layout = block_layout(kv);
+        const int len = kv.length(b, h), block_len = layout.block_len;
+        attended_[row] = reference_reuse_selection(selection_[row], blocks_then_[b], sequence_blocks(len, block_len));
         lengths_[row] = 0;
         for (std::size_t i = 0; i < attended_[row].size(); ++i) {
-          tables_[row * max_blocks_ + i] = static_cast<std::int32_t>(kv.block_id(b, h, attended_[row][i]));
-          lengths_[row] += block_valid_tokens(len, kv.block_len, attended_[row][i]);
+          tables_[row * max_blocks_ + i] = static_cast<std::int32_t>(layout.block_id(b, h, attended_[row][i]));
+          lengths_[row] += block_valid_tokens(len, block_len, attended_[row][i]);
         }
       }
     }
-    cpu_decode<T>(pool, block_sparse_view<T>(kv, tables_.data(), lengths_.data(), max_blocks_), q, q_heads_, o, lse);
+    cpu_decode<T>(pool, block_sparse_view(kv, tables_.data(), lengths_.data(), max_blocks_), q, q_heads_, o, lse);
   }
 
   // Decode step `step` (0 at the first): selects when the config's token_step says so, then attends.
-  void run(CPUInfer& pool, const KVView<T>& kv, const T* q, T* o, float* lse, int step = 0) {
+  void run(CPUInfer& pool, const View& kv, const T* q, T* o, float* lse, int step = 0) {
     if (policy_.config().refreshes_selection(step)) select(pool, kv, q);
     attend(pool, kv, q, o, lse);
   }

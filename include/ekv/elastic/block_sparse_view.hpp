@@ -8,6 +8,7 @@
 #include <string>
 
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/core/host_device.hpp"
 
@@ -32,6 +33,23 @@ KVView<T> block_sparse_view(const KVView<T>& base, const std::int32_t* tables, s
   view.length_head_stride = 1;
   view.page_indptr = nullptr;  // the rows above replace a page index's
   view.last_page_len = nullptr;
+  return view;
+}
+
+// A view's block arithmetic (table, lengths, block_len, batch, kv heads): the view itself,
+// or a quantized view's codes, with which its scales share it.
+template <typename T>
+const KVView<T>& block_layout(const KVView<T>& kv) {
+  return kv;
+}
+inline const KVView<std::uint8_t>& block_layout(const QuantKVView& kv) { return kv.codes; }
+
+// The same over quantized storage: codes and scales narrowed to the same blocks.
+inline QuantKVView block_sparse_view(const QuantKVView& base, const std::int32_t* tables, std::int32_t* lengths,
+                                     int max_selected) {
+  QuantKVView view = base;
+  view.codes = block_sparse_view(base.codes, tables, lengths, max_selected);
+  view.scales = block_sparse_view(base.scales, tables, lengths, max_selected);  // null rows stay null (FP8)
   return view;
 }
 

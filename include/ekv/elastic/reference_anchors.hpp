@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/attention/sequence_blocks.hpp"
 #include "ekv/core/dtype.hpp"
 #include "ekv/core/error.hpp"
@@ -37,6 +38,52 @@ double dot(const T* q, const double* a, int head_dim) {
   return s;
 }
 
+// reference_block_anchors over any keys: key(t) points at token t's head_dim values (of
+// any ekv dtype or float), for the block's `valid` tokens.
+template <typename KeyAt>
+std::vector<double> block_anchors_from(int valid, int d, AnchorKind kind, int anchor_num, const double* importance,
+                                       KeyAt&& key) {
+  std::vector<double> out(anchor_values(kind, anchor_num, d));
+  if (kind == AnchorKind::kFixed || kind == AnchorKind::kDynamic) {
+    std::vector<int> order(valid);
+    std::iota(order.begin(), order.end(), 0);
+    if (kind == AnchorKind::kDynamic) {
+      if (importance == nullptr) throw Error("reference_block_anchors: DYNAMIC anchors need token importance");
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return importance[a] > importance[b]; });
+    }
+    for (int i = 0; i < anchor_num; ++i) {
+      const int t = kind == AnchorKind::kFixed ? static_cast<int>(std::int64_t{i} * valid / anchor_num)
+                                               : order[std::min(i, valid - 1)];
+      const auto* row = key(t);
+      for (int c = 0; c < d; ++c) out[static_cast<std::size_t>(i) * d + c] = to_double(row[c]);
+    }
+    return out;
+  }
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  if (kind == AnchorKind::kQuest) std::fill(out.begin(), out.begin() + d, kInf);
+  if (kind != AnchorKind::kBlockMean) std::fill(out.end() - d, out.end(), -kInf);
+  for (int t = 0; t < valid; ++t) {
+    const auto* row = key(t);
+    for (int c = 0; c < d; ++c) {
+      const double x = to_double(row[c]);
+      if (kind == AnchorKind::kQuest) out[c] = std::min(out[c], x);
+      double& last = out[out.size() - d + c];  // the max (QUEST, MAX) or the sum (MEAN)
+      last = kind == AnchorKind::kBlockMean ? last + x : std::max(last, x);
+    }
+  }
+  if (kind == AnchorKind::kBlockMean) {
+    for (double& x : out) x /= valid;
+  }
+  return out;
+}
+
+inline void require_valid_block(int valid, int seq, int block) {
+  if (valid == 0) {
+    throw Error("reference_block_anchors: block " + std::to_string(block) + " of sequence " + std::to_string(seq) +
+                " has no valid tokens");
+  }
+}
+
 }  // namespace detail
 
 // Anchors of logical block `block` of (seq, kv_head), over the block's valid tokens only
@@ -54,43 +101,26 @@ double dot(const T* q, const double* a, int head_dim) {
 template <typename T>
 std::vector<double> reference_block_anchors(const KVView<T>& kv, int seq, int kv_head, int block, AnchorKind kind,
                                             int anchor_num, const double* importance = nullptr) {
-  const int d = kv.head_dim;
   const int valid = block_valid_tokens(kv.length(seq, kv_head), kv.block_len, block);
-  if (valid == 0) {
-    throw Error("reference_block_anchors: block " + std::to_string(block) + " of sequence " + std::to_string(seq) +
-                " has no valid tokens");
-  }
-  const auto key = [&](int t) { return kv.k + kv.offset(seq, kv_head, block * kv.block_len + t); };
-  std::vector<double> out(anchor_values(kind, anchor_num, d));
-  if (kind == AnchorKind::kFixed || kind == AnchorKind::kDynamic) {
-    std::vector<int> order(valid);
-    std::iota(order.begin(), order.end(), 0);
-    if (kind == AnchorKind::kDynamic) {
-      if (importance == nullptr) throw Error("reference_block_anchors: DYNAMIC anchors need token importance");
-      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return importance[a] > importance[b]; });
-    }
-    for (int i = 0; i < anchor_num; ++i) {
-      const int t = kind == AnchorKind::kFixed ? static_cast<int>(std::int64_t{i} * valid / anchor_num)
-                                               : order[std::min(i, valid - 1)];
-      for (int c = 0; c < d; ++c) out[static_cast<std::size_t>(i) * d + c] = detail::to_double(key(t)[c]);
-    }
-    return out;
-  }
-  constexpr double kInf = std::numeric_limits<double>::infinity();
-  if (kind == AnchorKind::kQuest) std::fill(out.begin(), out.begin() + d, kInf);
-  if (kind != AnchorKind::kBlockMean) std::fill(out.end() - d, out.end(), -kInf);
-  for (int t = 0; t < valid; ++t) {
-    for (int c = 0; c < d; ++c) {
-      const double x = detail::to_double(key(t)[c]);
-      if (kind == AnchorKind::kQuest) out[c] = std::min(out[c], x);
-      double& last = out[out.size() - d + c];  // the max (QUEST, MAX) or the sum (MEAN)
-      last = kind == AnchorKind::kBlockMean ? last + x : std::max(last, x);
-    }
-  }
-  if (kind == AnchorKind::kBlockMean) {
-    for (double& x : out) x /= valid;
-  }
-  return out;
+  detail::require_valid_block(valid, seq, block);
+  return detail::block_anchors_from(valid, kv.head_dim, kind, anchor_num, importance, [&](int t) {
+    return kv.k + kv.offset(seq, kv_head, block * kv.block_len + t);
+  });
+}
+
+// The same over quantized storage: from the keys' dequantized values (QuantKVView::row),
+// so that a block's anchors do not depend on how its values are stored beyond their
+// rounding.
+inline std::vector<double> reference_block_anchors(const QuantKVView& kv, int seq, int kv_head, int block,
+                                                   AnchorKind kind, int anchor_num,
+                                                   const double* importance = nullptr) {
+  const int valid = block_valid_tokens(kv.length(seq, kv_head), kv.codes.block_len, block);
+  detail::require_valid_block(valid, seq, block);
+  std::vector<float> row(kv.head_dim);
+  return detail::block_anchors_from(valid, kv.head_dim, kind, anchor_num, importance, [&](int t) {
+    kv.row(false, seq, kv_head, block * kv.codes.block_len + t, row.data());
+    return static_cast<const float*>(row.data());
+  });
 }
 
 // Raw score (before the softmax scale) of a block for query head q [head_dim]:
