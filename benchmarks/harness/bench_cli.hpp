@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "ekv/core/dtype.hpp"
+#include "ekv/core/quant.hpp"
 #include "ekv/core/version.hpp"
 #include "ekv/elastic/elastic_config.hpp"
 #include "harness/bench_options.hpp"
@@ -43,6 +44,7 @@ namespace detail {
 // is answered with ekv's own list (never CLI11's map, never a number as an enum).
 struct BenchNames {
   std::string dtype = "fp16";
+  std::string kv_dtype;  // empty: K and V in --dtype
   std::string anchor = "quest";
   std::string device = "auto";
 };
@@ -71,6 +73,15 @@ inline Support apply_names(const BenchNames& n, BenchOptions& o) {
       {"bf16", DType::kBFloat16},     {"bfloat16", DType::kBFloat16}, {"fp32", DType::kFloat32},
       {"float32", DType::kFloat32},   {"float", DType::kFloat32}};
   if (Support s = parse_name("--dtype", n.dtype, dtypes, "fp16, bf16, fp32", o.dtype); !s) return s;
+  if (!n.kv_dtype.empty()) {
+    std::vector<std::pair<std::string, KVStorage>> storages;
+    for (KVStorage k : kAllKVStorages) storages.emplace_back(to_string(k), k);
+    KVStorage storage{};
+    if (Support s = parse_name("--kv-dtype", n.kv_dtype, storages, "fp16, bf16, fp32, fp8, q8_0, q4_0", storage); !s) {
+      return s;
+    }
+    o.kv_dtype = storage;
+  }
   std::vector<std::pair<std::string, AnchorKind>> anchors;
   for (AnchorKind kind : kAnchorKinds) anchors.emplace_back(to_string(kind), kind);
   if (Support s = parse_name("--anchor", n.anchor, anchors, "quest, block_mean, block_max, fixed", o.anchor); !s) {
@@ -109,6 +120,8 @@ inline void add_bench_flags(CLI::App& app, BenchOptions& o, BenchNames& n) {
   app.add_option("--kv-heads,--kv_heads", o.kv_heads, "KV heads (GQA); default: --heads");
   app.add_option("--dim", o.dim, "Head dimension (GPU: 64, 128 or 256)")->capture_default_str();
   app.add_option("--dtype", n.dtype, "K, V, q and o element type: fp16, bf16 or fp32")->capture_default_str();
+  app.add_option("--kv-dtype,--kv_dtype", n.kv_dtype,
+                 "K and V storage: fp8, q8_0 or q4_0 (q and o stay --dtype; CPU backend); default: --dtype");
   app.add_option("--block-len,--block_len", o.block_len, "Tokens per KV-cache block")->capture_default_str();
   CLI::Option* compress =
       app.add_option("--compress", o.compress, "Elastic reads about 1/C of exact's KV bytes (C >= 1)")

@@ -8,12 +8,14 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include "ekv/core/device.hpp"
 #include "ekv/core/dispatch.hpp"
 #include "ekv/core/dtype.hpp"
 #include "ekv/core/error.hpp"
+#include "ekv/core/quant.hpp"
 #include "ekv/cpu/cpu_attention.hpp"
 #include "ekv/elastic/elastic_config.hpp"
 #include "ekv/elastic/elastic_problem.hpp"
@@ -41,6 +43,9 @@ struct BenchOptions {
   int kv_heads = 0;  // 0: as many as heads (the older CLI had no GQA)
   int dim = 128;
   DType dtype = DType::kFloat16;
+  // K and V storage when not --dtype itself: fp8, q8_0 or q4_0 (core/quant.hpp), q and o
+  // staying in --dtype; unset (or --dtype's own format): K and V in --dtype
+  std::optional<KVStorage> kv_dtype;
   int block_len = 64;
   // elastic: read about 1/compress of exact's KV bytes, or budget_blocks blocks per sequence
   double compress = 4.0;
@@ -82,6 +87,8 @@ struct BenchOptions {
   static constexpr int kMaxThreads = 4096;
 
   int q_heads() const { return heads; }
+  // How K and V are stored: --kv-dtype where it quantizes, else --dtype's dense format.
+  KVStorage kv_storage() const { return kv_dtype && is_quantized(*kv_dtype) ? *kv_dtype : dense_storage(dtype); }
   int kv_head_count() const { return kv_heads > 0 ? kv_heads : heads; }
   // Tokens a sequence holds at most: the decode loop appends decode_tokens.
   int capacity_tokens() const { return seq + (inference ? decode_tokens : 0); }
@@ -103,8 +110,13 @@ struct BenchOptions {
   // The needles planted: --needles, or the default's.
   int needle_blocks() const { return needles >= 0 ? needles : std::min(kDefaultNeedles, needle_room()); }
 
-  // K and V bytes of the cache at its capacity (whole batch).
+  // K and V bytes of the cache at its capacity (whole batch), as stored: a quantized row
+  // counts its codes and scales (kv_row_bytes).
   double kv_bytes() const {
+    return 2.0 * batch * capacity_tokens() * static_cast<double>(kv_head_count()) * kv_row_bytes(kv_storage(), dim);
+  }
+  // The same in --dtype: the CPU backend keeps those values too when K and V are quantized.
+  double dense_kv_bytes() const {
     return 2.0 * batch * capacity_tokens() * static_cast<double>(kv_head_count()) * dim * dtype_size(dtype);
   }
 
@@ -127,6 +139,12 @@ struct BenchOptions {
                   std::to_string(kv_head_count()));
     }
     if (Support s = range("--dim", dim, 1, kMaxDim); !s) return s;
+    if (kv_dtype && !is_quantized(*kv_dtype) && *kv_dtype != dense_storage(dtype)) {
+      return fail(std::string("--kv-dtype=") + to_string(*kv_dtype) + " with --dtype=" + to_string(dtype) +
+                  ": unquantized K and V are stored in --dtype; give --dtype for them, or --kv-dtype=fp8, q8_0 or "
+                  "q4_0");
+    }
+    if (Support s = kv_storage_supports(kv_storage(), dim); !s) return fail("--kv-dtype: " + s.why);
     if (Support s = range("--block-len", block_len, 1, kMaxBlockLen); !s) return s;
     if (Support s = range("--threads", threads, 0, kMaxThreads); !s) return s;
     if (!(compress >= 1.0 && compress < 1e9)) return fail("--compress must be at least 1 (1 reads every block)");
@@ -167,6 +185,11 @@ struct BenchOptions {
 inline Support backend_supports(const BenchOptions& o, BenchBackend backend) {
   const DecodeProblem problem{o.dtype, o.batch, o.q_heads(), o.kv_head_count(), o.dim, o.capacity_tokens()};
   if (backend == BenchBackend::kCpu) return cpu_decode_supports(problem);
+  if (is_quantized(o.kv_storage())) {
+    return {false, std::string("--kv-dtype=") + to_string(o.kv_storage()) +
+                       " runs on the CPU backend only (--device=cpu) so far: the GPU's elastic kernels do not read "
+                       "quantized storage yet (its exact decode does: benchmarks/decode_bench.cu's decode_quant)"};
+  }
   ElasticProblem elastic;
   elastic.decode = problem;
   elastic.block_len = o.block_len;
@@ -204,7 +227,11 @@ inline Support memory_supports(const BenchOptions& o, BenchBackend backend, doub
   const double blocks = static_cast<double>(o.batch) * sequence_blocks(o.capacity_tokens(), o.block_len);
   const double anchor_bytes = blocks * o.kv_head_count() * anchor_values *
                               (backend == BenchBackend::kCpu ? sizeof(double) : dtype_size(o.dtype));
-  const double needed = (o.kv_bytes() + anchor_bytes) * 1.05 + (backend == BenchBackend::kCuda ? 256.0 * (1 << 20) : 0);
+  // the CPU backend keeps --dtype's values beside quantized ones (the fp16 reference, and
+  // where needles are planted before quantizing)
+  const double dense = backend == BenchBackend::kCpu && is_quantized(o.kv_storage()) ? o.dense_kv_bytes() : 0.0;
+  const double needed =
+      (o.kv_bytes() + dense + anchor_bytes) * 1.05 + (backend == BenchBackend::kCuda ? 256.0 * (1 << 20) : 0);
   if (needed <= available_bytes) return {};
   char text[256];
   std::snprintf(text, sizeof(text),

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <limits>
 #include <utility>
 #include <string>
@@ -73,6 +74,10 @@ struct BenchAccuracy {
   int mass_sequences = 0;  // the sequences the mass was computed over (the first ones)
   int needle_blocks = 0;       // planted (--needles), over every sequence and kv head
   int needle_blocks_read = 0;  // of them, read by elastic's last step
+  // with --kv-dtype quantizing: exact attention over the stored K and V against exact
+  // attention over --dtype's values (the storage's accuracy cost); NaN (null) otherwise
+  double storage_error = std::numeric_limits<double>::quiet_NaN();
+  double storage_error_worst = std::numeric_limits<double>::quiet_NaN();
   // the fraction of needle blocks elastic read; NaN (null in the JSON) without needles
   double needle_recall() const {
     return needle_blocks > 0 ? static_cast<double>(needle_blocks_read) / needle_blocks
@@ -113,6 +118,9 @@ inline void record_timing(BenchReport& r, const PairedSamples& samples, int step
   r.elastic_blocks = policy.counts(r.blocks_per_sequence).total();
 }
 
+// A figure that may be missing (NaN): the number, or null.
+inline nlohmann::json number_or_null(double x) { return std::isnan(x) ? nlohmann::json(nullptr) : nlohmann::json(x); }
+
 inline void to_json(nlohmann::json& j, const BenchOptions& o) {
   j = nlohmann::json{{"mode", o.inference ? "inference" : "step"},
                      {"seq", o.seq},
@@ -121,6 +129,7 @@ inline void to_json(nlohmann::json& j, const BenchOptions& o) {
                      {"kv_heads", o.kv_head_count()},
                      {"dim", o.dim},
                      {"dtype", to_string(o.dtype)},
+                     {"kv_dtype", to_string(o.kv_storage())},
                      {"block_len", o.block_len},
                      {"compress", o.budget_blocks > 0 ? nlohmann::json(nullptr) : nlohmann::json(o.compress)},
                      {"budget_blocks", o.budget_blocks > 0 ? nlohmann::json(o.budget_blocks) : nlohmann::json(nullptr)},
@@ -197,6 +206,8 @@ inline void to_json(nlohmann::json& j, const BenchReport& r) {
         {"accuracy",
          {{"relative_l2_error", r.accuracy.relative_l2_error},
           {"relative_l2_error_worst", r.accuracy.relative_l2_error_worst},
+          {"storage_relative_l2_error", number_or_null(r.accuracy.storage_error)},
+          {"storage_relative_l2_error_worst", number_or_null(r.accuracy.storage_error_worst)},
           {"attention_mass_captured", r.accuracy.attention_mass},
           {"attention_mass_captured_min", r.accuracy.attention_mass_min},
           {"mass_sequences", r.accuracy.mass_sequences},

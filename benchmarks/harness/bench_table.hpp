@@ -1,6 +1,7 @@
 #pragma once
 // The human form of a BenchReport: a few lines and one aligned table, for a terminal.
 
+#include <cmath>
 #include <cstdio>
 #include <ostream>
 #include <string>
@@ -50,9 +51,10 @@ inline void print_bench_table(std::ostream& os, const BenchReport& r) {
                            "blocks holds about 1/C of it and the accuracy figures say little about selection\n"));
   const std::string budget = o.budget_blocks > 0 ? detail::format("budget %d blocks", o.budget_blocks)
                                                  : detail::format("compress %g", o.compress);
-  os << detail::format("batch %d x %d tokens, heads %d/%d, dim %d, %s, block %d, %s, %s anchors, refresh %d", o.batch,
-                       o.seq, o.q_heads(), o.kv_head_count(), o.dim, to_string(o.dtype), o.block_len, budget.c_str(),
-                       to_string(o.anchor), o.refresh)
+  const std::string kv = is_quantized(o.kv_storage()) ? std::string(", K and V ") + to_string(o.kv_storage()) : "";
+  os << detail::format("batch %d x %d tokens, heads %d/%d, dim %d, %s%s, block %d, %s, %s anchors, refresh %d",
+                       o.batch, o.seq, o.q_heads(), o.kv_head_count(), o.dim, to_string(o.dtype), kv.c_str(),
+                       o.block_len, budget.c_str(), to_string(o.anchor), o.refresh)
      << "\n";
   os << (o.inference ? detail::format("decode loop of %d steps per sample", o.decode_tokens)
                      : detail::format("%d step(s) per sample", o.inner_loops))
@@ -79,6 +81,12 @@ inline void print_bench_table(std::ostream& os, const BenchReport& r) {
                        "%d sequence(s))\n",
                        r.accuracy.relative_l2_error, r.accuracy.relative_l2_error_worst, r.accuracy.attention_mass,
                        r.accuracy.attention_mass_min, r.accuracy.mass_sequences);
+  if (!std::isnan(r.accuracy.storage_error)) {
+    os << detail::format("storage: exact attention over %s K and V against %s: relative L2 error %.4f (worst head "
+                         "%.4f)\n",
+                         to_string(o.kv_storage()), to_string(o.dtype), r.accuracy.storage_error,
+                         r.accuracy.storage_error_worst);
+  }
   if (r.elastic_attends_exactly) {
     os << "elastic attends exactly here: its budget cannot pay for selection at this shape "
           "(ElasticProblem::attends_exactly; --no-fallback selects anyway)\n";

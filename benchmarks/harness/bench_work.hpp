@@ -5,6 +5,7 @@
 #include <cstddef>
 
 #include "ekv/core/dtype.hpp"
+#include "ekv/core/quant.hpp"
 #include "ekv/elastic/policy.hpp"
 #include "harness/bench_options.hpp"
 
@@ -30,7 +31,8 @@ struct BenchWork {
 inline BenchWork bench_work(const BenchOptions& o, const ElasticPolicy& policy, std::size_t anchor_value_bytes) {
   const int steps = o.inference ? o.decode_tokens : o.inner_loops;
   const double group = static_cast<double>(o.q_heads()) / o.kv_head_count();
-  const double token_bytes = 2.0 * o.kv_head_count() * o.dim * dtype_size(o.dtype);  // K and V, all kv heads
+  // K and V, all kv heads, as stored (a quantized row counts its codes and scales)
+  const double token_bytes = 2.0 * o.kv_head_count() * kv_row_bytes(o.kv_storage(), o.dim);
   const double token_flops = 4.0 * o.dim * o.q_heads();
   BenchWork w;
   StepWork& exact = w.exact;
@@ -39,7 +41,7 @@ inline BenchWork bench_work(const BenchOptions& o, const ElasticPolicy& policy, 
     const int len = o.inference ? o.seq + s + 1 : o.seq;
     exact.bytes += len * token_bytes;
     exact.flops += len * token_flops;
-    const BytesRead read = policy.bytes_read(len, o.block_len, o.kv_head_count(), o.dim, o.dtype);
+    const BytesRead read = policy.bytes_read(len, o.block_len, o.kv_head_count(), o.dim, o.kv_storage(), o.dtype);
     // the policy counts anchors in the cache's dtype
     const double anchor_values =
         policy.config().refreshes_selection(s) ? static_cast<double>(read.anchors) / dtype_size(o.dtype) : 0.0;

@@ -74,6 +74,23 @@ TEST_CASE("ekv's own flags parse into the options") {
   CHECK(o.needles == 2);
   CHECK_FALSE(o.paired_baseline);
   CHECK(o.graphs);
+  CHECK(o.kv_storage() == ekv::KVStorage::kBFloat16);  // no --kv-dtype: K and V in --dtype
+}
+
+TEST_CASE("--kv-dtype quantizes K and V, q and o staying --dtype; bytes count codes and scales") {
+  const Parsed p = parse({"--kv-dtype=Q4_0", "--dtype=bf16", "--device=cpu", "--seq=1024", "--heads=8",
+                          "--kv-heads=2", "--dim=64"});
+  REQUIRE(p.code == -1);
+  CHECK(p.options.dtype == ekv::DType::kBFloat16);
+  CHECK(p.options.kv_storage() == ekv::KVStorage::kQ4_0);
+  // a Q4_0 row of 64 values: 32 bytes of codes and 2 scales of 2 bytes
+  CHECK(p.options.kv_bytes() == 2.0 * 1024 * 2 * 36);
+  CHECK(p.options.dense_kv_bytes() == 2.0 * 1024 * 2 * 64 * 2);
+  const Parsed same = parse({"--kv-dtype=fp16"});  // --dtype's own format: as if not given
+  REQUIRE(same.code == -1);
+  CHECK(same.options.kv_storage() == ekv::KVStorage::kFloat16);
+  CHECK_FALSE(ekv::bench::backend_supports(p.options, ekv::bench::BenchBackend::kCuda));
+  CHECK(ekv::bench::backend_supports(p.options, ekv::bench::BenchBackend::kCpu));
 }
 
 TEST_CASE("defaults: one step, fp16, QUEST, C = 4, auto device") {
@@ -109,6 +126,9 @@ TEST_CASE("usage errors exit 2 with the reason and a hint on stderr") {
       {"--heads=32", "--kv-heads=5"},  // not a GQA shape
       {"--truncate=60"},
       {"--reps=0"},
+      {"--kv-dtype=int4"},             // not a storage
+      {"--kv-dtype=bf16"},             // dense K and V differ from --dtype=fp16
+      {"--kv-dtype=q8_0", "--dim=48"},  // Q8_0 groups of 32 values
   };
   for (const auto& args : bad) {
     const Parsed p = parse(args);

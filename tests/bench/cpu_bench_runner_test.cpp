@@ -65,3 +65,34 @@ TEST_CASE("compress 1 reads every block: elastic equals exact") {
     CHECK(r.accuracy.attention_mass == doctest::Approx(1.0));
   }
 }
+
+TEST_CASE("quantized K and V on the CPU: exact and elastic read the storage, its cost against --dtype reported") {
+  ekv::bench::BenchOptions o = small_run();
+  INFO("seed=" << o.seed);
+  o.needles = 2;
+  // bounds on exact's error against fp16 exact, pooled over the heads: the formats' costs
+  // (cpu_quant_attention_test's). The worst head may take twice that: the needles put most
+  // of a head's attention on a few rows, whose output then carries those rows' rounding
+  // (E4M3's is up to 2^-4 of a value) with little averaging.
+  const std::pair<ekv::KVStorage, double> storages[] = {
+      {ekv::KVStorage::kFp8E4M3, 5e-2}, {ekv::KVStorage::kQ8_0, 1e-2}, {ekv::KVStorage::kQ4_0, 1.5e-1}};
+  for (const auto& [storage, bound] : storages) {
+    INFO("kv storage " << std::string(ekv::to_string(storage)));
+    o.kv_dtype = storage;
+    for (bool inference : {false, true}) {
+      o.inference = inference;
+      o.decode_tokens = 8;
+      const ekv::bench::BenchReport r = run(o);
+      const nlohmann::json j = r;
+      ekv::test::check_bench_json(j);
+      CHECK(j.at("configuration").at("kv_dtype") == ekv::to_string(storage));
+      CHECK(r.accuracy.storage_error > 0);
+      CHECK(r.accuracy.storage_error <= r.accuracy.storage_error_worst);
+      CHECK(r.accuracy.storage_error < bound);
+      CHECK(r.accuracy.storage_error_worst < 2 * bound);
+      CHECK(r.accuracy.needle_recall() == 1.0);
+      CHECK(r.exact.work.bytes == doctest::Approx(o.kv_bytes() / o.capacity_tokens() *
+                                                  (inference ? o.seq + (o.decode_tokens + 1) / 2.0 : o.seq)));
+    }
+  }
+}
