@@ -110,15 +110,15 @@ struct BenchOptions {
   // The needles planted: --needles, or the default's.
   int needle_blocks() const { return needles >= 0 ? needles : std::min(kDefaultNeedles, needle_room()); }
 
-  // K and V bytes of the cache at its capacity (whole batch), as stored: a quantized row
-  // counts its codes and scales (kv_row_bytes).
-  double kv_bytes() const {
-    return 2.0 * batch * capacity_tokens() * static_cast<double>(kv_head_count()) * kv_row_bytes(kv_storage(), dim);
+  // K and V bytes of the cache at its capacity (whole batch) stored as `s` (a quantized row
+  // counts its codes and scales: kv_row_bytes).
+  double cache_bytes(KVStorage s) const {
+    return 2.0 * batch * capacity_tokens() * static_cast<double>(kv_head_count()) * kv_row_bytes(s, dim);
   }
-  // The same in --dtype: the CPU backend keeps those values too when K and V are quantized.
-  double dense_kv_bytes() const {
-    return 2.0 * batch * capacity_tokens() * static_cast<double>(kv_head_count()) * dim * dtype_size(dtype);
-  }
+  // ... as this run stores them.
+  double kv_bytes() const { return cache_bytes(kv_storage()); }
+  // ... in --dtype: the CPU backend keeps those values too when K and V are quantized.
+  double dense_kv_bytes() const { return cache_bytes(dense_storage(dtype)); }
 
   // Never throws: ok, or the first problem as a sentence naming the flag and its range.
   // What a backend supports (head_dim, dtype) is checked by backend_supports, which names
@@ -171,8 +171,8 @@ struct BenchOptions {
                   " (blocks between the first and the last)");
     }
     // the pool's elements are indexed in 64 bits; the run's memory is checked later
-    if (kv_bytes() > 0x1p62) {
-      return fail("--batch x --seq x --kv-heads x --dim = " + std::to_string(kv_bytes() / 2 / dtype_size(dtype)) +
+    if (dense_kv_bytes() > 0x1p62) {
+      return fail("--batch x --seq x --kv-heads x --dim = " + std::to_string(dense_kv_bytes() / 2 / dtype_size(dtype)) +
                   " elements overflow the cache's 64-bit indexing");
     }
     return {};

@@ -53,8 +53,8 @@ inline void check_bench_json(const nlohmann::json& j) {
   CHECK(j.at("device").is_object());
   CHECK(j.at("device").at("name").is_string());
   for (const char* key : {"mode", "seq", "batch", "heads", "kv_heads", "dim", "dtype", "kv_dtype", "block_len",
-                          "compress", "budget_blocks", "anchor", "refresh", "reps", "warmup", "inner_loops", "truncate_percent",
-                          "graphs", "decode_tokens", "paired_baseline", "needles", "seed", "device", "threads",
+                          "compress", "budget_blocks", "anchor", "refresh", "reps", "warmup", "inner_loops",
+                          "truncate_percent", "graphs", "decode_tokens", "paired_baseline", "needles", "seed", "device", "threads",
                           "roofs", "exact_fallback"}) {
     CHECK_MESSAGE(j.at("configuration").contains(key), key);
   }
@@ -119,8 +119,7 @@ inline void check_bench_json(const nlohmann::json& j) {
   CHECK(a.at("attention_mass_captured").get<double>() <= 1.0 + 1e-9);
   CHECK(a.at("mass_sequences").get<int>() >= 1);
   // the storage's cost: numbers where K and V are quantized, null where they are --dtype
-  const nlohmann::json& kv_dtype = j.at("configuration").at("kv_dtype");
-  const bool quantized = kv_dtype != "fp16" && kv_dtype != "bf16" && kv_dtype != "fp32";
+  const bool quantized = is_quantized(parse_kv_storage(j.at("configuration").at("kv_dtype").get<std::string>()));
   for (const char* key : {"storage_relative_l2_error", "storage_relative_l2_error_worst"}) {
     INFO(key);
     CHECK(a.at(key).is_number() == quantized);

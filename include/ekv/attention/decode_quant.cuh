@@ -46,7 +46,7 @@ struct DecodeQuantTraits {
   static constexpr int kScaleBytes = kGroups * 2;  // one row's float16 scales
   static constexpr int kStages = 4;
   // a staged code row's pitch: 32 bytes of padding (16 for Q4_0) put the rows that one
-  // K fragment load reads in distinct banks (quant_k_fragments)
+  // K fragment load reads in distinct banks (detail::quant_scores)
   static constexpr int kCodePitch = kCodeBytes + (S == KVStorage::kQ4_0 ? 16 : 32);
   // per warp and stage: K's then V's codes [16][kCodePitch], then K's then V's scales
   static constexpr int kWarpStageBytes = 2 * kWarpTokens * (kCodePitch + kScaleBytes);
