@@ -174,12 +174,24 @@ __device__ __forceinline__ void decode_tc_scores(const T* k_warp, const std::uin
   }
 }
 
+// P as the softmax gives it, for every dimension: decode_tc_fold's default. A P map
+// gives the A fragments of P that P V takes for each of kGroups equal spans of the head
+// dimension (the quantized kernel folds V's group scales into P: GroupScaledP).
+struct UnscaledP {
+  static constexpr int kGroups = 1;
+  __device__ void operator()(const std::uint32_t (&pa)[4], std::uint32_t (&out)[1][4]) const {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[0][i] = pa[i];
+  }
+};
+
 // One warp's 16 tokens first .. first + 15 (those at or past `end` masked), whose scores
 // s are in hand, folded into its state: the online softmax, then O += P V with V's rows
-// staged at v_warp.
-template <typename T, int HeadDim>
+// staged at v_warp (P through p_map, per span of dimensions).
+template <typename T, int HeadDim, typename PMap = UnscaledP>
 __device__ __forceinline__ void decode_tc_fold(float (&s)[2][4], const T* v_warp, int first, int end,
-                                               float scale_log2, DecodeTcState<T, HeadDim>& state) {
+                                               float scale_log2, DecodeTcState<T, HeadDim>& state,
+                                               const PMap& p_map = {}) {
   using Traits = DecodeTcTraits<T, HeadDim>;
   const int lane = threadIdx.x % 32;
   // V's fragments are read now, so their shared-memory latency hides under the softmax
@@ -237,13 +249,18 @@ __device__ __forceinline__ void decode_tc_fold(float (&s)[2][4], const T* v_warp
   // O += P V: P's fragments are S's accumulators, rounded to T
   const std::uint32_t pa[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]),
                                pack2<T>(s[1][0], s[1][1]), pack2<T>(s[1][2], s[1][3])};
+  constexpr int kDimSteps = HeadDim / 16;
+  static_assert(kDimSteps % PMap::kGroups == 0, "P's spans are whole k16 steps of the head dimension");
+  std::uint32_t pg[PMap::kGroups][4];
+  p_map(pa, pg);
 #pragma unroll
-  for (int d = 0; d < HeadDim / 16; ++d) {
+  for (int d = 0; d < kDimSteps; ++d) {
     std::uint32_t late[4];
     if (d >= kEarlyV) load_v(d, late);
     const std::uint32_t(&b)[4] = d < kEarlyV ? vb[d] : late;
-    mma_16816<T>(state.o[2 * d], pa, b[0], b[1]);
-    mma_16816<T>(state.o[2 * d + 1], pa, b[2], b[3]);
+    const std::uint32_t(&p)[4] = pg[d / (kDimSteps / PMap::kGroups)];
+    mma_16816<T>(state.o[2 * d], p, b[0], b[1]);
+    mma_16816<T>(state.o[2 * d + 1], p, b[2], b[3]);
   }
 }
 

@@ -51,12 +51,23 @@ struct KVView {
   const std::int32_t* last_page_len = nullptr;
 
   EKV_HOST_DEVICE std::int64_t offset(int seq, int head, int pos) const {
-    if (block_table == nullptr) {  // contiguous: pos < block_len, no division needed
-      return seq * block_stride + head * head_stride + pos * token_stride;
-    }
+    return row_offset(pool_row(seq, head, pos), head);
+  }
+  // Where token pos of (seq, head) lies: its pool block (the sequence, for a contiguous
+  // view) and its row within it. Views over one block table (a quantized view's codes and
+  // scales) share it: offset() is row_offset(pool_row(...)) of either.
+  struct PoolRow {
+    std::int64_t block;
+    int within;
+  };
+  EKV_HOST_DEVICE PoolRow pool_row(int seq, int head, int pos) const {
+    if (block_table == nullptr) return {seq, pos};  // contiguous: pos < block_len, no division needed
     const int logical = block_shift >= 0 ? pos >> block_shift : pos / block_len;
     const int within = block_shift >= 0 ? pos & (block_len - 1) : pos % block_len;
-    return block_id(seq, head, logical) * block_stride + head * head_stride + static_cast<std::int64_t>(within) * token_stride;
+    return {block_id(seq, head, logical), within};
+  }
+  EKV_HOST_DEVICE std::int64_t row_offset(PoolRow r, int head) const {
+    return r.block * block_stride + head * head_stride + static_cast<std::int64_t>(r.within) * token_stride;
   }
   // The pool block holding logical block `logical` of (seq, head); paged views only.
   EKV_HOST_DEVICE std::int64_t block_id(int seq, int head, int logical) const {
