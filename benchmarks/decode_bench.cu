@@ -14,6 +14,8 @@
 #include "ekv/attention/decode.cuh"
 #include "ekv/attention/decode_quant.cuh"
 #include "ekv/elastic/accuracy.hpp"
+#include "ekv/elastic/anchors.cuh"
+#include "ekv/elastic/elastic_decode.cuh"
 #include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/graph.hpp"
@@ -79,78 +81,141 @@ void decode(benchmark::State& state) {
            static_cast<int>(state.range(2)), state.range(3) != 0, 0, static_cast<ekv::DecodeCopy>(state.range(4)));
 }
 
-// state.range: batch, length, storage (KVStorage: 3 FP8, 4 Q8_0, 5 Q4_0), paged block 64.
-// The pool is filled by appending uniform random half tokens in [-1, 1] (quantized on the
-// device by append_kv), a chunk at a time, into the quantized pool and into a half one;
-// FP8's per-head scales are 1 / 448. After the timing, exact fp16 decode over the half
-// pool gives the accuracy cost: the relative L2 error of O against it, the worst row's
-// (err_worst) and pooled over rows (err_pooled).
+// A quantized paged pool (blocks of 64) and its half twin holding the same tokens:
+// uniform random half tokens in [-1, 1] appended a chunk at a time to both (quantized on
+// the device by append_kv); FP8's per-head scales are 1 / 448. Queries uniform in [-1, 1].
+struct QuantBenchPools {
+  using T = __half;
+  static constexpr int kBlockLen = 64;
+  int batch, len, blocks_per_seq;
+  ekv::DeviceBuffer<std::uint8_t> k, v;
+  ekv::DeviceBuffer<__half> ks, vs;
+  ekv::DeviceBuffer<float> head_scales;
+  ekv::DeviceBuffer<T> q, dense_k, dense_v;
+  ekv::DeviceBuffer<std::int32_t> lengths, dense_lengths, table;
+  ekv::QuantKVView view;
+  ekv::KVView<T> dense;
+
+  QuantBenchPools(int b, int n, ekv::KVStorage storage, const ekv::Stream& stream)
+      : batch(b), len(n), blocks_per_seq((n + kBlockLen - 1) / kBlockLen) {
+    const std::size_t rows = static_cast<std::size_t>(batch) * blocks_per_seq * kKvHeads * kBlockLen;
+    const std::size_t groups = ekv::kv_scale_bytes(storage, kHeadDim) / sizeof(__half);
+    k = ekv::DeviceBuffer<std::uint8_t>(rows * ekv::kv_code_bytes(storage, kHeadDim));
+    v = ekv::DeviceBuffer<std::uint8_t>(k.size());
+    ks = ekv::DeviceBuffer<__half>(std::max<std::size_t>(1, rows * groups));
+    vs = ekv::DeviceBuffer<__half>(ks.size());
+    head_scales = ekv::DeviceBuffer<float>(kKvHeads);
+    head_scales.copy_from(std::vector<float>(kKvHeads, 1.0f / 448.0f));
+    q = ekv::DeviceBuffer<T>(static_cast<std::size_t>(batch) * kQHeads * kHeadDim);
+    q.copy_from(ekv::bench::random_uniform<T>(q.size(), -1.0f, 1.0f, 7));
+    lengths = ekv::DeviceBuffer<std::int32_t>(batch);
+    dense_lengths = ekv::DeviceBuffer<std::int32_t>(batch);
+    table = ekv::DeviceBuffer<std::int32_t>(static_cast<std::size_t>(batch) * blocks_per_seq);
+    std::vector<std::int32_t> host_table(table.size());
+    std::iota(host_table.begin(), host_table.end(), 0);
+    std::shuffle(host_table.begin(), host_table.end(), std::mt19937(3));
+    table.copy_from(host_table);
+    lengths.copy_from(std::vector<std::int32_t>(batch, 0));
+    dense_lengths.copy_from(std::vector<std::int32_t>(batch, 0));
+    view = ekv::paged_quant_kv(storage, {k.data(), v.data(), ks.data(), vs.data()}, table.data(), lengths.data(),
+                               batch, kKvHeads, kHeadDim, kBlockLen, blocks_per_seq);
+    view.k_head_scales = head_scales.data();
+    view.v_head_scales = head_scales.data();
+    dense_k = ekv::DeviceBuffer<T>(rows * kHeadDim);
+    dense_v = ekv::DeviceBuffer<T>(dense_k.size());
+    dense = ekv::paged_kv<T>(dense_k.data(), dense_v.data(), table.data(), dense_lengths.data(), batch, kKvHeads,
+                             kHeadDim, kBlockLen, blocks_per_seq);
+    const int chunk = std::min(len, 4096);
+    ekv::DeviceBuffer<T> k_new(static_cast<std::size_t>(batch) * chunk * kKvHeads * kHeadDim), v_new(k_new.size());
+    for (int done = 0, i = 0; done < len; done += chunk, ++i) {
+      const int m = std::min(chunk, len - done);
+      ekv::bench::random_uniform_fill<T>(k_new.span(), -1.0f, 1.0f, 11 + 2 * i, stream);
+      ekv::bench::random_uniform_fill<T>(v_new.span(), -1.0f, 1.0f, 12 + 2 * i, stream);
+      ekv::append_kv<T>(view, k_new.data(), v_new.data(), m, stream);
+      ekv::append_kv<T>(dense, k_new.data(), v_new.data(), m, stream);
+    }
+    stream.synchronize();
+  }
+  ekv::DecodeProblem problem() const { return {ekv::DType::kFloat16, batch, kQHeads, kKvHeads, kHeadDim, len}; }
+
+  // The relative L2 error of o against fp16 exact decode over the half twin, the worst
+  // row's (err_worst) and pooled over rows (err_pooled), into the state's counters.
+  void report_error(benchmark::State& state, const ekv::DeviceBuffer<T>& o, const ekv::DeviceInfo& device,
+                    const ekv::Stream& stream) const {
+    const ekv::DecodePlan exact = ekv::plan_decode(problem(), device);
+    ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(exact, stream);
+    ekv::DeviceBuffer<T> o_exact(o.size());
+    ekv::DeviceBuffer<float> lse(static_cast<std::size_t>(batch) * kQHeads);
+    ekv::run_decode<T>(exact, dense, q.data(), o_exact.data(), lse.data(), workspace.data(), stream);
+    std::vector<T> got(o.size()), want(o.size());
+    o.copy_to(got, stream);
+    o_exact.copy_to(want, stream);
+    stream.synchronize();
+    const ekv::L2Error err = ekv::relative_l2_error(got.data(), want.data(), batch * kQHeads, kHeadDim);
+    state.counters["err_worst"] = err.worst;
+    state.counters["err_pooled"] = err.pooled;
+  }
+};
+
+// state.range: batch, length, storage (KVStorage: 3 FP8, 4 Q8_0, 5 Q4_0), paged block 64
+// (QuantBenchPools). After the timing, the accuracy cost against fp16 exact decode.
 void decode_quant(benchmark::State& state) {
   using T = __half;
-  const int batch = static_cast<int>(state.range(0)), len = static_cast<int>(state.range(1));
   const auto storage = static_cast<ekv::KVStorage>(state.range(2));
-  const int block_len = 64, blocks_per_seq = (len + block_len - 1) / block_len;
   const ekv::DeviceInfo device = ekv::DeviceInfo::current();
   ekv::Stream stream;
-  const std::size_t rows = static_cast<std::size_t>(batch) * blocks_per_seq * kKvHeads * block_len;
-  const std::size_t code_bytes = ekv::kv_code_bytes(storage, kHeadDim);
-  const std::size_t groups = ekv::kv_scale_bytes(storage, kHeadDim) / sizeof(__half);
-  ekv::DeviceBuffer<std::uint8_t> k(rows * code_bytes), v(rows * code_bytes);
-  ekv::DeviceBuffer<__half> ks(std::max<std::size_t>(1, rows * groups)), vs(ks.size());
-  ekv::DeviceBuffer<float> head_scales(kKvHeads);
-  head_scales.copy_from(std::vector<float>(kKvHeads, 1.0f / 448.0f));
-  ekv::DeviceBuffer<T> q(static_cast<std::size_t>(batch) * kQHeads * kHeadDim), o(q.size());
-  ekv::DeviceBuffer<float> lse(static_cast<std::size_t>(batch) * kQHeads);
-  ekv::DeviceBuffer<std::int32_t> lengths(batch), table(static_cast<std::size_t>(batch) * blocks_per_seq);
-  q.copy_from(ekv::bench::random_uniform<T>(q.size(), -1.0f, 1.0f, 7));
-  std::vector<std::int32_t> host_table(table.size());
-  std::iota(host_table.begin(), host_table.end(), 0);
-  std::shuffle(host_table.begin(), host_table.end(), std::mt19937(3));
-  table.copy_from(host_table);
-  lengths.copy_from(std::vector<std::int32_t>(batch, 0));
-  ekv::QuantKVView view = ekv::paged_quant_kv(storage, {k.data(), v.data(), ks.data(), vs.data()}, table.data(),
-                                              lengths.data(), batch, kKvHeads, kHeadDim, block_len, blocks_per_seq);
-  view.k_head_scales = head_scales.data();
-  view.v_head_scales = head_scales.data();
-  ekv::DeviceBuffer<T> dense_k(rows * kHeadDim), dense_v(dense_k.size());
-  ekv::DeviceBuffer<std::int32_t> dense_lengths(batch);
-  dense_lengths.copy_from(std::vector<std::int32_t>(batch, 0));
-  const ekv::KVView<T> dense = ekv::paged_kv<T>(dense_k.data(), dense_v.data(), table.data(), dense_lengths.data(),
-                                                batch, kKvHeads, kHeadDim, block_len, blocks_per_seq);
-  const int chunk = std::min(len, 4096);
-  ekv::DeviceBuffer<T> k_new(static_cast<std::size_t>(batch) * chunk * kKvHeads * kHeadDim), v_new(k_new.size());
-  for (int done = 0, i = 0; done < len; done += chunk, ++i) {
-    const int n = std::min(chunk, len - done);
-    ekv::bench::random_uniform_fill<T>(k_new.span(), -1.0f, 1.0f, 11 + 2 * i, stream);
-    ekv::bench::random_uniform_fill<T>(v_new.span(), -1.0f, 1.0f, 12 + 2 * i, stream);
-    ekv::append_kv<T>(view, k_new.data(), v_new.data(), n, stream);
-    ekv::append_kv<T>(dense, k_new.data(), v_new.data(), n, stream);
-  }
-  stream.synchronize();
-  const ekv::DecodeProblem problem{ekv::DType::kFloat16, batch, kQHeads, kKvHeads, kHeadDim, len};
-  const ekv::DecodePlan plan = ekv::plan_quant_decode(problem, storage, device);
+  const QuantBenchPools pools(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)), storage, stream);
+  const ekv::DecodePlan plan = ekv::plan_quant_decode(pools.problem(), storage, device);
   ekv::DeviceBuffer<unsigned char> workspace = ekv::make_decode_workspace(plan, stream);
+  ekv::DeviceBuffer<T> o(pools.q.size());
+  ekv::DeviceBuffer<float> lse(static_cast<std::size_t>(pools.batch) * kQHeads);
   ekv::bench::L2Flusher flusher(device);
   const double s = ekv::bench::run_timed(state, stream, [&](const ekv::Stream& st) {
-    ekv::run_decode<T>(plan, view, q.data(), o.data(), lse.data(), workspace.data(), st);
+    ekv::run_decode<T>(plan, pools.view, pools.q.data(), o.data(), lse.data(), workspace.data(), st);
   }, &flusher);
-  ekv::bench::report_bandwidth(state, 2.0 * batch * kKvHeads * static_cast<double>(len) *
+  ekv::bench::report_bandwidth(state, 2.0 * pools.batch * kKvHeads * static_cast<double>(pools.len) *
                                           ekv::kv_row_bytes(storage, kHeadDim), s);
   state.counters["splits"] = plan.num_splits;
   state.SetLabel(ekv::to_string(storage));
+  pools.report_error(state, o, device, stream);
+}
 
-  const ekv::DecodePlan exact = ekv::plan_decode(problem, device);
-  ekv::DeviceBuffer<unsigned char> exact_workspace = ekv::make_decode_workspace(exact, stream);
-  ekv::DeviceBuffer<T> o_exact(o.size());
-  ekv::run_decode<T>(exact, dense, q.data(), o_exact.data(), lse.data(), exact_workspace.data(), stream);
-  ekv::run_decode<T>(plan, view, q.data(), o.data(), lse.data(), workspace.data(), stream);
-  std::vector<T> got(o.size()), want(o.size());
-  o.copy_to(got, stream);
-  o_exact.copy_to(want, stream);
-  stream.synchronize();
-  const ekv::L2Error err = ekv::relative_l2_error(got.data(), want.data(), batch * kQHeads, kHeadDim);
-  state.counters["err_worst"] = err.worst;
-  state.counters["err_pooled"] = err.pooled;
+// state.range: batch, length, storage (0: fp16, the half twin; 3 FP8, 4 Q8_0, 5 Q4_0).
+// Elastic decode at C = 8 (one sink and one window block, the rest of an eighth of the
+// blocks picked per kv head, every step refreshing), anchors (QUEST) from the half twin's
+// keys for every storage; the whole step timed (scoring, selection, gather, sparse
+// decode). Bytes: what ElasticDecode::bytes_read counts (K and V read, anchors scored).
+void elastic_quant(benchmark::State& state) {
+  using T = __half;
+  const int storage_arg = static_cast<int>(state.range(2));
+  const auto storage = storage_arg == 0 ? ekv::KVStorage::kQ8_0 : static_cast<ekv::KVStorage>(storage_arg);
+  const ekv::DeviceInfo device = ekv::DeviceInfo::current();
+  ekv::Stream stream;
+  const QuantBenchPools pools(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)), storage, stream);
+  ekv::ElasticConfig config;
+  config.pick_block_num = std::max(1, pools.blocks_per_seq / 8 - 2);
+  ekv::ElasticProblem problem{pools.problem(), QuantBenchPools::kBlockLen, ekv::ElasticPolicy(config), 1,
+                              ekv::ExactFallback::kNever};
+  if (storage_arg != 0) problem.kv_storage = storage;
+  ekv::ElasticDecode<T> step(problem, device, stream);
+  ekv::DeviceBuffer<T> anchors(step.anchor_elems(pools.table.size()));
+  ekv::build_anchors<T>(pools.dense, anchors.data(), config, stream);
+  ekv::DeviceBuffer<T> o(pools.q.size());
+  ekv::DeviceBuffer<float> lse(static_cast<std::size_t>(pools.batch) * kQHeads);
+  auto run = [&](const ekv::Stream& st) {
+    if (storage_arg == 0) {
+      step.run(pools.dense, pools.q.data(), anchors.data(), o.data(), lse.data(), st, 0);
+    } else {
+      step.run(pools.view, pools.q.data(), anchors.data(), o.data(), lse.data(), st, 0);
+    }
+  };
+  ekv::bench::L2Flusher flusher(device);
+  const double s = ekv::bench::run_timed(state, stream, run, &flusher);
+  const ekv::BytesRead bytes = step.bytes_read(pools.len);
+  ekv::bench::report_bandwidth(state, static_cast<double>(pools.batch) * (bytes.kv + bytes.anchors), s);
+  state.SetLabel(storage_arg == 0 ? "fp16" : ekv::to_string(storage));
+  run(stream);
+  pools.report_error(state, o, device, stream);
 }
 
 // state.range: batch, length, graph replay (0/1), split count
@@ -204,7 +269,17 @@ void quant_shapes(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK(decode)->Apply(shapes);
+void elastic_quant_shapes(benchmark::internal::Benchmark* b) {
+  for (int storage : {0, 3, 4, 5}) {
+    b->Args({1, 32768, storage})->Args({1, 131072, storage})->Args({16, 32768, storage});
+    b->Args({16, 131072, storage});
+  }
+  b->ArgNames({"batch", "len", "storage"});
+  b->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(5)->Repetitions(20)->ReportAggregatesOnly(true);
+}
+
 BENCHMARK(decode_quant)->Apply(quant_shapes);
+BENCHMARK(elastic_quant)->Apply(elastic_quant_shapes);
 BENCHMARK(decode_split_sweep)->Apply(split_sweep);
 
 int main(int argc, char** argv) { return ekv::bench::main(argc, argv); }

@@ -19,13 +19,22 @@
 //
 // QHEAD gives each query head its own blocks: decode then runs with group 1 over a
 // per-query-head view (qhead_sparse_view), so a group no longer shares its K and V loads.
+//
+// Over quantized storage (ElasticProblem::kv_storage: FP8, Q8_0, Q4_0) the same step
+// takes a QuantKVView: selection reads only its block table and lengths, and the sparse
+// decode is the quantized kernel (decode_quant.cuh) over block_sparse_view's narrowing of
+// codes and scales; the anchors are the caller's, in T (computed from the dequantized
+// keys, so selection does not depend on the storage). LAYER and KVHEAD only.
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "ekv/attention/decode.cuh"
+#include "ekv/attention/decode_quant.cuh"
+#include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/elastic/block_sparse.cuh"
 #include "ekv/elastic/elastic_problem.hpp"
@@ -33,6 +42,38 @@
 #include "ekv/elastic/select.cuh"
 
 namespace ekv {
+
+namespace detail {
+
+// What selection and the gather read of a cache: its block table, lengths and shapes,
+// never K or V. A dense view is its own; a quantized view's is its codes' block arithmetic
+// with the values' head_dim, and no K, V or strides (only QHEAD's head units need those).
+template <typename T>
+const KVView<T>& selection_view(const KVView<T>& kv) {
+  return kv;
+}
+template <typename T>
+KVView<T> selection_view(const QuantKVView& kv) {
+  const KVView<std::uint8_t>& c = kv.codes;
+  KVView<T> view;
+  view.block_table = c.block_table;
+  view.lengths = c.lengths;
+  view.batch = c.batch;
+  view.kv_heads = c.kv_heads;
+  view.head_dim = kv.head_dim;
+  view.block_len = c.block_len;
+  view.max_blocks_per_seq = c.max_blocks_per_seq;
+  view.block_shift = c.block_shift;
+  view.table_seq_stride = c.table_seq_stride;
+  view.table_head_stride = c.table_head_stride;
+  view.length_seq_stride = c.length_seq_stride;
+  view.length_head_stride = c.length_head_stride;
+  view.page_indptr = c.page_indptr;
+  view.last_page_len = c.last_page_len;
+  return view;
+}
+
+}  // namespace detail
 
 template <typename T>
 class ElasticDecode {
@@ -56,7 +97,7 @@ class ElasticDecode {
     kv_heads_ = dense.kv_heads;
     exact_ = problem.attends_exactly();
     if (exact_) {
-      plan_ = plan_decode(dense, device);
+      plan_ = plan_for(dense, device);
       workspace_ = make_decode_workspace(plan_, stream);
       return;
     }
@@ -69,7 +110,7 @@ class ElasticDecode {
     DecodeProblem sparse = dense;
     sparse.max_seq_len = max_attended_ * block_len;
     sparse.kv_heads = rows_per_seq_;
-    plan_ = plan_decode(sparse, device);
+    plan_ = plan_for(sparse, device);
     const std::size_t rows = static_cast<std::size_t>(dense.batch) * rows_per_seq_;
     scores_ = DeviceBuffer<float>(rows * max_blocks);
     selected_ = DeviceBuffer<std::int32_t>(rows * max_selected_);
@@ -91,47 +132,53 @@ class ElasticDecode {
 
   // Decode step `step` (0 at the sequence's first): selects when the config's token_step
   // says so, then attends to the last selection plus the blocks appended since. kv: the
-  // paged cache (its max_blocks_per_seq covering the planned length); anchors current
+  // paged cache (its max_blocks_per_seq covering the planned length): a KVView<T>, or a
+  // QuantKVView where the problem names a quantized kv_storage; anchors current
   // (build_anchors, update_anchors); o and lse as for run_decode.
   // The first step run must refresh (attend() throws otherwise).
-  void run(const KVView<T>& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream,
-           int step = 0) {
+  template <typename View>
+  void run(const View& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream, int step = 0) {
     if (problem_.policy.config().refreshes_selection(step)) select(kv, q, anchors, stream);
     attend(kv, q, o, lse, stream);
   }
   // Layer `layer` of decode step `step`, the layers sharing selections as the config's
   // layer_step and layer_offset say: selects when this layer owns its selection and the
   // step refreshes, then attends with this layer's view, query and anchors.
-  void run_layer(const KVView<T>& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream,
-                 int step, int layer) {
+  template <typename View>
+  void run_layer(const View& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream, int step,
+                 int layer) {
     const ElasticConfig& config = problem_.policy.config();
     if (config.selection_layer(layer) == layer && config.refreshes_selection(step)) select(kv, q, anchors, stream);
     attend(kv, q, o, lse, stream);
   }
   // Scores every block and selects; nothing where the step attends exactly.
-  void select(const KVView<T>& kv, const T* q, const T* anchors, const Stream& stream) {
+  template <typename View>
+  void select(const View& kv, const T* q, const T* anchors, const Stream& stream) {
     check_view(kv, "select");
     selected_once_ = true;
     if (exact_) return;
-    score_blocks<T>(kv, q, q_heads_, anchors, problem_.policy.config(), scores_.data(), device_, stream);
-    select_blocks<T>(kv, q_heads_, scores_.data(), problem_.policy, selected_.data(), num_selected_.data(),
+    const KVView<T>& layout = detail::selection_view<T>(kv);
+    score_blocks<T>(layout, q, q_heads_, anchors, problem_.policy.config(), scores_.data(), device_, stream);
+    select_blocks<T>(layout, q_heads_, scores_.data(), problem_.policy, selected_.data(), num_selected_.data(),
                      max_selected_, stream, blocks_then_.data());
   }
   // Attention over the last selection plus the blocks appended since: a gather, then
   // decode (exact decode alone where the step attends exactly).
-  void attend(const KVView<T>& kv, const T* q, T* o, float* lse, const Stream& stream) {
+  template <typename View>
+  void attend(const View& kv, const T* q, T* o, float* lse, const Stream& stream) {
     check_view(kv, "attend");
     if (!selected_once_) throw Error("ElasticDecode::attend: no selection yet; the first step must select");
     if (!exact_) {
       const SelectionRows selection{selected_.data(), num_selected_.data(), max_selected_, rows_per_seq_,
                                     blocks_then_.data()};
-      gather_selection<T>(kv, selection, sparse_rows(), stream);
+      gather_selection<T>(detail::selection_view<T>(kv), selection, sparse_rows(), stream);
     }
     decode_rows(kv, q, o, lse, stream);
   }
   // Decode over the block-sparse rows the last attend() gathered (attend without the gather:
   // for timing the stages, or a second query over the same blocks).
-  void decode_selection(const KVView<T>& kv, const T* q, T* o, float* lse, const Stream& stream) {
+  template <typename View>
+  void decode_selection(const View& kv, const T* q, T* o, float* lse, const Stream& stream) {
     check_view(kv, "decode_selection");
     if (!selected_once_) throw Error("ElasticDecode::decode_selection: no selection yet; the first step must select");
     decode_rows(kv, q, o, lse, stream);
@@ -161,15 +208,19 @@ class ElasticDecode {
   const std::int32_t* num_attended() const { return num_attended_.data(); }
   // K and V bytes one sequence of seq_len tokens reads on a refreshing step, anchors
   // included (a reusing step reads BytesRead::kv); every byte where the step attends exactly.
+  // Quantized rows count their codes and scales (kv_row_bytes); anchors are T.
   BytesRead bytes_read(int seq_len) const {
-    if (exact_) {
-      return {2 * static_cast<std::size_t>(seq_len) * kv_heads_ * plan_.problem.head_dim * dtype_size(kDTypeOf<T>),
-              0};
-    }
-    return problem_.policy.bytes_read(seq_len, problem_.block_len, kv_heads_, plan_.problem.head_dim, kDTypeOf<T>);
+    const int d = plan_.problem.head_dim;
+    if (exact_) return {2 * static_cast<std::size_t>(seq_len) * kv_heads_ * kv_row_bytes(problem_.storage(), d), 0};
+    return problem_.policy.bytes_read(seq_len, problem_.block_len, kv_heads_, d, problem_.storage(), kDTypeOf<T>);
   }
 
  private:
+  // The decode plan for p over the problem's storage.
+  DecodePlan plan_for(const DecodeProblem& p, const DeviceInfo& device) const {
+    const KVStorage storage = problem_.storage();
+    return is_quantized(storage) ? plan_quant_decode(p, storage, device) : plan_decode(p, device);
+  }
   // Exact decode over the whole cache, or over the sparse rows (no checks: callers made them).
   void decode_rows(const KVView<T>& kv, const T* q, T* o, float* lse, const Stream& stream) {
     if (exact_) {
@@ -181,10 +232,25 @@ class ElasticDecode {
                                  : block_sparse_view<T>(kv, tables_.data(), lengths_.data(), max_attended_);
     run_decode<T>(plan_, sparse, q, o, lse, workspace_.data(), stream);
   }
+  void decode_rows(const QuantKVView& kv, const T* q, T* o, float* lse, const Stream& stream) {
+    if (exact_) {
+      run_decode<T>(plan_, kv, q, o, lse, workspace_.data(), stream);
+      return;
+    }
+    run_decode<T>(plan_, block_sparse_view(kv, tables_.data(), lengths_.data(), max_attended_), q, o, lse,
+                  workspace_.data(), stream);
+  }
   SparseRows sparse_rows() {
     return {tables_.data(), lengths_.data(), max_attended_, per_query_, attended_.data(), num_attended_.data()};
   }
-  void check_view(const KVView<T>& kv, const char* what) const {
+  template <typename View>
+  void check_view(const View& view, const char* what) const {
+    constexpr bool kQuantized = std::is_same_v<View, QuantKVView>;
+    if (kQuantized != is_quantized(problem_.storage())) {
+      throw Error(std::string("ElasticDecode::") + what + ": the step is planned for kv storage " +
+                  to_string(problem_.storage()) + ", and the view is " + (kQuantized ? "quantized" : "dense"));
+    }
+    const KVView<T>& kv = detail::selection_view<T>(view);
     const DecodeProblem& p = plan_.problem;
     if (kv.batch != p.batch || kv.kv_heads != kv_heads_ || kv.head_dim != p.head_dim ||
         kv.block_len != problem_.block_len || kv.max_blocks_per_seq > max_blocks_ || kv.block_table == nullptr) {

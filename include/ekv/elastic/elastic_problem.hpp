@@ -6,12 +6,14 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <optional>
 #include <string>
 
 #include "ekv/attention/decode_support.hpp"
 #include "ekv/attention/sequence_blocks.hpp"
 #include "ekv/core/dispatch.hpp"
 #include "ekv/core/dtype.hpp"
+#include "ekv/core/quant.hpp"
 #include "ekv/elastic/elastic_config.hpp"
 #include "ekv/elastic/policy.hpp"
 
@@ -53,7 +55,11 @@ struct ElasticProblem {
   ElasticPolicy policy{ElasticConfig{}};
   int max_new_tokens = 1;  // tokens a sequence gains per step: room for blocks appended between refreshes
   ExactFallback exact_fallback = ExactFallback::kAuto;
+  // How the cache stores K and V where not as decode.dtype's values: FP8, Q8_0 or Q4_0
+  // (quant.hpp), for half or bfloat16 queries; anchors stay in decode.dtype.
+  std::optional<KVStorage> kv_storage = std::nullopt;
 
+  KVStorage storage() const { return kv_storage.value_or(dense_storage(decode.dtype)); }
   // Blocks of the longest sequence.
   int max_blocks() const { return sequence_blocks(std::max(1, decode.max_seq_len), block_len); }
   // Anchor values per pool block and kv head, in the cache's dtype.
@@ -72,7 +78,7 @@ struct ElasticProblem {
   double skipped_bytes() const {
     const int blocks = max_blocks();
     const int read = std::min(blocks, policy.counts(blocks).total());
-    return static_cast<double>(blocks - read) * block_len * decode.head_dim * 2.0 * dtype_size(decode.dtype) *
+    return static_cast<double>(blocks - read) * block_len * 2.0 * kv_row_bytes(storage(), decode.head_dim) *
            decode.kv_heads * decode.batch;
   }
   // Whether a step attends exactly instead: kAuto and the budget covers most of the blocks
@@ -97,6 +103,22 @@ inline Support supports(const ElasticProblem& p) {
   if (Support s = p.policy.config().validate(); !s) return s;
   if (Support s = select_supported(p.max_blocks(), p.decode.head_dim); !s) return s;
   const ElasticConfig& config = p.policy.config();
+  if (p.kv_storage && *p.kv_storage != dense_storage(p.decode.dtype)) {
+    const KVStorage storage = *p.kv_storage;
+    if (!is_quantized(storage)) {
+      return {false, std::string("kv storage=") + to_string(storage) + " not supported with dtype=" +
+                         to_string(p.decode.dtype) + " queries; supported: the queries' own type, fp8, q8_0, q4_0"};
+    }
+    if (p.decode.dtype != DType::kFloat16 && p.decode.dtype != DType::kBFloat16) {
+      return {false, std::string("dtype=") + to_string(p.decode.dtype) + " not supported with kv storage " +
+                         to_string(storage) + "; supported: float16, bfloat16"};
+    }
+    if (Support s = kv_storage_supports(storage, p.decode.head_dim); !s) return s;
+    if (config.retrieval == RetrievalType::kQHead) {
+      return {false, std::string("retrieval_type=QHEAD not supported with kv storage ") + to_string(storage) +
+                         "; supported: LAYER, KVHEAD"};
+    }
+  }
   if (config.anchor == AnchorKind::kDynamic) {
     if (config.anchor_num > kMaxDynamicAnchors) {
       return {false, "anchor_num=" + std::to_string(config.anchor_num) +
