@@ -110,3 +110,38 @@ TEST_CASE("attends_exactly: where the budget covers most blocks or skips fewer b
   p.exact_fallback = ekv::ExactFallback::kNever;
   CHECK_FALSE(p.attends_exactly());
 }
+
+TEST_CASE("quantized kv storage: what elastic decode supports, and the bytes it skips") {
+  CHECK(why([](auto& p) {
+          p.decode.dtype = ekv::DType::kFloat32;
+          p.kv_storage = ekv::KVStorage::kQ8_0;
+        }) == "dtype=float32 not supported with kv storage q8_0; supported: float16, bfloat16");
+  CHECK(why([](auto& p) { p.kv_storage = ekv::KVStorage::kBFloat16; }) ==
+        "kv storage=bf16 not supported with dtype=float16 queries; supported: the queries' own type, fp8, q8_0, q4_0");
+  CHECK(why([](auto& p) {
+          ekv::ElasticConfig c;
+          c.retrieval = ekv::RetrievalType::kQHead;
+          p.policy = ekv::ElasticPolicy(c, ekv::ElasticBudget::ratio(4));
+          p.kv_storage = ekv::KVStorage::kFp8E4M3;
+        }) == "retrieval_type=QHEAD not supported with kv storage fp8; supported: LAYER, KVHEAD");
+  ekv::ElasticProblem p = llama_problem();
+  p.kv_storage = ekv::KVStorage::kFloat16;  // the queries' own type: dense
+  CHECK(ekv::supports(p).ok);
+  CHECK(p.storage() == ekv::KVStorage::kFloat16);
+  for (ekv::KVStorage s : {ekv::KVStorage::kFp8E4M3, ekv::KVStorage::kQ8_0, ekv::KVStorage::kQ4_0}) {
+    p.kv_storage = s;
+    CHECK(ekv::supports(p).ok);
+  }
+  // the bytes skipped are the stored rows' (codes and scales): Q4_0 at dim 128 is 64 + 8
+  // bytes a row against fp16's 256, so a shape where fp16's elastic step pays can fall
+  // back to exact over Q4_0 (1 x 16K at C = 4: 50 MB skipped in fp16, 14 MB in Q4_0)
+  p.decode.batch = 1;
+  p.decode.max_seq_len = 16384;
+  p.kv_storage.reset();
+  const double fp16 = p.skipped_bytes();
+  CHECK(fp16 == doctest::Approx(192.0 * 64 * 8 * 128 * 2 * 2));
+  CHECK_FALSE(p.attends_exactly());
+  p.kv_storage = ekv::KVStorage::kQ4_0;
+  CHECK(p.skipped_bytes() == doctest::Approx(fp16 * 72.0 / 256.0));
+  CHECK(p.attends_exactly());
+}
