@@ -187,8 +187,9 @@ inline Support backend_supports(const BenchOptions& o, BenchBackend backend) {
   if (backend == BenchBackend::kCpu) return cpu_decode_supports(problem);
   if (is_quantized(o.kv_storage())) {
     return {false, std::string("--kv-dtype=") + to_string(o.kv_storage()) +
-                       " runs on the CPU backend only (--device=cpu) so far: the GPU's elastic kernels do not read "
-                       "quantized storage yet (its exact decode does: benchmarks/decode_bench.cu's decode_quant)"};
+                       " runs on the CPU backend only (--device=cpu) so far: ekv-bench's GPU run does not quantize "
+                       "its cache yet (GPU exact and elastic decode over quantized storage are benchmarked by "
+                       "ekv_decode_bench's decode_quant and elastic_quant)"};
   }
   ElasticProblem elastic;
   elastic.decode = problem;
