@@ -59,6 +59,7 @@
 #include "ekv/cpu/host_kv_cache.hpp"
 #include "ekv/cpu/kvcache.hpp"
 #include "ekv/cpu/merge_states.hpp"
+#include "ekv/cpu/quant_rows.hpp"
 #include "ekv/cpu/row_ops.hpp"
 #include "ekv/cpu/thread_pool.hpp"
 #include "ekv/cpu/to_float.hpp"

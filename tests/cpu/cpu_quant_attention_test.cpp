@@ -19,6 +19,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "decode_check.hpp"
@@ -27,6 +28,7 @@
 #include "ekv/core/quant.hpp"
 #include "ekv/cpu/cpu_append.hpp"
 #include "ekv/cpu/cpu_attention.hpp"
+#include "ekv/cpu/quant_rows.hpp"
 #include "harness/random.hpp"
 #include "test_seed.hpp"
 
@@ -177,4 +179,56 @@ TEST_CASE("cpu_append_kv into quantized storage writes each row's quantized byte
                                                             1, 64, 4);  // no lengths to grow
   CHECK_THROWS_WITH_AS(ekv::cpu_append_kv<__half>(bad, k_new.data(), v_new.data(), 1),
                        "cpu_append_kv: null K or V codes, scales, lengths or new tokens", ekv::Error);
+}
+
+// dequantize_kv_rows (the AVX2 widening where this CPU runs the AVX2 tiles) against
+// quant.hpp's dequantize_row, bit for bit: random codes of every byte value (FP8's NaN
+// and subnormal codes included; NaN compared as NaN), random scales, head_dim 64 and 128,
+// K and V of one paged row each.
+TEST_CASE("dequantize_kv_rows gives dequantize_row's values bit for bit") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed << " avx2=" << ekv::cpu_runs_avx2_tiles());
+  std::mt19937 rng(static_cast<std::uint32_t>(seed));
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> scale(-0.05f, 0.05f);
+  for (KVStorage s : {KVStorage::kFp8E4M3, KVStorage::kQ8_0, KVStorage::kQ4_0}) {
+    for (int d : {64, 128}) {
+      INFO("storage=" << std::string(ekv::to_string(s)) << " head_dim=" << d);
+      const int code_bytes = static_cast<int>(ekv::kv_code_bytes(s, d));
+      const int groups = static_cast<int>(ekv::kv_scale_bytes(s, d) / sizeof(__half));
+      constexpr int kBlockLen = 4, kBlocks = 3;
+      std::vector<std::uint8_t> k_codes(kBlocks * kBlockLen * code_bytes), v_codes(k_codes.size());
+      for (auto* codes : {&k_codes, &v_codes}) {
+        for (auto& c : *codes) c = static_cast<std::uint8_t>(byte(rng));
+      }
+      if (s == KVStorage::kFp8E4M3) {  // every code at least once
+        for (int c = 0; c < 256 && c < static_cast<int>(k_codes.size()); ++c) k_codes[c] = static_cast<std::uint8_t>(c);
+      }
+      std::vector<__half> k_scales(std::max(1, kBlocks * kBlockLen * groups)), v_scales(k_scales.size());
+      for (auto* scales : {&k_scales, &v_scales}) {
+        for (auto& x : *scales) x = __float2half_rn(scale(rng));
+      }
+      std::vector<std::int32_t> table = {2, 0, 1}, lengths = {kBlocks * kBlockLen};
+      std::vector<float> head_scales = {0.37f};
+      ekv::QuantKVView view = ekv::paged_quant_kv(s, {k_codes.data(), v_codes.data(), k_scales.data(), v_scales.data()},
+                                                  table.data(), lengths.data(), 1, 1, d, kBlockLen, kBlocks);
+      view.k_head_scales = head_scales.data();
+      view.v_head_scales = head_scales.data();
+      std::vector<float> k(d), v(d), want_k(d), want_v(d);
+      for (int pos = 0; pos < kBlocks * kBlockLen; ++pos) {
+        ekv::dequantize_kv_rows(view, 0, 0, pos, k.data(), v.data());
+        view.row(false, 0, 0, pos, want_k.data());
+        view.row(true, 0, 0, pos, want_v.data());
+        for (int i = 0; i < d; ++i) {
+          for (const auto& [got, want] : {std::pair{k[i], want_k[i]}, std::pair{v[i], want_v[i]}}) {
+            if (std::isnan(want)) {
+              CHECK(std::isnan(got));
+            } else {
+              CHECK(std::memcmp(&got, &want, sizeof(float)) == 0);
+            }
+          }
+        }
+      }
+    }
+  }
 }

@@ -14,6 +14,7 @@
 #include "ekv/core/dtype.hpp"
 #include "ekv/cpu/exp.hpp"
 #include "ekv/cpu/group_tile.hpp"
+#include "ekv/cpu/quant_rows.hpp"
 #include "ekv/cpu/row_ops.hpp"
 
 namespace ekv {
@@ -123,8 +124,8 @@ void attend_range(const KVView<T>& kv, int seq, int kv_head, int begin, int end,
 }
 
 // The same over a quantized view: each tile's K and V rows are dequantized to float
-// (quant.hpp's dequantize_row, the values the GPU kernels compute with) into the state's
-// own rows, then attended as float rows.
+// (dequantize_kv_rows: quant.hpp's dequantize_row's values, the ones the GPU kernels
+// compute with) into the state's own rows, then attended as float rows.
 inline void attend_range(const QuantKVView& kv, int seq, int kv_head, int begin, int end, AttendState& state) {
   constexpr int kTile = kAttendTileTokens;
   const int d = kv.head_dim;
@@ -140,8 +141,7 @@ inline void attend_range(const QuantKVView& kv, int seq, int kv_head, int begin,
     for (int t = 0; t < n; ++t) {
       float* k = state.k_rows.data() + t * row;
       float* v = state.v_rows.data() + t * row;
-      kv.row(false, seq, kv_head, t0 + t, k);
-      kv.row(true, seq, kv_head, t0 + t, v);
+      dequantize_kv_rows(kv, seq, kv_head, t0 + t, k, v);
       k_rows[t] = k;
       v_rows[t] = v;
     }
