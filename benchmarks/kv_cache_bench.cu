@@ -4,6 +4,9 @@
 // one step each, L2 evicted before every step, CUDA events around the direct call (so the
 // cache's host work, its argument checks and lookups, is inside the interval when the GPU
 // waits for it). Prints median microseconds per step and the cache's overhead.
+// Then the cache per kv_type (fp16, fp8, q8_0, q4_0) at 16 x 32K: its memory report, its
+// exact and elastic (C=8) attn, and the quantized outputs' error against the fp16 cache's
+// on the same appended tokens and query.
 // Usage: ekv_kv_cache_bench [samples]
 
 #include <cstdio>
@@ -24,6 +27,57 @@ namespace {
 using T = __half;
 constexpr int kQHeads = 32, kKvHeads = 8, kDim = 128, kBlockLen = 64, kSeq = 32768, kMaxBatch = 16;
 constexpr int kBlocksPerSeq = kSeq / kBlockLen, kCompress = 8;
+
+// One KVCache per kv_type, the same tokens appended to each (uniform in [-1, 1)).
+void storage_table(int samples, const ekv::DeviceInfo& device, const ekv::Stream& stream) {
+  const int batch = kMaxBatch, pick = kBlocksPerSeq / kCompress - 2;
+  const std::size_t n = std::size_t{1} * batch * kSeq * kKvHeads * kDim;
+  ekv::DeviceBuffer<T> k(n), v(n), q(std::size_t{1} * batch * kQHeads * kDim), o(q.size());
+  ekv::DeviceBuffer<float> lse(std::size_t{1} * batch * kQHeads);
+  ekv::bench::random_uniform_fill<T>(k.span(), -1.0f, 1.0f, 11, stream);
+  ekv::bench::random_uniform_fill<T>(v.span(), -1.0f, 1.0f, 12, stream);
+  ekv::bench::random_uniform_fill<T>(q.span(), -1.0f, 1.0f, 13, stream);
+  const auto tq = ekv::TensorView::of(q.data(), {batch, kQHeads, kDim}, ekv::DeviceKind::kCuda);
+  const auto to = ekv::TensorView::of(o.data(), {batch, kQHeads, kDim}, ekv::DeviceKind::kCuda);
+  const auto tl = ekv::TensorView::of(lse.data(), {batch, kQHeads}, ekv::DeviceKind::kCuda);
+  const auto shape = {std::int64_t{batch}, std::int64_t{kSeq}, std::int64_t{kKvHeads}, std::int64_t{kDim}};
+  ekv::bench::SampleTimer timer(device);
+  std::vector<T> fp16_exact(o.size()), out(o.size());
+  std::printf("\nKVCache per kv_type, %dx32K, one layer: memory report, median us per attn, error against the fp16 "
+              "cache's exact output\n", batch);
+  std::printf("%-6s %14s %16s %10s %10s %12s\n", "kv", "bytes/token", "MiB/layer", "exact", "elastic8",
+              "exact error");
+  for (const char* type : {"fp16", "fp8", "q8_0", "q4_0"}) {
+    ekv::KVCacheConfig config = ekv::parse_kv_cache_config(
+        std::string("layer_num=1 kv_head_num=8 q_head_num=32 head_dim=128 block_len=64 anchor_type=quest kv_type=") +
+        type);
+    config.max_block_num = batch * kBlocksPerSeq;
+    config.max_batch_size = batch;
+    ekv::KVCache cache(config, device, stream);
+    cache.set_exact_fallback(ekv::ExactFallback::kNever);
+    cache.append(0, ekv::TensorView::of(k.data(), shape, ekv::DeviceKind::kCuda),
+                 ekv::TensorView::of(v.data(), shape, ekv::DeviceKind::kCuda), stream);
+    double median[2];
+    for (int elastic = 0; elastic < 2; ++elastic) {
+      std::vector<double> s;
+      for (int i = 0; i < samples + 5; ++i) {
+        const double t = timer.seconds(stream, [&](const ekv::Stream& st) {
+          cache.attn(tq, to, tl, 0, 0, st, elastic ? pick : -1, 1, 1);
+        });
+        if (i >= 5) s.push_back(t);
+      }
+      median[elastic] = ekv::bench::summarize(s).median * 1e6;
+    }
+    cache.attn(tq, to, tl, 0, 0, stream);  // exact, for the error
+    o.copy_to(out, stream);
+    stream.synchronize();
+    if (std::string(type) == "fp16") fp16_exact = out;
+    const ekv::L2Error error = ekv::relative_l2_error(out.data(), fp16_exact.data(), batch * kQHeads, kDim);
+    const ekv::KVCacheMemory m = cache.memory();
+    std::printf("%-6s %14zu %16.1f %10.1f %10.1f %12.2e\n", type, m.bytes_per_token,
+                static_cast<double>(m.bytes_per_layer) / (1 << 20), median[0], median[1], error.pooled);
+  }
+}
 
 }  // namespace
 
@@ -114,5 +168,6 @@ int main(int argc, char** argv) {
                   elastic ? "elastic" : "exact", a, b, 100.0 * (b - a) / a);
     }
   }
+  storage_table(samples, device, stream);
   return 0;
 }

@@ -235,8 +235,22 @@ EKV_C_EXPORT ekv_status ekv_get_device_info(ekv_device_info* info, int measure_b
  * and CuPy's default stream; synchronize others first) and returns once its own work is
  * done. One handle must not be used by two threads at once. */
 
-/* Element types: ekv::DType's values. */
-typedef enum ekv_dtype { EKV_DTYPE_FLOAT32 = 0, EKV_DTYPE_FLOAT16 = 1, EKV_DTYPE_BFLOAT16 = 2 } ekv_dtype;
+/* Element types: ekv::DType's values. The last three are storage types of a cache's K and
+ * V (kv_type, KTransformers' GGMLType): FP8 E4M3 (a scale of 1 per kv head), and GGML's
+ * Q8_0 and Q4_0 (groups of 32 values with a float16 scale; head_dim a multiple of 32).
+ * A quantized cache takes EKV_DTYPE_FLOAT16 queries, outputs, appends and anchors, and its
+ * block accessors move a block's stored rows as a tensor of kv_type shaped [kv_head_num,
+ * block_len, head_dim]: block_len x kv_head_num rows of codes (head_dim bytes; Q4_0
+ * head_dim / 2), then (Q8_0, Q4_0) as many rows of head_dim / 32 float16 scales
+ * (include/ekv/core/quant.hpp gives the bits). */
+typedef enum ekv_dtype {
+  EKV_DTYPE_FLOAT32 = 0,
+  EKV_DTYPE_FLOAT16 = 1,
+  EKV_DTYPE_BFLOAT16 = 2,
+  EKV_DTYPE_FLOAT8_E4M3 = 3,
+  EKV_DTYPE_Q8_0 = 4,
+  EKV_DTYPE_Q4_0 = 5
+} ekv_dtype;
 
 /* Where memory is: DLPack's DLDeviceType values. Pinned host memory (EKV_DEVICE_CUDA_HOST)
  * is host memory to the cache. */
@@ -358,8 +372,9 @@ EKV_C_EXPORT ekv_status ekv_cache_get_config(const ekv_cache* cache, ekv_cache_c
 
 /* Appends new_tokens tokens to each of the first `batch` sequences of layer layer_idx and
  * brings the anchors of the blocks that changed up to date.
- *   k_new, v_new  kv_type [batch][new_tokens][kv_head_num][head_dim], in the cache's
- *                 memory (host for the CPU backend, the cache's device for the GPU)
+ *   k_new, v_new  kv_type (FLOAT16 for a quantized kv_type: quantized here)
+ *                 [batch][new_tokens][kv_head_num][head_dim], in the cache's memory (host
+ *                 for the CPU backend, the cache's device for the GPU)
  * Where the pool cannot hold the blocks this needs, nothing is written.
  * Errors: EKV_ERROR_INVALID_ARGUMENT for a NULL argument, a layer out of range, a tensor
  * of another dtype, shape or memory (the message names it, its value and what is
@@ -369,7 +384,8 @@ EKV_C_EXPORT ekv_status ekv_cache_append(ekv_cache* cache, int layer_idx, const 
 
 /* One layer's attention for decode step generate_token_idx (0 at the first step) of the
  * first `batch` sequences, batch = q's first dimension.
- *   q, output         kv_type [batch][q_head_num][head_dim], in the cache's memory
+ *   q, output         kv_type (FLOAT16 for a quantized one) [batch][q_head_num][head_dim], in
+ *                     the cache's memory
  *   attn_lse          float32 [batch][q_head_num]: out, the log-sum-exp of the scores
  *                     (natural log, scores scaled by 1/sqrt(head_dim))
  *   pick_block_num    < 0: exact, every block; >= 0: elastic, init_block_num sink blocks,
@@ -418,8 +434,8 @@ EKV_C_EXPORT ekv_status ekv_cache_get_importance_one_block(const ekv_cache* cach
                                                            int layer_id, int block_idx);
 EKV_C_EXPORT ekv_status ekv_cache_update_importance_one_block(ekv_cache* cache, const ekv_tensor* importance,
                                                               int layer_id, int block_idx);
-/* Anchors of a pool block: kv_type [kv_head_num][anchor_values] (QUEST: 2 * head_dim, min
- * then max of each channel; BLOCK_MEAN, BLOCK_MAX: head_dim; FIXED, DYNAMIC: anchor_num *
+/* Anchors of a pool block: kv_type (FLOAT16 for a quantized one) [kv_head_num][anchor_values]
+ * (QUEST: 2 * head_dim, min then max of each channel; BLOCK_MEAN, BLOCK_MAX: head_dim; FIXED, DYNAMIC: anchor_num *
  * head_dim). An update stands until the block's tokens change. */
 EKV_C_EXPORT ekv_status ekv_cache_get_anchor_one_block(const ekv_cache* cache, const ekv_tensor* anchor,
                                                        int layer_id, int block_idx);

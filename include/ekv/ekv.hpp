@@ -46,6 +46,7 @@
 #include "ekv/cache/kv_cache_args.hpp"
 #include "ekv/cache/kv_cache_config.hpp"
 #include "ekv/cache/kv_cache_file.hpp"
+#include "ekv/cache/kv_cache_views.hpp"
 #include "ekv/cache/placement.hpp"
 #include "ekv/cache/safetensors.hpp"
 #include "ekv/cache/tensor_view.hpp"

@@ -111,7 +111,14 @@ TEST_CASE("configs: defaults, text both ways, validation naming the field") {
   c.kv_type = -1;
   check_rejected(ekv_cache_config_validate(&c),
                  "ekv_cache_config_validate: config.kv_type=-1 not supported; supported: EKV_DTYPE_FLOAT32 (0), "
-                 "EKV_DTYPE_FLOAT16 (1), EKV_DTYPE_BFLOAT16 (2)");
+                 "EKV_DTYPE_FLOAT16 (1), EKV_DTYPE_BFLOAT16 (2), EKV_DTYPE_FLOAT8_E4M3 (3), EKV_DTYPE_Q8_0 (4), "
+                 "EKV_DTYPE_Q4_0 (5)");
+  c.kv_type = EKV_DTYPE_Q4_0;  // quantized storage: supported, with a selection per layer or kv head
+  CHECK(ekv_cache_config_validate(&c) == EKV_SUCCESS);
+  c.retrieval_type = EKV_RETRIEVAL_QHEAD;
+  check_rejected(ekv_cache_config_validate(&c),
+                 "ekv_cache_config_validate: KVCacheConfig: retrieval_type=QHEAD not supported with kv storage q4_0; "
+                 "supported: LAYER, KVHEAD");
 }
 
 TEST_CASE("creating and destroying a handle checks its arguments") {
@@ -174,10 +181,14 @@ TEST_CASE("the handle's calls name the argument they reject") {
                  "ekv_cache_append: HostKVCache::append: v_new has shape [1, 1, 1, 128]; needs [1, 1, 2, 64] "
                  "[batch, new_tokens, kv_head_num, head_dim]");
   Host bad(k.data(), {1, 1, 2, 64}, EKV_DTYPE_FLOAT32);
-  bad.t.dtype = 5;
+  bad.t.dtype = 6;
   check_rejected(ekv_cache_append(h.cache, 0, &bad.t, &vd.t),
-                 "ekv_cache_append: k_new.dtype=5 not supported; supported: EKV_DTYPE_FLOAT32 (0), "
-                 "EKV_DTYPE_FLOAT16 (1), EKV_DTYPE_BFLOAT16 (2)");
+                 "ekv_cache_append: k_new.dtype=6 not supported; supported: EKV_DTYPE_FLOAT32 (0), "
+                 "EKV_DTYPE_FLOAT16 (1), EKV_DTYPE_BFLOAT16 (2), EKV_DTYPE_FLOAT8_E4M3 (3), EKV_DTYPE_Q8_0 (4), "
+                 "EKV_DTYPE_Q4_0 (5)");
+  bad.t.dtype = EKV_DTYPE_Q4_0;  // a storage type: block accessors of a Q4_0 cache take it, append does not
+  check_rejected(ekv_cache_append(h.cache, 0, &bad.t, &vd.t),
+                 "ekv_cache_append: HostKVCache::append: k_new has dtype q4_0; needs float32");
   bad.t.dtype = EKV_DTYPE_FLOAT32;
   bad.t.device_type = 8;
   check_rejected(ekv_cache_append(h.cache, 0, &bad.t, &vd.t),

@@ -4,6 +4,8 @@
 // against the float64 reference over the shadow: exact, and elastic over the blocks the
 // cache says it read. Tolerances per head, relative L2 against float64: float 1e-5, half
 // 2e-3, bfloat16 1.6e-2 (the outputs' rounding: 2^-24, 2^-11, 2^-8 relative, with margin).
+// A quantized cache's shadow holds the values its storage decodes to (stored_values), in
+// float, so its outputs (half) are held to half's tolerance against float64 over those.
 
 #include <doctest/doctest.h>
 
@@ -16,6 +18,7 @@
 #include "ekv/attention/reference.hpp"
 #include "ekv/attention/sequence_blocks.hpp"
 #include "ekv/cache/kv_cache_config.hpp"
+#include "ekv/core/quant.hpp"
 #include "ekv/elastic/accuracy.hpp"
 #include "ekv/elastic/block_sparse_view.hpp"
 #include "ekv/elastic/policy.hpp"
@@ -68,21 +71,47 @@ struct Shadow {
   std::vector<std::vector<std::int32_t>> lengths;
 };
 
+// Rows of T [n][head_dim] as storage s keeps them, decoded to float: quantize_row_from (what
+// both backends' appends run, FP8 with a head scale of 1), then dequantize_row.
 template <typename T>
-void check_exact(Shadow<T>& shadow, int layer, int batch, const T* q, const T* o, const float* lse) {
+std::vector<float> stored_values(ekv::KVStorage s, const std::vector<T>& x, int head_dim) {
+  const std::size_t rows = x.size() / head_dim;
+  std::vector<unsigned char> codes(ekv::kv_code_bytes(s, head_dim));
+  std::vector<__half> scales(head_dim / ekv::kQuantGroup + 1);
+  std::vector<float> out(x.size());
+  for (std::size_t r = 0; r < rows; ++r) {
+    ekv::quantize_row_from<T>(s, x.data() + r * head_dim, head_dim, codes.data(), scales.data());
+    ekv::dequantize_row(s, codes.data(), scales.data(), head_dim, out.data() + r * head_dim);
+  }
+  return out;
+}
+
+// Values of type From as To (exactly, for half and bfloat16 to float).
+template <typename To, typename From>
+std::vector<To> converted(const std::vector<From>& x) {
+  std::vector<To> out(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    out[i] = ekv::DTypeTraits<To>::from_float(ekv::DTypeTraits<From>::to_float(x[i]));
+  }
+  return out;
+}
+
+// o: the cache's output, O (T, or half over a quantized cache's float shadow).
+template <typename T, typename O = T>
+void check_exact(Shadow<T>& shadow, int layer, int batch, const T* q, const O* o, const float* lse) {
   const ekv::KVCacheConfig& c = shadow.config;
   const auto reference = ekv::reference_decode(shadow.view(layer, batch), q, c.q_head_num,
                                                1.0 / std::sqrt(static_cast<double>(c.head_dim)));
   const ekv::L2Error error = ekv::relative_l2_error(o, reference, c.head_dim);
   INFO("layer " << layer << ": pooled " << error.pooled << ", worst head " << error.worst);
-  CHECK(error.worst < tolerance<T>());
+  CHECK(error.worst < tolerance<O>());
   for (std::size_t r = 0; r < reference.size(); ++r) CHECK(std::abs(lse[r] - reference[r].lse) < 1e-2);
 }
 
 // elastic with pick, init and local blocks: the blocks read are the policy's count, and
 // the output is exact over them
-template <typename T, typename Read>
-void check_elastic(Shadow<T>& shadow, int layer, int batch, const T* q, const T* o, int pick, Read&& attended,
+template <typename T, typename Read, typename O = T>
+void check_elastic(Shadow<T>& shadow, int layer, int batch, const T* q, const O* o, int pick, Read&& attended,
                    int init = 1, int local = 1) {
   const ekv::KVCacheConfig& c = shadow.config;
   ekv::ElasticConfig e = c.elastic_config();
@@ -113,7 +142,7 @@ void check_elastic(Shadow<T>& shadow, int layer, int batch, const T* q, const T*
       ekv::reference_decode(sparse, q, c.q_head_num, 1.0 / std::sqrt(static_cast<double>(c.head_dim)));
   const ekv::L2Error error = ekv::relative_l2_error(o, reference, c.head_dim);
   INFO("elastic layer " << layer << ": pooled " << error.pooled << ", worst head " << error.worst);
-  CHECK(error.worst < tolerance<T>());
+  CHECK(error.worst < tolerance<O>());
 }
 
 }  // namespace ekv::test

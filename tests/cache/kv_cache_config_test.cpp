@@ -28,8 +28,11 @@ TEST_CASE("the seed's config is valid, and every bad field is named with its val
        "q_head_num=12 not supported with kv_head_num=8; supported: a multiple of kv_head_num"},
       {"head_dim", [](ekv::KVCacheConfig& c) { c.head_dim = 96; },
        "head_dim=96 not supported by KVCache; supported: [64, 128, 256]"},
-      {"kv_type", [](ekv::KVCacheConfig& c) { c.kv_type = ekv::DType::kFloat8E4M3; },
-       "kv_type=float8_e4m3 not supported by KVCache; supported: [float32, float16, bfloat16]"},
+      {"quantized QHEAD", [](ekv::KVCacheConfig& c) {
+         c.kv_type = ekv::DType::kQ4_0;
+         c.retrieval_type = ekv::RetrievalType::kQHead;
+       },
+       "retrieval_type=QHEAD not supported with kv storage q4_0; supported: LAYER, KVHEAD"},
       {"block_len", [](ekv::KVCacheConfig& c) { c.block_len = 0; }, "block_len=0"},
       {"layer_offset", [](ekv::KVCacheConfig& c) { c.layer_offset = 2; },
        "layer_offset=2 not supported; supported: 0 to layer_step - 1 = 0"},
@@ -61,6 +64,38 @@ TEST_CASE("a sequence holds the pool, up to GPU selection's blocks") {
   CHECK(c.max_seq_block_num() == ekv::kSelectMaxBlocks);
   CHECK(c.group() == 4);
   CHECK(c.anchor_values() == 4 * 128);
+}
+
+TEST_CASE("quantized kv types: fp16 queries and anchors, and a block's rows, codes first, padded to 16 bytes") {
+  ekv::KVCacheConfig c = seed_example();  // 8 kv heads, head_dim 128, 256-token blocks
+  CHECK(c.block_bytes() == 8u * 256 * 128 * 2);
+  CHECK(c.block_row_bytes() == c.block_bytes());
+  struct Case {
+    ekv::DType type;
+    std::size_t codes, scales;  // per row
+  };
+  for (const Case& k : {Case{ekv::DType::kFloat8E4M3, 128, 0}, Case{ekv::DType::kQ8_0, 128, 8},
+                        Case{ekv::DType::kQ4_0, 64, 8}}) {
+    INFO(ekv::to_string(k.type));
+    c.kv_type = k.type;
+    CHECK(c.validate().ok);
+    CHECK(c.quantized());
+    CHECK(c.value_type() == ekv::DType::kFloat16);
+    CHECK(c.decode_problem(1).dtype == ekv::DType::kFloat16);
+    CHECK(c.row_bytes() == k.codes + k.scales);
+    CHECK(c.block_code_bytes() == 8u * 256 * k.codes);
+    CHECK(c.block_row_bytes() == 8u * 256 * (k.codes + k.scales));
+    CHECK(c.block_bytes() == c.block_row_bytes());  // a multiple of 16 already
+    CHECK(ekv::parse_kv_cache_config(ekv::to_string(c)) == c);
+  }
+  c.kv_type = ekv::DType::kQ8_0;
+  c.kv_head_num = 1;
+  c.q_head_num = 4;
+  c.block_len = 3;  // 3 x 136 = 408 bytes of rows, padded to 416
+  CHECK(c.block_row_bytes() == 408);
+  CHECK(c.block_bytes() == 416);
+  CHECK(ekv::parse_kv_cache_config("kv_type=Q4_0", c).kv_type == ekv::DType::kQ4_0);  // KTransformers' spelling
+  CHECK(ekv::parse_kv_cache_config("kv_type=fp8", c).kv_type == ekv::DType::kFloat8E4M3);
 }
 
 TEST_CASE("the text form round-trips every field and reads the older spellings") {

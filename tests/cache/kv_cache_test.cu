@@ -3,8 +3,10 @@
 // sharing, block / importance / anchor round trips, a full pool that changes nothing,
 // free_sequence reuse, dump then load bit-identical (and read by HostKVCache, the other
 // backend), damaged files refused with the cache unchanged, attn captured in a CUDA Graph
-// after a warm-up call, and the older system's example shape. Tolerances:
-// tests/cache/kv_cache_checks.hpp's.
+// after a warm-up call, and the older system's example shape. Quantized kv types: the
+// GPU's appends store the bytes HostKVCache's do, its anchors equal the host's, attention
+// (exact, elastic, graph-replayed) against float64 over the stored values, and the file
+// read by the host backend. Tolerances: tests/cache/kv_cache_checks.hpp's.
 
 #include <doctest/doctest.h>
 
@@ -104,8 +106,8 @@ void prefill(ekv::KVCache& cache, Shadow<T>& shadow, std::uint64_t seed, const e
 // every block of every layer, K, V and anchors, and the lengths
 std::vector<unsigned char> state_of(const ekv::KVCache& cache, const ekv::Stream& stream) {
   const ekv::KVCacheConfig& c = cache.config();
-  const std::size_t n = static_cast<std::size_t>(c.block_elems()) * ekv::dtype_size(c.kv_type);
-  const std::size_t na = std::size_t{1} * c.kv_head_num * c.anchor_values() * ekv::dtype_size(c.kv_type);
+  const std::size_t n = c.block_row_bytes();
+  const std::size_t na = std::size_t{1} * c.kv_head_num * c.anchor_values() * ekv::dtype_size(c.value_type());
   std::vector<unsigned char> k(n), v(n), a(na), out;
   const auto shape = {std::int64_t{c.kv_head_num}, std::int64_t{c.block_len}, std::int64_t{c.head_dim}};
   for (int l = 0; l < c.layer_num; ++l) {
@@ -114,7 +116,8 @@ std::vector<unsigned char> state_of(const ekv::KVCache& cache, const ekv::Stream
                                   ekv::TensorView::contiguous(v.data(), c.kv_type, shape, ekv::DeviceKind::kHost), l,
                                   b, stream);
       cache.get_anchor_one_block(
-          ekv::TensorView::contiguous(a.data(), c.kv_type, {c.kv_head_num, c.anchor_values()}, ekv::DeviceKind::kHost),
+          ekv::TensorView::contiguous(a.data(), c.value_type(), {c.kv_head_num, c.anchor_values()},
+                                      ekv::DeviceKind::kHost),
           l, b, stream);
       for (const auto* x : {&k, &v, &a}) out.insert(out.end(), x->begin(), x->end());
     }
@@ -123,7 +126,121 @@ std::vector<unsigned char> state_of(const ekv::KVCache& cache, const ekv::Stream
   return out;
 }
 
+// attn of layer 0 (exact, then elastic with 3 picked) replayed from a CUDA Graph captured
+// after a warm-up call gives the direct call's output, bit for bit.
+void check_graph_replay(ekv::KVCache& cache, std::uint64_t seed, const ekv::Stream& stream) {
+  for (int pick : {-1, 3}) {
+    INFO("pick_block_num " << pick);
+    Step<__half> s(cache.config(), 3, seed + 1);
+    s.run(cache, 0, 0, pick, stream);  // warm-up: plans and allocates
+    s.fetch(stream);
+    const std::vector<__half> direct = s.o;
+    s.od.fill_bytes(0xFF, stream);
+    const ekv::Graph graph =
+        ekv::Graph::capture(stream, [&](const ekv::Stream& g) { s.run(cache, 0, 0, pick, g); });
+    graph.launch(stream);
+    s.fetch(stream);
+    CHECK(std::memcmp(direct.data(), s.o.data(), direct.size() * sizeof(__half)) == 0);
+  }
+}
+
+// The same state from the host backend's accessors.
+std::vector<unsigned char> state_of(const ekv::HostKVCache& cache) {
+  const ekv::KVCacheConfig& c = cache.config();
+  const std::size_t na = std::size_t{1} * c.kv_head_num * c.anchor_values() * ekv::dtype_size(c.value_type());
+  std::vector<unsigned char> k(c.block_row_bytes()), v(k.size()), a(na), out;
+  const auto shape = {std::int64_t{c.kv_head_num}, std::int64_t{c.block_len}, std::int64_t{c.head_dim}};
+  for (int l = 0; l < c.layer_num; ++l) {
+    for (int b = 0; b < c.max_block_num; ++b) {
+      cache.get_kvcache_one_block(ekv::TensorView::contiguous(k.data(), c.kv_type, shape, ekv::DeviceKind::kHost),
+                                  ekv::TensorView::contiguous(v.data(), c.kv_type, shape, ekv::DeviceKind::kHost), l,
+                                  b);
+      cache.get_anchor_one_block(ekv::TensorView::contiguous(a.data(), c.value_type(),
+                                                             {c.kv_head_num, c.anchor_values()},
+                                                             ekv::DeviceKind::kHost),
+                                 l, b);
+      for (const auto* x : {&k, &v, &a}) out.insert(out.end(), x->begin(), x->end());
+    }
+  }
+  for (int s = 0; s < c.max_batch_size; ++s) out.push_back(static_cast<unsigned char>(cache.get_cache_total_len(s)));
+  return out;
+}
+
+// The same half tokens appended to a quantized GPU cache, its host twin, and (as the
+// values the storage decodes them to) a float shadow.
+void append_quantized(ekv::KVCache& cache, ekv::HostKVCache& host, Shadow<float>& shadow, int layer, int batch,
+                      int tokens, std::uint64_t seed, const ekv::Stream& stream) {
+  const ekv::KVCacheConfig& c = cache.config();
+  const std::size_t n = static_cast<std::size_t>(batch) * tokens * c.kv_head_num * c.head_dim;
+  const std::vector<__half> k = ekv::bench::random_uniform<__half>(n, -1.0f, 1.0f, seed);
+  const std::vector<__half> v = ekv::bench::random_uniform<__half>(n, -1.0f, 1.0f, seed + 1);
+  ekv::DeviceBuffer<__half> kd(n), vd(n);
+  kd.copy_from(k);
+  vd.copy_from(v);
+  const auto shape = {std::int64_t{batch}, std::int64_t{tokens}, std::int64_t{c.kv_head_num}, std::int64_t{c.head_dim}};
+  cache.append(layer, ekv::TensorView::of(kd.data(), shape, ekv::DeviceKind::kCuda),
+               ekv::TensorView::of(vd.data(), shape, ekv::DeviceKind::kCuda), stream);
+  stream.synchronize();
+  host.append(layer, ekv::TensorView::of(k.data(), shape, ekv::DeviceKind::kHost),
+              ekv::TensorView::of(v.data(), shape, ekv::DeviceKind::kHost));
+  const std::vector<float> ks = ekv::test::stored_values(c.storage(), k, c.head_dim);
+  const std::vector<float> vs = ekv::test::stored_values(c.storage(), v, c.head_dim);
+  REQUIRE(ekv::cpu_append_kv<float>(shadow.view(layer, batch), ks.data(), vs.data(), tokens));
+}
+
 }  // namespace
+
+TEST_CASE("quantized kv types: the GPU stores the host's bytes and anchors; exact, elastic and graph-replayed "
+          "attention over the stored values; the host backend reads the GPU's file") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const ekv::Stream stream;
+  for (ekv::DType type : {ekv::DType::kFloat8E4M3, ekv::DType::kQ8_0, ekv::DType::kQ4_0}) {
+    for (ekv::AnchorType anchor : {ekv::AnchorType::kQuest, ekv::AnchorType::kBlockMax, ekv::AnchorType::kFixed}) {
+      INFO("kv_type=" << ekv::to_string(type) << " anchor_type=" << ekv::to_string(anchor));
+      ekv::KVCacheConfig c = small_config(type);
+      c.anchor_type = anchor;
+      c.anchor_num = 2;
+      ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+      cache.set_exact_fallback(ekv::ExactFallback::kNever);  // these tests check the elastic path
+      ekv::HostKVCache host(c);
+      Shadow<float> shadow(c, c.max_seq_block_num());
+      for (int layer = 0; layer < c.layer_num; ++layer) {
+        append_quantized(cache, host, shadow, layer, 3, 20, seed + 10 * layer, stream);
+        append_quantized(cache, host, shadow, layer, 1, 300, seed + 10 * layer + 2, stream);
+      }
+      // quantized on the GPU as on the host, bit for bit; anchors from the same values
+      CHECK(state_of(cache, stream) == state_of(host));
+      CHECK(cache.memory().bytes_per_token == 2u * c.layer_num * c.kv_head_num * c.row_bytes());
+      for (int token = 0; token < 2; ++token) {
+        for (int layer = 0; layer < c.layer_num; ++layer) {
+          append_quantized(cache, host, shadow, layer, 3, 1, seed + 100 * token + layer, stream);
+          const Step<__half> e = attend<__half>(cache, layer, 3, token, seed + 7 * token + layer, -1, stream);
+          const std::vector<float> q = ekv::test::converted<float>(e.q);
+          ekv::test::check_exact(shadow, layer, 3, q.data(), e.o.data(), e.lse.data());
+          const Step<__half> s = attend<__half>(cache, layer, 3, token, seed + 9 * token + layer, 4, stream);
+          const std::vector<float> qs = ekv::test::converted<float>(s.q);
+          ekv::test::check_elastic(shadow, layer, 3, qs.data(), s.o.data(), 4,
+                                   [&](int b, int h) { return cache.attended_blocks(b, h, stream); });
+        }
+      }
+      CHECK(state_of(cache, stream) == state_of(host));
+      if (anchor != ekv::AnchorType::kQuest) continue;
+      // a graph replays the direct call
+      check_graph_replay(cache, seed, stream);
+      // the GPU's file, read by the host backend: the same state
+      const std::string path = "kv_cache_quant_test.safetensors";
+      cache.dump_kvcache(path, stream);
+      ekv::HostKVCache loaded(c);
+      loaded.load_kvcache(path);
+      CHECK(state_of(loaded) == state_of(cache, stream));
+      ekv::KVCache reloaded(c, ekv::DeviceInfo::current(), stream);
+      reloaded.load_kvcache(path, stream);
+      CHECK(state_of(reloaded, stream) == state_of(cache, stream));
+      std::remove(path.c_str());
+    }
+  }
+}
 
 TEST_CASE_TEMPLATE("append and attend across layers and a batch, exact and elastic, against float64", T, float,
                    __half, __nv_bfloat16) {
@@ -313,19 +430,7 @@ TEST_CASE("attn replays in a CUDA Graph after a warm-up call, with the direct ca
   cache.set_exact_fallback(ekv::ExactFallback::kNever);  // these tests check the elastic path
   Shadow<__half> shadow(c, c.max_seq_block_num());
   prefill(cache, shadow, seed, stream);
-  for (int pick : {-1, 3}) {
-    INFO("pick_block_num " << pick);
-    Step<__half> s(c, 3, seed + 1);
-    s.run(cache, 0, 0, pick, stream);  // warm-up: plans and allocates
-    s.fetch(stream);
-    const std::vector<__half> direct = s.o;
-    s.od.fill_bytes(0xFF, stream);
-    const ekv::Graph graph =
-        ekv::Graph::capture(stream, [&](const ekv::Stream& g) { s.run(cache, 0, 0, pick, g); });
-    graph.launch(stream);
-    s.fetch(stream);
-    CHECK(std::memcmp(direct.data(), s.o.data(), direct.size() * sizeof(__half)) == 0);
-  }
+  check_graph_replay(cache, seed, stream);
 }
 
 TEST_CASE("the older system's example shape runs: 32 layers, 8/32 heads, dim 128, block_len 256, anchor_num 4") {

@@ -94,6 +94,12 @@ TEST_CASE("dtype names, sizes and parsing") {
   CHECK(ekv::kDTypeOf<__half> == ekv::DType::kFloat16);
   CHECK_THROWS_WITH_AS(ekv::parse_dtype("int4"),
                        "unknown dtype 'int4'; supported: float32 (fp32), float16 (fp16, half), "
-                       "bfloat16 (bf16), float8_e4m3 (fp8, e4m3)",
+                       "bfloat16 (bf16), float8_e4m3 (fp8, e4m3), q8_0, q4_0",
                        ekv::Error);
+  // the block formats have no size per element: a row's bytes are kv_row_bytes
+  for (ekv::DType d : {ekv::DType::kQ8_0, ekv::DType::kQ4_0}) {
+    CHECK(ekv::is_block_dtype(d));
+    CHECK_THROWS_WITH_AS(ekv::dtype_size(d), doctest::Contains("is a block format"), ekv::Error);
+  }
+  CHECK_FALSE(ekv::is_block_dtype(ekv::DType::kFloat8E4M3));
 }

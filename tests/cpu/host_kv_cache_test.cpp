@@ -96,7 +96,7 @@ struct Prefilled {
 
 std::vector<unsigned char> block_bytes(const ekv::HostKVCache& cache, int layer, int block) {
   const ekv::KVCacheConfig& c = cache.config();
-  const std::size_t n = static_cast<std::size_t>(c.block_elems()) * ekv::dtype_size(c.kv_type);
+  const std::size_t n = c.block_row_bytes();
   std::vector<unsigned char> k(n), v(n);
   const auto shape = {std::int64_t{c.kv_head_num}, std::int64_t{c.block_len}, std::int64_t{c.head_dim}};
   ekv::TensorView tk = ekv::TensorView::contiguous(k.data(), c.kv_type, shape, ekv::DeviceKind::kHost);
@@ -110,13 +110,14 @@ std::vector<unsigned char> block_bytes(const ekv::HostKVCache& cache, int layer,
 std::vector<unsigned char> state_of(const ekv::HostKVCache& cache) {
   const ekv::KVCacheConfig& c = cache.config();
   std::vector<unsigned char> out;
-  const std::size_t anchor_bytes = std::size_t{1} * c.kv_head_num * c.anchor_values() * ekv::dtype_size(c.kv_type);
+  const std::size_t anchor_bytes =
+      std::size_t{1} * c.kv_head_num * c.anchor_values() * ekv::dtype_size(c.value_type());
   std::vector<unsigned char> anchors(anchor_bytes);
   for (int l = 0; l < c.layer_num; ++l) {
     for (int b = 0; b < c.max_block_num; ++b) {
       const auto bytes = block_bytes(cache, l, b);
       out.insert(out.end(), bytes.begin(), bytes.end());
-      cache.get_anchor_one_block(ekv::TensorView::contiguous(anchors.data(), c.kv_type,
+      cache.get_anchor_one_block(ekv::TensorView::contiguous(anchors.data(), c.value_type(),
                                                              {c.kv_head_num, c.anchor_values()},
                                                              ekv::DeviceKind::kHost),
                                  l, b);
@@ -146,6 +147,103 @@ TEST_CASE_TEMPLATE("append and attend across layers and a batch, exact and elast
       const Step<T> e = attend<T>(cache, layer, 3, token, seed + 9 * token + layer, 4);
       check_elastic(cache, shadow, layer, 3, e, 4);
     }
+  }
+}
+
+// A quantized cache's appends (half tokens) and, in its float shadow, the values its
+// storage decodes them to.
+void append_quantized(ekv::HostKVCache& cache, Shadow<float>& shadow, int layer, int batch, int tokens,
+                      std::uint64_t seed, std::vector<__half>* k_out = nullptr) {
+  const ekv::KVCacheConfig& c = cache.config();
+  const std::size_t n = static_cast<std::size_t>(batch) * tokens * c.kv_head_num * c.head_dim;
+  const std::vector<__half> k = ekv::bench::random_uniform<__half>(n, -1.0f, 1.0f, seed);
+  const std::vector<__half> v = ekv::bench::random_uniform<__half>(n, -1.0f, 1.0f, seed + 1);
+  const auto shape = {std::int64_t{batch}, std::int64_t{tokens}, std::int64_t{c.kv_head_num}, std::int64_t{c.head_dim}};
+  cache.append(layer, ekv::TensorView::of(k.data(), shape, ekv::DeviceKind::kHost),
+               ekv::TensorView::of(v.data(), shape, ekv::DeviceKind::kHost));
+  const std::vector<float> ks = ekv::test::stored_values(c.storage(), k, c.head_dim);
+  const std::vector<float> vs = ekv::test::stored_values(c.storage(), v, c.head_dim);
+  REQUIRE(ekv::cpu_append_kv<float>(shadow.view(layer, batch), ks.data(), vs.data(), tokens));
+  if (k_out != nullptr) *k_out = k;
+}
+
+TEST_CASE("quantized kv types: append quantizes, attention (exact, elastic) reads the stored values; blocks, "
+          "memory, dump and load") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  for (ekv::DType type : {ekv::DType::kFloat8E4M3, ekv::DType::kQ8_0, ekv::DType::kQ4_0}) {
+    INFO("kv_type=" << ekv::to_string(type));
+    const ekv::KVCacheConfig c = small_config(type);
+    ekv::HostKVCache cache(c);
+    Shadow<float> shadow(c, c.max_seq_block_num());
+    std::vector<__half> first;  // sequence 0's first 20 tokens of layer 0
+    for (int layer = 0; layer < c.layer_num; ++layer) {
+      append_quantized(cache, shadow, layer, 3, 20, seed + 10 * layer, layer == 0 ? &first : nullptr);
+      append_quantized(cache, shadow, layer, 1, 300, seed + 10 * layer + 2);
+    }
+    const ekv::KVCacheMemory m = cache.memory();
+    CHECK(m.bytes_per_token == 2u * c.layer_num * c.kv_head_num * c.row_bytes());
+    CHECK(m.bytes_per_layer == 2u * c.max_block_num * c.block_bytes() +
+                                   std::size_t{1} * c.max_block_num * c.kv_head_num *
+                                       (c.anchor_values() * sizeof(__half) + c.block_len * sizeof(float)));
+    for (int token = 0; token < 2; ++token) {
+      for (int layer = 0; layer < c.layer_num; ++layer) {
+        append_quantized(cache, shadow, layer, 3, 1, seed + 100 * token + layer);
+        const Step<__half> e = attend<__half>(cache, layer, 3, token, seed + 7 * token + layer);
+        const std::vector<float> q = ekv::test::converted<float>(e.q);
+        ekv::test::check_exact(shadow, layer, 3, q.data(), e.o.data(), e.lse.data());
+        const Step<__half> s = attend<__half>(cache, layer, 3, token, seed + 9 * token + layer, 4);
+        const std::vector<float> qs = ekv::test::converted<float>(s.q);
+        ekv::test::check_elastic(shadow, layer, 3, qs.data(), s.o.data(), 4,
+                                 [&](int b, int h) { return cache.attended_blocks(layer, b, h); });
+      }
+    }
+    // the block accessors move a block's stored rows: codes [kv heads][block_len][code
+    // bytes], then scales; sequence 0's first block holds its first tokens as quantized
+    const std::int32_t block0 = cache.allocator().block_id(0, 0);
+    const std::vector<unsigned char> bytes = block_bytes(cache, 0, block0);
+    REQUIRE(bytes.size() == 2 * c.block_row_bytes());
+    const std::size_t code_bytes = ekv::kv_code_bytes(c.storage(), c.head_dim);
+    std::vector<unsigned char> codes(code_bytes);
+    std::vector<__half> scales(c.head_dim / ekv::kQuantGroup);
+    for (int h = 0; h < c.kv_head_num; ++h) {
+      for (int t : {0, 5, c.block_len - 1}) {
+        // token t of sequence 0, kv head h: new tokens are [batch][tokens][kv heads][head_dim]
+        const __half* x = first.data() + (static_cast<std::size_t>(t) * c.kv_head_num + h) * c.head_dim;
+        ekv::quantize_row_from<__half>(c.storage(), x, c.head_dim, codes.data(), scales.data());
+        const std::size_t row = static_cast<std::size_t>(h) * c.block_len + t;
+        CHECK(std::memcmp(bytes.data() + row * code_bytes, codes.data(), code_bytes) == 0);
+        const std::size_t scale_bytes = ekv::kv_scale_bytes(c.storage(), c.head_dim);
+        CHECK(std::memcmp(bytes.data() + c.block_code_bytes() + row * scale_bytes, scales.data(), scale_bytes) == 0);
+      }
+    }
+    // dump then load: the same state, the same outputs bit for bit
+    const std::string path = "host_kv_cache_quant_test.safetensors";
+    cache.dump_kvcache(path);
+    ekv::HostKVCache loaded(c);
+    loaded.load_kvcache(path);
+    CHECK(state_of(loaded) == state_of(cache));
+    for (int pick : {-1, 3}) {
+      const auto a = attend<__half>(cache, 1, 3, 0, seed + 5, pick);
+      const auto b = attend<__half>(loaded, 1, 3, 0, seed + 5, pick);
+      CHECK(std::memcmp(a.o.data(), b.o.data(), a.o.size() * sizeof(__half)) == 0);
+    }
+    // a block written back as read changes nothing; a float16 block is refused by name
+    const Step<__half> before = attend<__half>(cache, 0, 3, 0, seed + 6);
+    std::vector<unsigned char> k(bytes.begin(), bytes.begin() + c.block_row_bytes());
+    std::vector<unsigned char> v(bytes.begin() + c.block_row_bytes(), bytes.end());
+    const auto block_shape = {std::int64_t{c.kv_head_num}, std::int64_t{c.block_len}, std::int64_t{c.head_dim}};
+    cache.update_kvcache_one_block(ekv::TensorView::contiguous(k.data(), type, block_shape, ekv::DeviceKind::kHost),
+                                   ekv::TensorView::contiguous(v.data(), type, block_shape, ekv::DeviceKind::kHost), 0,
+                                   block0);
+    const Step<__half> after = attend<__half>(cache, 0, 3, 0, seed + 6);
+    CHECK(std::memcmp(before.o.data(), after.o.data(), before.o.size() * sizeof(__half)) == 0);
+    std::vector<__half> dense(static_cast<std::size_t>(c.block_elems()));
+    const ekv::TensorView dense_view = ekv::TensorView::of(dense.data(), block_shape, ekv::DeviceKind::kHost);
+    const std::string refused = std::string("k has dtype float16; needs ") + ekv::to_string(type);
+    CHECK_THROWS_WITH_AS(cache.get_kvcache_one_block(dense_view, dense_view, 0, block0),
+                         doctest::Contains(refused.c_str()), ekv::Error);
+    std::remove(path.c_str());
   }
 }
 

@@ -249,6 +249,61 @@ def test_cache_end_to_end_against_numpy(dtype, tmp_path):
     assert loaded.get_cache_total_len(0) == 0 and loaded.memory().blocks_used == 4
 
 
+def q8_0_values(stored, config):
+    """A Q8_0 block's stored bytes as values [kv_head_num][block_len][head_dim]: int8 codes
+    of every row, then every row's float16 scales (one per 32 values)."""
+    h, n, d = config.kv_head_num, config.block_len, config.head_dim
+    codes = stored[:h * n * d].view(np.int8).reshape(h, n, d // 32, 32).astype(np.float64)
+    scales = stored[h * n * d:].view(np.float16).reshape(h, n, d // 32, 1).astype(np.float64)
+    return (codes * scales).reshape(h, n, d)
+
+
+def test_quantized_cache_stores_q8_0_and_attends_over_it(tmp_path):
+    rng = np.random.default_rng(SEED)
+    print("seed", SEED)
+    config = small_config(ekv.GGMLType.Q8_0)
+    cache, tokens = ekv.KVCache(config), Tokens(config)
+    group, d, block = config.q_head_num // config.kv_head_num, config.head_dim, config.block_len
+    for layer in range(config.layer_num):
+        tokens.append(cache, layer, rng.uniform(-1, 1, (2, 40, 2, d)).astype(np.float16),
+                      rng.uniform(-1, 1, (2, 40, 2, d)).astype(np.float16))
+    memory = cache.memory()
+    assert memory.bytes_per_token == 2 * config.layer_num * 2 * (d + d // 32 * 2)
+    # a block's stored bytes: codes then scales, the tokens within Q8_0's rounding: half a
+    # step, plus 127 codes' share of the float16 scale's rounding (2^-11 relative)
+    assert cache.block_row_bytes() == 2 * block * (d + d // 32 * 2)
+    kb, vb = (np.empty(cache.block_row_bytes(), np.uint8) for _ in range(2))
+    pool_block = int(cache.block_table()[0, 1])
+    cache.get_kvcache_one_block(kb, vb, 0, pool_block)
+    want = np.array(tokens.k[0][0][block:2 * block], dtype=np.float64).transpose(1, 0, 2)  # [kv heads][block][d]
+    scale = np.abs(want).reshape(2, block, d // 32, 32).max(axis=3, keepdims=True) / 127
+    error = np.abs(q8_0_values(kb, config) - want).reshape(2, block, d // 32, 32)
+    assert (error <= scale * (0.5 + 127 * 2.0**-11) + 1e-7).all()
+    with pytest.raises(TypeError, match="Q8_0 cache's blocks are uint8 arrays of block_row_bytes"):
+        cache.get_kvcache_one_block(np.empty((2, block, d), np.float16), vb, 0, pool_block)
+    with pytest.raises(ValueError, match="block_row_bytes"):
+        cache.get_kvcache_one_block(kb[:-1], vb, 0, pool_block)
+    # attention reads the stored values: within Q8_0's cost of full precision, not equal to it
+    q = rng.uniform(-1, 1, (2, config.q_head_num, d)).astype(np.float16)
+    o, lse = attend(cache, q)
+    errors = [relative_error(o[b], reference(q[b], *tokens.of(0, b), group)[0]) for b in range(2)]
+    assert 1e-4 < max(errors) < 1e-2
+    o_elastic, _ = attend(cache, q, pick_block_num=1)
+    assert np.isfinite(o_elastic).all()
+    # a block written back as read changes nothing; dump and load give the same outputs
+    cache.update_kvcache_one_block(kb, vb, 0, pool_block)
+    assert np.array_equal(attend(cache, q)[0], o)
+    path = tmp_path / "q8_0.safetensors"
+    cache.dump_kvcache(str(path))
+    loaded = ekv.KVCache(config)
+    loaded.load_kvcache(str(path))
+    for counts in ({}, {"pick_block_num": 1}):
+        assert np.array_equal(attend(loaded, q, **counts)[0], attend(cache, q, **counts)[0])
+    assert "kv_type=q8_0" in str(config)
+    with pytest.raises(ekv.InvalidArgumentError, match="q has dtype float32; needs float16"):
+        attend(cache, q.astype(np.float32))
+
+
 def test_attn_checks_the_older_tables_and_takes_the_older_shapes():
     config = small_config()
     cache = ekv.KVCache(config)
@@ -404,6 +459,32 @@ def test_gpu_cache_with_torch_cuda_tensors_matches_the_cpu_backend(tmp_path):
     assert np.array_equal(cpu_loaded.block_table(), gpu.block_table())
     with pytest.raises(ekv.InvalidArgumentError, match="q is in host memory; this cache needs cuda"):
         gpu.attn(q, o, lse, 0, 0)
+
+
+@pytest.mark.skipif(not has_gpu(), reason="no GPU visible")
+def test_quantized_gpu_cache_stores_the_cpu_backends_bytes():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(SEED)
+    for kv_type in (ekv.GGMLType.FP8, ekv.GGMLType.Q8_0, ekv.GGMLType.Q4_0):
+        config = small_config(kv_type)
+        gpu, cpu = ekv.KVCache(config, device="cuda"), ekv.KVCache(config)
+        k = rng.uniform(-1, 1, (2, 70, 2, 64)).astype(np.float16)
+        v = rng.uniform(-1, 1, (2, 70, 2, 64)).astype(np.float16)
+        q = rng.uniform(-1, 1, (2, 8, 64)).astype(np.float16)
+        cpu.append(0, k, v)
+        gpu.append(0, torch.from_numpy(k).cuda(), torch.from_numpy(v).cuda())
+        for pool_block in np.unique(cpu.block_table()[:, :5]):
+            a = [np.empty(cpu.block_row_bytes(), np.uint8) for _ in range(4)]
+            cpu.get_kvcache_one_block(a[0], a[1], 0, int(pool_block))
+            gpu.get_kvcache_one_block(a[2], a[3], 0, int(pool_block))
+            assert np.array_equal(a[0], a[2]) and np.array_equal(a[1], a[3])
+        want = attend(cpu, q)
+        o = torch.full((2, 8, 64), float("nan"), dtype=torch.float16, device="cuda")
+        lse = torch.full((2, 8), float("nan"), dtype=torch.float32, device="cuda")
+        gpu.attn(torch.from_numpy(q).cuda(), o, lse, 0, 0)
+        for b in range(2):
+            assert relative_error(o.cpu().numpy()[b], np.asarray(want[0][b], np.float64)) < 2e-3
+        np.testing.assert_allclose(lse.cpu().numpy(), want[1], atol=1e-2)
 
 
 @pytest.mark.skipif(not has_gpu(), reason="no GPU visible")

@@ -10,8 +10,8 @@ from ._library import CTensor
 
 CPU, CUDA, CUDA_HOST = 1, 2, 3  # ekv_device_type, DLPack's device types
 # ekv_dtype's values by name; bfloat16 arrays come from ml_dtypes (numpy) or DLPack
-DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
-_DLPACK_DTYPES = {(2, 32): "float32", (2, 16): "float16", (4, 16): "bfloat16", (0, 32): "int32"}
+DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2, "float8_e4m3": 3, "q8_0": 4, "q4_0": 5}
+_DLPACK_DTYPES = {(2, 32): "float32", (2, 16): "float16", (4, 16): "bfloat16", (0, 32): "int32", (1, 8): "uint8"}
 
 
 class _DLDevice(ctypes.Structure):

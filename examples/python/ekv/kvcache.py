@@ -13,7 +13,7 @@ import numpy as np
 
 from ._errors import check
 from ._library import CONFIG_FIELDS, CConfig, CDeviceInfo, CMemory, lib
-from ._tensor import CPU, CUDA, as_tensor
+from ._tensor import CPU, CUDA, Tensor, as_tensor
 
 
 class AnchorType(enum.IntEnum):
@@ -26,10 +26,20 @@ class AnchorType(enum.IntEnum):
 
 
 class GGMLType(enum.IntEnum):
-    """ekv_dtype: the element type the cache stores."""
+    """ekv_dtype: how the cache stores K and V. FP8 (E4M3, a scale of 1 per kv head), Q8_0
+    and Q4_0 (GGML's groups of 32 values with a float16 scale) are quantized on append:
+    such a cache takes float16 appends, queries, outputs and anchors, and its block
+    accessors move a block's stored bytes (a uint8 array of block_row_bytes())."""
     FP32 = 0
     FP16 = 1
     BF16 = 2
+    FP8 = 3
+    Q8_0 = 4
+    Q4_0 = 5
+
+
+_DENSE_TYPES = (GGMLType.FP32, GGMLType.FP16, GGMLType.BF16)
+_STORAGE_NAMES = {GGMLType.FP8: "float8_e4m3", GGMLType.Q8_0: "q8_0", GGMLType.Q4_0: "q4_0"}
 
 
 class RetrievalType(enum.IntEnum):
@@ -212,12 +222,42 @@ class KVCache:
         check(lib().ekv_cache_get_memory(self._h(), ctypes.byref(m)))
         return KVCacheMemory(m.bytes_per_layer, m.bytes_per_token, m.total_bytes, m.blocks_used, m.blocks_free)
 
+    def block_row_bytes(self):
+        """Bytes of one block's K (or V) as stored: kv_head_num x block_len rows of codes,
+        then (Q8_0, Q4_0) their float16 scales (include/ekv/core/quant.hpp's bits)."""
+        c = self.config
+        code_bits = {GGMLType.FP32: 32, GGMLType.FP16: 16, GGMLType.BF16: 16, GGMLType.FP8: 8, GGMLType.Q8_0: 8,
+                     GGMLType.Q4_0: 4}[GGMLType(c.kv_type)]
+        scales = 2 * (c.head_dim // 32) if c.kv_type in (GGMLType.Q8_0, GGMLType.Q4_0) else 0
+        return c.kv_head_num * c.block_len * (c.head_dim * code_bits // 8 + scales)
+
+    def _block_tensor(self, obj, name, writable=False):
+        """A block's K or V: an array of kv_type [kv_head_num, block_len, head_dim], or for
+        a quantized kv_type the block's stored bytes, a contiguous uint8 array of
+        block_row_bytes() bytes (any shape)."""
+        kv_type = GGMLType(self.config.kv_type)
+        if kv_type in _DENSE_TYPES:
+            return self._tensor(obj, name, writable)
+        t = as_tensor(obj, name, writable)
+        if t.dtype != "uint8":
+            raise TypeError(f"{name} has dtype {t.dtype}; a {kv_type.name} cache's blocks are uint8 arrays of "
+                            f"block_row_bytes()={self.block_row_bytes()} bytes")
+        if t.size != self.block_row_bytes() or not t.is_contiguous():
+            raise ValueError(f"{name} has shape {t.shape}; a {kv_type.name} cache's blocks are contiguous uint8 "
+                             f"arrays of block_row_bytes()={self.block_row_bytes()} bytes")
+        c = self.config
+        shape = (c.kv_head_num, c.block_len, c.head_dim)
+        rows = (c.block_len * c.head_dim, c.head_dim, 1)
+        return Tensor(t.data, _STORAGE_NAMES[kv_type], shape, rows, t.device_type, t.device_id, t.keep).descriptor(
+            name, self._device_id)
+
     def get_kvcache_one_block(self, k_in, v_in, layer_id, block_idx):
-        check(lib().ekv_cache_get_kvcache_one_block(self._h(), self._tensor(k_in, "k", True),
-                                                    self._tensor(v_in, "v", True), layer_id, block_idx))
+        check(lib().ekv_cache_get_kvcache_one_block(self._h(), self._block_tensor(k_in, "k", True),
+                                                    self._block_tensor(v_in, "v", True), layer_id, block_idx))
 
     def update_kvcache_one_block(self, k_in, v_in, layer_id, block_idx):
-        check(lib().ekv_cache_update_kvcache_one_block(self._h(), self._tensor(k_in, "k"), self._tensor(v_in, "v"),
+        check(lib().ekv_cache_update_kvcache_one_block(self._h(), self._block_tensor(k_in, "k"),
+                                                       self._block_tensor(v_in, "v"),
                                                        layer_id, block_idx))
 
     def get_kvcache_one_block_fp16(self, k_in, v_in, layer_id, block_idx):

@@ -14,9 +14,12 @@
 
 namespace ekv::capi {
 
+// Tensors of every dtype: the float types, and the storage types a quantized cache's block
+// accessors take (kv_type); what a call needs is checked by the cache.
 inline constexpr NamedValue kTensorDTypes[] = {
-    {EKV_DTYPE_FLOAT32, "EKV_DTYPE_FLOAT32"}, {EKV_DTYPE_FLOAT16, "EKV_DTYPE_FLOAT16"},
-    {EKV_DTYPE_BFLOAT16, "EKV_DTYPE_BFLOAT16"}};
+    {EKV_DTYPE_FLOAT32, "EKV_DTYPE_FLOAT32"},         {EKV_DTYPE_FLOAT16, "EKV_DTYPE_FLOAT16"},
+    {EKV_DTYPE_BFLOAT16, "EKV_DTYPE_BFLOAT16"},       {EKV_DTYPE_FLOAT8_E4M3, "EKV_DTYPE_FLOAT8_E4M3"},
+    {EKV_DTYPE_Q8_0, "EKV_DTYPE_Q8_0"},               {EKV_DTYPE_Q4_0, "EKV_DTYPE_Q4_0"}};
 inline constexpr NamedValue kDeviceTypes[] = {
     {EKV_DEVICE_CPU, "EKV_DEVICE_CPU"}, {EKV_DEVICE_CUDA, "EKV_DEVICE_CUDA"},
     {EKV_DEVICE_CUDA_HOST, "EKV_DEVICE_CUDA_HOST"}};
@@ -24,7 +27,9 @@ inline constexpr NamedValue kDeviceTypes[] = {
 // ekv_dtype's values are DType's, so that the two convert by a cast.
 static_assert(EKV_DTYPE_FLOAT32 == static_cast<int>(DType::kFloat32) &&
                   EKV_DTYPE_FLOAT16 == static_cast<int>(DType::kFloat16) &&
-                  EKV_DTYPE_BFLOAT16 == static_cast<int>(DType::kBFloat16),
+                  EKV_DTYPE_BFLOAT16 == static_cast<int>(DType::kBFloat16) &&
+                  EKV_DTYPE_FLOAT8_E4M3 == static_cast<int>(DType::kFloat8E4M3) &&
+                  EKV_DTYPE_Q8_0 == static_cast<int>(DType::kQ8_0) && EKV_DTYPE_Q4_0 == static_cast<int>(DType::kQ4_0),
               "ekv_dtype mirrors ekv::DType");
 
 // Where memory of `device_type` is, to a cache: pinned host memory is host memory.

@@ -7,8 +7,12 @@
 //
 // Storage, per layer, in device memory, one pool of config.max_block_num blocks shared by
 // every sequence (the layout of HostKVCache and of the file, cache/kv_cache_file.hpp):
-//   k, v kv_type [blocks][kv_head_num][block_len][head_dim]; anchors kv_type
+//   k, v kv_type [blocks][kv_head_num][block_len][head_dim] (quantized kv_type: [blocks]
+//   [block_bytes()], kv_cache_config.hpp's layout); anchors value_type()
 //   [blocks][kv_head_num][anchor_values]; importance float [blocks][kv_head_num][block_len].
+// Quantized storage (FP8, Q8_0, Q4_0) is quantized on append by the function the CPU
+// backend runs (the same bytes as HostKVCache's), attended by decode_quant.cuh's kernels
+// and ElasticDecode over a QuantKVView; its anchors come from the dequantized keys.
 // One BlockAllocator on the host hands out blocks for all layers; its table is copied to
 // the device when it changes. Each layer keeps its own token counts, on the host and on
 // the device.
@@ -38,11 +42,13 @@
 
 #include "ekv/attention/append.cuh"
 #include "ekv/attention/decode.cuh"
+#include "ekv/attention/decode_quant.cuh"
 #include "ekv/attention/kv_view.hpp"
 #include "ekv/cache/block_allocator.hpp"
 #include "ekv/cache/kv_cache_args.hpp"
 #include "ekv/cache/kv_cache_config.hpp"
 #include "ekv/cache/kv_cache_file.hpp"
+#include "ekv/cache/kv_cache_views.hpp"
 #include "ekv/cache/tensor_view.hpp"
 #include "ekv/core/device.hpp"
 #include "ekv/core/device_buffer.hpp"
@@ -86,9 +92,10 @@ class KVCache {
   const BlockAllocator& allocator() const { return allocator_; }
 
   // Appends new_tokens tokens to each of the first `batch` sequences of layer layer_idx.
-  // k_new, v_new: device, kv_type [batch][new_tokens][kv_head_num][head_dim], 16-byte
-  // aligned. Where the pool cannot hold the blocks this needs, throws (the pool is full)
-  // and nothing is written. Then brings the changed blocks' anchors up to date.
+  // k_new, v_new: device, value_type() [batch][new_tokens][kv_head_num][head_dim], 16-byte
+  // aligned (quantized here where kv_type is). Where the pool cannot hold the blocks this
+  // needs, throws (the pool is full) and nothing is written. Then brings the changed
+  // blocks' anchors up to date.
   void append(int layer_idx, const TensorView& k_new, const TensorView& v_new, const Stream& stream) {
     args().layer("append", layer_idx);
     const std::pair<int, int> shape = args().append(k_new, v_new);
@@ -101,10 +108,8 @@ class KVCache {
     EKV_CUDA_CHECK(cudaMemcpyAsync(from_.data(), layer.lengths.data(), batch * sizeof(std::int32_t),
                                    cudaMemcpyDeviceToDevice, stream.get()),
                    "KVCache::append: copy lengths");
-    with_type([&](auto tag) {
+    with_view(layer_idx, batch, [&](auto tag, const auto& kv) {
       using T = typename decltype(tag)::type;
-      KVView<T> kv = view<T>(layer_idx);
-      kv.batch = batch;
       append_kv<T>(kv, k_new.as<const T>(), v_new.as<const T>(), tokens, stream);
       update_anchors<T>(kv, reinterpret_cast<T*>(layer.anchors.data()), config_.elastic_config(), from_.data(),
                         tokens, stream, dynamic() ? layer.importance.data() : nullptr);
@@ -113,7 +118,7 @@ class KVCache {
   }
 
   // One layer's attention for decode step generate_token_idx of the first `batch`
-  // sequences, batch = q.shape[0]; q, output device kv_type [batch][q_head_num][head_dim],
+  // sequences, batch = q.shape[0]; q, output device value_type() [batch][q_head_num][head_dim],
   // attn_lse device float [batch][q_head_num]. pick_block_num < 0: exact (every block);
   // otherwise elastic with init_block_num sinks, local_block_num window and pick_block_num
   // blocks by score, per retrieval_type, token_step and layer_step (a layer that shares
@@ -125,10 +130,8 @@ class KVCache {
     args().layer("attn", layer_idx);
     const int batch =
         args().attn(q, output, attn_lse, layer_idx, generate_token_idx, layers_[layer_idx].host_lengths.data());
-    with_type([&](auto tag) {
+    with_view(layer_idx, batch, [&](auto tag, const auto& kv) {
       using T = typename decltype(tag)::type;
-      KVView<T> kv = view<T>(layer_idx);
-      kv.batch = batch;
       const auto exact = [&] {
         Exact& plan = exact_plan(batch, layers_[layer_idx].host_lengths, stream);
         run_decode<T>(plan.plan, kv, q.as<const T>(), output.as<T>(), attn_lse.as<float>(), plan.workspace.data(),
@@ -144,6 +147,7 @@ class KVCache {
                                                  layers_[layer_idx].host_lengths.begin() + batch);
       now.block_len = config_.block_len;
       now.policy = ElasticPolicy(elastic);
+      if (config_.quantized()) now.kv_storage = config_.storage();
       now.exact_fallback = exact_fallback_;
       if (now.attends_exactly()) {
         last_attn_exact_ = true;
@@ -253,14 +257,15 @@ class KVCache {
   }
 
   // Pool block block_idx of layer layer_id; k, v kv_type [kv_head_num][block_len][head_dim]
+  // (quantized kv_type: its block_row_bytes() stored bytes, every row's codes then scales)
   // in host or device memory. Synchronous.
   void get_kvcache_one_block(const TensorView& k, const TensorView& v, int layer_id, int block_idx,
                              const Stream& stream) const {
     args().block("get_kvcache_one_block", layer_id, block_idx);
     args().block_kv("get_kvcache_one_block", k, v);
-    const std::size_t bytes = block_bytes();
-    copy(k.data, layers_[layer_id].k.data() + bytes * block_idx, bytes, stream);
-    copy(v.data, layers_[layer_id].v.data() + bytes * block_idx, bytes, stream);
+    const std::size_t bytes = config_.block_row_bytes(), at = config_.block_bytes() * block_idx;
+    copy(k.data, layers_[layer_id].k.data() + at, bytes, stream);
+    copy(v.data, layers_[layer_id].v.data() + at, bytes, stream);
     stream.synchronize();
   }
   // Writes a pool block, then recomputes its anchors where a sequence holds it. Synchronous.
@@ -268,9 +273,9 @@ class KVCache {
                                 const Stream& stream) {
     args().block("update_kvcache_one_block", layer_id, block_idx);
     args().block_kv("update_kvcache_one_block", k, v);
-    const std::size_t bytes = block_bytes();
-    copy(layers_[layer_id].k.data() + bytes * block_idx, k.data, bytes, stream);
-    copy(layers_[layer_id].v.data() + bytes * block_idx, v.data, bytes, stream);
+    const std::size_t bytes = config_.block_row_bytes(), at = config_.block_bytes() * block_idx;
+    copy(layers_[layer_id].k.data() + at, k.data, bytes, stream);
+    copy(layers_[layer_id].v.data() + at, v.data, bytes, stream);
     refresh_block(layer_id, block_idx, stream);
     stream.synchronize();
   }
@@ -291,7 +296,7 @@ class KVCache {
     if (dynamic()) refresh_block(layer_id, block_idx, stream);
     stream.synchronize();
   }
-  // Anchors of a pool block: kv_type [kv_head_num][anchor_values], host or device.
+  // Anchors of a pool block: value_type() [kv_head_num][anchor_values], host or device.
   void get_anchor_one_block(const TensorView& anchor, int layer_id, int block_idx, const Stream& stream) const {
     args().block("get_anchor_one_block", layer_id, block_idx);
     args().anchor("get_anchor_one_block", anchor);
@@ -406,19 +411,17 @@ class KVCache {
     std::set<int> selected;  // layers that have selected through this object
   };
 
+  // f(TypeTag<value type>, view of layer layer_idx's first `batch` sequences): a KVView
+  // for dense storage, a QuantKVView for quantized.
   template <typename F>
-  void with_type(F&& f) const {
-    dispatch<kKVCacheTypes>("kv_type", "KVCache", config_.kv_type, std::forward<F>(f));
+  void with_view(int layer_idx, int batch, F&& f) const {
+    Layer& l = const_cast<Layer&>(layers_[layer_idx]);  // views hold non-const pointers; attention only reads
+    with_kv_cache_view(config_, l.k.data(), l.v.data(), table_.data(), l.lengths.data(), batch, "KVCache",
+                       std::forward<F>(f));
   }
+
   bool dynamic() const { return config_.anchor_type == AnchorKind::kDynamic; }
 
-  template <typename T>
-  KVView<T> view(int layer_idx) const {
-    Layer& l = const_cast<Layer&>(layers_[layer_idx]);  // views hold non-const pointers; attention only reads
-    return paged_kv<T>(reinterpret_cast<T*>(l.k.data()), reinterpret_cast<T*>(l.v.data()), table_.data(),
-                       l.lengths.data(), config_.max_batch_size, config_.kv_head_num, config_.head_dim,
-                       config_.block_len, config_.max_seq_block_num());
-  }
   // The exact plan for the batch's longest sequence, rounded up to a power of two (at
   // least 4096 tokens, at most max_seq_len()): a plan for the pool's whole length splits a
   // short sequence too little (1 x 32K: 258 us planned for 256K, against 42 for 32K on the
@@ -434,7 +437,8 @@ class KVCache {
     if (it == exact_.end()) {
       DecodeProblem problem = config_.decode_problem(batch);
       problem.max_seq_len = planned;
-      const DecodePlan plan = plan_decode(problem, device_);
+      const DecodePlan plan = config_.quantized() ? plan_quant_decode(problem, config_.storage(), device_)
+                                                  : plan_decode(problem, device_);
       it = exact_.emplace(key, Exact{plan, make_decode_workspace(plan, stream)}).first;
     }
     return it->second;
@@ -455,10 +459,8 @@ class KVCache {
     starts[seq] = from;  // the others: their lengths, nothing to do
     from_.copy_from(starts, stream);
     const int tokens = std::max(1, l.host_lengths[seq] - from);
-    with_type([&](auto tag) {
+    with_view(layer_idx, seq + 1, [&](auto tag, const auto& kv) {
       using T = typename decltype(tag)::type;
-      KVView<T> kv = view<T>(layer_idx);
-      kv.batch = seq + 1;
       update_anchors<T>(kv, reinterpret_cast<T*>(l.anchors.data()), config_.elastic_config(), from_.data(), tokens,
                         stream, dynamic() ? l.importance.data() : nullptr);
     });
@@ -477,10 +479,8 @@ class KVCache {
           std::vector<std::int32_t> starts(l.host_lengths.begin(), l.host_lengths.begin() + s + 1);
           starts[s] = b * config_.block_len;
           from_.copy_from(starts, stream);
-          with_type([&](auto tag) {
+          with_view(layer_idx, s + 1, [&](auto tag, const auto& kv) {
             using T = typename decltype(tag)::type;
-            KVView<T> kv = view<T>(layer_idx);
-            kv.batch = s + 1;
             update_anchors<T>(kv, reinterpret_cast<T*>(l.anchors.data()), config_.elastic_config(), from_.data(),
                               std::max(1, end - b * config_.block_len), stream,
                               dynamic() ? l.importance.data() : nullptr);
@@ -494,11 +494,8 @@ class KVCache {
   static void copy(void* dst, const void* src, std::size_t bytes, const Stream& stream) {
     EKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream.get()), "KVCache: copy");
   }
-  std::size_t block_bytes() const {
-    return static_cast<std::size_t>(config_.block_elems()) * dtype_size(config_.kv_type);
-  }
   std::size_t anchor_bytes() const {
-    return std::size_t{1} * config_.kv_head_num * config_.anchor_values() * dtype_size(config_.kv_type);
+    return std::size_t{1} * config_.kv_head_num * config_.anchor_values() * dtype_size(config_.value_type());
   }
   KVCacheArgs args() const { return {config_, "KVCache", "KVCache::attn", DeviceKind::kCuda, true}; }
 

@@ -60,7 +60,7 @@ struct KVCacheArgs {
                   std::to_string(c.max_batch_size) + " and new_tokens 1 to " + std::to_string(c.max_seq_len()));
     }
     for (const auto& [name, t] : {std::pair<const char*, const TensorView&>{"k_new", k_new}, {"v_new", v_new}}) {
-      t.check(where("append").c_str(), name, c.kv_type, {batch, tokens, c.kv_head_num, c.head_dim},
+      t.check(where("append").c_str(), name, c.value_type(), {batch, tokens, c.kv_head_num, c.head_dim},
               "[batch, new_tokens, kv_head_num, head_dim]", memory);
     }
     return {static_cast<int>(batch), static_cast<int>(tokens)};
@@ -88,8 +88,8 @@ struct KVCacheArgs {
                   std::to_string(c.max_batch_size));
     }
     const char* call = attn_call;
-    q.check(call, "q", c.kv_type, {batch, c.q_head_num, c.head_dim}, "[batch, q_head_num, head_dim]", memory);
-    output.check(call, "output", c.kv_type, {batch, c.q_head_num, c.head_dim},
+    q.check(call, "q", c.value_type(), {batch, c.q_head_num, c.head_dim}, "[batch, q_head_num, head_dim]", memory);
+    output.check(call, "output", c.value_type(), {batch, c.q_head_num, c.head_dim},
                  "[batch, q_head_num, head_dim]", memory);
     lse.check(call, "attn_lse", DType::kFloat32, {batch, c.q_head_num}, "[batch, q_head_num]", memory);
     if (generate_token_idx < 0) {
@@ -119,8 +119,9 @@ struct KVCacheArgs {
                 " first in each step");
   }
 
-  // A block's k and v [kv_head_num][block_len][head_dim], its importance float
-  // [kv_head_num][block_len] and its anchors [kv_head_num][anchor_values].
+  // A block's k and v kv_type [kv_head_num][block_len][head_dim] (quantized: the block's
+  // stored rows, block_row_bytes() bytes: codes, then scales), its importance float
+  // [kv_head_num][block_len] and its anchors value_type() [kv_head_num][anchor_values].
   void block_kv(const char* call, const TensorView& k, const TensorView& v) const {
     for (const auto& [name, t] : {std::pair<const char*, const TensorView&>{"k", k}, {"v", v}}) {
       t.check(where(call).c_str(), name, c.kv_type, {c.kv_head_num, c.block_len, c.head_dim},
@@ -132,7 +133,7 @@ struct KVCacheArgs {
             "[kv_head_num, block_len]", accessor_memory(t));
   }
   void anchor(const char* call, const TensorView& t) const {
-    t.check(where(call).c_str(), "anchor", c.kv_type, {c.kv_head_num, c.anchor_values()},
+    t.check(where(call).c_str(), "anchor", c.value_type(), {c.kv_head_num, c.anchor_values()},
             "[kv_head_num, anchor_values]", accessor_memory(t));
   }
   DeviceKind accessor_memory(const TensorView& t) const { return any_memory ? t.device : memory; }

@@ -2,12 +2,23 @@
 // KVCacheConfig: the shape and policy of a multi-layer paged KV cache, with the field names
 // of the older KVCache config (KTransformers' kvcache): layer_num, kv_head_num, ... Enum
 // fields are ekv's own (AnchorType is AnchorKind, GGMLType is DType; their text forms
-// accept the older spellings QUEST, FP16, KVHEAD). validate() never throws and names the
+// accept the older spellings QUEST, FP16, KVHEAD).
+//
+// kv_type is how K and V are stored: float32, float16, bfloat16 as they are, or quantized
+// (core/quant.hpp): float8_e4m3 (FP8 with a scale of 1 per kv head), q8_0, q4_0 (GGML's
+// groups of 32, head_dim a multiple of 32). Queries, outputs and anchors are value_type():
+// kv_type where it is dense, float16 for quantized storage (KTransformers' attn takes fp16
+// queries with its quantized kv types too); the anchors come from the dequantized keys.
+// A pool block of K (or V) is block_bytes(): dense, [kv_head_num][block_len][head_dim]
+// values; quantized, every row's codes [kv_head_num][block_len][code bytes], then (Q8_0,
+// Q4_0) every row's float16 scales [kv_head_num][block_len][head_dim / 32], padded to 16
+// bytes so that the next block's codes stay aligned for vector loads. validate() never throws and names the
 // field, its value and what is supported; to_string() and parse_kv_cache_config() are the
 // text form for CLIs, logs and the cache file's metadata.
 
 #include <algorithm>
 #include <cctype>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <sstream>
@@ -17,16 +28,19 @@
 #include "ekv/core/dispatch.hpp"
 #include "ekv/core/dtype.hpp"
 #include "ekv/core/error.hpp"
+#include "ekv/core/quant.hpp"
 #include "ekv/elastic/elastic_config.hpp"
 #include "ekv/elastic/elastic_problem.hpp"
 
 namespace ekv {
 
 using AnchorType = AnchorKind;  // FIXED, DYNAMIC, QUEST, BLOCK_MEAN, BLOCK_MAX
-using GGMLType = DType;         // FP32, FP16, BF16 (quantized types join with quantized storage)
+using GGMLType = DType;         // FP32, FP16, BF16, FP8 (E4M3), Q8_0, Q4_0
 
-// The element types a KVCache stores now.
-inline constexpr DType kKVCacheTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+// The storage types a KVCache keeps K and V in, and the dense ones (queries' types too).
+inline constexpr DType kKVCacheTypes[] = {DType::kFloat32,    DType::kFloat16, DType::kBFloat16,
+                                          DType::kFloat8E4M3, DType::kQ8_0,    DType::kQ4_0};
+inline constexpr DType kKVCacheDenseTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
 
 struct KVCacheConfig {
   int layer_num = 1;
@@ -49,10 +63,25 @@ struct KVCacheConfig {
   int max_seq_block_num() const { return std::min(max_block_num, kSelectMaxBlocks); }
   int max_seq_len() const { return max_seq_block_num() * block_len; }
   int group() const { return q_head_num / kv_head_num; }
-  // Anchor values per block and kv head, in kv_type.
+  // Anchor values per block and kv head, in value_type().
   int anchor_values() const { return ekv::anchor_values(anchor_type, anchor_num, head_dim); }
   // Elements of one block of K (or V) over all kv heads, in one layer.
   std::int64_t block_elems() const { return std::int64_t{kv_head_num} * block_len * head_dim; }
+
+  // How K and V are stored, and whether quantized.
+  KVStorage storage() const { return kv_storage_of(kv_type); }
+  bool quantized() const { return is_quantized(storage()); }
+  // The type of queries, outputs and anchors: kv_type where dense, float16 where quantized.
+  DType value_type() const { return quantized() ? DType::kFloat16 : kv_type; }
+  // Bytes of one stored row (a token's head_dim values of one kv head), scales included.
+  std::size_t row_bytes() const { return kv_row_bytes(storage(), head_dim); }
+  // Bytes of a block's rows (what the block accessors copy), of its codes alone (where its
+  // scales start), and of a pool block (the rows padded to 16 bytes).
+  std::size_t block_row_bytes() const { return static_cast<std::size_t>(kv_head_num) * block_len * row_bytes(); }
+  std::size_t block_code_bytes() const {
+    return static_cast<std::size_t>(kv_head_num) * block_len * kv_code_bytes(storage(), head_dim);
+  }
+  std::size_t block_bytes() const { return (block_row_bytes() + 15) / 16 * 16; }
 
   // The elastic policy's fields of this config; the block counts come per call.
   ElasticConfig elastic_config() const {
@@ -67,7 +96,7 @@ struct KVCacheConfig {
   }
   // The decode problem of one layer at the longest sequence.
   DecodeProblem decode_problem(int batch) const {
-    return DecodeProblem{kv_type, batch, q_head_num, kv_head_num, head_dim, max_seq_len()};
+    return DecodeProblem{value_type(), batch, q_head_num, kv_head_num, head_dim, max_seq_len()};
   }
 
   // Never throws: ok, or the first problem: "KVCacheConfig: <field>=<value> ..., supported: ...".
@@ -92,6 +121,7 @@ struct KVCacheConfig {
     }
     if (Support s = check_supported<kDecodeHeadDims>("head_dim", "KVCache", head_dim); !s) return fail(s.why);
     if (Support s = check_supported<kKVCacheTypes>("kv_type", "KVCache", kv_type); !s) return fail(s.why);
+    if (Support s = kv_storage_supports(storage(), head_dim); !s) return fail(s.why);
     if (layer_offset < 0 || layer_offset >= layer_step) {
       return fail("layer_offset=" + std::to_string(layer_offset) + " not supported; supported: 0 to layer_step - 1 = " +
                   std::to_string(layer_step - 1));
@@ -106,6 +136,7 @@ struct KVCacheConfig {
     elastic.decode = decode_problem(max_batch_size);
     elastic.block_len = block_len;
     elastic.policy = ElasticPolicy(elastic_config());
+    if (quantized()) elastic.kv_storage = storage();
     if (Support s = supports(elastic); !s) return fail(s.why);
     return {};
   }

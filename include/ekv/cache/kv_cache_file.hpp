@@ -3,7 +3,9 @@
 // and the memory report (kv_cache_memory) that the same sizes give.
 // A safetensors file (cache/safetensors.hpp) holding, with C = config:
 //   layer.<i>.k, layer.<i>.v     kv_type [C.max_block_num][C.kv_head_num][C.block_len][C.head_dim]
-//   layer.<i>.anchors            kv_type [C.max_block_num][C.kv_head_num][C.anchor_values()]
+//                                (quantized kv_type: U8 [C.max_block_num][C.block_bytes()], each
+//                                block's codes then scales, kv_cache_config.hpp's layout)
+//   layer.<i>.anchors            C.value_type() [C.max_block_num][C.kv_head_num][C.anchor_values()]
 //   layer.<i>.importance         F32     [C.max_block_num][C.kv_head_num][C.block_len]
 //   lengths                      I32     [C.layer_num][C.max_batch_size]  tokens per layer and sequence
 //   block_table                  I32     [C.max_batch_size][C.max_seq_block_num()]  -1 where none
@@ -34,8 +36,19 @@ inline const char* safetensors_dtype(DType dtype) {
     case DType::kFloat16: return "F16";
     case DType::kBFloat16: return "BF16";
     case DType::kFloat8E4M3: return "F8_E4M3";
+    case DType::kQ8_0:
+    case DType::kQ4_0: return "U8";  // a block's bytes
   }
   return "invalid";
+}
+
+// The file's dtype and shape of a layer's K (or V) pool.
+inline const char* kv_pool_file_dtype(const KVCacheConfig& c) {
+  return c.quantized() ? "U8" : safetensors_dtype(c.kv_type);
+}
+inline std::vector<std::int64_t> kv_pool_file_shape(const KVCacheConfig& c) {
+  if (c.quantized()) return {c.max_block_num, static_cast<std::int64_t>(c.block_bytes())};
+  return {c.max_block_num, c.kv_head_num, c.block_len, c.head_dim};
 }
 
 // One layer's pools as the file lays them out: host memory, or device memory for a
@@ -51,15 +64,15 @@ struct KVCacheLayerBytes {
 struct KVCacheLayerSizes {
   std::size_t kv = 0, anchors = 0, importance = 0;
   explicit KVCacheLayerSizes(const KVCacheConfig& c)
-      : kv(static_cast<std::size_t>(c.max_block_num) * c.block_elems() * dtype_size(c.kv_type)),
-        anchors(std::size_t{1} * c.max_block_num * c.kv_head_num * c.anchor_values() * dtype_size(c.kv_type)),
+      : kv(static_cast<std::size_t>(c.max_block_num) * c.block_bytes()),
+        anchors(std::size_t{1} * c.max_block_num * c.kv_head_num * c.anchor_values() * dtype_size(c.value_type())),
         importance(std::size_t{1} * c.max_block_num * c.kv_head_num * c.block_len * sizeof(float)) {}
 };
 
 // What a cache holds and uses, in bytes and blocks.
 struct KVCacheMemory {
   std::size_t bytes_per_layer = 0;  // K, V, anchors and importance of one layer's pool
-  std::size_t bytes_per_token = 0;  // K and V of one token, all layers and kv heads
+  std::size_t bytes_per_token = 0;  // K and V of one token, all layers and kv heads (scales included)
   std::size_t total_bytes = 0;      // every layer's pool, plus the block tables
   int blocks_used = 0;
   int blocks_free = 0;
@@ -69,7 +82,7 @@ inline KVCacheMemory kv_cache_memory(const KVCacheConfig& c, const BlockAllocato
   const KVCacheLayerSizes size(c);
   KVCacheMemory m;
   m.bytes_per_layer = 2 * size.kv + size.anchors + size.importance;
-  m.bytes_per_token = 2 * std::size_t{1} * c.layer_num * c.kv_head_num * c.head_dim * dtype_size(c.kv_type);
+  m.bytes_per_token = 2 * std::size_t{1} * c.layer_num * c.kv_head_num * c.row_bytes();
   m.total_bytes = m.bytes_per_layer * c.layer_num + allocator.tables().size() * sizeof(std::int32_t);
   m.blocks_used = allocator.used_blocks();
   m.blocks_free = allocator.free_blocks();
@@ -92,7 +105,9 @@ inline void write_kv_cache_file(const std::string& path, const KVCacheConfig& c,
                                 std::size_t staging_bytes = 0) {
   const KVCacheLayerSizes size(c);
   const std::int64_t blocks = c.max_block_num, heads = c.kv_head_num;
-  const char* dtype = safetensors_dtype(c.kv_type);
+  const char* kv_dtype = kv_pool_file_dtype(c);
+  const char* dtype = safetensors_dtype(c.value_type());
+  const std::vector<std::int64_t> kv_shape = kv_pool_file_shape(c);
   std::vector<SafetensorsEntry> tensors;
   const auto pool = [&](const std::string& name, const char* type, std::vector<std::int64_t> shape, const void* data,
                         std::size_t bytes) {
@@ -107,8 +122,8 @@ inline void write_kv_cache_file(const std::string& path, const KVCacheConfig& c,
   };
   for (int i = 0; i < c.layer_num; ++i) {
     const std::string p = "layer." + std::to_string(i) + ".";
-    pool(p + "k", dtype, {blocks, heads, c.block_len, c.head_dim}, layers[i].k, size.kv);
-    pool(p + "v", dtype, {blocks, heads, c.block_len, c.head_dim}, layers[i].v, size.kv);
+    pool(p + "k", kv_dtype, kv_shape, layers[i].k, size.kv);
+    pool(p + "v", kv_dtype, kv_shape, layers[i].v, size.kv);
     pool(p + "anchors", dtype, {blocks, heads, c.anchor_values()}, layers[i].anchors, size.anchors);
     pool(p + "importance", "F32", {blocks, heads, c.block_len}, layers[i].importance, size.importance);
   }
@@ -179,11 +194,13 @@ inline KVCacheFileContents read_kv_cache_file(const std::string& path, const KVC
   };
   const KVCacheLayerSizes size(c);
   const std::int64_t blocks = c.max_block_num, heads = c.kv_head_num;
-  const char* dtype = safetensors_dtype(c.kv_type);
+  const char* kv_dtype = kv_pool_file_dtype(c);
+  const char* dtype = safetensors_dtype(c.value_type());
+  const std::vector<std::int64_t> kv_shape = kv_pool_file_shape(c);
   for (int i = 0; i < c.layer_num; ++i) {
     const std::string p = "layer." + std::to_string(i) + ".";
-    out.layers.push_back({tensor(p + "k", dtype, {blocks, heads, c.block_len, c.head_dim}, size.kv),
-                          tensor(p + "v", dtype, {blocks, heads, c.block_len, c.head_dim}, size.kv),
+    out.layers.push_back({tensor(p + "k", kv_dtype, kv_shape, size.kv),
+                          tensor(p + "v", kv_dtype, kv_shape, size.kv),
                           tensor(p + "anchors", dtype, {blocks, heads, c.anchor_values()}, size.anchors),
                           tensor(p + "importance", "F32", {blocks, heads, c.block_len}, size.importance)});
   }

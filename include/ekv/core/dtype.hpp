@@ -1,6 +1,10 @@
 #pragma once
 // Element types ekv stores: the DType enum and DTypeTraits<T> (name, size, float
-// conversions that host and device share, rounding to nearest even).
+// conversions that host and device share, rounding to nearest even). kQ8_0 and kQ4_0 are
+// GGML's block formats (groups of 32 values sharing a float16 scale, core/quant.hpp's
+// layout): a KV cache's storage type (KVCacheConfig::kv_type, KTransformers' GGMLType)
+// with no element type of their own and no dtype_size; a tensor of them is a cache's
+// stored rows, kv_row_bytes(head_dim) bytes each.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -14,7 +18,7 @@
 
 namespace ekv {
 
-enum class DType { kFloat32, kFloat16, kBFloat16, kFloat8E4M3 };
+enum class DType { kFloat32, kFloat16, kBFloat16, kFloat8E4M3, kQ8_0, kQ4_0 };
 
 template <typename T>
 struct DTypeTraits;
@@ -56,7 +60,10 @@ template <typename T>
 inline constexpr DType kDTypeOf = DTypeTraits<T>::kDType;
 
 inline constexpr DType kAllDTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16,
-                                       DType::kFloat8E4M3};
+                                       DType::kFloat8E4M3, DType::kQ8_0, DType::kQ4_0};
+
+// Whether dtype is a block format (kQ8_0, kQ4_0): values in groups with a shared scale.
+inline constexpr bool is_block_dtype(DType dtype) { return dtype == DType::kQ8_0 || dtype == DType::kQ4_0; }
 
 inline std::size_t dtype_size(DType dtype) {
   switch (dtype) {
@@ -64,6 +71,11 @@ inline std::size_t dtype_size(DType dtype) {
     case DType::kFloat16:
     case DType::kBFloat16: return 2;
     case DType::kFloat8E4M3: return 1;
+    case DType::kQ8_0:
+    case DType::kQ4_0:
+      throw Error(std::string("dtype_size: ") + (dtype == DType::kQ8_0 ? "q8_0" : "q4_0") +
+                  " is a block format (32 values share a scale) with no size per element; a row's bytes are "
+                  "kv_row_bytes (core/quant.hpp)");
   }
   throw Error("dtype_size: invalid DType value " + std::to_string(static_cast<int>(dtype)));
 }
@@ -74,6 +86,8 @@ inline const char* to_string(DType dtype) {
     case DType::kFloat16: return DTypeTraits<__half>::kName;
     case DType::kBFloat16: return DTypeTraits<__nv_bfloat16>::kName;
     case DType::kFloat8E4M3: return DTypeTraits<__nv_fp8_e4m3>::kName;
+    case DType::kQ8_0: return "q8_0";
+    case DType::kQ4_0: return "q4_0";
   }
   return "invalid";
 }
@@ -84,8 +98,10 @@ inline DType parse_dtype(const std::string& name) {
   if (name == "float16" || name == "fp16" || name == "half") return DType::kFloat16;
   if (name == "bfloat16" || name == "bf16") return DType::kBFloat16;
   if (name == "float8_e4m3" || name == "fp8" || name == "e4m3") return DType::kFloat8E4M3;
+  if (name == "q8_0") return DType::kQ8_0;
+  if (name == "q4_0") return DType::kQ4_0;
   throw Error("unknown dtype '" + name + "'; supported: float32 (fp32), float16 (fp16, half), " +
-              "bfloat16 (bf16), float8_e4m3 (fp8, e4m3)");
+              "bfloat16 (bf16), float8_e4m3 (fp8, e4m3), q8_0, q4_0");
 }
 
 }  // namespace ekv

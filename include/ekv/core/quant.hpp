@@ -81,10 +81,24 @@ inline KVStorage dense_storage(DType dtype) {
     case DType::kFloat16: return KVStorage::kFloat16;
     case DType::kBFloat16: return KVStorage::kBFloat16;
     case DType::kFloat32: return KVStorage::kFloat32;
-    case DType::kFloat8E4M3: break;
+    case DType::kFloat8E4M3:
+    case DType::kQ8_0:
+    case DType::kQ4_0: break;
   }
   throw Error(std::string("dense_storage: dtype=") + to_string(dtype) +
               " is not a dense kv storage; supported: float32, float16, bfloat16");
+}
+
+// The storage a KV cache of kv_type `dtype` keeps (KVCacheConfig::kv_type): the dense
+// formats as they are, float8_e4m3 as FP8 (a scale per kv head, 1 unless set), q8_0 and
+// q4_0 as GGML's.
+inline KVStorage kv_storage_of(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat8E4M3: return KVStorage::kFp8E4M3;
+    case DType::kQ8_0: return KVStorage::kQ8_0;
+    case DType::kQ4_0: return KVStorage::kQ4_0;
+    default: return dense_storage(dtype);
+  }
 }
 
 inline bool is_quantized(KVStorage s) {

@@ -6,15 +6,17 @@
 // get/update_anchor_one_block, dump_kvcache, load_kvcache.
 //
 // Storage, per layer, in one pool of config.max_block_num blocks shared by every sequence:
-//   k, v        kv_type [max_block_num][kv_head_num][block_len][head_dim]
-//   anchors     kv_type [max_block_num][kv_head_num][config.anchor_values()]
+//   k, v        kv_type [max_block_num][kv_head_num][block_len][head_dim] (quantized
+//               kv_type: [max_block_num][block_bytes()], kv_cache_config.hpp's layout)
+//   anchors     value_type() [max_block_num][kv_head_num][config.anchor_values()]
 //   importance  float   [max_block_num][kv_head_num][block_len]
 // One BlockAllocator hands out blocks for all layers (a sequence's logical block b is the
 // same pool block in every layer); each layer keeps its own token count per sequence, as a
 // forward pass appends layer after layer.
 //
 // Built from the pieces: cpu_append_kv, reference_block_anchors, CpuElasticDecode
-// (selection from this cache's anchors), cpu_decode; the file is cache/kv_cache_file.hpp's.
+// (selection from this cache's anchors), cpu_decode, over a KVView or, for quantized
+// storage, a QuantKVView (cache/kv_cache_views.hpp); the file is cache/kv_cache_file.hpp's.
 
 #include <algorithm>
 #include <cmath>
@@ -24,6 +26,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -33,6 +36,7 @@
 #include "ekv/cache/kv_cache_args.hpp"
 #include "ekv/cache/kv_cache_config.hpp"
 #include "ekv/cache/kv_cache_file.hpp"
+#include "ekv/cache/kv_cache_views.hpp"
 #include "ekv/cache/tensor_view.hpp"
 #include "ekv/core/dispatch.hpp"
 #include "ekv/core/error.hpp"
@@ -53,12 +57,11 @@ class HostKVCache {
     if (Support s = config.validate(); !s) throw Error(s.why);
     const std::size_t blocks = static_cast<std::size_t>(config.max_block_num);
     const std::size_t heads = static_cast<std::size_t>(config.kv_head_num);
-    const std::size_t elem = dtype_size(config.kv_type);
     layers_.resize(config.layer_num);
     for (Layer& layer : layers_) {
-      layer.k.assign(blocks * config.block_elems() * elem, 0);
+      layer.k.assign(blocks * config.block_bytes(), 0);
       layer.v.assign(layer.k.size(), 0);
-      layer.anchors.assign(blocks * heads * config.anchor_values() * elem, 0);
+      layer.anchors.assign(blocks * heads * config.anchor_values() * dtype_size(config.value_type()), 0);
       layer.importance.assign(blocks * heads * config.block_len, 0.0f);
       layer.lengths.assign(config.max_batch_size, 0);
     }
@@ -72,7 +75,8 @@ class HostKVCache {
   CPUInfer& pool() { return *pool_; }
 
   // Appends new_tokens tokens to each of the first `batch` sequences of layer layer_idx.
-  // k_new, v_new: host, kv_type [batch][new_tokens][kv_head_num][head_dim]. Gives the
+  // k_new, v_new: host, value_type() [batch][new_tokens][kv_head_num][head_dim], quantized
+  // here where kv_type is (as the GPU's KVCache quantizes: the same bytes). Gives the
   // sequences the blocks they need first: where the pool cannot, throws (the pool is
   // full) and nothing is written. Then brings the anchors of every block that changed up
   // to date (DYNAMIC: from the importance stored so far).
@@ -86,22 +90,20 @@ class HostKVCache {
     for (std::int32_t& len : grown) len += tokens;
     allocator_.grow(grown);  // throws, changing nothing, where the pool is full
     const std::vector<std::int32_t> before(layer.lengths.begin(), layer.lengths.begin() + batch);
-    with_type([&](auto tag) {
+    with_view(layer_idx, batch, [&](auto tag, const auto& kv) {
       using T = typename decltype(tag)::type;
-      KVView<T> kv = view<T>(layer_idx);
-      kv.batch = batch;
       cpu_append_kv<T>(kv, k_new.as<const T>(), v_new.as<const T>(), tokens);
       for (int b = 0; b < batch; ++b) {
         for (int block = before[b] / config_.block_len; block < sequence_blocks(layer.lengths[b], config_.block_len);
              ++block) {
-          refresh_anchors<T>(layer_idx, b, block);
+          refresh_anchors<T>(kv, layer_idx, b, block);
         }
       }
     });
   }
 
   // One layer's attention for decode step generate_token_idx (0 at the first step) of the
-  // first `batch` sequences, batch = q.shape[0]. q, output: kv_type [batch][q_head_num]
+  // first `batch` sequences, batch = q.shape[0]. q, output: value_type() [batch][q_head_num]
   // [head_dim]; attn_lse: float [batch][q_head_num] (natural log). pick_block_num < 0 reads
   // every block (exact); otherwise elastic: init_block_num sinks, local_block_num window
   // and pick_block_num blocks by score, per retrieval_type, reselected every token_step
@@ -112,10 +114,9 @@ class HostKVCache {
     args().layer("attn", layer_idx);
     const int batch =
         args().attn(q, output, attn_lse, layer_idx, generate_token_idx, layers_[layer_idx].lengths.data());
-    with_type([&](auto tag) {
+    with_view(layer_idx, batch, [&](auto tag, const auto& kv) {
       using T = typename decltype(tag)::type;
-      KVView<T> kv = view<T>(layer_idx);
-      kv.batch = batch;
+      using Step = CpuElasticDecode<T, std::decay_t<decltype(kv)>>;
       if (pick_block_num < 0) {
         cpu_decode<T>(*pool_, kv, q.as<const T>(), config_.q_head_num, output.as<T>(), attn_lse.as<float>());
         return;
@@ -123,14 +124,14 @@ class HostKVCache {
       const ElasticConfig elastic = args().elastic(pick_block_num, init_block_num, local_block_num);
       const int owner = elastic.selection_layer(layer_idx);
       auto& slot = selections_[owner];
-      auto* step = std::get_if<CpuElasticDecode<T>>(&slot.step);
+      auto* step = std::get_if<Step>(&slot.step);
       const bool fresh = step == nullptr || slot.batch != batch || slot.config_text != counts_text(elastic);
       if (owner == layer_idx && (fresh || elastic.refreshes_selection(generate_token_idx))) {
         if (fresh) {
-          slot.step.emplace<CpuElasticDecode<T>>(kv, config_.q_head_num, ElasticPolicy(elastic));
+          slot.step.emplace<Step>(kv, config_.q_head_num, ElasticPolicy(elastic));
           slot.batch = batch;
           slot.config_text = counts_text(elastic);
-          step = &std::get<CpuElasticDecode<T>>(slot.step);
+          step = &std::get<Step>(slot.step);
         }
         step->select_from(*pool_, kv, q.as<const T>(), [&](int b, int h, int block) {
           return stored_anchors<T>(layer_idx, b, h, block);
@@ -178,9 +179,9 @@ class HostKVCache {
       const int from = std::min(layer.lengths[seq], cache_total_len) / config_.block_len;
       layer.lengths[seq] = cache_total_len;
       // blocks that gained or lost tokens: their anchors from what they hold now
-      with_type([&](auto tag) {
+      with_view(i, config_.max_batch_size, [&](auto tag, const auto& kv) {
         for (int b = from; b < sequence_blocks(cache_total_len, config_.block_len); ++b) {
-          refresh_anchors<typename decltype(tag)::type>(i, seq, b);
+          refresh_anchors<typename decltype(tag)::type>(kv, i, seq, b);
         }
       });
     }
@@ -195,11 +196,12 @@ class HostKVCache {
     selections_.clear();  // selections index the freed blocks
   }
 
-  // Pool block block_idx of layer layer_id: k, v kv_type [kv_head_num][block_len][head_dim].
+  // Pool block block_idx of layer layer_id: k, v kv_type [kv_head_num][block_len][head_dim]
+  // (quantized kv_type: its block_row_bytes() stored bytes, every row's codes then scales).
   void get_kvcache_one_block(const TensorView& k, const TensorView& v, int layer_id, int block_idx) const {
     args().block("get_kvcache_one_block", layer_id, block_idx);
     args().block_kv("get_kvcache_one_block", k, v);
-    const std::size_t bytes = block_bytes(), at = bytes * block_idx;
+    const std::size_t bytes = config_.block_row_bytes(), at = config_.block_bytes() * block_idx;
     std::memcpy(k.data, layers_[layer_id].k.data() + at, bytes);
     std::memcpy(v.data, layers_[layer_id].v.data() + at, bytes);
   }
@@ -208,7 +210,7 @@ class HostKVCache {
   void update_kvcache_one_block(const TensorView& k, const TensorView& v, int layer_id, int block_idx) {
     args().block("update_kvcache_one_block", layer_id, block_idx);
     args().block_kv("update_kvcache_one_block", k, v);
-    const std::size_t bytes = block_bytes(), at = bytes * block_idx;
+    const std::size_t bytes = config_.block_row_bytes(), at = config_.block_bytes() * block_idx;
     std::memcpy(layers_[layer_id].k.data() + at, k.data, bytes);
     std::memcpy(layers_[layer_id].v.data() + at, v.data, bytes);
     refresh_block_anchors(layer_id, block_idx);
@@ -227,7 +229,7 @@ class HostKVCache {
     std::memcpy(layers_[layer_id].importance.data() + n * block_idx, importance.data, n * sizeof(float));
     if (config_.anchor_type == AnchorKind::kDynamic) refresh_block_anchors(layer_id, block_idx);
   }
-  // Anchors of a pool block: kv_type [kv_head_num][config.anchor_values()]. An update
+  // Anchors of a pool block: value_type() [kv_head_num][config.anchor_values()]. An update
   // stands until the block's tokens change (append or update_kvcache_one_block).
   void get_anchor_one_block(const TensorView& anchor, int layer_id, int block_idx) const {
     args().block("get_anchor_one_block", layer_id, block_idx);
@@ -299,44 +301,40 @@ class HostKVCache {
   static constexpr unsigned kFileThreads = 0;  // dump and load checksum on every core
 
   struct Layer {
-    std::vector<unsigned char> k, v, anchors;  // kv_type, see the layout above
+    std::vector<unsigned char> k, v, anchors;  // see the layout above
     std::vector<float> importance;
     std::vector<std::int32_t> lengths;  // [max_batch_size]
   };
   struct Selection {
-    std::variant<std::monostate, CpuElasticDecode<float>, CpuElasticDecode<__half>, CpuElasticDecode<__nv_bfloat16>>
+    std::variant<std::monostate, CpuElasticDecode<float>, CpuElasticDecode<__half>, CpuElasticDecode<__nv_bfloat16>,
+                 CpuElasticDecode<__half, QuantKVView>>
         step;
     int batch = 0;
     std::string config_text;
   };
 
+  // f(TypeTag<value type>, view of layer layer_idx's first `batch` sequences): a KVView
+  // for dense storage, a QuantKVView for quantized.
   template <typename F>
-  void with_type(F&& f) const {
-    dispatch<kKVCacheTypes>("kv_type", "HostKVCache", config_.kv_type, std::forward<F>(f));
+  void with_view(int layer_idx, int batch, F&& f) const {
+    Layer& l = const_cast<Layer&>(layers_[layer_idx]);  // views hold non-const pointers; attention only reads
+    with_kv_cache_view(config_, l.k.data(), l.v.data(), allocator_.tables().data(), l.lengths.data(), batch,
+                       "HostKVCache", std::forward<F>(f));
   }
+
   static std::string counts_text(const ElasticConfig& c) {
     return std::to_string(c.init_block_num) + "/" + std::to_string(c.local_block_num) + "/" +
            std::to_string(c.pick_block_num);
   }
 
-  template <typename T>
-  KVView<T> view(int layer_idx) const {
-    Layer& l = const_cast<Layer&>(layers_[layer_idx]);  // views are non-const pointers; attention only reads
-    return paged_kv<T>(reinterpret_cast<T*>(l.k.data()), reinterpret_cast<T*>(l.v.data()), allocator_.tables().data(),
-                       l.lengths.data(), config_.max_batch_size, config_.kv_head_num, config_.head_dim,
-                       config_.block_len, config_.max_seq_block_num());
-  }
-  std::size_t block_bytes() const {
-    return static_cast<std::size_t>(config_.block_elems()) * dtype_size(config_.kv_type);
-  }
   std::size_t anchor_bytes() const {
-    return std::size_t{1} * config_.kv_head_num * config_.anchor_values() * dtype_size(config_.kv_type);
+    return std::size_t{1} * config_.kv_head_num * config_.anchor_values() * dtype_size(config_.value_type());
   }
 
-  // Anchors of logical block `block` of (seq, kv_head) from its tokens, stored in kv_type.
-  template <typename T>
-  void refresh_anchors(int layer_idx, int seq, int block) {
-    const KVView<T> kv = view<T>(layer_idx);
+  // Anchors of logical block `block` of sequence seq, every kv head, from its tokens (the
+  // dequantized keys of quantized storage), stored in T (value_type()).
+  template <typename T, typename View>
+  void refresh_anchors(const View& kv, int layer_idx, int seq, int block) {
     const std::int32_t physical = allocator_.block_id(seq, block);
     const int values = config_.anchor_values();
     T* out = reinterpret_cast<T*>(layers_[layer_idx].anchors.data()) +
@@ -361,7 +359,9 @@ class HostKVCache {
       const int held = sequence_blocks(layers_[layer_idx].lengths[s], config_.block_len);
       for (int b = 0; b < held; ++b) {
         if (allocator_.tables()[static_cast<std::size_t>(s) * config_.max_seq_block_num() + b] == physical) {
-          with_type([&](auto tag) { refresh_anchors<typename decltype(tag)::type>(layer_idx, s, b); });
+          with_view(layer_idx, config_.max_batch_size, [&](auto tag, const auto& kv) {
+            refresh_anchors<typename decltype(tag)::type>(kv, layer_idx, s, b);
+          });
           return;
         }
       }

@@ -6,12 +6,15 @@
 // rather than 3.1% for QUEST in half precision). The values are those of
 // elastic/reference_anchors.hpp, computed from the block's valid tokens; after an append
 // only the blocks that received tokens are recomputed (at most block_len tokens each), so
-// the cost of keeping anchors current does not grow with the cache.
+// the cost of keeping anchors current does not grow with the cache. Over quantized storage
+// (a QuantKVView) the anchors come from the dequantized keys, in T (half or bfloat16), as
+// reference_block_anchors(QuantKVView) computes them.
 
 #include <cstdint>
 #include <string>
 
 #include "ekv/attention/kv_view.hpp"
+#include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/attention/sequence_blocks.hpp"
 #include "ekv/core/dtype.hpp"
 #include "ekv/core/error.hpp"
@@ -34,20 +37,55 @@ inline Support anchors_supported(const ElasticConfig& config, bool has_importanc
 
 namespace detail {
 
-// CTA (i, kv head, sequence) recomputes logical block first + i, where first is the block
-// holding token from[seq] (0 without `from`); threads take channels.
+// The keys of one block of (seq, head), value c of token t as float: stored values, or
+// the dequantized codes of a quantized view.
 template <typename T>
-__global__ void block_anchors_kernel(const KVView<T> kv, T* anchors, AnchorKind kind, int anchor_num,
+struct BlockKeys {
+  const T* k;  // the block's first row; rows are token_stride apart
+  std::int64_t token_stride;
+  __device__ float operator()(int t, int c) const {
+    return DTypeTraits<T>::to_float(k[t * token_stride + c]);
+  }
+};
+struct QuantBlockKeys {
+  QuantKVView kv;
+  int seq, head, first;  // first: the block's first token
+  __device__ float operator()(int t, int c) const { return kv.value(false, seq, head, first + t, c); }
+};
+template <typename T>
+__device__ BlockKeys<T> block_keys(const KVView<T>& kv, int seq, int head, int first) {
+  return {kv.k + kv.offset(seq, head, first), kv.token_stride};
+}
+__device__ inline QuantBlockKeys block_keys(const QuantKVView& kv, int seq, int head, int first) {
+  return {kv, seq, head, first};
+}
+// The block geometry (lengths, table, heads) of either view.
+template <typename T>
+EKV_HOST_DEVICE const KVView<T>& anchor_layout(const KVView<T>& kv) {
+  return kv;
+}
+EKV_HOST_DEVICE inline const KVView<std::uint8_t>& anchor_layout(const QuantKVView& kv) { return kv.codes; }
+template <typename T>
+int anchor_head_dim(const KVView<T>& kv) {
+  return kv.head_dim;
+}
+inline int anchor_head_dim(const QuantKVView& kv) { return kv.head_dim; }
+
+// CTA (i, kv head, sequence) recomputes logical block first + i, where first is the block
+// holding token from[seq] (0 without `from`); threads take channels. View: KVView<T> or
+// QuantKVView, d its values per row.
+template <typename T, typename View>
+__global__ void block_anchors_kernel(const View view, int d, T* anchors, AnchorKind kind, int anchor_num,
                                      const std::int32_t* from, float* importance) {
+  const auto& kv = anchor_layout(view);
   const int seq = blockIdx.z, head = blockIdx.y;
   const int len = min(kv.length(seq, head), kv.capacity());
   const int block = (from != nullptr ? min(from[seq], len) / kv.block_len : 0) + blockIdx.x;
   const int valid = block_valid_tokens(len, kv.block_len, block);
   if (valid == 0) return;
-  const int d = kv.head_dim;
   const std::int64_t physical = kv.block_id(seq, head, block);
   T* out = anchors + (physical * kv.kv_heads + head) * anchor_values(kind, anchor_num, d);
-  const T* k = kv.k + kv.offset(seq, head, block * kv.block_len);  // a block's rows are token_stride apart
+  const auto key = block_keys(view, seq, head, block * kv.block_len);
   if (kind == AnchorKind::kDynamic) {
     float* weight = importance + (physical * kv.kv_heads + head) * kv.block_len;
     // tokens new since the last update start with no importance
@@ -71,7 +109,7 @@ __global__ void block_anchors_kernel(const KVView<T> kv, T* anchors, AnchorKind 
     __syncthreads();
     for (int c = threadIdx.x; c < d; c += blockDim.x) {
       for (int i = 0; i < anchor_num; ++i) {
-        out[i * d + c] = k[static_cast<std::int64_t>(chosen[i]) * kv.token_stride + c];
+        out[i * d + c] = DTypeTraits<T>::from_float(key(chosen[i], c));
       }
     }
     return;
@@ -79,13 +117,13 @@ __global__ void block_anchors_kernel(const KVView<T> kv, T* anchors, AnchorKind 
   for (int c = threadIdx.x; c < d; c += blockDim.x) {
     if (kind == AnchorKind::kFixed) {
       for (int i = 0; i < anchor_num; ++i) {
-        out[i * d + c] = k[static_cast<std::int64_t>(i) * valid / anchor_num * kv.token_stride + c];
+        out[i * d + c] = DTypeTraits<T>::from_float(key(static_cast<int>(std::int64_t{i} * valid / anchor_num), c));
       }
       continue;
     }
     float lo = INFINITY, hi = -INFINITY, sum = 0.0f;
     for (int t = 0; t < valid; ++t) {
-      const float x = DTypeTraits<T>::to_float(k[t * kv.token_stride + c]);
+      const float x = key(t, c);
       lo = fminf(lo, x);
       hi = fmaxf(hi, x);
       sum += x;
@@ -99,9 +137,10 @@ __global__ void block_anchors_kernel(const KVView<T> kv, T* anchors, AnchorKind 
   }
 }
 
-template <typename T>
-void launch_block_anchors(const KVView<T>& kv, T* anchors, const ElasticConfig& config, const std::int32_t* from,
+template <typename T, typename View>
+void launch_block_anchors(const View& view, T* anchors, const ElasticConfig& config, const std::int32_t* from,
                           int blocks_per_seq, float* importance, const char* what, const Stream& stream) {
+  const auto& kv = anchor_layout(view);
   if (Support s = anchors_supported(config, importance != nullptr); !s) throw Error(std::string(what) + ": " + s.why);
   if (Support s = config.validate(); !s) throw Error(std::string(what) + ": " + s.why);
   if (config.anchor == AnchorKind::kDynamic &&
@@ -115,8 +154,8 @@ void launch_block_anchors(const KVView<T>& kv, T* anchors, const ElasticConfig& 
   if (kv.batch < 1 || kv.batch > 65535 || kv.kv_heads < 1 || kv.kv_heads > 65535 || blocks_per_seq < 1) {
     throw Error(std::string(what) + ": batch and kv_heads must be 1 to 65535");
   }
-  block_anchors_kernel<T><<<dim3(blocks_per_seq, kv.kv_heads, kv.batch), 128, 0, stream.get()>>>(
-      kv, anchors, config.anchor, config.anchor_num, from, importance);
+  block_anchors_kernel<T, View><<<dim3(blocks_per_seq, kv.kv_heads, kv.batch), 128, 0, stream.get()>>>(
+      view, anchor_head_dim(view), anchors, config.anchor, config.anchor_num, from, importance);
   check_launch(what, stream.get());
 }
 
@@ -131,15 +170,24 @@ void build_anchors(const KVView<T>& kv, T* anchors, const ElasticConfig& config,
   detail::launch_block_anchors(kv, anchors, config, nullptr, kv.max_blocks_per_seq, importance, "build_anchors",
                                stream);
 }
+// The same from a quantized view's dequantized keys; anchors T (half or bfloat16).
+template <typename T>
+void build_anchors(const QuantKVView& kv, T* anchors, const ElasticConfig& config, const Stream& stream,
+                   float* importance = nullptr) {
+  detail::launch_block_anchors(kv, anchors, config, nullptr, kv.codes.max_blocks_per_seq, importance,
+                               "build_anchors", stream);
+}
 
 // After append_kv of at most max_new_tokens tokens per sequence: recomputes the blocks
 // holding tokens from[b] .. lengths[b] - 1, where from (int32 [batch], device) holds the
 // lengths before the append. DYNAMIC also zeroes the new tokens' importance.
-template <typename T>
-void update_anchors(const KVView<T>& kv, T* anchors, const ElasticConfig& config, const std::int32_t* from,
+// View: KVView<T>, or a QuantKVView (anchors from the dequantized keys, T half or bfloat16).
+template <typename T, typename View = KVView<T>>
+void update_anchors(const View& kv, T* anchors, const ElasticConfig& config, const std::int32_t* from,
                     int max_new_tokens, const Stream& stream, float* importance = nullptr) {
   if (from == nullptr || max_new_tokens < 1) throw Error("update_anchors: needs from and max_new_tokens >= 1");
-  const int blocks = (max_new_tokens + kv.block_len - 2) / kv.block_len + 1;  // a run may straddle a boundary
+  const int block_len = detail::anchor_layout(kv).block_len;
+  const int blocks = (max_new_tokens + block_len - 2) / block_len + 1;  // a run may straddle a boundary
   detail::launch_block_anchors(kv, anchors, config, from, blocks, importance, "update_anchors", stream);
 }
 
