@@ -121,7 +121,7 @@ inline void add_bench_flags(CLI::App& app, BenchOptions& o, BenchNames& n) {
   app.add_option("--dim", o.dim, "Head dimension (GPU: 64, 128 or 256)")->capture_default_str();
   app.add_option("--dtype", n.dtype, "K, V, q and o element type: fp16, bf16 or fp32")->capture_default_str();
   app.add_option("--kv-dtype,--kv_dtype", n.kv_dtype,
-                 "K and V storage: fp8, q8_0 or q4_0 (q and o stay --dtype; CPU backend); default: --dtype");
+                 "K and V storage: fp8, q8_0 or q4_0 (q and o stay --dtype; GPU: with fp16 or bf16); default: --dtype");
   app.add_option("--block-len,--block_len", o.block_len, "Tokens per KV-cache block")->capture_default_str();
   CLI::Option* compress =
       app.add_option("--compress", o.compress, "Elastic reads about 1/C of exact's KV bytes (C >= 1)")

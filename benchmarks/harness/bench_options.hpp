@@ -181,16 +181,12 @@ struct BenchOptions {
 
 // What the chosen backend supports of these options, checked before any work: on the GPU
 // decode's and elastic selection's lists (supports of DecodeProblem and ElasticProblem),
-// on the CPU cpu_decode's. Never throws.
+// then, where --kv-dtype quantizes, what ElasticProblem supports over that storage (half
+// and bfloat16 queries: the quantized decode kernel is plan_quant_decode's, on tensor
+// cores; no QHEAD retrieval); on the CPU cpu_decode's. Never throws.
 inline Support backend_supports(const BenchOptions& o, BenchBackend backend) {
   const DecodeProblem problem{o.dtype, o.batch, o.q_heads(), o.kv_head_count(), o.dim, o.capacity_tokens()};
   if (backend == BenchBackend::kCpu) return cpu_decode_supports(problem);
-  if (is_quantized(o.kv_storage())) {
-    return {false, std::string("--kv-dtype=") + to_string(o.kv_storage()) +
-                       " runs on the CPU backend only (--device=cpu) so far: ekv-bench's GPU run does not quantize "
-                       "its cache yet (GPU exact and elastic decode over quantized storage are benchmarked by "
-                       "ekv_decode_bench's decode_quant and elastic_quant)"};
-  }
   ElasticProblem elastic;
   elastic.decode = problem;
   elastic.block_len = o.block_len;
@@ -199,7 +195,14 @@ inline Support backend_supports(const BenchOptions& o, BenchBackend backend) {
   } catch (const Error& e) {
     return {false, e.what()};
   }
-  return supports(elastic);
+  if (Support s = supports(elastic); !s) return s;
+  if (!is_quantized(o.kv_storage())) return {};
+  // exact and elastic both read the storage: ElasticProblem's list covers plan_quant_decode's
+  elastic.kv_storage = o.kv_storage();
+  if (Support s = supports(elastic); !s) {
+    return {false, std::string("--kv-dtype=") + to_string(o.kv_storage()) + " on the GPU: " + s.why};
+  }
+  return {};
 }
 
 // The memory a backend's run may take: the current GPU's free memory, or the host's
@@ -220,17 +223,18 @@ inline double available_memory_bytes(BenchBackend backend, std::string& where) {
 }
 
 // Whether the run's buffers fit the memory there is: the GPU's free memory, or the host's
-// physical memory for the CPU backend. Bytes: K and V at capacity, the anchors (float64 on
-// the CPU path) and, on the GPU, the L2 flush buffer and 5% for everything else.
+// physical memory for the CPU backend. Bytes: K and V at capacity (with --kv-dtype
+// quantizing, also --dtype's values: see `dense`), the anchors (float64 on the CPU path)
+// and, on the GPU, the L2 flush buffer and 5% for everything else.
 inline Support memory_supports(const BenchOptions& o, BenchBackend backend, double available_bytes,
                                const std::string& where) {
   const double anchor_values = 2.0 * o.dim;  // QUEST: the most of ekv-bench's kinds (FIXED keeps one key)
   const double blocks = static_cast<double>(o.batch) * sequence_blocks(o.capacity_tokens(), o.block_len);
   const double anchor_bytes = blocks * o.kv_head_count() * anchor_values *
                               (backend == BenchBackend::kCpu ? sizeof(double) : dtype_size(o.dtype));
-  // the CPU backend keeps --dtype's values beside quantized ones (the fp16 reference, and
-  // where needles are planted before quantizing)
-  const double dense = backend == BenchBackend::kCpu && is_quantized(o.kv_storage()) ? o.dense_kv_bytes() : 0.0;
+  // both backends keep --dtype's values beside quantized ones (the reference, and where
+  // needles are planted before quantizing)
+  const double dense = is_quantized(o.kv_storage()) ? o.dense_kv_bytes() : 0.0;
   const double needed =
       (o.kv_bytes() + dense + anchor_bytes) * 1.05 + (backend == BenchBackend::kCuda ? 256.0 * (1 << 20) : 0);
   if (needed <= available_bytes) return {};

@@ -89,8 +89,37 @@ TEST_CASE("--kv-dtype quantizes K and V, q and o staying --dtype; bytes count co
   const Parsed same = parse({"--kv-dtype=fp16"});  // --dtype's own format: as if not given
   REQUIRE(same.code == -1);
   CHECK(same.options.kv_storage() == ekv::KVStorage::kFloat16);
-  CHECK_FALSE(ekv::bench::backend_supports(p.options, ekv::bench::BenchBackend::kCuda));
+  CHECK(ekv::bench::backend_supports(p.options, ekv::bench::BenchBackend::kCuda));
   CHECK(ekv::bench::backend_supports(p.options, ekv::bench::BenchBackend::kCpu));
+}
+
+TEST_CASE("the GPU backend takes a quantized --kv-dtype with fp16 and bf16 queries and names what it refuses") {
+  using ekv::bench::BenchBackend;
+  for (const std::string kv : {"fp8", "q8_0", "q4_0"}) {
+    INFO("--kv-dtype=" << kv);
+    for (const std::string dtype : {"fp16", "bf16"}) {
+      INFO("--dtype=" << dtype);
+      for (const std::string dim : {"64", "128", "256"}) {
+        const Parsed p = parse({"--kv-dtype=" + kv, "--dtype=" + dtype, "--dim=" + dim});
+        REQUIRE(p.code == -1);
+        const ekv::Support s = ekv::bench::backend_supports(p.options, BenchBackend::kCuda);
+        CHECK_MESSAGE(s, s.why);
+      }
+    }
+    // float32 queries: the quantized decode kernel runs on tensor cores; the CPU takes them
+    const Parsed f32 = parse({"--kv-dtype=" + kv, "--dtype=fp32"});
+    REQUIRE(f32.code == -1);
+    const ekv::Support s = ekv::bench::backend_supports(f32.options, BenchBackend::kCuda);
+    CHECK_FALSE(s);
+    CHECK(s.why == "--kv-dtype=" + kv + " on the GPU: dtype=float32 not supported with kv storage " + kv +
+                       "; supported: float16, bfloat16");
+    CHECK(ekv::bench::backend_supports(f32.options, BenchBackend::kCpu));
+  }
+  // a head dim GPU decode does not run, whatever the storage: decode's own sentence first
+  const Parsed d96 = parse({"--kv-dtype=q8_0", "--dim=96"});
+  REQUIRE(d96.code == -1);
+  CHECK(ekv::bench::backend_supports(d96.options, BenchBackend::kCuda).why ==
+        "head_dim=96 not supported by decode; supported: [64, 128, 256]");
 }
 
 TEST_CASE("defaults: one step, fp16, QUEST, C = 4, auto device") {
