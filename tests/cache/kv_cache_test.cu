@@ -166,6 +166,27 @@ std::vector<unsigned char> state_of(const ekv::HostKVCache& cache) {
   return out;
 }
 
+// Where two states (state_of) first differ: "" where they are equal, else the layer, block,
+// part (k, v, anchors) and byte, or the lengths.
+std::string first_difference(const ekv::KVCacheConfig& c, const std::vector<unsigned char>& a,
+                             const std::vector<unsigned char>& b) {
+  if (a == b) return "";
+  if (a.size() != b.size()) return "sizes differ";
+  const std::size_t na = std::size_t{1} * c.kv_head_num * c.anchor_values() * ekv::dtype_size(c.value_type());
+  const std::size_t per_block = 2 * c.block_row_bytes() + na;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i] == b[i]) continue;
+    const std::size_t at = i % per_block, block = i / per_block;
+    if (block >= std::size_t{1} * c.layer_num * c.max_block_num) return "the lengths differ";
+    const std::size_t row = c.block_row_bytes();
+    const char* part = at < row ? "k" : at < 2 * row ? "v" : "anchors";
+    return "layer " + std::to_string(block / c.max_block_num) + " block " + std::to_string(block % c.max_block_num) +
+           " " + part + " byte " + std::to_string(at < 2 * row ? at % row : at - 2 * row) + ": " +
+           std::to_string(a[i]) + " vs " + std::to_string(b[i]);
+  }
+  return "";
+}
+
 // The same half tokens appended to a quantized GPU cache, its host twin, and (as the
 // values the storage decodes them to) a float shadow.
 void append_quantized(ekv::KVCache& cache, ekv::HostKVCache& host, Shadow<float>& shadow, int layer, int batch,
@@ -197,7 +218,7 @@ TEST_CASE("quantized kv types: the GPU stores the host's bytes and anchors; exac
   const ekv::Stream stream;
   for (ekv::DType type : {ekv::DType::kFloat8E4M3, ekv::DType::kQ8_0, ekv::DType::kQ4_0}) {
     for (ekv::AnchorType anchor : {ekv::AnchorType::kQuest, ekv::AnchorType::kBlockMax, ekv::AnchorType::kFixed}) {
-      INFO("kv_type=" << ekv::to_string(type) << " anchor_type=" << ekv::to_string(anchor));
+      INFO("kv_type=" << std::string(ekv::to_string(type)) << " anchor_type=" << std::string(ekv::to_string(anchor)));
       ekv::KVCacheConfig c = small_config(type);
       c.anchor_type = anchor;
       c.anchor_num = 2;
@@ -210,7 +231,8 @@ TEST_CASE("quantized kv types: the GPU stores the host's bytes and anchors; exac
         append_quantized(cache, host, shadow, layer, 1, 300, seed + 10 * layer + 2, stream);
       }
       // quantized on the GPU as on the host, bit for bit; anchors from the same values
-      CHECK(state_of(cache, stream) == state_of(host));
+      CHECK_MESSAGE(first_difference(c, state_of(cache, stream), state_of(host)).empty(),
+                    first_difference(c, state_of(cache, stream), state_of(host)));
       CHECK(cache.memory().bytes_per_token == 2u * c.layer_num * c.kv_head_num * c.row_bytes());
       for (int token = 0; token < 2; ++token) {
         for (int layer = 0; layer < c.layer_num; ++layer) {
@@ -224,7 +246,8 @@ TEST_CASE("quantized kv types: the GPU stores the host's bytes and anchors; exac
                                    [&](int b, int h) { return cache.attended_blocks(b, h, stream); });
         }
       }
-      CHECK(state_of(cache, stream) == state_of(host));
+      CHECK_MESSAGE(first_difference(c, state_of(cache, stream), state_of(host)).empty(),
+                    first_difference(c, state_of(cache, stream), state_of(host)));
       if (anchor != ekv::AnchorType::kQuest) continue;
       // a graph replays the direct call
       check_graph_replay(cache, seed, stream);
@@ -233,10 +256,12 @@ TEST_CASE("quantized kv types: the GPU stores the host's bytes and anchors; exac
       cache.dump_kvcache(path, stream);
       ekv::HostKVCache loaded(c);
       loaded.load_kvcache(path);
-      CHECK(state_of(loaded) == state_of(cache, stream));
+      CHECK_MESSAGE(first_difference(c, state_of(loaded), state_of(cache, stream)).empty(),
+                    first_difference(c, state_of(loaded), state_of(cache, stream)));
       ekv::KVCache reloaded(c, ekv::DeviceInfo::current(), stream);
       reloaded.load_kvcache(path, stream);
-      CHECK(state_of(reloaded, stream) == state_of(cache, stream));
+      CHECK_MESSAGE(first_difference(c, state_of(reloaded, stream), state_of(cache, stream)).empty(),
+                    first_difference(c, state_of(reloaded, stream), state_of(cache, stream)));
       std::remove(path.c_str());
     }
   }

@@ -350,7 +350,10 @@ class HostKVCache {
       }
       const std::vector<double> a =
           reference_block_anchors(kv, seq, h, block, config_.anchor_type, config_.anchor_num, block_importance);
-      for (int i = 0; i < values; ++i) out[h * values + i] = DTypeTraits<T>::from_float(static_cast<float>(a[i]));
+      // zeros as +0, as the GPU's anchors store them (anchors.cuh)
+      for (int i = 0; i < values; ++i) {
+        out[h * values + i] = DTypeTraits<T>::from_float(static_cast<float>(a[i]) + 0.0f);
+      }
     }
   }
   // The anchors of whichever sequence holds pool block `physical` (none: nothing to do).

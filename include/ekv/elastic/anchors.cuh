@@ -86,6 +86,9 @@ __global__ void block_anchors_kernel(const View view, int d, T* anchors, AnchorK
   const std::int64_t physical = kv.block_id(seq, head, block);
   T* out = anchors + (physical * kv.kv_heads + head) * anchor_values(kind, anchor_num, d);
   const auto key = block_keys(view, seq, head, block * kv.block_len);
+  // stored with zeros as +0: min and max of -0 and +0 may be either, and a dequantized zero
+  // takes its scale's sign; HostKVCache stores the same bits
+  const auto store = [](float x) { return DTypeTraits<T>::from_float(x + 0.0f); };
   if (kind == AnchorKind::kDynamic) {
     float* weight = importance + (physical * kv.kv_heads + head) * kv.block_len;
     // tokens new since the last update start with no importance
@@ -109,7 +112,7 @@ __global__ void block_anchors_kernel(const View view, int d, T* anchors, AnchorK
     __syncthreads();
     for (int c = threadIdx.x; c < d; c += blockDim.x) {
       for (int i = 0; i < anchor_num; ++i) {
-        out[i * d + c] = DTypeTraits<T>::from_float(key(chosen[i], c));
+        out[i * d + c] = store(key(chosen[i], c));
       }
     }
     return;
@@ -117,7 +120,7 @@ __global__ void block_anchors_kernel(const View view, int d, T* anchors, AnchorK
   for (int c = threadIdx.x; c < d; c += blockDim.x) {
     if (kind == AnchorKind::kFixed) {
       for (int i = 0; i < anchor_num; ++i) {
-        out[i * d + c] = DTypeTraits<T>::from_float(key(static_cast<int>(std::int64_t{i} * valid / anchor_num), c));
+        out[i * d + c] = store(key(static_cast<int>(std::int64_t{i} * valid / anchor_num), c));
       }
       continue;
     }
@@ -129,10 +132,10 @@ __global__ void block_anchors_kernel(const View view, int d, T* anchors, AnchorK
       sum += x;
     }
     if (kind == AnchorKind::kQuest) {
-      out[c] = DTypeTraits<T>::from_float(lo);
-      out[d + c] = DTypeTraits<T>::from_float(hi);
+      out[c] = store(lo);
+      out[d + c] = store(hi);
     } else {
-      out[c] = DTypeTraits<T>::from_float(kind == AnchorKind::kBlockMean ? sum / valid : hi);
+      out[c] = store(kind == AnchorKind::kBlockMean ? sum / valid : hi);
     }
   }
 }
