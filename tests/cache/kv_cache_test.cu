@@ -267,6 +267,78 @@ TEST_CASE("quantized kv types: the GPU stores the host's bytes and anchors; exac
   }
 }
 
+TEST_CASE("DYNAMIC anchors follow the importance a caller gives, which appends and recomputed anchors keep") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const ekv::Stream stream;
+  ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);  // 2 kv heads, head_dim 64, blocks of 16
+  c.anchor_type = ekv::AnchorType::kDynamic;
+  c.anchor_num = 1;
+  c.max_batch_size = 1;
+  ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  ekv::HostKVCache host(c);
+  const int tokens = 40, d = c.head_dim, heads = c.kv_head_num, len = c.block_len;
+  const std::size_t n = std::size_t{1} * tokens * heads * d;
+  const std::vector<__half> k = ekv::bench::random_uniform<__half>(n, -1.0f, 1.0f, seed);
+  const std::vector<__half> v = ekv::bench::random_uniform<__half>(n, -1.0f, 1.0f, seed + 1);
+  ekv::DeviceBuffer<__half> kd(n), vd(n);
+  kd.copy_from(k);
+  vd.copy_from(v);
+  const auto shape = {std::int64_t{1}, std::int64_t{tokens}, std::int64_t{heads}, std::int64_t{d}};
+  cache.append(0, ekv::TensorView::of(kd.data(), shape, ekv::DeviceKind::kCuda),
+               ekv::TensorView::of(vd.data(), shape, ekv::DeviceKind::kCuda), stream);
+  host.append(0, ekv::TensorView::of(k.data(), shape, ekv::DeviceKind::kHost),
+              ekv::TensorView::of(v.data(), shape, ekv::DeviceKind::kHost));
+  // block 1 (tokens 16 to 31): head 0's most important token is its 5th, head 1's its 9th
+  const std::int32_t block = cache.allocator().block_id(0, 1);
+  REQUIRE(block == host.allocator().block_id(0, 1));
+  std::vector<float> importance(std::size_t{1} * heads * len, 0.0f);
+  importance[5] = 1.0f;
+  importance[len + 9] = 2.0f;
+  const auto ti = ekv::TensorView::of(importance.data(), {heads, len}, ekv::DeviceKind::kHost);
+  cache.update_importance_one_block(ti, 0, block, stream);
+  host.update_importance_one_block(ti, 0, block);
+  const auto anchor_of = [&](const auto& read) {
+    std::vector<__half> a(std::size_t{1} * heads * c.anchor_values());
+    read(ekv::TensorView::of(a.data(), {heads, c.anchor_values()}, ekv::DeviceKind::kHost));
+    return a;
+  };
+  const auto gpu_anchor = [&] {
+    return anchor_of([&](const ekv::TensorView& t) { cache.get_anchor_one_block(t, 0, block, stream); });
+  };
+  const auto host_anchor = [&] {
+    return anchor_of([&](const ekv::TensorView& t) { host.get_anchor_one_block(t, 0, block); });
+  };
+  const auto expected = [&] {  // new tokens are [batch][tokens][kv heads][head_dim]
+    std::vector<__half> a;
+    for (int h = 0; h < heads; ++h) {
+      const int t = len + (h == 0 ? 5 : 9);
+      const __half* row = k.data() + (static_cast<std::size_t>(t) * heads + h) * d;
+      a.insert(a.end(), row, row + d);
+    }
+    return a;
+  }();
+  const auto bits = [](const std::vector<__half>& x) {
+    std::vector<std::uint16_t> out(x.size());
+    std::memcpy(out.data(), x.data(), x.size() * sizeof(__half));
+    return out;
+  };
+  std::vector<float> back(importance.size(), -1.0f);
+  cache.get_importance_one_block(ekv::TensorView::of(back.data(), {heads, len}, ekv::DeviceKind::kHost), 0, block,
+                                 stream);
+  CHECK(back == importance);  // kept as given, not zeroed by the anchors' refresh
+  CHECK(bits(gpu_anchor()) == bits(expected));
+  CHECK(bits(host_anchor()) == bits(expected));
+  // an append into the next block keeps block 1's importance and anchors
+  const std::vector<__half> k1 = ekv::bench::random_uniform<__half>(std::size_t{1} * heads * d, -1.0f, 1.0f, seed + 2);
+  ekv::DeviceBuffer<__half> k1d(k1.size());
+  k1d.copy_from(k1);
+  const auto one = {std::int64_t{1}, std::int64_t{1}, std::int64_t{heads}, std::int64_t{d}};
+  cache.append(0, ekv::TensorView::of(k1d.data(), one, ekv::DeviceKind::kCuda),
+               ekv::TensorView::of(k1d.data(), one, ekv::DeviceKind::kCuda), stream);
+  CHECK(bits(gpu_anchor()) == bits(expected));
+}
+
 TEST_CASE_TEMPLATE("append and attend across layers and a batch, exact and elastic, against float64", T, float,
                    __half, __nv_bfloat16) {
   const auto seed = ekv::test::seed();

@@ -452,7 +452,8 @@ class KVCache {
       stream.synchronize();  // the host table may change at the next grow
     }
   }
-  // Anchors of sequence seq's blocks holding tokens from `from` on, in layer layer_idx.
+  // Anchors of sequence seq's blocks holding tokens from `from` on, in layer layer_idx,
+  // from the importance they hold (not new tokens: nothing is zeroed, as on the host).
   void refresh_anchors(int layer_idx, int seq, int from, const Stream& stream) {
     Layer& l = layers_[layer_idx];
     std::vector<std::int32_t> starts(l.host_lengths.begin(), l.host_lengths.begin() + seq + 1);
@@ -462,11 +463,12 @@ class KVCache {
     with_view(layer_idx, seq + 1, [&](auto tag, const auto& kv) {
       using T = typename decltype(tag)::type;
       update_anchors<T>(kv, reinterpret_cast<T*>(l.anchors.data()), config_.elastic_config(), from_.data(), tokens,
-                        stream, dynamic() ? l.importance.data() : nullptr);
+                        stream, dynamic() ? l.importance.data() : nullptr, false);
     });
     stream.synchronize();  // starts is freed on return
   }
-  // The anchors of pool block `physical` where a sequence holds it.
+  // The anchors of pool block `physical` where a sequence holds it, from the importance it
+  // holds (update_importance_one_block's: kept, not zeroed as an append's new tokens are).
   void refresh_block(int layer_idx, int physical, const Stream& stream) {
     for (int s = 0; s < config_.max_batch_size; ++s) {
       const int held = sequence_blocks(layers_[layer_idx].host_lengths[s], config_.block_len);
@@ -483,7 +485,7 @@ class KVCache {
             using T = typename decltype(tag)::type;
             update_anchors<T>(kv, reinterpret_cast<T*>(l.anchors.data()), config_.elastic_config(), from_.data(),
                               std::max(1, end - b * config_.block_len), stream,
-                              dynamic() ? l.importance.data() : nullptr);
+                              dynamic() ? l.importance.data() : nullptr, false);
           });
           stream.synchronize();
           return;

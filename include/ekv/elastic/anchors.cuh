@@ -73,10 +73,11 @@ inline int anchor_head_dim(const QuantKVView& kv) { return kv.head_dim; }
 
 // CTA (i, kv head, sequence) recomputes logical block first + i, where first is the block
 // holding token from[seq] (0 without `from`); threads take channels. View: KVView<T> or
-// QuantKVView, d its values per row.
+// QuantKVView, d its values per row. fresh: whether the tokens from from[seq] on are new
+// (DYNAMIC: their importance starts at 0) or recomputed as they are.
 template <typename T, typename View>
 __global__ void block_anchors_kernel(const View view, int d, T* anchors, AnchorKind kind, int anchor_num,
-                                     const std::int32_t* from, float* importance) {
+                                     const std::int32_t* from, float* importance, bool fresh_tokens) {
   const auto& kv = anchor_layout(view);
   const int seq = blockIdx.z, head = blockIdx.y;
   const int len = min(kv.length(seq, head), kv.capacity());
@@ -92,7 +93,7 @@ __global__ void block_anchors_kernel(const View view, int d, T* anchors, AnchorK
   if (kind == AnchorKind::kDynamic) {
     float* weight = importance + (physical * kv.kv_heads + head) * kv.block_len;
     // tokens new since the last update start with no importance
-    const int fresh = from != nullptr ? max(0, from[seq] - block * kv.block_len) : valid;
+    const int fresh = from != nullptr && fresh_tokens ? max(0, from[seq] - block * kv.block_len) : valid;
     for (int t = fresh + threadIdx.x; t < valid; t += blockDim.x) weight[t] = 0.0f;
     __syncthreads();
     // the anchor_num most important tokens, ties to the lower; a short block repeats its last
@@ -142,7 +143,8 @@ __global__ void block_anchors_kernel(const View view, int d, T* anchors, AnchorK
 
 template <typename T, typename View>
 void launch_block_anchors(const View& view, T* anchors, const ElasticConfig& config, const std::int32_t* from,
-                          int blocks_per_seq, float* importance, const char* what, const Stream& stream) {
+                          int blocks_per_seq, float* importance, const char* what, const Stream& stream,
+                          bool fresh_tokens = true) {
   const auto& kv = anchor_layout(view);
   if (Support s = anchors_supported(config, importance != nullptr); !s) throw Error(std::string(what) + ": " + s.why);
   if (Support s = config.validate(); !s) throw Error(std::string(what) + ": " + s.why);
@@ -158,7 +160,7 @@ void launch_block_anchors(const View& view, T* anchors, const ElasticConfig& con
     throw Error(std::string(what) + ": batch and kv_heads must be 1 to 65535");
   }
   block_anchors_kernel<T, View><<<dim3(blocks_per_seq, kv.kv_heads, kv.batch), 128, 0, stream.get()>>>(
-      view, anchor_head_dim(view), anchors, config.anchor, config.anchor_num, from, importance);
+      view, anchor_head_dim(view), anchors, config.anchor, config.anchor_num, from, importance, fresh_tokens);
   check_launch(what, stream.get());
 }
 
@@ -183,15 +185,18 @@ void build_anchors(const QuantKVView& kv, T* anchors, const ElasticConfig& confi
 
 // After append_kv of at most max_new_tokens tokens per sequence: recomputes the blocks
 // holding tokens from[b] .. lengths[b] - 1, where from (int32 [batch], device) holds the
-// lengths before the append. DYNAMIC also zeroes the new tokens' importance.
+// lengths before the append. DYNAMIC also zeroes the new tokens' importance, unless
+// fresh_tokens is false: the tokens are not new, their blocks recomputed from the
+// importance they have (a cache's block or importance written by its caller).
 // View: KVView<T>, or a QuantKVView (anchors from the dequantized keys, T half or bfloat16).
 template <typename T, typename View = KVView<T>>
 void update_anchors(const View& kv, T* anchors, const ElasticConfig& config, const std::int32_t* from,
-                    int max_new_tokens, const Stream& stream, float* importance = nullptr) {
+                    int max_new_tokens, const Stream& stream, float* importance = nullptr, bool fresh_tokens = true) {
   if (from == nullptr || max_new_tokens < 1) throw Error("update_anchors: needs from and max_new_tokens >= 1");
   const int block_len = detail::anchor_layout(kv).block_len;
   const int blocks = (max_new_tokens + block_len - 2) / block_len + 1;  // a run may straddle a boundary
-  detail::launch_block_anchors(kv, anchors, config, from, blocks, importance, "update_anchors", stream);
+  detail::launch_block_anchors(kv, anchors, config, from, blocks, importance, "update_anchors", stream,
+                               fresh_tokens);
 }
 
 }  // namespace ekv
