@@ -224,12 +224,10 @@ class KVCache:
 
     def block_row_bytes(self):
         """Bytes of one block's K (or V) as stored: kv_head_num x block_len rows of codes,
-        then (Q8_0, Q4_0) their float16 scales (include/ekv/core/quant.hpp's bits)."""
+        then (Q8_0, Q4_0) their float16 scales (include/ekv/core/quant.hpp's bits); from the
+        cache's memory report, whose bytes per token are K's and V's rows of every layer."""
         c = self.config
-        code_bits = {GGMLType.FP32: 32, GGMLType.FP16: 16, GGMLType.BF16: 16, GGMLType.FP8: 8, GGMLType.Q8_0: 8,
-                     GGMLType.Q4_0: 4}[GGMLType(c.kv_type)]
-        scales = 2 * (c.head_dim // 32) if c.kv_type in (GGMLType.Q8_0, GGMLType.Q4_0) else 0
-        return c.kv_head_num * c.block_len * (c.head_dim * code_bits // 8 + scales)
+        return self.memory().bytes_per_token // (2 * c.layer_num) * c.block_len
 
     def _block_tensor(self, obj, name, writable=False):
         """A block's K or V: an array of kv_type [kv_head_num, block_len, head_dim], or for
