@@ -395,9 +395,16 @@ def _new_figure(ncols: int = 1, width: float = 6.4, height: float = 4.4) -> tupl
     return fig, list(axes)
 
 
-def _legend(ax) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
+def _legend(ax, loc: str = "best") -> None:
+    """The legend inside the axes for a few series; beside them (hiding none of the points) for a sweep's many."""
+    count = len(ax.get_legend_handles_labels()[1])
+    if count == 0:
+        return
+    if count <= 8:
+        ax.legend(fontsize="small", loc=loc)
+    else:
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                  ncol=1 if count <= 24 else 2)
 
 
 def _log_x(ax, ticks: Iterable[float]) -> None:
@@ -473,7 +480,7 @@ def _roofline(inputs: Inputs) -> tuple[Figure | None, str, Tables]:
     _plain_log_y(ax)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format(v, "g")))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.legend(fontsize="small", loc="upper left")  # the roofs rise to the right: the upper left stays clear
+    _legend(ax, "upper left")  # the roofs rise to the right: the upper left stays clear
     tables.insert(0, ("ekv-bench", frame.assign(series=labels),
                       ["source", "series", "variant", "ai", "GBps", "achieved_GFLOPs", "attainable_GFLOPs",
                        "of_attainable", "bound"]))
@@ -543,8 +550,8 @@ def _error(inputs: Inputs) -> tuple[Figure | None, str, Tables]:
         _log_x(ax, list(bench.get("compress", [])) + list(gb.get("C", [])))
         if bench_col == "rel_err" and (values > 0).all():
             _plain_log_y(ax)
-        else:
-            ax.set_ylim(-0.05, 1.05)
+        else:  # an error past 1 (a sweep's long contexts at high C) stays in view
+            ax.set_ylim(-0.05, max(1.05, float(values.max()) * 1.05 if not values.empty else 1.05))
         _legend(ax)
     tables: Tables = []
     bench = _present(inputs.bench, "compress")
@@ -718,7 +725,7 @@ def write_report(inputs: Inputs, out_dir: str | pathlib.Path, title: str = "ekv 
         sections += [f"## {TITLES[name]}", ""]
         if fig is not None:
             try:
-                fig.savefig(png, dpi=dpi)
+                fig.savefig(png, dpi=dpi, bbox_inches="tight")  # a legend beside the axes stays in
             except OSError as e:
                 raise ReportError(f"{png}: cannot write: {e.strerror or e}") from e
             pngs[name] = png
