@@ -132,6 +132,23 @@ ekv_status ekv_cache_attn(ekv_cache* cache, const ekv_tensor* q, const ekv_tenso
   });
 }
 
+ekv_status ekv_cache_append_on_stream(ekv_cache* cache, int layer_idx, const ekv_tensor* k_new,
+                                     const ekv_tensor* v_new, void* stream) {
+  return ekv::capi::guarded("ekv_cache_append_on_stream", [&] {
+    ekv::capi::cache_append(cache, layer_idx, k_new, v_new, ekv::capi::CallerStream{stream});
+  });
+}
+
+ekv_status ekv_cache_attn_on_stream(ekv_cache* cache, const ekv_tensor* q, const ekv_tensor* output,
+                                   const ekv_tensor* attn_lse, int layer_idx, int generate_token_idx,
+                                   int pick_block_num, int init_block_num, int local_block_num,
+                                   int* attended_exactly, void* stream) {
+  return ekv::capi::guarded("ekv_cache_attn_on_stream", [&] {
+    ekv::capi::cache_attn(cache, q, output, attn_lse, layer_idx, generate_token_idx, pick_block_num, init_block_num,
+                          local_block_num, attended_exactly, ekv::capi::CallerStream{stream});
+  });
+}
+
 ekv_status ekv_cache_get_cache_total_len(const ekv_cache* cache, int seq, int* cache_total_len) {
   return ekv::capi::guarded("ekv_cache_get_cache_total_len",
                             [&] { ekv::capi::cache_get_total_len(cache, seq, cache_total_len); });

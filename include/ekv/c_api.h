@@ -403,6 +403,26 @@ EKV_C_EXPORT ekv_status ekv_cache_attn(ekv_cache* cache, const ekv_tensor* q, co
                                        int pick_block_num, int init_block_num, int local_block_num,
                                        int* attended_exactly);
 
+/* ekv_cache_append and ekv_cache_attn ordered on the caller's CUDA stream instead of
+ * synchronously: `stream` is a cudaStream_t of the cache's device (torch's
+ * torch.cuda.current_stream().cuda_stream, CuPy's Stream.ptr; NULL: the legacy default
+ * stream). They neither wait for other streams nor for their own work: the caller orders
+ * its reads of output and attn_lse on that stream. GPU caches only; a CPU cache (no
+ * streams) takes NULL and then runs as the synchronous calls do. ekv_cache_attn_on_stream
+ * may be captured into a CUDA graph once a call at the same batch, length (rounded up to a
+ * power of two) and block budget has run outside capture (that call allocates the plans
+ * and workspaces a capture cannot); a replay reads the lengths that appends made since.
+ * ekv_cache_append_on_stream may not be captured: it takes blocks on the host, and
+ * synchronizes the stream where an append needs a new block.
+ * Errors: as the synchronous calls, and EKV_ERROR_INVALID_ARGUMENT for a stream of another
+ * device or a stream given to a CPU cache. */
+EKV_C_EXPORT ekv_status ekv_cache_append_on_stream(ekv_cache* cache, int layer_idx, const ekv_tensor* k_new,
+                                                   const ekv_tensor* v_new, void* stream);
+EKV_C_EXPORT ekv_status ekv_cache_attn_on_stream(ekv_cache* cache, const ekv_tensor* q, const ekv_tensor* output,
+                                                 const ekv_tensor* attn_lse, int layer_idx, int generate_token_idx,
+                                                 int pick_block_num, int init_block_num, int local_block_num,
+                                                 int* attended_exactly, void* stream);
+
 /* Tokens of sequence seq (0 to max_batch_size - 1), layer 0's count. */
 EKV_C_EXPORT ekv_status ekv_cache_get_cache_total_len(const ekv_cache* cache, int seq, int* cache_total_len);
 

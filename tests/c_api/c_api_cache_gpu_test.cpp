@@ -59,16 +59,38 @@ std::vector<__half> on_host(const ekv::DeviceBuffer<__half>& d) {
   return host;
 }
 
+// One decode step's device query (random, its host copy beside it), output and LSE, with
+// their descriptors: batch x 8 heads x 64.
+struct Decode {
+  Decode(int batch, std::uint64_t seed)
+      : q(ekv::bench::random_uniform<__half>(static_cast<std::size_t>(batch) * 8 * 64, -1.0f, 1.0f, seed)),
+        dq(on_device(q)),
+        dout(q.size()),
+        dlse(static_cast<std::size_t>(batch) * 8),
+        qd(dq.data(), {batch, 8, 64}, EKV_DTYPE_FLOAT16, EKV_DEVICE_CUDA),
+        od(dout.data(), {batch, 8, 64}, EKV_DTYPE_FLOAT16, EKV_DEVICE_CUDA),
+        ld(dlse.data(), {batch, 8}, EKV_DTYPE_FLOAT32, EKV_DEVICE_CUDA) {}
+  std::vector<__half> q;
+  ekv::DeviceBuffer<__half> dq, dout;
+  ekv::DeviceBuffer<float> dlse;
+  Descriptor qd, od, ld;
+};
+
+// kConfig as the C++ config the shadow cache takes.
+ekv::KVCacheConfig config_of_kconfig() {
+  ekv::KVCacheConfig config = ekv::test::small_config(ekv::DType::kFloat16);
+  config.layer_num = 2;
+  config.max_batch_size = 2;
+  return config;
+}
+
 }  // namespace
 
 TEST_CASE("a GPU handle with device pointers: append, attention, errors, and its dump on the CPU backend") {
   REQUIRE(cudaSetDevice(0) == cudaSuccess);
   const std::uint64_t seed = ekv::test::seed();
   INFO("seed " << seed);
-  ekv::KVCacheConfig config = ekv::test::small_config(ekv::DType::kFloat16);
-  config.layer_num = 2;
-  config.max_batch_size = 2;
-  ekv::test::Shadow<__half> shadow(config, 40);
+  ekv::test::Shadow<__half> shadow(config_of_kconfig(), 40);
   Handle gpu(EKV_DEVICE_CUDA), cpu(EKV_DEVICE_CPU);
   int device_type = 0, device_id = -1;
   ekv_cache_config back;
@@ -89,12 +111,12 @@ TEST_CASE("a GPU handle with device pointers: append, attention, errors, and its
   }
 
   const std::size_t rows = static_cast<std::size_t>(batch) * 8;
-  std::vector<__half> q = ekv::bench::random_uniform<__half>(rows * 64, -1.0f, 1.0f, seed + 99);
-  ekv::DeviceBuffer<__half> dq = on_device(q), dout(rows * 64);
-  ekv::DeviceBuffer<float> dlse(rows);
-  Descriptor qd(dq.data(), {batch, 8, 64}, EKV_DTYPE_FLOAT16, EKV_DEVICE_CUDA);
-  Descriptor od(dout.data(), {batch, 8, 64}, EKV_DTYPE_FLOAT16, EKV_DEVICE_CUDA);
-  Descriptor ld(dlse.data(), {batch, 8}, EKV_DTYPE_FLOAT32, EKV_DEVICE_CUDA);
+  Decode io(batch, seed + 99);
+  std::vector<__half>& q = io.q;
+  ekv::DeviceBuffer<__half>& dq = io.dq;
+  ekv::DeviceBuffer<__half>& dout = io.dout;
+  ekv::DeviceBuffer<float>& dlse = io.dlse;
+  const Descriptor &qd = io.qd, &od = io.od, &ld = io.ld;
   for (int layer = 0; layer < 2; ++layer) {
     int exact = -1;
     REQUIRE(ekv_cache_attn(gpu.cache, &qd.t, &od.t, &ld.t, layer, 0, -1, 1, 1, &exact) == EKV_SUCCESS);
@@ -157,4 +179,83 @@ TEST_CASE("a GPU handle with device pointers: append, attention, errors, and its
   int current = -1;
   REQUIRE(cudaGetDevice(&current) == cudaSuccess);
   CHECK(current == 0);
+}
+
+TEST_CASE("the _on_stream calls: ordered on the caller's stream, the attention captured into a CUDA graph") {
+  REQUIRE(cudaSetDevice(0) == cudaSuccess);
+  const std::uint64_t seed = ekv::test::seed();
+  INFO("seed " << seed);
+  ekv::test::Shadow<__half> shadow(config_of_kconfig(), 40);
+  Handle gpu(EKV_DEVICE_CUDA);
+  cudaStream_t stream = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+  const int batch = 2;
+  // appends on the caller's stream; the buffers live until the stream has read them
+  const auto append = [&](int layer, int tokens, std::uint64_t salt) {
+    const std::size_t n = static_cast<std::size_t>(batch) * tokens * 2 * 64;
+    const std::vector<__half> k = ekv::bench::random_uniform<__half>(n, -1.0f, 1.0f, seed + salt);
+    const std::vector<__half> v = ekv::bench::random_uniform<__half>(n, -1.0f, 1.0f, seed + salt + 1);
+    ekv::DeviceBuffer<__half> dk = on_device(k), dv = on_device(v);
+    Descriptor kd(dk.data(), {batch, tokens, 2, 64}, EKV_DTYPE_FLOAT16, EKV_DEVICE_CUDA);
+    Descriptor vd(dv.data(), {batch, tokens, 2, 64}, EKV_DTYPE_FLOAT16, EKV_DEVICE_CUDA);
+    REQUIRE(ekv_cache_append_on_stream(gpu.cache, layer, &kd.t, &vd.t, stream) == EKV_SUCCESS);
+    REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+    REQUIRE(ekv::cpu_append_kv<__half>(shadow.view(layer, batch), k.data(), v.data(), tokens));
+  };
+  for (int layer = 0; layer < 2; ++layer) append(layer, 45, 10 * layer);
+
+  const std::size_t rows = static_cast<std::size_t>(batch) * 8;
+  Decode io(batch, seed + 99);
+  const auto poison = [&] {  // NaN outputs: a call that writes nothing fails the check
+    REQUIRE(cudaMemsetAsync(io.dout.data(), 0xFF, io.dout.size() * sizeof(__half), stream) == cudaSuccess);
+    REQUIRE(cudaMemsetAsync(io.dlse.data(), 0xFF, io.dlse.size() * sizeof(float), stream) == cudaSuccess);
+  };
+  const auto check = [&](int layer) {
+    REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+    const std::vector<__half> o = on_host(io.dout);
+    std::vector<float> lse(rows);
+    io.dlse.copy_to(ekv::Span<float>(lse.data(), lse.size()));
+    ekv::test::check_exact(shadow, layer, batch, io.q.data(), o.data(), lse.data());
+  };
+  for (int layer = 0; layer < 2; ++layer) {
+    poison();
+    int exact = -1;
+    REQUIRE(ekv_cache_attn_on_stream(gpu.cache, &io.qd.t, &io.od.t, &io.ld.t, layer, 0, -1, 1, 1, &exact,
+                                     stream) == EKV_SUCCESS);
+    CHECK(exact == 1);
+    check(layer);
+  }
+
+  // layer 0's exact attention, warmed up above, captured; replayed after appends (within
+  // the plan's length) it attends the tokens they added
+  cudaGraph_t graph = nullptr;
+  REQUIRE(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  const ekv_status captured =
+      ekv_cache_attn_on_stream(gpu.cache, &io.qd.t, &io.od.t, &io.ld.t, 0, 1, -1, 1, 1, nullptr, stream);
+  REQUIRE(cudaStreamEndCapture(stream, &graph) == cudaSuccess);
+  REQUIRE_MESSAGE(captured == EKV_SUCCESS, last_error());
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+  for (int tokens : {3, 20}) {  // to 48 tokens (3 whole blocks), then 68 (two new blocks)
+    append(0, tokens, 100 + tokens);
+    poison();
+    REQUIRE(cudaGraphLaunch(exec, stream) == cudaSuccess);
+    check(0);
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+
+  // a stream of another device, where there is one, is rejected by name
+  if (ekv::device_count() > 1) {
+    cudaStream_t other = nullptr;
+    REQUIRE(cudaSetDevice(1) == cudaSuccess);
+    REQUIRE(cudaStreamCreate(&other) == cudaSuccess);
+    REQUIRE(cudaSetDevice(0) == cudaSuccess);
+    CHECK(ekv_cache_attn_on_stream(gpu.cache, &io.qd.t, &io.od.t, &io.ld.t, 0, 1, -1, 1, 1, nullptr, other) ==
+          EKV_ERROR_INVALID_ARGUMENT);
+    CHECK(last_error() == "ekv_cache_attn_on_stream: stream is a stream of device 1; supported: a stream of device 0 "
+                          "(the cache's)");
+    cudaStreamDestroy(other);
+  }
+  cudaStreamDestroy(stream);
 }

@@ -171,6 +171,16 @@ TEST_CASE("the handle's calls name the argument they reject") {
                  "ekv_cache_attn: HostKVCache::attn: sequence 0 of layer 0 holds no tokens; append before attending");
   check_rejected(ekv_cache_attn(h.cache, nullptr, &od.t, &ld.t, 0, 0, -1, 1, 1, nullptr),
                  "ekv_cache_attn: q is NULL; it must point to an ekv_tensor");
+  // the _on_stream calls: a CPU cache takes a NULL stream only, and then checks as the others do
+  int not_a_stream = 0;
+  check_rejected(ekv_cache_append_on_stream(h.cache, 0, &kd.t, &vd.t, &not_a_stream),
+                 "ekv_cache_append_on_stream: stream is not NULL; supported: NULL for a CPU cache (EKV_DEVICE_CPU: "
+                 "no streams)");
+  check_rejected(ekv_cache_attn_on_stream(h.cache, &qd.t, &od.t, &ld.t, 0, 0, -1, 1, 1, nullptr, nullptr),
+                 "ekv_cache_attn_on_stream: HostKVCache::attn: sequence 0 of layer 0 holds no tokens; append before "
+                 "attending");  // the rejected append above wrote nothing
+  check_rejected(ekv_cache_attn_on_stream(nullptr, &qd.t, &od.t, &ld.t, 0, 0, -1, 1, 1, nullptr, nullptr),
+                 "ekv_cache_attn_on_stream: cache is NULL; it must point to an ekv_cache from ekv_cache_create");
   check_rejected(ekv_cache_append(h.cache, 3, &kd.t, &vd.t),
                  "ekv_cache_append: HostKVCache::append: layer 3 not supported; supported: 0 to layer_num - 1 = 2");
   Host half_k(k.data(), {1, 1, 2, 64}, EKV_DTYPE_FLOAT16);

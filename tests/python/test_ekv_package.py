@@ -84,6 +84,28 @@ def attend(cache, q, **counts):
     return o, lse
 
 
+def test_a_cpu_cache_takes_stream_0_only():
+    cache = ekv.KVCache(small_config())
+    k = np.random.default_rng(SEED).uniform(-1, 1, (1, 5, 2, 64)).astype(np.float32)
+    cache.append(0, k, k, stream=0)  # the CPU backend has no streams: 0 runs as without one
+    assert cache.get_cache_total_len() == 5
+
+    class TorchLikeStream:
+        cuda_stream = 1234
+
+    with pytest.raises(ekv.InvalidArgumentError) as e:
+        cache.append(0, k, k, stream=TorchLikeStream())
+    assert str(e.value) == ("ekv_cache_append_on_stream: stream is not NULL; supported: NULL for a CPU cache "
+                            "(EKV_DEVICE_CPU: no streams)")
+    assert cache.get_cache_total_len() == 5  # nothing appended
+    q = np.zeros((1, 8, 64), np.float32)
+    o, lse = np.zeros_like(q), np.zeros((1, 8), np.float32)
+    for bad in ("0", -1, 1.5, True):
+        with pytest.raises(TypeError, match="stream is .*; supported: a torch.cuda.Stream, a CuPy stream"):
+            cache.attn(q, o, lse, 0, 0, stream=bad)
+    assert cache.attn(q, o, lse, 0, 0, stream=0)
+
+
 def test_config_has_the_wrapper_names_defaults_and_text_form():
     c = ekv.KVCacheConfig()
     assert (c.layer_num, c.kv_head_num, c.q_head_num, c.head_dim, c.block_len) == (1, 8, 32, 128, 64)
@@ -510,3 +532,53 @@ def test_the_six_functions_on_torch_cuda_tensors():
     tokens = torch.from_numpy(rng.standard_normal(256 * 128).astype(np.float32)).cuda()
     cycle = ekv.inference_cycle(tokens, 256, 128, 8, 1.0)
     assert cycle.relative_error < 1e-5 and cycle.elastic_total_ms > 0
+
+
+def torch_attention():
+    """examples/torch/ekv_torch.py's module."""
+    sys.path.insert(0, str(PACKAGE.parent / "torch"))
+    import ekv_torch
+    return ekv_torch
+
+
+@pytest.mark.skipif(not has_gpu(), reason="no GPU visible")
+def test_torch_operations_on_the_current_stream_and_in_a_cuda_graph():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(SEED)
+    config = small_config(ekv.GGMLType.FP16, max_block_num=64)
+    attention = torch_attention().EkvAttention(config)
+    k = rng.uniform(-1, 1, (2, 45, 2, 64)).astype(np.float16)
+    v = rng.uniform(-1, 1, (2, 45, 2, 64)).astype(np.float16)
+    q = rng.uniform(-1, 1, (2, 8, 64)).astype(np.float16)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):  # a side stream: the calls must order on it, not on the default one
+        for layer in range(2):
+            attention.append(layer, torch.from_numpy(k).cuda(), torch.from_numpy(v).cuda())
+        static_q = torch.from_numpy(q).cuda()
+        out, lse = attention.attn(static_q, 0, 0)
+    stream.synchronize()
+    assert attention.last_attn_exact
+    for b in range(2):
+        want_o, want_lse = reference(q[b], k[b], v[b], 4)
+        assert relative_error(out.cpu().numpy()[b], want_o) < 2e-3
+        np.testing.assert_allclose(lse.cpu().numpy()[b], want_lse, atol=1e-2)
+
+    # captured after that warm-up, replayed after appends: it attends the tokens they added
+    graph = torch.cuda.CUDAGraph()
+    static_out, static_lse = torch.full_like(out, float("nan")), torch.full_like(lse, float("nan"))
+    with torch.cuda.graph(graph):
+        attention.attn(static_q, 0, 1, out=static_out, lse=static_lse)
+    for extra in (3, 20):  # to 48 tokens, then 68 (new blocks)
+        more_k = rng.uniform(-1, 1, (2, extra, 2, 64)).astype(np.float16)
+        more_v = rng.uniform(-1, 1, (2, extra, 2, 64)).astype(np.float16)
+        attention.append(0, torch.from_numpy(more_k).cuda(), torch.from_numpy(more_v).cuda())
+        k, v = np.concatenate([k, more_k], axis=1), np.concatenate([v, more_v], axis=1)
+        static_out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        for b in range(2):
+            want_o, want_lse = reference(q[b], k[b], v[b], 4)
+            assert relative_error(static_out.cpu().numpy()[b], want_o) < 2e-3
+            np.testing.assert_allclose(static_lse.cpu().numpy()[b], want_lse, atol=1e-2)
+    with pytest.raises(ValueError, match="supported: a CUDA device"):
+        torch_attention().EkvAttention(config, device="cpu")

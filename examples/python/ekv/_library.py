@@ -69,6 +69,8 @@ _SIGNATURES = {
     "ekv_cache_get_config": [_p, ctypes.POINTER(CConfig), c_int_p, c_int_p],
     "ekv_cache_append": [_p, _i, _t, _t],
     "ekv_cache_attn": [_p, _t, _t, _t, _i, _i, _i, _i, _i, c_int_p],
+    "ekv_cache_append_on_stream": [_p, _i, _t, _t, _p],
+    "ekv_cache_attn_on_stream": [_p, _t, _t, _t, _i, _i, _i, _i, _i, c_int_p, _p],
     "ekv_cache_get_cache_total_len": [_p, _i, c_int_p],
     "ekv_cache_update_cache_total_len": [_p, _i, _i],
     "ekv_cache_free_sequence": [_p, _i],

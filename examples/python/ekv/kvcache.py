@@ -102,6 +102,18 @@ class KVCacheConfig:
             int(getattr(self, n)) == int(getattr(other, n)) for n in CONFIG_FIELDS)
 
 
+def _stream_handle(stream):
+    """A cudaStream_t from a torch.cuda.Stream (cuda_stream), a CuPy stream (ptr) or an int."""
+    for attribute in ("cuda_stream", "ptr"):
+        if hasattr(stream, attribute):
+            stream = getattr(stream, attribute)
+            break
+    if isinstance(stream, bool) or not isinstance(stream, int) or stream < 0:
+        raise TypeError(f"stream is {stream!r}; supported: a torch.cuda.Stream, a CuPy stream, or a cudaStream_t "
+                        "as a non-negative int (0: the legacy default stream)")
+    return ctypes.c_void_p(stream)
+
+
 def _device(device):
     """"cpu", "cuda", "cuda:N" or "auto" as (ekv_device_type, device id); "auto" is the
     current GPU where CUDA sees one, else the CPU backend (ekv-bench's --device auto)."""
@@ -172,17 +184,30 @@ class KVCache:
         t = as_tensor(obj, name, writable)
         return (t.squeeze_token_axis() if squeeze else t).descriptor(name, self._device_id)
 
-    def append(self, layer_idx, k_new, v_new):
-        """Appends new_tokens tokens to each of the first batch sequences of a layer."""
-        check(lib().ekv_cache_append(self._h(), layer_idx, self._tensor(k_new, "k_new"), self._tensor(v_new, "v_new")))
+    def append(self, layer_idx, k_new, v_new, stream=None):
+        """Appends new_tokens tokens to each of the first batch sequences of a layer. With
+        `stream` (see attn) it is ordered on that stream instead of synchronous; it cannot be
+        captured into a CUDA graph (it takes blocks on the host)."""
+        k, v = self._tensor(k_new, "k_new"), self._tensor(v_new, "v_new")
+        if stream is None:
+            check(lib().ekv_cache_append(self._h(), layer_idx, k, v))
+        else:
+            check(lib().ekv_cache_append_on_stream(self._h(), layer_idx, k, v, _stream_handle(stream)))
 
     def attn(self, q_in, output, attn_lse, layer_idx, generate_token_idx, block_table=None, cache_seqlens=None,
-             pick_block_num=None, init_block_num=None, local_block_num=None):
+             pick_block_num=None, init_block_num=None, local_block_num=None, stream=None):
         """One layer's attention of the first batch = q_in.shape[0] sequences: exact without
         pick_block_num, else elastic (init_block_num sinks, default 1; local_block_num
         window blocks, default 1; pick_block_num by score). block_table and cache_seqlens,
         where given, must be the cache's (block_table(), get_cache_total_len()). Returns
-        True (the older wrapper's callers test it); failures raise."""
+        True (the older wrapper's callers test it); failures raise.
+
+        Without `stream` the call is synchronous (after the legacy default stream's work).
+        With one (a torch.cuda.Stream, a CuPy stream, or a cudaStream_t as an int; 0 the
+        legacy default stream) it is queued on that stream and returns without waiting, and
+        it may be captured into a CUDA graph once a call of the same batch, length (to the
+        next power of two) and budget has run outside capture (c_api.h,
+        ekv_cache_attn_on_stream). A CPU cache takes stream=0 only."""
         q = self._tensor(q_in, "q", squeeze=True)
         batch = q.shape[0] if q.ndim >= 1 else 0
         if cache_seqlens is not None:
@@ -190,11 +215,14 @@ class KVCache:
         if block_table is not None:
             self._check_rows("attn", np.asarray(block_table), batch)
         exact = ctypes.c_int(0)
-        check(lib().ekv_cache_attn(self._h(), q, self._tensor(output, "output", True, True),
-                                   self._tensor(attn_lse, "attn_lse", True, True), layer_idx, generate_token_idx,
-                                   -1 if pick_block_num is None else pick_block_num,
-                                   1 if init_block_num is None else init_block_num,
-                                   1 if local_block_num is None else local_block_num, ctypes.byref(exact)))
+        args = (self._h(), q, self._tensor(output, "output", True, True),
+                self._tensor(attn_lse, "attn_lse", True, True), layer_idx, generate_token_idx,
+                -1 if pick_block_num is None else pick_block_num, 1 if init_block_num is None else init_block_num,
+                1 if local_block_num is None else local_block_num, ctypes.byref(exact))
+        if stream is None:
+            check(lib().ekv_cache_attn(*args))
+        else:
+            check(lib().ekv_cache_attn_on_stream(*args, _stream_handle(stream)))
         self.last_attn_exact = bool(exact.value)
         return True
 

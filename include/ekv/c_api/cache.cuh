@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -53,6 +54,12 @@ class ScopedDevice {
  private:
   int previous_ = 0;
   bool changed_ = false;
+};
+
+// The caller's stream, for the _on_stream calls (where none is given, std::nullopt: the
+// synchronous calls, on the handle's own stream after the legacy default stream's work).
+struct CallerStream {
+  void* stream;
 };
 
 // The GPU cache, the stream its calls are ordered on, and the event by which that stream
@@ -108,6 +115,29 @@ struct ekv_cache {
     gpu->queued.make_wait(gpu->stream);
     on_gpu(gpu->cache, gpu->stream);
     gpu->stream.synchronize();
+  }
+  // on_host(HostKVCache&) (`caller` must then be NULL), or on_gpu(KVCache&, stream) on the
+  // caller's stream, after nothing and waiting for nothing (the _on_stream calls).
+  template <typename OnHost, typename OnGpu>
+  void run(const std::optional<ekv::capi::CallerStream>& caller, OnHost&& on_host, OnGpu&& on_gpu) const {
+    if (!caller) return run(on_host, on_gpu);
+    auto* stream = static_cast<cudaStream_t>(caller->stream);
+    if (host) {
+      if (stream != nullptr) {
+        ekv::capi::reject("stream is not NULL; supported: NULL for a CPU cache (EKV_DEVICE_CPU: no streams)");
+      }
+      return on_host(*host);
+    }
+    ekv::capi::ScopedDevice current(gpu->device);
+    if (stream != nullptr && stream != cudaStreamLegacy && stream != cudaStreamPerThread) {
+      int device = -1;
+      EKV_CUDA_CHECK(cudaStreamGetDevice(stream, &device), "stream: cannot read its device");
+      if (device != gpu->device) {
+        ekv::capi::reject("stream is a stream of device " + std::to_string(device) +
+                          "; supported: a stream of device " + std::to_string(gpu->device) + " (the cache's)");
+      }
+    }
+    on_gpu(gpu->cache, ekv::Stream::borrow(stream));
   }
   // f(cache) for what both caches answer on the host alone (config, lengths, tables).
   template <typename F>
@@ -174,20 +204,24 @@ inline void cache_get_config(const ekv_cache* cache, ekv_cache_config* config, i
   if (device_id != nullptr) *device_id = h.host ? 0 : h.gpu->device;
 }
 
-inline void cache_append(ekv_cache* cache, int layer_idx, const ekv_tensor* k_new, const ekv_tensor* v_new) {
+inline void cache_append(ekv_cache* cache, int layer_idx, const ekv_tensor* k_new, const ekv_tensor* v_new,
+                         const std::optional<CallerStream>& caller = std::nullopt) {
   const ekv_cache& h = handle(cache);
   const TensorView k = h.view(k_new, "k_new"), v = h.view(v_new, "v_new");
-  h.run([&](HostKVCache& c) { c.append(layer_idx, k, v); },
+  h.run(
+      caller, [&](HostKVCache& c) { c.append(layer_idx, k, v); },
         [&](KVCache& c, const Stream& s) { c.append(layer_idx, k, v, s); });
 }
 
 inline void cache_attn(ekv_cache* cache, const ekv_tensor* q, const ekv_tensor* output, const ekv_tensor* attn_lse,
                        int layer_idx, int generate_token_idx, int pick_block_num, int init_block_num,
-                       int local_block_num, int* attended_exactly) {
+                       int local_block_num, int* attended_exactly,
+                       const std::optional<CallerStream>& caller = std::nullopt) {
   const ekv_cache& h = handle(cache);
   const TensorView qv = h.view(q, "q"), ov = h.view(output, "output"), lv = h.view(attn_lse, "attn_lse");
   bool exact = pick_block_num < 0;  // the CPU backend attends elastically whenever asked
   h.run(
+      caller,
       [&](HostKVCache& c) {
         c.attn(qv, ov, lv, layer_idx, generate_token_idx, pick_block_num, init_block_num, local_block_num);
       },
