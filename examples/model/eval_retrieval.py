@@ -46,7 +46,6 @@ import json
 import math
 import os
 import pathlib
-import subprocess
 import sys
 import time
 
@@ -60,6 +59,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward  # n
 
 import ekv  # noqa: E402
 import retrieval_task  # noqa: E402
+from run_info import commit  # noqa: E402
 from scoring import own_attention_scores, score  # noqa: E402
 
 RULE = ("blocks = ceil(context / block_len); total = max(1, ceil(blocks / C)); pick_block_num = max(0, total - "
@@ -373,14 +373,6 @@ def table(rows):
                  r.get("retrieval", "-"), r.get("C", "-"), read, f"{r['accuracy']:.3f}", f"{r['nll']:.4f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
-
-
-def commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=pathlib.Path(__file__).parent, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def main(argv=None):

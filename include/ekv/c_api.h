@@ -415,7 +415,8 @@ EKV_C_EXPORT ekv_status ekv_cache_attn(ekv_cache* cache, const ekv_tensor* q, co
  * ekv_cache_append_on_stream may not be captured: it takes blocks on the host, and
  * synchronizes the stream where an append needs a new block.
  * Errors: as the synchronous calls, and EKV_ERROR_INVALID_ARGUMENT for a stream of another
- * device or a stream given to a CPU cache. */
+ * device (not checked while the stream captures: CUDA cannot say then) or a stream given
+ * to a CPU cache. */
 EKV_C_EXPORT ekv_status ekv_cache_append_on_stream(ekv_cache* cache, int layer_idx, const ekv_tensor* k_new,
                                                    const ekv_tensor* v_new, void* stream);
 EKV_C_EXPORT ekv_status ekv_cache_attn_on_stream(ekv_cache* cache, const ekv_tensor* q, const ekv_tensor* output,

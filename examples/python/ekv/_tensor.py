@@ -1,7 +1,7 @@
 """A caller's array as the C API sees it: pointer, dtype, shape, strides in elements,
-device. numpy arrays are host memory; any other object is read through
-__cuda_array_interface__ (CuPy, Numba, torch CUDA tensors) or DLPack (__dlpack__: torch,
-JAX, CuPy, numpy), without importing any of them."""
+device. numpy arrays are host memory; torch tensors are read from their own attributes
+(data_ptr, stride, device); any other object through __cuda_array_interface__ (CuPy,
+Numba) or DLPack (__dlpack__: JAX, CuPy, numpy), without importing any of them."""
 import ctypes
 
 import numpy as np
@@ -100,8 +100,26 @@ def _from_numpy(a, name, writable):
     return Tensor(a.ctypes.data, a.dtype.name, a.shape, _element_strides(a.strides, a.itemsize, name), CPU, 0, a)
 
 
-def _from_cuda_array_interface(obj, name, writable):
-    face = obj.__cuda_array_interface__
+def _from_torch(obj, name):
+    """A torch tensor read from its own attributes: the interfaces below cost tens of
+    microseconds a call, which a decode loop pays per layer and per argument."""
+    device = obj.device
+    if device.type == "cuda":
+        device_type, device_id = CUDA, device.index
+    elif device.type == "cpu":
+        device_type, device_id = CPU, 0
+    else:
+        raise TypeError(f"{name} is a torch tensor on {device}; supported: cuda or cpu tensors")
+    return Tensor(obj.data_ptr(), str(obj.dtype).rpartition(".")[2], tuple(obj.shape), tuple(obj.stride()),
+                  device_type, device_id, obj)
+
+
+def _is_torch_tensor(obj):
+    cls = type(obj)
+    return cls.__module__.startswith("torch") and hasattr(cls, "data_ptr") and hasattr(cls, "stride")
+
+
+def _from_cuda_array_interface(obj, face, name, writable):
     data, readonly = face["data"]
     if writable and readonly:
         raise ValueError(f"{name} is read-only (__cuda_array_interface__); it receives output")
@@ -136,8 +154,11 @@ def as_tensor(obj, name, writable=False):
     __dlpack__) as a Tensor; TypeError names the argument where it is none of them."""
     if isinstance(obj, np.ndarray):
         return _from_numpy(obj, name, writable)
-    if hasattr(obj, "__cuda_array_interface__"):
-        return _from_cuda_array_interface(obj, name, writable)
+    if _is_torch_tensor(obj):
+        return _from_torch(obj, name)
+    face = getattr(obj, "__cuda_array_interface__", None)  # a property: read once
+    if face is not None:
+        return _from_cuda_array_interface(obj, face, name, writable)
     if hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__"):
         return _from_dlpack(obj, name)
     raise TypeError(f"{name} is a {type(obj).__name__}; supported: a numpy array, or an array with "

@@ -129,7 +129,12 @@ struct ekv_cache {
       return on_host(*host);
     }
     ekv::capi::ScopedDevice current(gpu->device);
-    if (stream != nullptr && stream != cudaStreamLegacy && stream != cudaStreamPerThread) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    const bool created = stream != nullptr && stream != cudaStreamLegacy && stream != cudaStreamPerThread;
+    if (created) EKV_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture), "stream: cannot tell whether it captures");
+    // cudaStreamGetDevice invalidates a capture (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED), so
+    // a capturing stream's device goes unchecked
+    if (created && capture == cudaStreamCaptureStatusNone) {
       int device = -1;
       EKV_CUDA_CHECK(cudaStreamGetDevice(stream, &device), "stream: cannot read its device");
       if (device != gpu->device) {
