@@ -1,6 +1,7 @@
 """ekv from Python: ctypes over libekv_c (ekv's C API, include/ekv/c_api.h), numpy in and
 out; torch tensors through their own attributes, other device arrays (CuPy) through
-__cuda_array_interface__ or DLPack, without importing torch. Where libekv_c is found: ekv._library's docstring (EKV_LIBRARY first)."""
+__cuda_array_interface__ or DLPack, without importing torch. Where libekv_c is found:
+ekv._library's docstring (EKV_LIBRARY first)."""
 from ._errors import (CudaError, EkvError, InternalError, InvalidArgumentError, NoDeviceError, OutOfMemoryError,
                       last_error)
 from ._library import LibraryNotFoundError

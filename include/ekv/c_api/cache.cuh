@@ -213,8 +213,7 @@ inline void cache_append(ekv_cache* cache, int layer_idx, const ekv_tensor* k_ne
                          const std::optional<CallerStream>& caller = std::nullopt) {
   const ekv_cache& h = handle(cache);
   const TensorView k = h.view(k_new, "k_new"), v = h.view(v_new, "v_new");
-  h.run(
-      caller, [&](HostKVCache& c) { c.append(layer_idx, k, v); },
+  h.run(caller, [&](HostKVCache& c) { c.append(layer_idx, k, v); },
         [&](KVCache& c, const Stream& s) { c.append(layer_idx, k, v, s); });
 }
 
