@@ -245,6 +245,7 @@ void split_sweep(benchmark::internal::Benchmark* b) {
     std::vector<int> splits;
   };
   const Shape shapes[] = {{1, 4096, {8, 16, 32}},
+                          {1, 16384, {8, 16, 32, 33, 66}},  // the elastic step's decode at 1 x 128K, C = 8
                           {1, 32768, {8, 16, 32, 33, 66, 132}},
                           {1, 131072, {8, 16, 32, 33, 66, 132}},
                           {16, 32768, {1, 2, 4, 8, 33}},

@@ -123,11 +123,9 @@ void run_gpu_variants(const BenchOptions& o, const DeviceInfo& device, const Str
       append(s, v);
       run_decode<T>(plan, kv, cache.q.data(), exact_o.data(), exact_lse.data(), workspace.data(), s);
     }, o.graphs);
-    const bool refresh = config.refreshes_selection(v);
-    elastic_steps.emplace_back(stream, [&, v, refresh](const Stream& s) {
+    elastic_steps.emplace_back(stream, [&, v](const Stream& s) {
       append_and_update(s, v);
-      if (refresh) elastic.select(kv, cache.q.data(), anchors.data(), s);
-      elastic.attend(kv, cache.q.data(), elastic_o.data(), elastic_lse.data(), s);
+      elastic.run(kv, cache.q.data(), anchors.data(), elastic_o.data(), elastic_lse.data(), s, v);
     }, o.graphs);
   }
 

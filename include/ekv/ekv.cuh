@@ -11,6 +11,7 @@
 #include "ekv/kernels/async_copy.cuh"
 #include "ekv/kernels/bulk_copy.cuh"
 #include "ekv/kernels/copy.cuh"
+#include "ekv/kernels/dependent_launch.cuh"
 #include "ekv/kernels/fill.cuh"
 #include "ekv/kernels/fma_chains.cuh"
 #include "ekv/kernels/magnitude_select.cuh"

@@ -1,8 +1,9 @@
 // The fused elastic step: score_and_select_blocks (scoring and selection in one launch,
 // writing the block-sparse rows) against the two-launch path (score_blocks, select_blocks,
-// gather_selection) and against reference_select_blocks on the GPU's own scores, at
-// lengths past one selection tile (4096 blocks) up to 1M tokens; then ElasticDecode at 1M
-// tokens against the unfused selection and the float64 reference over its blocks.
+// gather_selection) and against reference_select_blocks on the GPU's own scores, within
+// one selection tile (4096 blocks: the register-resident selection writing the rows) and
+// past it up to 1M tokens; then ElasticDecode at 1M tokens against the unfused selection
+// and the float64 reference over its blocks.
 
 #include <doctest/doctest.h>
 
@@ -184,6 +185,19 @@ TEST_CASE("fused scoring and selection equal the two-launch path and the referen
   for (ekv::RetrievalType retrieval :
        {ekv::RetrievalType::kKvHead, ekv::RetrievalType::kLayer, ekv::RetrievalType::kQHead}) {
     check_selection(retrieval, shape, seed);
+  }
+}
+
+TEST_CASE("the register-resident selection writes the gather's sparse rows, up to one tile of blocks") {
+  const auto seed = ekv::test::seed();
+  // 4096 blocks (one tile, 16 per thread) and 313 blocks (2 per thread), one sequence empty
+  for (const ekv::test::CacheShape& shape :
+       {ekv::test::CacheShape{2, 4, 128, 16, {30001, 300, 0, 4096 * 16}, ekv::test::Layout::kPaged},
+        ekv::test::CacheShape{1, 2, 64, 16, {1000, 70, 0, 5000}, ekv::test::Layout::kPaged}}) {
+    for (ekv::RetrievalType retrieval :
+         {ekv::RetrievalType::kKvHead, ekv::RetrievalType::kLayer, ekv::RetrievalType::kQHead}) {
+      check_selection(retrieval, shape, seed);
+    }
   }
 }
 

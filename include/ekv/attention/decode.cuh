@@ -23,6 +23,7 @@
 #include "ekv/core/dispatch.hpp"
 #include "ekv/core/launch.hpp"
 #include "ekv/core/quant.hpp"
+#include "ekv/kernels/dependent_launch.cuh"
 #include "ekv/core/stream.hpp"
 #include "ekv/kernels/vec.cuh"
 
@@ -193,7 +194,7 @@ template <typename T, int HeadDim>
 void launch_decode(const DecodePlan& plan, const DecodeParams<T>& params, const Stream& stream) {
   const dim3 grid(plan.num_splits, plan.problem.kv_heads * plan.head_tiles, plan.problem.batch);
   with_decode_kernel<T, HeadDim>(plan.head_tile, plan.copy, [&](auto kernel, int threads, int smem) {
-    kernel<<<grid, threads, smem, stream.get()>>>(params);
+    launch_dependent(kernel, grid, threads, smem, stream.get(), params);
   });
   check_launch("decode", stream.get());
 }

@@ -10,6 +10,7 @@
 #include "ekv/attention/decode_traits.hpp"
 #include "ekv/attention/kv_view.hpp"
 #include "ekv/attention/merge_states.cuh"
+#include "ekv/kernels/dependent_launch.cuh"
 
 namespace ekv {
 
@@ -129,6 +130,8 @@ __global__ void __launch_bounds__(DecodeTraits<T, HeadDim>::kCtaThreads)
   static_assert(kDecodeSplitAlign % Traits::kTileTokens == 0, "splits start on tile boundaries");
   constexpr int kVec = Traits::kVec;
   constexpr int kWarps = Traits::kWarps;
+  wait_for_prior_grids();  // launched by launch_dependent
+  let_dependents_launch();
   const DecodeCta c = decode_cta(p, HeadTile, Traits::kTileTokens);
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % Traits::kLanes;
@@ -216,6 +219,8 @@ __global__ void __launch_bounds__(DecodeTcTraits<T, HeadDim>::kCtaThreads)
   using Traits = DecodeTcTraits<T, HeadDim>;
   static_assert(kDecodeSplitAlign % Traits::kTileTokens == 0, "splits start on tile boundaries");
   extern __shared__ __align__(16) unsigned char smem[];
+  wait_for_prior_grids();  // launched by launch_dependent
+  let_dependents_launch();
   const DecodeCta c = decode_cta(p, Traits::kHeads, Traits::kTileTokens);
   DecodeTcState<T, HeadDim> state;
   state.init();

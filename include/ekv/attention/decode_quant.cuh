@@ -33,6 +33,7 @@
 #include "ekv/attention/quant_kv_view.hpp"
 #include "ekv/core/dispatch.hpp"
 #include "ekv/core/quant.hpp"
+#include "ekv/kernels/dependent_launch.cuh"
 #include "ekv/kernels/async_copy.cuh"
 #include "ekv/kernels/tile_pipeline.cuh"
 
@@ -508,6 +509,8 @@ __global__ void __launch_bounds__(DecodeTcTraits<T, HeadDim>::kCtaThreads)
     decode_tc_quant_kernel(const __grid_constant__ DecodeParams<T, QuantKVView> p) {
   using Traits = DecodeTcTraits<T, HeadDim>;
   extern __shared__ __align__(16) unsigned char smem[];
+  wait_for_prior_grids();  // launched by launch_dependent
+  let_dependents_launch();
   const DecodeCta c = decode_cta(p, Traits::kHeads, Traits::kTileTokens);
   DecodeTcState<T, HeadDim> state;
   state.init();
@@ -596,7 +599,7 @@ void run_decode(const DecodePlan& plan, const QuantKVView& kv, const T* q, T* o,
   const dim3 grid(plan.num_splits, p.kv_heads * plan.head_tiles, p.batch);
   dispatch<kDecodeHeadDims>("head_dim", "quantized decode", p.head_dim, [&](auto dim) {
     detail::with_quant_decode_kernel<T, decltype(dim)::value>(kv.storage, [&](auto kernel, int threads, int smem) {
-      kernel<<<grid, threads, smem, stream.get()>>>(params);
+      launch_dependent(kernel, grid, threads, smem, stream.get(), params);
     });
   });
   check_launch("quantized decode", stream.get());

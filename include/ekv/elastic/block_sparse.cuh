@@ -14,6 +14,7 @@
 #include "ekv/core/launch.hpp"
 #include "ekv/core/stream.hpp"
 #include "ekv/elastic/block_sparse_view.hpp"
+#include "ekv/kernels/dependent_launch.cuh"
 
 namespace ekv {
 
@@ -53,6 +54,8 @@ namespace detail {
 // row reads the sequence's newest blocks.
 template <typename T>
 __global__ void gather_selection_kernel(const KVView<T> base, const SelectionRows in, const SparseRows out) {
+  wait_for_prior_grids();  // launched by launch_dependent
+  let_dependents_launch();
   const int row_head = blockIdx.x, seq = blockIdx.y;
   const int head = row_head / (in.rows_per_seq / base.kv_heads);
   const std::int64_t row = static_cast<std::int64_t>(seq) * in.rows_per_seq + row_head;
@@ -113,7 +116,8 @@ void gather_selection(const KVView<T>& base, const SelectionRows& in, const Spar
                 std::to_string(base.kv_heads) + ", got batch " + std::to_string(base.batch) + ", rows_per_seq " +
                 std::to_string(in.rows_per_seq));
   }
-  detail::gather_selection_kernel<T><<<dim3(in.rows_per_seq, base.batch), 128, 0, stream.get()>>>(base, in, out);
+  launch_dependent(detail::gather_selection_kernel<T>, dim3(in.rows_per_seq, base.batch), 128, 0, stream.get(), base,
+                   in, out);
   check_launch("gather_selection", stream.get());
 }
 

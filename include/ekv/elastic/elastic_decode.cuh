@@ -1,9 +1,11 @@
 #pragma once
 // ElasticDecode: one elastic decode step over a paged cache, sized once. A refreshing step
 // scores every block from its anchors (score_blocks), selects sinks + window + top-k per
-// granule (select_blocks), gathers the selection into block-sparse rows and runs exact
-// decode over them; steps that do not refresh the selection (ElasticConfig::token_step)
-// gather the last selection plus the blocks appended since, then decode. (The fused
+// granule (select_blocks, which writes the block-sparse rows of the selection itself) and
+// runs exact decode over them: three launches, each a programmatic dependent of the one
+// before (launch_dependent). Steps that do not refresh the selection
+// (ElasticConfig::token_step) gather the last selection plus the blocks appended since,
+// then decode. (The fused
 // score_and_select_blocks, one launch writing the sparse rows itself, measured slower on
 // the H200 at batch 1: RESULTS.md, issue 16.) Every buffer is allocated at construction,
 // so a step never allocates or synchronizes and can be captured in a CUDA Graph (one graph
@@ -138,7 +140,11 @@ class ElasticDecode {
   // The first step run must refresh (attend() throws otherwise).
   template <typename View>
   void run(const View& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream, int step = 0) {
-    if (problem_.policy.config().refreshes_selection(step)) select(kv, q, anchors, stream);
+    if (problem_.policy.config().refreshes_selection(step)) {
+      select(kv, q, anchors, stream);  // the rows too: no gather
+      decode_selection(kv, q, o, lse, stream);
+      return;
+    }
     attend(kv, q, o, lse, stream);
   }
   // Layer `layer` of decode step `step`, the layers sharing selections as the config's
@@ -148,10 +154,15 @@ class ElasticDecode {
   void run_layer(const View& kv, const T* q, const T* anchors, T* o, float* lse, const Stream& stream, int step,
                  int layer) {
     const ElasticConfig& config = problem_.policy.config();
-    if (config.selection_layer(layer) == layer && config.refreshes_selection(step)) select(kv, q, anchors, stream);
+    if (config.selection_layer(layer) == layer && config.refreshes_selection(step)) {
+      select(kv, q, anchors, stream);  // the rows too: no gather
+      decode_selection(kv, q, o, lse, stream);
+      return;
+    }
     attend(kv, q, o, lse, stream);
   }
-  // Scores every block and selects; nothing where the step attends exactly.
+  // Scores every block and selects, writing the selection's block-sparse rows of this
+  // view (what attend would gather right after); nothing where the step attends exactly.
   template <typename View>
   void select(const View& kv, const T* q, const T* anchors, const Stream& stream) {
     check_view(kv, "select");
@@ -159,8 +170,13 @@ class ElasticDecode {
     if (exact_) return;
     const KVView<T>& layout = detail::selection_view<T>(kv);
     score_blocks<T>(layout, q, q_heads_, anchors, problem_.policy.config(), scores_.data(), device_, stream);
-    select_blocks<T>(layout, q_heads_, scores_.data(), problem_.policy, selected_.data(), num_selected_.data(),
-                     max_selected_, stream, blocks_then_.data());
+    SelectionOut out;
+    out.selected = selected_.data();
+    out.num_selected = num_selected_.data();
+    out.max_selected = max_selected_;
+    out.blocks_then = blocks_then_.data();
+    out.sparse = sparse_rows();
+    select_blocks<T>(layout, q_heads_, scores_.data(), problem_.policy, out, stream);
   }
   // Attention over the last selection plus the blocks appended since: a gather, then
   // decode (exact decode alone where the step attends exactly).
@@ -175,8 +191,8 @@ class ElasticDecode {
     }
     decode_rows(kv, q, o, lse, stream);
   }
-  // Decode over the block-sparse rows the last attend() gathered (attend without the gather:
-  // for timing the stages, or a second query over the same blocks).
+  // Decode over the block-sparse rows the last select() or attend() wrote (attend without
+  // the gather: for timing the stages, or a second query over the same blocks).
   template <typename View>
   void decode_selection(const View& kv, const T* q, T* o, float* lse, const Stream& stream) {
     check_view(kv, "decode_selection");

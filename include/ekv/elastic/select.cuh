@@ -30,6 +30,7 @@
 #include "ekv/elastic/elastic_config.hpp"
 #include "ekv/elastic/elastic_problem.hpp"
 #include "ekv/elastic/policy.hpp"
+#include "ekv/kernels/dependent_launch.cuh"
 #include "ekv/kernels/vec.cuh"
 
 namespace ekv {
@@ -39,11 +40,11 @@ inline constexpr int kSelectThreads = 256;
 // are selected from registers, a longer sequence in tiles of that many.
 inline constexpr int kSelectItems = 16;
 inline constexpr int kSelectTile = kSelectThreads * kSelectItems;
-// Blocks per thread of the lists-only selection (select_lists_kernel): the fewest that hold
-// a sequence's blocks, up to one tile (the radix select's passes cost in items).
+// Blocks per thread of the register-resident selection (select_lists_kernel): the fewest
+// that hold a sequence's blocks, up to one tile (the radix select's passes cost in items).
 inline constexpr int kSelectItemCounts[] = {1, 2, 4, 8, 16};
 static_assert(kSelectThreads * kSelectItemCounts[sizeof(kSelectItemCounts) / sizeof(int) - 1] == kSelectTile,
-              "the lists-only selection covers one tile");
+              "the register-resident selection covers one tile");
 
 // Where a selection goes: the logical lists [batch][rows][max_selected] ascending and their
 // counts [batch][rows]; blocks_then [batch][rows], if given, the blocks each sequence had
@@ -261,19 +262,22 @@ __device__ unsigned kth_largest(const unsigned (&key)[Items], int k, int& take) 
   return prefix;
 }
 
-// The lists alone, for sequences of up to kSelectTile blocks, keys in registers at the
-// fewest items per thread that hold them (Items). CTA (granule, seq): sinks and window get
-// the top key so they rank first, the rest their score (the max over kv heads for LAYER;
-// NaN as -inf); the keep largest are flagged, equal scores to the lower block, and a scan
-// over the flags writes them in ascending block order. rows: score and selection rows per sequence (q_heads for
-// QHEAD, else kv_heads).
+// The selection of sequences of up to kSelectTile blocks, keys in registers at the fewest
+// items per thread that hold them (Items). CTA (granule, seq): sinks and window get the
+// top key so they rank first, the rest their score (the max over kv heads for LAYER; NaN
+// as -inf); the keep largest are flagged, equal scores to the lower block, and a scan over
+// the flags writes them in ascending block order, with each row's block-sparse row where
+// out.sparse.tables is set (each row's own kv head's pool blocks; the thread holding the
+// last block writes the row's length). rows: score and selection rows per sequence
+// (q_heads for QHEAD, else kv_heads).
 template <typename T, int Items>
 __global__ void __launch_bounds__(kSelectThreads)
     select_lists_kernel(const KVView<T> kv, const float* scores, int rows, bool layer, ElasticPolicy policy,
-                         std::int32_t* selected, std::int32_t* num_selected, int max_selected,
-                         std::int32_t* blocks_then) {
+                        const SelectionOut out) {
   using Scan = cub::BlockScan<int, kSelectThreads>;
   __shared__ typename Scan::TempStorage scan;
+  wait_for_prior_grids();  // launched by launch_dependent
+  let_dependents_launch();
   const int seq = blockIdx.y, granule = blockIdx.x;
   const int len = min(kv.length(seq, layer ? 0 : granule / (rows / kv.kv_heads)), kv.capacity());
   const int n = sequence_blocks(len, kv.block_len);
@@ -310,15 +314,36 @@ __global__ void __launch_bounds__(kSelectThreads)
     flag[i] = keep > 0 && (key[i] > threshold || (equal[i] && equal_before[i] < take));
   }
   Scan(scan).ExclusiveSum(flag, position);
+  const int kept = min(keep, out.max_selected);
+  const SparseRows& sparse = out.sparse;
+  const std::int64_t units = sparse.head_units ? head_units_per_block(kv) : 1;
+  const int heads_per_row = rows / kv.kv_heads;
   for (int r = 0; r < (layer ? rows : 1); ++r) {
-    const std::int64_t row = static_cast<std::int64_t>(seq) * rows + (layer ? r : granule);
+    const int row_head = layer ? r : granule;
+    const std::int64_t row = static_cast<std::int64_t>(seq) * rows + row_head;
+    const int head = row_head / heads_per_row;
 #pragma unroll
     for (int i = 0; i < Items; ++i) {
-      if (flag[i] && position[i] < max_selected) selected[row * max_selected + position[i]] = threadIdx.x * Items + i;
+      if (!flag[i] || position[i] >= kept) continue;
+      const int b = threadIdx.x * Items + i;
+      out.selected[row * out.max_selected + position[i]] = b;
+      if (sparse.tables == nullptr) continue;
+      const std::int64_t id = kv.block_id(seq, head, b);
+      sparse.tables[row * sparse.max_per_row + position[i]] =
+          static_cast<std::int32_t>(sparse.head_units ? id * units + head : id);
+      if (sparse.attended != nullptr) sparse.attended[row * sparse.max_per_row + position[i]] = b;
+      // ascending rows end in the highest kept block: only it can be partial
+      if (position[i] == kept - 1) {
+        sparse.lengths[row] = (kept - 1) * kv.block_len + block_valid_tokens(len, kv.block_len, b);
+      }
     }
     if (threadIdx.x == 0) {
-      num_selected[row] = min(keep, max_selected);
-      if (blocks_then != nullptr) blocks_then[row] = n;
+      out.num_selected[row] = kept;
+      if (out.blocks_then != nullptr) out.blocks_then[row] = n;
+      if (sparse.tables != nullptr) {
+        if (kept == 0) sparse.lengths[row] = 0;
+        if (sparse.num_attended != nullptr) sparse.num_attended[row] = kept;
+      }
     }
   }
 }
@@ -330,6 +355,8 @@ template <typename T>
 __global__ void __launch_bounds__(kSelectThreads)
     select_blocks_kernel(const KVView<T> kv, const float* scores, int rows, bool layer, ElasticPolicy policy,
                          SelectionOut out) {
+  wait_for_prior_grids();  // launched by launch_dependent
+  let_dependents_launch();
   const int seq = blockIdx.y, granule = blockIdx.x;
   const int len = min(kv.length(seq, layer ? 0 : granule / (rows / kv.kv_heads)), kv.capacity());
   const BlockCounts counts = policy.counts(sequence_blocks(len, kv.block_len));
@@ -375,11 +402,19 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 3)
   constexpr int kPerLane = HeadDim / 32, kChunk = kScoreChunk<T, HeadDim>;
   constexpr int kAnchorBytes = kPerLane * static_cast<int>(sizeof(T)), kQueryBytes = kPerLane * 4;
   using AnchorVec = Vec<T, kAnchorBytes>;
+  wait_for_prior_grids();  // launched by launch_dependent
+  let_dependents_launch();
   const int seq = blockIdx.z, head = blockIdx.y, lane = threadIdx.x % 32;
   const int first = (blockIdx.x * kScoreWarps + threadIdx.x / 32) * warp_blocks;
+  // a table of whole rows (max_blocks_per_seq entries each) is read beside the length, not
+  // after it: one dependent load fewer before the anchors; a ragged table ends where the
+  // length says, so there the entry waits for it
+  const bool whole_rows = kv.page_indptr == nullptr;
+  const bool in_row = lane < warp_blocks && first + lane < kv.max_blocks_per_seq;
+  std::int64_t lane_block = whole_rows && in_row ? kv.block_id(seq, head, first + lane) : 0;
   const int n = sequence_blocks(min(kv.length(seq, head), kv.capacity()), kv.block_len);
   const int count = max(0, min(warp_blocks, n - first));
-  const std::int64_t lane_block = lane < count ? kv.block_id(seq, head, first + lane) : 0;
+  if (!whole_rows) lane_block = lane < count ? kv.block_id(seq, head, first + lane) : 0;
   // the group's queries, shared by the CTA's warps (blocks of the same kv head)
   __shared__ __align__(32) float q_group[kDecodeMaxGroup * HeadDim];
   const int group = q_heads / kv.kv_heads;
@@ -500,9 +535,9 @@ void launch_score_blocks(const KVView<T>& kv, const T* q, int q_heads, const T* 
     while (warp_blocks > kChunk && ctas(warp_blocks) < min_ctas) warp_blocks /= 2;
     const int cta_blocks = kScoreWarps * warp_blocks;
     const dim3 grid((kv.max_blocks_per_seq + cta_blocks - 1) / cta_blocks, kv.kv_heads, kv.batch);
-    score_blocks_kernel<T, decltype(dim)::value><<<grid, kScoreWarps * 32, 0, stream.get()>>>(
-        kv, q, q_heads, anchors, config.anchor, config.anchor_num, config.retrieval == RetrievalType::kQHead,
-        warp_blocks, scores, fuse);
+    launch_dependent(score_blocks_kernel<T, decltype(dim)::value>, grid, kScoreWarps * 32, 0, stream.get(), kv, q,
+                     q_heads, anchors, config.anchor, config.anchor_num, config.retrieval == RetrievalType::kQHead,
+                     warp_blocks, scores, fuse);
   });
   check_launch(what, stream.get());
 }
@@ -563,16 +598,17 @@ void select_blocks(const KVView<T>& kv, int q_heads, const float* scores, const 
   const int rows = config.retrieval == RetrievalType::kQHead ? q_heads : kv.kv_heads;
   const bool layer = config.retrieval == RetrievalType::kLayer;
   const dim3 grid(layer ? 1 : rows, kv.batch);
-  if (out.sparse.tables == nullptr && kv.max_blocks_per_seq <= kSelectTile) {
-    // lists alone, up to one tile: keys in registers at the fewest items per thread
+  if (kv.max_blocks_per_seq <= kSelectTile) {
+    // up to one tile: keys in registers at the fewest items per thread
     int items = 1;
     while (items * kSelectThreads < kv.max_blocks_per_seq) items *= 2;
     dispatch<kSelectItemCounts>("items", "select_blocks", items, [&](auto n) {
-      detail::select_lists_kernel<T, decltype(n)::value><<<grid, kSelectThreads, 0, stream.get()>>>(
-          kv, scores, rows, layer, policy, out.selected, out.num_selected, out.max_selected, out.blocks_then);
+      launch_dependent(detail::select_lists_kernel<T, decltype(n)::value>, grid, kSelectThreads, 0, stream.get(), kv,
+                       scores, rows, layer, policy, out);
     });
   } else {
-    detail::select_blocks_kernel<T><<<grid, kSelectThreads, 0, stream.get()>>>(kv, scores, rows, layer, policy, out);
+    launch_dependent(detail::select_blocks_kernel<T>, grid, kSelectThreads, 0, stream.get(), kv, scores, rows, layer,
+                     policy, out);
   }
   check_launch("select_blocks", stream.get());
 }
