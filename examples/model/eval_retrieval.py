@@ -32,14 +32,14 @@ summed over queries and over the query heads of its GQA group; the last
 --importance-window queries, 0: all), given to the cache with update_importance_one_block.
 
 Batches, and ekv's exact fallback: the GPU KVCache attends exactly wherever an elastic
-step would skip fewer than 24 MB of K and V over the batch (ElasticProblem's
+step would skip fewer than 48 MB of K and V over the batch (ElasticProblem's
 kElasticBreakEvenBytes) or read more than 3/4 of the blocks, and the C API has no switch
 for that. One sequence of this model holds 4 MiB a layer at 8K tokens, so at batch 1 every
 elastic step would be exact. The samples of a context are therefore decoded together,
 --batch (64) sequences in each cache, where every FP16 elastic step from 2K tokens on
-skips more (2K, C = 2: 16 of 32 blocks of 32 KiB, times 64 sequences, 33.5 MB). Rows say
-which share of their calls fell back all the same (fewer samples, quantized storage at
-short contexts). --elastic-device cpu runs the elastic rows on the CPU backend, which
+skips more, but 2K at C = 2 (16 of 32 blocks of 32 KiB, times 64 sequences: 33.5 MB, so
+exact). Rows say which share of their calls fell back (that row, fewer samples, quantized
+storage at short contexts). --elastic-device cpu runs the elastic rows on the CPU backend, which
 attends elastically whenever asked but has no DYNAMIC anchors (those rows are skipped)."""
 import argparse
 import json

@@ -31,6 +31,7 @@
 #include "ekv/elastic/block_sparse.cuh"
 #include "ekv/elastic/elastic_decode.cuh"
 #include "ekv/elastic/importance.cuh"
+#include "ekv/elastic/score_mma.cuh"
 #include "ekv/elastic/select.cuh"
 
 #include "ekv/cache/kv_cache.cuh"

@@ -86,7 +86,13 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
     for (ekv::RetrievalType retrieval :
          {ekv::RetrievalType::kKvHead, ekv::RetrievalType::kLayer, ekv::RetrievalType::kQHead}) {
       const int block_len = i % 2 ? 64 : 16;
-      const ekv::test::CacheShape shape{2, 4, 128, block_len, {1000, 37, 5000, 0}, ekv::test::Layout::kPaged};
+      // kv heads, group and head_dim vary with the case: both scoring kernels (tensor cores
+      // for QUEST up to head_dim 128, MEAN and MAX; CUDA cores for FIXED and QUEST at 256) at
+      // groups 1 to 16
+      const int heads[4][3] = {{2, 4, 128}, {1, 16, 64}, {3, 1, 256}, {2, 8, 128}};
+      const int* dims = heads[i % 4];
+      const ekv::test::CacheShape shape{dims[0], dims[1], dims[2], block_len, {1000, 37, 5000, 0},
+                                        ekv::test::Layout::kPaged};
       INFO(ekv::test::describe(shape) << " anchor=" << ekv::to_string(kind) << " retrieval=" << ekv::to_string(retrieval));
       ekv::test::HostCache<T> cache(shape, seed + i++);
       ekv::ElasticConfig config;

@@ -42,10 +42,11 @@ inline Support select_supported(int blocks_per_seq, int head_dim) {
 enum class ExactFallback { kAuto, kNever };
 
 // Below this many K and V bytes skipped per step (all sequences), selection costs more
-// than the reads it saves: the fixed cost of the elastic step at batch 1 on the H200
-// (scoring and selection launch and latency, about 8 us) at the rate short decodes read
-// (about 3 TB/s). RESULTS.md, issue 16, has the measurement behind it.
-inline constexpr double kElasticBreakEvenBytes = 24.0e6;
+// than the reads it saves. Measured on the H200 at batch 1 (fp16, 8 kv heads, dim 128,
+// RESULTS.md "The elastic step's launches"): skipping 29-34 MB (1 x 8K at C = 8 and 16,
+// 1 x 16K at C = 2) ran 0.84-0.87x of exact, 50 MB (1 x 16K at C = 4) 1.02x, 59 MB 1.14x;
+// speed crosses exact's near 48 MB.
+inline constexpr double kElasticBreakEvenBytes = 48.0e6;
 // A budget that covers more than this share of the blocks attends exactly.
 inline constexpr double kElasticMostShare = 0.75;
 

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "ekv/attention/decode_support.hpp"
 #include "ekv/attention/kv_view.hpp"
@@ -30,6 +31,7 @@
 #include "ekv/elastic/elastic_config.hpp"
 #include "ekv/elastic/elastic_problem.hpp"
 #include "ekv/elastic/policy.hpp"
+#include "ekv/elastic/score_mma.cuh"
 #include "ekv/kernels/dependent_launch.cuh"
 #include "ekv/kernels/vec.cuh"
 
@@ -525,7 +527,36 @@ void launch_score_blocks(const KVView<T>& kv, const T* q, int q_heads, const T* 
     throw Error(std::string(what) + ": batch and kv_heads must be 1 to 65535");
   }
   dispatch<kDecodeHeadDims>("head_dim", "GPU selection", kv.head_dim, [&](auto dim) {
-    constexpr int kChunk = kScoreChunk<T, decltype(dim)::value>;
+    constexpr int kHeadDim = decltype(dim)::value;
+    // tensor cores for the single-vector kinds in half and bfloat16 (score_mma.cuh), up to
+    // 256 features; the fused selection keeps the CUDA-core kernel it shares its CTAs with
+    const bool quest = config.anchor == AnchorKind::kQuest;
+    const bool single = quest || config.anchor == AnchorKind::kBlockMean || config.anchor == AnchorKind::kBlockMax;
+    if constexpr (!std::is_same_v<T, float>) {
+      if (single && fuse.arrivals == nullptr && (!quest || kHeadDim <= 128)) {
+        int warp_blocks = kScoreMaxWarpBlocks;
+        const long min_ctas = static_cast<long>(kScoreMinCtasPerSm) * std::max(1, device.sm_count);
+        const auto ctas = [&](int wb) {
+          const int cta_blocks = kScoreMmaWarps * wb;
+          return static_cast<long>((kv.max_blocks_per_seq + cta_blocks - 1) / cta_blocks) * kv.kv_heads * kv.batch;
+        };
+        while (warp_blocks > kScoreMmaBlocks && ctas(warp_blocks) < min_ctas) warp_blocks /= 2;
+        const int cta_blocks = kScoreMmaWarps * warp_blocks;
+        const dim3 grid((kv.max_blocks_per_seq + cta_blocks - 1) / cta_blocks, kv.kv_heads, kv.batch);
+        const bool per_query = config.retrieval == RetrievalType::kQHead;
+        if (quest) {
+          if constexpr (kHeadDim <= 128) {
+            launch_dependent(score_blocks_mma_kernel<T, kHeadDim, true>, grid, kScoreMmaWarps * 32, 0, stream.get(),
+                             kv, q, q_heads, anchors, per_query, warp_blocks, scores);
+          }
+        } else {
+          launch_dependent(score_blocks_mma_kernel<T, kHeadDim, false>, grid, kScoreMmaWarps * 32, 0, stream.get(), kv,
+                           q, q_heads, anchors, per_query, warp_blocks, scores);
+        }
+        return;
+      }
+    }
+    constexpr int kChunk = kScoreChunk<T, kHeadDim>;
     const auto ctas = [&](int warp_blocks) {
       const int cta_blocks = kScoreWarps * warp_blocks;
       return static_cast<long>((kv.max_blocks_per_seq + cta_blocks - 1) / cta_blocks) * kv.kv_heads * kv.batch;

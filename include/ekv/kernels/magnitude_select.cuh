@@ -19,7 +19,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "ekv/core/error.hpp"
 #include "ekv/core/launch.hpp"
@@ -241,8 +243,18 @@ void launch_magnitude_select(int tiles, const float* in, std::int64_t n, AboveMa
   const auto kernel = magnitude_select_kernel<kWarps, kLoads, kVec, Delay>;
   constexpr int kSmem = magnitude_select_smem_bytes<kWarps, kLoads, kVec>();
   if constexpr (kSmem + sizeof(TileOffsetsStorage<kWarps, Delay>) > 48 * 1024) {
-    EKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
-                   "magnitude_select: the kernel's shared memory");
+    // once per device and kernel instance, not on every call (a driver call each time)
+    static std::mutex mutex;
+    static std::vector<bool> opted_in;  // by device ordinal
+    int device = 0;
+    EKV_CUDA_CHECK(cudaGetDevice(&device), "magnitude_select: no usable CUDA device");
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (static_cast<std::size_t>(device) >= opted_in.size()) opted_in.resize(device + 1, false);
+    if (!opted_in[device]) {
+      EKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
+                     "magnitude_select: the kernel's shared memory");
+      opted_in[device] = true;
+    }
   }
   kernel<<<tiles, kWarps * 32, kSmem, stream>>>(in, n, keep, out, indices, num_selected, state);
   check_launch("magnitude_select", stream);
