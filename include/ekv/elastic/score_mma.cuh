@@ -28,11 +28,18 @@
 #include "ekv/core/dtype.hpp"
 #include "ekv/kernels/dependent_launch.cuh"
 #include "ekv/kernels/mma.cuh"
+#include "ekv/kernels/vec.cuh"
 
 namespace ekv {
 
 inline constexpr int kScoreMmaWarps = 8;
 inline constexpr int kScoreMmaBlocks = 8;  // N of one MMA: blocks a warp scores at once
+// Blocks one warp scores, at most: long spans share a CTA's query staging over more blocks
+// (at 16 x 128K, 32 blocks a warp made 4 waves of CTAs that each staged the query for 4
+// MMA chains a warp); the launcher shortens them until the grid fills the SMs
+// (kScoreMmaCtasPerSm, the kernel's occupancy at 126 registers).
+inline constexpr int kScoreMmaMaxWarpBlocks = 128;
+inline constexpr int kScoreMmaCtasPerSm = 2;
 
 // Features: the anchor row's values (2 x head_dim for QUEST, head_dim otherwise).
 template <typename T, int HeadDim, bool Quest>
@@ -45,21 +52,24 @@ struct ScoreMmaTraits {
 
 namespace detail {
 
-// The query row's feature f for head g (QUEST: min(q, 0) against lo, max(q, 0) against hi),
-// in T.
-template <typename T, int HeadDim, bool Quest>
-__device__ __forceinline__ T score_query_feature(const T* q_group, int g, int f) {
-  const float x = DTypeTraits<T>::to_float(q_group[g * HeadDim + (Quest && f >= HeadDim ? f - HeadDim : f)]);
-  if constexpr (Quest) return DTypeTraits<T>::from_float(f < HeadDim ? fminf(x, 0.0f) : fmaxf(x, 0.0f));
-  return DTypeTraits<T>::from_float(x);
+// A query row's feature from query value q (QUEST: min(q, 0) against lo, max(q, 0) against
+// hi; the others q itself), in T.
+template <typename T, bool Quest>
+__device__ __forceinline__ T score_query_feature(T q, bool against_lo) {
+  if constexpr (Quest) {
+    const float x = DTypeTraits<T>::to_float(q);
+    return DTypeTraits<T>::from_float(against_lo ? fminf(x, 0.0f) : fmaxf(x, 0.0f));
+  }
+  return q;
 }
 
 }  // namespace detail
 
 // Warp w of CTA (x, kv head, seq) scores warp_blocks logical blocks (a multiple of 8, at
-// most 32) from (x * kScoreMmaWarps + w) * warp_blocks, as score_blocks_kernel does: the
-// group's max, scores [batch][kv_heads][max_blocks], or per_query each head's own,
-// [batch][q_heads][max_blocks]. Needs group <= 16 (the M rows).
+// most kScoreMmaMaxWarpBlocks) from (x * kScoreMmaWarps + w) * warp_blocks, as
+// score_blocks_kernel does: the group's max, scores [batch][kv_heads][max_blocks], or
+// per_query each head's own, [batch][q_heads][max_blocks]. Needs group <= 16 (the M rows)
+// and q 16-byte aligned.
 template <typename T, int HeadDim, bool Quest>
 __global__ void __launch_bounds__(kScoreMmaWarps * 32, 2)
     score_blocks_mma_kernel(const KVView<T> kv, const T* q, int q_heads, const T* anchors, bool per_query,
@@ -70,18 +80,32 @@ __global__ void __launch_bounds__(kScoreMmaWarps * 32, 2)
   const int seq = blockIdx.z, head = blockIdx.y, lane = threadIdx.x % 32;
   const int n_col = lane / 4, t = lane % 4;
   const int first = (blockIdx.x * kScoreMmaWarps + threadIdx.x / 32) * warp_blocks;
-  // a table of whole rows is read beside the length (as in score_blocks_kernel)
+  // lane l holds the table entry of block first + c + l for the 32 blocks from c; a table
+  // of whole rows is read beside the length (as in score_blocks_kernel)
   const bool whole_rows = kv.page_indptr == nullptr;
-  const bool in_row = lane < warp_blocks && first + lane < kv.max_blocks_per_seq;
-  std::int64_t lane_block = whole_rows && in_row ? kv.block_id(seq, head, first + lane) : 0;
+  const auto entry = [&](int c, int bound) -> std::int64_t {
+    const int b = c + lane;
+    return b < warp_blocks && first + b < bound ? kv.block_id(seq, head, first + b) : 0;
+  };
+  std::int64_t lane_block = whole_rows ? entry(0, kv.max_blocks_per_seq) : 0;
   const int group = q_heads / kv.kv_heads;
   const T* q_group = q + (static_cast<std::int64_t>(seq) * q_heads + head * group) * HeadDim;
   // the group's query rows (16, zero past the group), derived once per CTA
+  // (16-byte runs: 8 features of one row, all of lo or all of hi)
   __shared__ __align__(16) T q_rows[16][Traits::kFeatures];
-  for (int i = threadIdx.x; i < 16 * Traits::kFeatures; i += blockDim.x) {
-    const int g = i / Traits::kFeatures, f = i % Traits::kFeatures;
-    q_rows[g][f] = g < group ? detail::score_query_feature<T, HeadDim, Quest>(q_group, g, f)
-                             : DTypeTraits<T>::from_float(0.0f);
+  constexpr int kRuns = Traits::kFeatures / 8;
+  for (int i = threadIdx.x; i < 16 * kRuns; i += blockDim.x) {
+    const int g = i / kRuns, f = (i % kRuns) * 8;
+    Vec<T, 16> run;
+    if (g < group) {
+      const Vec<T, 16> x = load<T, 16>(q_group + g * HeadDim + (Quest && f >= HeadDim ? f - HeadDim : f));
+#pragma unroll
+      for (int j = 0; j < 8; ++j) run[j] = detail::score_query_feature<T, Quest>(x[j], f < HeadDim);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) run[j] = DTypeTraits<T>::from_float(0.0f);
+    }
+    *reinterpret_cast<Vec<T, 16>*>(&q_rows[g][f]) = run;
   }
   __syncthreads();
   // the A fragments in the permuted K order: rows lane / 4 and lane / 4 + 8, features
@@ -101,8 +125,8 @@ __global__ void __launch_bounds__(kScoreMmaWarps * 32, 2)
   }
   const int n = sequence_blocks(min(kv.length(seq, head), kv.capacity()), kv.block_len);
   const int count = max(0, min(warp_blocks, n - first));
-  if (!whole_rows) lane_block = lane < count ? kv.block_id(seq, head, first + lane) : 0;
   for (int c = 0; c < count; c += kScoreMmaBlocks) {
+    if (c % 32 == 0 && (c > 0 || !whole_rows)) lane_block = entry(c, first + count);
     // lane loads its 16-byte runs of block c + n_col's row
     const int mine = c + n_col;
     const std::int64_t physical = __shfl_sync(0xffffffffu, lane_block, mine % 32);

@@ -529,18 +529,20 @@ void launch_score_blocks(const KVView<T>& kv, const T* q, int q_heads, const T* 
   dispatch<kDecodeHeadDims>("head_dim", "GPU selection", kv.head_dim, [&](auto dim) {
     constexpr int kHeadDim = decltype(dim)::value;
     // tensor cores for the single-vector kinds in half and bfloat16 (score_mma.cuh), up to
-    // 256 features; the fused selection keeps the CUDA-core kernel it shares its CTAs with
+    // 256 features and with q 16-byte aligned (it reads 16-byte runs); the fused selection
+    // keeps the CUDA-core kernel it shares its CTAs with
     const bool quest = config.anchor == AnchorKind::kQuest;
     const bool single = quest || config.anchor == AnchorKind::kBlockMean || config.anchor == AnchorKind::kBlockMax;
     if constexpr (!std::is_same_v<T, float>) {
-      if (single && fuse.arrivals == nullptr && (!quest || kHeadDim <= 128)) {
-        int warp_blocks = kScoreMaxWarpBlocks;
-        const long min_ctas = static_cast<long>(kScoreMinCtasPerSm) * std::max(1, device.sm_count);
+      if (single && fuse.arrivals == nullptr && (!quest || kHeadDim <= 128) && is_aligned<16>(q)) {
+        // the longest spans whose grid still fills one wave of the SMs
+        int warp_blocks = kScoreMmaMaxWarpBlocks;
+        const long slots = static_cast<long>(kScoreMmaCtasPerSm) * std::max(1, device.sm_count);
         const auto ctas = [&](int wb) {
           const int cta_blocks = kScoreMmaWarps * wb;
           return static_cast<long>((kv.max_blocks_per_seq + cta_blocks - 1) / cta_blocks) * kv.kv_heads * kv.batch;
         };
-        while (warp_blocks > kScoreMmaBlocks && ctas(warp_blocks) < min_ctas) warp_blocks /= 2;
+        while (warp_blocks > kScoreMmaBlocks && ctas(warp_blocks) * 10 < slots * 9) warp_blocks /= 2;
         const int cta_blocks = kScoreMmaWarps * warp_blocks;
         const dim3 grid((kv.max_blocks_per_seq + cta_blocks - 1) / cta_blocks, kv.kv_heads, kv.batch);
         const bool per_query = config.retrieval == RetrievalType::kQHead;
