@@ -42,6 +42,15 @@ TEST_CASE("the seed's config is valid, and every bad field is named with its val
       {"threads", [](ekv::KVCacheConfig& c) { c.max_thread_num = 0; }, "max_thread_num=0"},
       {"dynamic anchors", [](ekv::KVCacheConfig& c) { c.anchor_type = ekv::AnchorType::kDynamic; c.anchor_num = 17; },
        "anchor_num=17 not supported by dynamic anchors; supported: 1 to 16"},
+      {"fixed anchors past an int", [](ekv::KVCacheConfig& c) { c.anchor_num = 20000000; },
+       "anchor_num=20000000 not supported with head_dim=128; supported: 1 to 16777215"},
+      {"a layer past 2^62 bytes", [](ekv::KVCacheConfig& c) {
+         c.anchor_num = 1000000;
+         c.block_len = 1;
+         c.max_block_num = 2147483647;
+         c.kv_head_num = c.q_head_num = 4096;
+       },
+       "bytes per layer (K, V, anchors, importance) not supported; supported: up to 2^62 bytes"},
   };
   for (const Case& k : cases) {
     INFO(k.name);
@@ -133,4 +142,22 @@ TEST_CASE("bad text names the field") {
       CHECK_MESSAGE(std::string(e.what()).find(message) != std::string::npos, e.what());
     }
   }
+}
+
+// tests/fuzz's kv_cache_config: FIXED anchors of a count that validate() let through made
+// anchor_values() overflow an int (undefined; UBSan stops there), and the byte counts of a
+// layer's pools could wrap std::size_t, so that a cache would allocate less than it indexes.
+TEST_CASE("a config's anchor values and pool bytes are countable, or it is invalid (fuzz regression)") {
+  for (const char* text : {"anchor_type=fixed anchor_num=20000000",
+                           "anchor_type=fixed anchor_num=16000000 max_block_num=2000000000 block_len=1 "
+                           "kv_head_num=65535 q_head_num=65535"}) {
+    INFO(text);
+    const ekv::Support s = ekv::parse_kv_cache_config(text).validate();
+    CHECK_FALSE(s.ok);
+    CHECK_MESSAGE(s.why.find("KVCacheConfig: ") == 0, s.why);
+  }
+  // the most FIXED anchors at head_dim 128: valid, their count an int
+  const ekv::KVCacheConfig most = ekv::parse_kv_cache_config("anchor_type=fixed anchor_num=16777215 max_block_num=8");
+  REQUIRE(most.validate().ok);
+  CHECK(most.anchor_values() == 16777215 * 128);
 }

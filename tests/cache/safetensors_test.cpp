@@ -247,3 +247,30 @@ TEST_CASE("truncation at every section boundary, bad lengths, trailing bytes and
   std::remove(path.c_str());
   std::remove(damaged.c_str());
 }
+
+// tests/fuzz's kv_cache_file found a header whose \u escape held no hex digit: std::stoul
+// threw std::invalid_argument through read_safetensors, past every catch of ekv::Error.
+TEST_CASE("a \\u escape that is not four hex digits is rejected as ekv::Error (fuzz regression)") {
+  const std::string path = "safetensors_test_escape.safetensors";
+  const auto header_file = [&](const std::string& header) {
+    std::vector<unsigned char> bytes(8);
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<unsigned char>(std::uint64_t{header.size()} >> (8 * i));
+    bytes.insert(bytes.end(), header.begin(), header.end());
+    write_bytes(path, bytes, bytes.size());
+  };
+  // the fuzzer's input, minimized: 26 bytes
+  const unsigned char crash[] = {0x12, 0, 0, 0, 0, 0, 0, 0, '{', '"', 'a', 'e', 'r', '_', '\\', 'u', '}',
+                                 '}',  '}', 'n', 'u', 'm', 0, 0, 0, 0};
+  write_bytes(path, std::vector<unsigned char>(std::begin(crash), std::end(crash)), sizeof crash);
+  CHECK_MESSAGE(error_of(path).find("a \\u escape that is not 4 hex digits at byte") != std::string::npos,
+                error_of(path));
+  // and what std::stoul took or threw for: a sign, spaces, fewer digits, none
+  for (const char* escape : {"\\uv060", "\\u+07f", "\\u-001", "\\u 07f", "\\u12\"}", "\\uzzzz"}) {
+    INFO(escape);
+    header_file(std::string("{\"__metadata__\":{\"k\":\"") + escape + "\"}}");
+    CHECK_MESSAGE(error_of(path).find("a \\u escape that is not 4 hex digits") != std::string::npos, error_of(path));
+  }
+  header_file("{\"__metadata__\":{\"k\":\"\\u0068\\u004A\"}}");
+  CHECK(ekv::read_safetensors(path).metadata.at("k") == "hJ");
+  std::remove(path.c_str());
+}

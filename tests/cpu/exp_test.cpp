@@ -1,4 +1,5 @@
-// exp_nonpositive against exp in double: within 2 ulp over the softmax's whole range.
+// exp_nonpositive against exp in double: within 2 ulp over the softmax's whole range; NaN
+// and +inf give NaN.
 
 #include <doctest/doctest.h>
 
@@ -35,4 +36,26 @@ TEST_CASE("exp_row shifts, exponentiates in place and sums") {
   const float sum = ekv::exp_row(x.data(), static_cast<int>(x.size()), 3.0f);
   for (std::size_t i = 0; i < x.size(); ++i) CHECK(x[i] == doctest::Approx(want[i]).epsilon(3e-7));
   CHECK(sum == doctest::Approx(want_sum).epsilon(1e-6));
+}
+
+// tests/fuzz's c_api_tensor attended over keys holding NaN and infinities (any bytes, as a
+// C caller may pass): their scores reached exp_nonpositive as NaN, which it converted to
+// int (undefined; UBSan stops there). They give NaN, and the values beside them stay exact.
+TEST_CASE("NaN and +inf give NaN, and the values beside them are as before (fuzz regression)") {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  CHECK(std::isnan(ekv::exp_nonpositive(nan)));
+  CHECK(std::isnan(ekv::exp_nonpositive(inf)));
+  CHECK(std::isnan(ekv::exp_nonpositive(-nan)));
+  std::vector<float> x = {-1.0f, nan, -2.0f, inf, 0.0f, -inf, -0.5f, -3.0f, nan};
+  const std::vector<float> before = x;
+  const float sum = ekv::exp_row(x.data(), static_cast<int>(x.size()), 0.0f);
+  CHECK(std::isnan(sum));
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    INFO("x[" << i << "] = " << before[i]);
+    if (std::isnan(before[i]) || before[i] == inf) {
+      CHECK(std::isnan(x[i]));
+    } else {
+      CHECK(x[i] == ekv::exp_nonpositive(before[i]));
+    }
+  }
 }

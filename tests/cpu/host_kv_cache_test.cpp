@@ -342,6 +342,58 @@ TEST_CASE("a full pool changes nothing; free_sequence gives its blocks to the ne
   CHECK(cache.memory().blocks_free == 2);
 }
 
+// tests/fuzz's c_api_tensor appended keys of any bytes, NaN and infinities among them, as
+// a C caller may: attention converted their NaN scores to int (undefined; UBSan stopped
+// there). They attend: NaN outputs in the query heads of their sequence and kv head, every
+// other output bit for bit as over the same cache without them.
+TEST_CASE("keys holding NaN and infinities attend: NaN where they are read, nothing else changes (fuzz regression)") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
+  const int batch = 2, tokens = 40, group = c.q_head_num / c.kv_head_num;
+  const std::size_t n = static_cast<std::size_t>(batch) * tokens * c.kv_head_num * c.head_dim;
+  const std::vector<__half> k = ekv::bench::random_uniform<__half>(n, -1.0f, 1.0f, seed);
+  const std::vector<__half> v = ekv::bench::random_uniform<__half>(n, -1.0f, 1.0f, seed + 1);
+  std::vector<__half> poisoned_k = k;
+  // sequence 0, kv head 0: a NaN at token 5 (the sink block), +inf at token 17, -inf at 30
+  const auto at = [&](int token, int dim) {
+    return static_cast<std::size_t>(token) * c.kv_head_num * c.head_dim + dim;
+  };
+  poisoned_k[at(5, 3)] = __float2half(std::numeric_limits<float>::quiet_NaN());
+  poisoned_k[at(17, 0)] = __float2half(std::numeric_limits<float>::infinity());
+  poisoned_k[at(30, 9)] = __float2half(-std::numeric_limits<float>::infinity());
+  ekv::HostKVCache clean(c), poisoned(c);
+  const auto shape = {std::int64_t{batch}, std::int64_t{tokens}, std::int64_t{c.kv_head_num}, std::int64_t{c.head_dim}};
+  clean.append(0, ekv::TensorView::of(k.data(), shape, ekv::DeviceKind::kHost),
+               ekv::TensorView::of(v.data(), shape, ekv::DeviceKind::kHost));
+  poisoned.append(0, ekv::TensorView::of(poisoned_k.data(), shape, ekv::DeviceKind::kHost),
+                  ekv::TensorView::of(v.data(), shape, ekv::DeviceKind::kHost));
+  for (int pick : {-1, 1}) {
+    INFO("pick_block_num=" << pick);
+    const Step<__half> want = attend<__half>(clean, 0, batch, 0, seed + 2, pick);
+    const Step<__half> got = attend<__half>(poisoned, 0, batch, 0, seed + 2, pick);
+    for (int b = 0; b < batch; ++b) {
+      for (int h = 0; h < c.q_head_num; ++h) {
+        INFO("sequence " << b << ", query head " << h);
+        const std::size_t row = static_cast<std::size_t>(b) * c.q_head_num + h;
+        if (b == 0 && h < group) {
+          // the sum of weights is NaN: the output NaN, the LSE not finite (CPU attention
+          // writes -inf for a sum it cannot take the log of)
+          bool nan = false;
+          for (int d = 0; d < c.head_dim; ++d) nan = nan || std::isnan(__half2float(got.o[row * c.head_dim + d]));
+          CHECK(nan);
+          CHECK_FALSE(std::isfinite(got.lse[row]));
+          continue;
+        }
+        CHECK(got.lse[row] == want.lse[row]);
+        for (int d = 0; d < c.head_dim; ++d) {
+          CHECK(__half2float(got.o[row * c.head_dim + d]) == __half2float(want.o[row * c.head_dim + d]));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("every argument is checked by name: shape, dtype, device, layer, block") {
   const ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
   ekv::HostKVCache cache(c);

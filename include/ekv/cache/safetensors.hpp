@@ -388,8 +388,18 @@ class HeaderReader {
         case 'f': out += '\f'; break;
         case 'u': {
           if (i_ + 4 > s_.size()) fail("short \\u escape");
-          const unsigned long code = std::stoul(s_.substr(i_, 4), nullptr, 16);
-          i_ += 4;
+          // four hex digits exactly: std::stoul would throw std::invalid_argument for none,
+          // and take a sign, spaces or fewer digits (tests/fuzz's kv_cache_file)
+          unsigned code = 0;
+          for (int k = 0; k < 4; ++k, ++i_) {
+            const char h = s_[i_];
+            const int digit = h >= '0' && h <= '9'   ? h - '0'
+                              : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                              : h >= 'A' && h <= 'F' ? h - 'A' + 10
+                                                     : -1;
+            if (digit < 0) fail("a \\u escape that is not 4 hex digits");
+            code = code * 16 + static_cast<unsigned>(digit);
+          }
           if (code >= 0x80) fail("a \\u escape past ASCII");  // ekv writes none
           out += static_cast<char>(code);
           break;

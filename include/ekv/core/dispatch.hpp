@@ -71,11 +71,12 @@ constexpr auto tag_for() {
 template <const auto& kValues, typename V, typename F, std::size_t... I>
 decltype(auto) dispatch_impl(const V& value, F&& f, std::index_sequence<I...>) {
   using Result = decltype(f(tag_for<kValues[0]>()));
+  // the folds stop at the matching value; their results are not wanted (clang warns)
   if constexpr (std::is_void_v<Result>) {
-    ((value == kValues[I] ? (f(tag_for<kValues[I]>()), true) : false) || ...);
+    (void)((value == kValues[I] ? (f(tag_for<kValues[I]>()), true) : false) || ...);
   } else {
     Result result{};
-    ((value == kValues[I] ? (result = f(tag_for<kValues[I]>()), true) : false) || ...);
+    (void)((value == kValues[I] ? (result = f(tag_for<kValues[I]>()), true) : false) || ...);
     return result;
   }
 }

@@ -33,6 +33,7 @@
 #define EKV_CPU_GROUP_TILE_AVX2 1
 #define EKV_CPU_AVX2_TARGET
 #elif defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
 #include <immintrin.h>
 #define EKV_CPU_GROUP_TILE_AVX2 1
 #define EKV_CPU_GROUP_TILE_DISPATCH 1  // chosen by the CPU's features at run time
@@ -200,11 +201,15 @@ void for_head_blocks(int group, F&& f) {
 }  // namespace detail
 
 // Whether this CPU runs the AVX2 kernels: always where the target has them, else asked
-// once (cpuid, through the compiler's runtime).
+// once (cpuid: AVX2 and FMA through the compiler's runtime, F16C from leaf 1 itself, as
+// clang before 16 has no "f16c" for __builtin_cpu_supports).
 inline bool cpu_runs_avx2_tiles() {
 #if defined(EKV_CPU_GROUP_TILE_DISPATCH)
-  static const bool runs =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  static const bool runs = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+  }();
   return runs;
 #else
   return true;
