@@ -2,14 +2,15 @@
 // All of ekv, for a .cu file built by nvcc: <ekv/ekv.hpp> and the kernels: vector loads,
 // cp.async, mma, the tile pipeline, the streaming copy, FMA chains and selection by
 // magnitude; append, exact decode and merge_states; anchors, scoring, selection,
-// importance, block-sparse and elastic decode; hybrid GPU + CPU decode. Device code needs
-// sm_80 or newer.
+// importance, block-sparse and elastic decode; hybrid GPU + CPU decode and the tiered
+// cache. Device code needs sm_80 or newer.
 
 #include "ekv/ekv.hpp"
 
 #include "ekv/kernels/arch_check.cuh"
 #include "ekv/kernels/async_copy.cuh"
 #include "ekv/kernels/bulk_copy.cuh"
+#include "ekv/kernels/unit_copy.cuh"
 #include "ekv/kernels/copy.cuh"
 #include "ekv/kernels/dependent_launch.cuh"
 #include "ekv/kernels/fill.cuh"
@@ -37,3 +38,4 @@
 #include "ekv/cache/kv_cache.cuh"
 
 #include "ekv/cpu/hybrid_decode.cuh"
+#include "ekv/cpu/tiered_cache.cuh"

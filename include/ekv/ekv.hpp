@@ -50,6 +50,7 @@
 #include "ekv/cache/placement.hpp"
 #include "ekv/cache/safetensors.hpp"
 #include "ekv/cache/tensor_view.hpp"
+#include "ekv/cache/tier_table.hpp"
 
 #include "ekv/cpu/attend_range.hpp"
 #include "ekv/cpu/cpu_append.hpp"

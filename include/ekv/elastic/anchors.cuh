@@ -77,7 +77,8 @@ inline int anchor_head_dim(const QuantKVView& kv) { return kv.head_dim; }
 // (DYNAMIC: their importance starts at 0) or recomputed as they are.
 template <typename T, typename View>
 __global__ void block_anchors_kernel(const View view, int d, T* anchors, AnchorKind kind, int anchor_num,
-                                     const std::int32_t* from, float* importance, bool fresh_tokens) {
+                                     const std::int32_t* from, float* importance, bool fresh_tokens,
+                                     const std::int32_t* anchor_ids) {
   const auto& kv = anchor_layout(view);
   const int seq = blockIdx.z, head = blockIdx.y;
   const int len = min(kv.length(seq, head), kv.capacity());
@@ -85,7 +86,9 @@ __global__ void block_anchors_kernel(const View view, int d, T* anchors, AnchorK
   const int valid = block_valid_tokens(len, kv.block_len, block);
   if (valid == 0) return;
   const std::int64_t physical = kv.block_id(seq, head, block);
-  T* out = anchors + (physical * kv.kv_heads + head) * anchor_values(kind, anchor_num, d);
+  const std::int64_t slot =
+      anchor_ids != nullptr ? anchor_ids[static_cast<std::int64_t>(seq) * kv.max_blocks_per_seq + block] : physical;
+  T* out = anchors + (slot * kv.kv_heads + head) * anchor_values(kind, anchor_num, d);
   const auto key = block_keys(view, seq, head, block * kv.block_len);
   // stored with zeros as +0: min and max of -0 and +0 may be either, and a dequantized zero
   // takes its scale's sign; HostKVCache stores the same bits
@@ -144,7 +147,7 @@ __global__ void block_anchors_kernel(const View view, int d, T* anchors, AnchorK
 template <typename T, typename View>
 void launch_block_anchors(const View& view, T* anchors, const ElasticConfig& config, const std::int32_t* from,
                           int blocks_per_seq, float* importance, const char* what, const Stream& stream,
-                          bool fresh_tokens = true) {
+                          bool fresh_tokens = true, const std::int32_t* anchor_ids = nullptr) {
   const auto& kv = anchor_layout(view);
   if (Support s = anchors_supported(config, importance != nullptr); !s) throw Error(std::string(what) + ": " + s.why);
   if (Support s = config.validate(); !s) throw Error(std::string(what) + ": " + s.why);
@@ -160,7 +163,8 @@ void launch_block_anchors(const View& view, T* anchors, const ElasticConfig& con
     throw Error(std::string(what) + ": batch and kv_heads must be 1 to 65535");
   }
   block_anchors_kernel<T, View><<<dim3(blocks_per_seq, kv.kv_heads, kv.batch), 128, 0, stream.get()>>>(
-      view, anchor_head_dim(view), anchors, config.anchor, config.anchor_num, from, importance, fresh_tokens);
+      view, anchor_head_dim(view), anchors, config.anchor, config.anchor_num, from, importance, fresh_tokens,
+      anchor_ids);
   check_launch(what, stream.get());
 }
 
@@ -197,6 +201,24 @@ void update_anchors(const View& kv, T* anchors, const ElasticConfig& config, con
   const int blocks = (max_new_tokens + block_len - 2) / block_len + 1;  // a run may straddle a boundary
   detail::launch_block_anchors(kv, anchors, config, from, blocks, importance, "update_anchors", stream,
                                fresh_tokens);
+}
+
+// update_anchors for a cache whose anchors are numbered apart from its K and V: block i of
+// sequence b's anchors go to anchors' block anchor_ids[b x max_blocks_per_seq + i] (int32,
+// device), not to its pool block (TieredKVCache: keys in GPU slots, anchors by logical
+// block). Not DYNAMIC (its importance is by pool block).
+template <typename T>
+void update_anchors_at(const KVView<T>& kv, const std::int32_t* anchor_ids, T* anchors, const ElasticConfig& config,
+                       const std::int32_t* from, int max_new_tokens, const Stream& stream) {
+  if (from == nullptr || anchor_ids == nullptr || max_new_tokens < 1) {
+    throw Error("update_anchors_at: needs from, anchor_ids and max_new_tokens >= 1");
+  }
+  if (config.anchor == AnchorKind::kDynamic) {
+    throw Error("update_anchors_at: DYNAMIC anchors are kept by pool block; use QUEST, BLOCK_MEAN, BLOCK_MAX or FIXED");
+  }
+  const int blocks = (max_new_tokens + kv.block_len - 2) / kv.block_len + 1;
+  detail::launch_block_anchors(kv, anchors, config, from, blocks, nullptr, "update_anchors_at", stream, true,
+                               anchor_ids);
 }
 
 }  // namespace ekv

@@ -1,0 +1,357 @@
+#pragma once
+// TierTable: where each block of a two-tier cache lives, and the moves between the tiers.
+// Host code; TieredKVCache (cpu/tiered_cache.cuh) runs the copies it plans.
+//
+// The host pool is every block's home: block i of sequence b is host block
+// b x max_blocks_per_seq + i, and holds the block once it has been written there (a
+// prefilled block at once, an appended block when it fills and is copied back). The GPU
+// pool holds copies of at most gpu_slots blocks, one per slot. A block is *resident* when
+// its GPU copy is whole and current; a step attends a resident block on the GPU and any
+// other on the host (or copies it in), so a step sees either home, never a half-copied one:
+//   host only --plan_promotions--> moving --complete--> resident --(victim)--> host only
+// A block being appended to lives on the GPU only (resident, its host copy not yet valid);
+// each sequence's sinks and window (TierPolicy) are placed first and never demoted, so its
+// partial last block is always resident.
+//
+// Ordering the copies is the caller's part: a promotion's copy into a slot must run after
+// every step that may still read the slot's last block (the steps enqueued before
+// plan_promotions returned), and complete() only after the copy has finished.
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ekv/attention/sequence_blocks.hpp"
+#include "ekv/cache/placement.hpp"
+#include "ekv/core/dispatch.hpp"
+#include "ekv/core/error.hpp"
+#include "ekv/core/span.hpp"
+
+namespace ekv {
+
+// How blocks move. Promotion: a host-only block the step selected gets a GPU slot (a free
+// one, else the slot of the resident block selected least recently), at most
+// max_moves_per_step a step. A resident block is a victim only when it is not pinned,
+// its host copy is valid and no step selected it in its last min_idle_steps steps.
+struct TierPolicy {
+  int sink_blocks = 1;         // each sequence's first blocks stay on the GPU
+  int window_blocks = 4;       // and its newest (at least 1: the block appends write)
+  int max_moves_per_step = 32;  // promotions started per step (each a block's K and V)
+  int min_idle_steps = 4;      // steps a resident block must go unselected to be demoted
+
+  Support validate() const {
+    if (sink_blocks < 0 || window_blocks < 1 || max_moves_per_step < 0 || min_idle_steps < 1) {
+      return {false, "TierPolicy: needs sink_blocks >= 0, window_blocks >= 1, max_moves_per_step >= 0 and "
+                         "min_idle_steps >= 1, got sink_blocks=" + std::to_string(sink_blocks) + ", window_blocks=" +
+                         std::to_string(window_blocks) + ", max_moves_per_step=" + std::to_string(max_moves_per_step) +
+                         ", min_idle_steps=" + std::to_string(min_idle_steps)};
+    }
+    return {};
+  }
+};
+
+// A block of a sequence.
+struct BlockRef {
+  int seq = 0;
+  int block = 0;
+};
+
+// A promotion: block (seq, block) copied from its host block into GPU slot `slot`. The
+// slot was free (victim.seq < 0) or held victim, which is host only from now on.
+struct TierMove {
+  BlockRef block;
+  int slot = 0;
+  BlockRef victim{-1, -1};
+};
+
+// A block given a GPU slot without a copy from the host: a new block appends start.
+struct TierSlot {
+  BlockRef block;
+  int slot = 0;
+};
+
+class TierTable {
+ public:
+  enum class State : std::uint8_t { kHostOnly, kMoving, kResident };
+
+  // Throws ekv::Error for batch < 0, max_blocks_per_seq < 1, gpu_slots < 0 or a policy
+  // validate() refuses.
+  TierTable(int batch, int max_blocks_per_seq, int gpu_slots, const TierPolicy& policy)
+      : batch_(batch), max_blocks_(max_blocks_per_seq), policy_(policy) {
+    if (Support s = policy.validate(); !s) throw Error("TierTable: " + s.why);
+    if (batch < 0 || max_blocks_per_seq < 1 || gpu_slots < 0) {
+      throw Error("TierTable: needs batch >= 0, max_blocks_per_seq >= 1 and gpu_slots >= 0, got batch=" +
+                  std::to_string(batch) + ", max_blocks_per_seq=" + std::to_string(max_blocks_per_seq) +
+                  ", gpu_slots=" + std::to_string(gpu_slots));
+    }
+    const std::size_t blocks = static_cast<std::size_t>(batch) * max_blocks_per_seq;
+    state_.assign(blocks, State::kHostOnly);
+    slot_.assign(blocks, -1);
+    host_valid_.assign(blocks, 0);
+    last_selected_.assign(blocks, kNever);
+    lengths_.assign(batch, 0);
+    owner_.assign(gpu_slots, -1);
+    for (int s = gpu_slots - 1; s >= 0; --s) free_.push_back(s);
+  }
+
+  int batch() const { return batch_; }
+  int max_blocks_per_seq() const { return max_blocks_; }
+  int gpu_slots() const { return static_cast<int>(owner_.size()); }
+  int free_slots() const { return static_cast<int>(free_.size()); }
+  const TierPolicy& policy() const { return policy_; }
+  int length(int seq) const { return lengths_[check_seq(seq)]; }
+  int blocks(int seq) const { return sequence_blocks(length(seq), block_len_); }
+  int block_len() const { return block_len_; }
+
+  // The host block of (seq, block): its home.
+  std::int32_t host_block(int seq, int block) const { return static_cast<std::int32_t>(at(seq, block)); }
+  // The GPU slot of a resident block; -1 for any other.
+  int gpu_slot(int seq, int block) const {
+    const std::size_t i = at(seq, block);
+    return state_[i] == State::kResident ? slot_[i] : -1;
+  }
+  State state(int seq, int block) const { return state_[at(seq, block)]; }
+  bool host_valid(int seq, int block) const { return host_valid_[at(seq, block)] != 0; }
+  // Sinks and window at the sequence's current length.
+  bool pinned(int seq, int block) const {
+    return block < policy_.sink_blocks || block >= blocks(seq) - policy_.window_blocks;
+  }
+  int resident_blocks() const { return gpu_slots() - free_slots() - moving_; }
+
+  // The first placement, after a prefill written to the host pool (every block's host copy
+  // valid): place_blocks with the policy's sinks and window and the slots' budget, scores
+  // as there (null: newest first). Returns the blocks now resident and their slots, whose
+  // copies the caller makes before the first step. Throws ekv::Error once any length was set.
+  std::vector<TierSlot> place(Span<const std::int32_t> lengths, int block_len, const float* scores = nullptr) {
+    if (placed_) throw Error("TierTable::place: the table is placed already");
+    if (static_cast<int>(lengths.size()) != batch_ || block_len < 1) {
+      throw Error("TierTable::place: needs " + std::to_string(batch_) + " lengths and block_len >= 1, got " +
+                  std::to_string(lengths.size()) + " and " + std::to_string(block_len));
+    }
+    for (int b = 0; b < batch_; ++b) {
+      if (lengths[b] < 0 || std::int64_t{lengths[b]} > std::int64_t{block_len} * max_blocks_) {
+        throw Error("TierTable::place: sequence " + std::to_string(b) + " has length " + std::to_string(lengths[b]) +
+                    ", outside 0 .. " + std::to_string(std::int64_t{block_len} * max_blocks_));
+      }
+    }
+    block_len_ = block_len;
+    placed_ = true;
+    const Placement placement = place_blocks({policy_.sink_blocks, policy_.window_blocks}, lengths, block_len,
+                                             max_blocks_, 1, owner_.size(), scores);
+    std::vector<TierSlot> out;
+    for (int b = 0; b < batch_; ++b) {
+      lengths_[b] = lengths[b];
+      for (int i = 0; i < blocks(b); ++i) {
+        const std::size_t g = at(b, i);
+        host_valid_[g] = 1;
+        if (placement.locations[g] != BlockLocation::kGpu) continue;
+        out.push_back({{b, i}, take_free(g)});
+        state_[g] = State::kResident;
+      }
+    }
+    check_window_resident("TierTable::place");
+    return out;
+  }
+
+  // Sequence seq grows by `tokens` (appends, on the GPU): each new block gets a slot, a
+  // free one or a victim's, and is resident at once (its host copy invalid until
+  // mark_written). `filled` receives the blocks this append filled, whose host copies the
+  // caller writes and then marks. Returns the new blocks' slots. Throws ekv::Error, having
+  // changed nothing, past max_blocks_per_seq or when no slot can be had (every slot holds a
+  // pinned, unwritten or recently selected block: the budget is too small).
+  std::vector<TierSlot> append(int seq, int tokens, std::int64_t step, std::vector<BlockRef>* filled = nullptr) {
+    if (!placed_) throw Error("TierTable::append: place() first");
+    const int old_len = length(seq);
+    if (tokens < 0 || std::int64_t{old_len} + tokens > std::int64_t{block_len_} * max_blocks_) {
+      throw Error("TierTable::append: sequence " + std::to_string(seq) + " of " + std::to_string(old_len) +
+                  " tokens cannot take " + std::to_string(tokens) + " more (capacity " +
+                  std::to_string(std::int64_t{block_len_} * max_blocks_) + ")");
+    }
+    const int new_len = old_len + tokens;
+    const int first_new = sequence_blocks(old_len, block_len_), last_new = sequence_blocks(new_len, block_len_);
+    // victims first, so a failure changes nothing
+    std::vector<int> victims = pick_victims(last_new - first_new - free_slots(), step, seq, last_new);
+    if (static_cast<int>(victims.size()) + free_slots() < last_new - first_new) {
+      throw Error("TierTable::append: no GPU slot for sequence " + std::to_string(seq) + "'s block " +
+                  std::to_string(first_new) + ": all " + std::to_string(gpu_slots()) +
+                  " slots hold pinned, unwritten or recently selected blocks; raise the GPU budget");
+    }
+    for (int victim : victims) free_slot(victim);
+    lengths_[seq] = new_len;
+    if (tokens > 0 && old_len % block_len_ != 0) host_valid_[at(seq, old_len / block_len_)] = 0;  // stale now
+    std::vector<TierSlot> out;
+    for (int i = first_new; i < last_new; ++i) {
+      const std::size_t g = at(seq, i);
+      out.push_back({{seq, i}, take_free(g)});
+      state_[g] = State::kResident;
+      host_valid_[g] = 0;
+      last_selected_[g] = step;
+    }
+    if (filled != nullptr) {
+      for (int i = old_len / block_len_; i < new_len / block_len_; ++i) filled->push_back({seq, i});
+    }
+    return out;
+  }
+
+  // The host copy of a full block has been written (after append's `filled`).
+  void mark_written(BlockRef b) { host_valid_[at(b.seq, b.block)] = 1; }
+
+  // Step `step` attended (seq, block): its recency, for the choice of victims.
+  void note_selected(BlockRef b, std::int64_t step) {
+    std::int64_t& last = last_selected_[at(b.seq, b.block)];
+    last = std::max(last, step);
+  }
+
+  // After step `step`, which attended the host-only blocks `wanted` (each once, in the
+  // order to promote): starts up to max_moves_per_step promotions, taking free slots, then
+  // victims coldest first (see TierPolicy). A victim is host only on return. Blocks not
+  // host only are skipped.
+  std::vector<TierMove> plan_promotions(Span<const BlockRef> wanted, std::int64_t step) {
+    std::vector<BlockRef> todo;
+    for (const BlockRef& b : wanted) {
+      if (static_cast<int>(todo.size()) == policy_.max_moves_per_step) break;
+      if (state_[at(b.seq, b.block)] == State::kHostOnly && host_valid_[at(b.seq, b.block)]) todo.push_back(b);
+    }
+    const int need = static_cast<int>(todo.size()) - free_slots();
+    std::vector<int> victims = pick_victims(need, step, -1, 0);
+    std::vector<TierMove> moves;
+    std::size_t v = 0;
+    for (const BlockRef& b : todo) {
+      TierMove move;
+      move.block = b;
+      if (free_.empty()) {
+        if (v == victims.size()) break;
+        const int slot = victims[v++];
+        const std::int64_t g = owner_[slot];
+        move.victim = {static_cast<int>(g / max_blocks_), static_cast<int>(g % max_blocks_)};
+        free_slot(slot);
+      }
+      const std::size_t g = at(b.seq, b.block);
+      move.slot = take_free(g);
+      state_[g] = State::kMoving;
+      ++moving_;
+      moves.push_back(move);
+    }
+    return moves;
+  }
+
+  // The copy of `move` has finished: its block is resident.
+  void complete(const TierMove& move) {
+    const std::size_t g = at(move.block.seq, move.block.block);
+    if (state_[g] != State::kMoving || slot_[g] != move.slot) {
+      throw Error("TierTable::complete: sequence " + std::to_string(move.block.seq) + "'s block " +
+                  std::to_string(move.block.block) + " is not moving into slot " + std::to_string(move.slot));
+    }
+    state_[g] = State::kResident;
+    --moving_;
+  }
+
+  // Checks the bookkeeping: every slot's owner points back to it, free slots are unowned,
+  // pinned blocks of every sequence are resident. Throws ekv::Error naming the first fault.
+  void check() const {
+    std::vector<int> seen(owner_.size(), 0);
+    for (int s : free_) {
+      if (owner_[s] != -1) throw Error("TierTable::check: free slot " + std::to_string(s) + " has an owner");
+      ++seen[s];
+    }
+    for (std::size_t s = 0; s < owner_.size(); ++s) {
+      if (owner_[s] >= 0) {
+        const std::int64_t g = owner_[s];
+        if (slot_[g] != static_cast<int>(s) || state_[g] == State::kHostOnly) {
+          throw Error("TierTable::check: slot " + std::to_string(s) + "'s owner does not hold it");
+        }
+        ++seen[s];
+      }
+      if (seen[s] != 1) throw Error("TierTable::check: slot " + std::to_string(s) + " is free and owned, or neither");
+    }
+    for (std::size_t g = 0; g < state_.size(); ++g) {
+      if (state_[g] == State::kHostOnly && slot_[g] != -1) {
+        throw Error("TierTable::check: host-only block " + std::to_string(g) + " keeps a slot");
+      }
+      if (state_[g] != State::kResident && !host_valid_[g] &&
+          static_cast<int>(g % max_blocks_) < blocks(static_cast<int>(g / max_blocks_))) {
+        throw Error("TierTable::check: block " + std::to_string(g) + " is valid in neither tier");
+      }
+    }
+    check_window_resident("TierTable::check");
+  }
+
+ private:
+  static constexpr std::int64_t kNever = -(std::int64_t{1} << 62);
+
+  int check_seq(int seq) const {
+    if (seq < 0 || seq >= batch_) {
+      throw Error("TierTable: sequence " + std::to_string(seq) + " outside 0 .. " + std::to_string(batch_ - 1));
+    }
+    return seq;
+  }
+  std::size_t at(int seq, int block) const {
+    check_seq(seq);
+    if (block < 0 || block >= max_blocks_) {
+      throw Error("TierTable: block " + std::to_string(block) + " outside 0 .. " + std::to_string(max_blocks_ - 1));
+    }
+    return static_cast<std::size_t>(seq) * max_blocks_ + block;
+  }
+  int take_free(std::size_t g) {
+    const int s = free_.back();
+    free_.pop_back();
+    owner_[s] = static_cast<std::int64_t>(g);
+    slot_[g] = s;
+    return s;
+  }
+  void free_slot(int s) {
+    const std::int64_t g = owner_[s];
+    state_[g] = State::kHostOnly;
+    slot_[g] = -1;
+    owner_[s] = -1;
+    free_.push_back(s);
+  }
+  // Up to n slots of demotable resident blocks, coldest first (then lower block id).
+  // grow_seq / grow_blocks: a sequence about to have grow_blocks blocks, whose window is
+  // judged at that length.
+  std::vector<int> pick_victims(int n, std::int64_t step, int grow_seq, int grow_blocks) const {
+    std::vector<std::pair<std::int64_t, int>> cold;
+    if (n <= 0) return {};
+    for (std::size_t s = 0; s < owner_.size(); ++s) {
+      const std::int64_t g = owner_[s];
+      if (g < 0 || state_[g] != State::kResident || !host_valid_[g]) continue;
+      const int seq = static_cast<int>(g / max_blocks_), block = static_cast<int>(g % max_blocks_);
+      const int seq_blocks = seq == grow_seq ? grow_blocks : blocks(seq);
+      if (block < policy_.sink_blocks || block >= seq_blocks - policy_.window_blocks) continue;
+      if (last_selected_[g] > step - policy_.min_idle_steps) continue;
+      cold.push_back({last_selected_[g], static_cast<int>(s)});
+    }
+    const std::size_t k = std::min<std::size_t>(cold.size(), static_cast<std::size_t>(n));
+    std::partial_sort(cold.begin(), cold.begin() + static_cast<std::ptrdiff_t>(k), cold.end());
+    std::vector<int> out;
+    for (std::size_t i = 0; i < k; ++i) out.push_back(cold[i].second);
+    return out;
+  }
+  void check_window_resident(const char* what) const {
+    for (int b = 0; b < batch_; ++b) {
+      const int n = blocks(b);
+      if (n > 0 && state_[at(b, n - 1)] != State::kResident) {
+        throw Error(std::string(what) + ": sequence " + std::to_string(b) + "'s last block is not on the GPU; the "
+                    "GPU budget of " + std::to_string(gpu_slots()) + " blocks is below the sinks and windows");
+      }
+    }
+  }
+
+  int batch_ = 0;
+  int max_blocks_ = 1;
+  int block_len_ = 1;
+  bool placed_ = false;
+  int moving_ = 0;
+  TierPolicy policy_;
+  std::vector<State> state_;
+  std::vector<int> slot_;
+  std::vector<std::uint8_t> host_valid_;
+  std::vector<std::int64_t> last_selected_;
+  std::vector<int> lengths_;
+  std::vector<std::int64_t> owner_;  // slot -> block (seq x max_blocks_per_seq + block), -1 free
+  std::vector<int> free_;
+};
+
+}  // namespace ekv

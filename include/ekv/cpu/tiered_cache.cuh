@@ -1,0 +1,619 @@
+#pragma once
+// TieredKVCache: a paged KV cache larger than its GPU budget. Every block's home is a
+// pinned host pool; a GPU pool under a byte budget holds copies of the blocks that matter
+// (each sequence's sinks and window, then the blocks selection keeps picking); the anchors
+// of every block stay on the GPU, so selection scores all blocks there.
+//
+// One elastic step (attn), on the caller's stream S:
+//   1. select on the GPU over every block (ElasticDecode::select over the anchors);
+//   2. copy the selection to the host and wait for it (the only wait of a step: where each
+//      selected block lives is decided on the host, in TierTable);
+//   3. split each (sequence, kv head) row into its resident blocks and the rest, and attend
+//      the rest by the cheaper way (the cost model below): copy them in to a staging part
+//      of the GPU pool with one copy_units launch, or attend them on the CPU
+//      (cpu_decode on a CPUInfer, on a second stream, beside the GPU's decode);
+//   4. decode the GPU's rows (resident and copied-in blocks, in logical order) and merge
+//      the CPU's state through the LSE (merge_state_pair);
+//   5. plan promotions of the host blocks it attended (TierTable::plan_promotions) and copy
+//      them in on a third stream, after this step; they become resident when a later step
+//      finds their copy done. A step never waits for a promotion.
+//
+// The cost model, per step, over the host-resident units (a block's kv head) it must
+// attend: copy-in costs bytes / copy rate + bytes / GPU decode rate, serially before the
+// decode ends; the CPU path costs max(0, bytes / CPU rate + kCpuPathFixedUs - GPU decode
+// time) (it runs beside the decode) plus a merge. The three rates are measured in the run:
+// events around the copy and the decode, the CPU side's own clock, each an exponential
+// average; until a path has been measured, the first steps with host units try each.
+// TieredStepReport says what was chosen, predicted and moved.
+//
+// Exact attention over both tiers: attn_exact (HybridDecode over the same pools).
+// Appends: append(), one token per sequence, on the GPU; a block that fills is written back
+// to its host home on the copy stream.
+// Not capturable in a CUDA Graph (step 2 waits on the host). Anchors: QUEST, BLOCK_MEAN,
+// BLOCK_MAX or FIXED (update_anchors_at); half or bfloat16.
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ekv/attention/append.cuh"
+#include "ekv/attention/decode.cuh"
+#include "ekv/attention/merge_states.cuh"
+#include "ekv/cache/tier_table.hpp"
+#include "ekv/core/device_buffer.hpp"
+#include "ekv/core/event.hpp"
+#include "ekv/core/pinned_buffer.hpp"
+#include "ekv/core/stream.hpp"
+#include "ekv/cpu/cpu_attention.hpp"
+#include "ekv/cpu/hybrid_decode.cuh"
+#include "ekv/cpu/thread_pool.hpp"
+#include "ekv/elastic/anchors.cuh"
+#include "ekv/elastic/block_sparse_view.hpp"
+#include "ekv/elastic/elastic_decode.cuh"
+#include "ekv/kernels/unit_copy.cuh"
+
+namespace ekv {
+
+// How a step attends the selected blocks that are not resident.
+enum class HostPath { kAuto, kCopyIn, kCpu };
+
+inline const char* to_string(HostPath p) {
+  switch (p) {
+    case HostPath::kAuto: return "auto";
+    case HostPath::kCopyIn: return "copy-in";
+    case HostPath::kCpu: break;
+  }
+  return "cpu";
+}
+
+struct TieredConfig {
+  int batch = 1;
+  int q_heads = 32;
+  int kv_heads = 8;
+  int head_dim = 128;
+  int block_len = 64;
+  int max_seq_len = 0;               // the longest a sequence may grow
+  std::size_t gpu_budget_bytes = 0;  // the GPU pool's K and V (blocks = budget / block bytes)
+  ElasticPolicy policy{ElasticConfig{}};
+  TierPolicy tiers;
+  HostPath path = HostPath::kAuto;
+  // Host units a sequence's row may copy in per step (the staging part of the GPU pool is
+  // batch x this blocks); units past it go to the CPU. 0: a quarter of the selection.
+  int staging_blocks = 0;
+};
+
+// What one step did.
+struct TieredStepReport {
+  int units = 0;           // (block, kv head) pairs attended
+  int host_units = 0;      // of them not resident at the step
+  int copied_units = 0;    // copied in
+  int cpu_units = 0;       // attended on the CPU
+  HostPath path = HostPath::kCopyIn;  // the way chosen for host units (kCopyIn where there were none)
+  double predicted_copy_us = 0;       // the model's extra cost of each way (0 without host units)
+  double predicted_cpu_us = 0;
+  std::size_t copy_in_bytes = 0;      // K and V copied in for this step
+  std::size_t promotion_bytes = 0;    // K and V of the promotions it started
+  int promotions_started = 0;
+  int promotions_completed = 0;       // found done at its start
+  int resident_blocks = 0;            // after it
+};
+
+template <typename T>
+class TieredKVCache {
+ public:
+  // Extra cost the CPU path carries besides its reads (q to the host, the task's dispatch,
+  // its state back, the merge), in microseconds, added to the CPU side's estimate.
+  static constexpr double kCpuPathFixedUs = 20.0;
+  static constexpr double kRateAverage = 0.25;  // weight of a new measurement
+
+  // Allocates both pools (the host pool for batch x max_seq_len tokens, pinned), the
+  // anchors and every step buffer. pool runs the CPU path and must outlive this object.
+  // Throws ekv::Error naming the argument for what the step cannot do.
+  TieredKVCache(const TieredConfig& config, CPUInfer& pool, const DeviceInfo& device, const Stream& stream)
+      : config_(config), pool_(&pool), device_(device) {
+    static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>,
+                  "TieredKVCache: T must be half or bfloat16");
+    const TieredConfig& c = config;
+    if (c.batch < 1 || c.q_heads < 1 || c.kv_heads < 1 || c.head_dim < 1 || c.block_len < 1 || c.max_seq_len < 1) {
+      throw Error("TieredKVCache: batch, q_heads, kv_heads, head_dim, block_len and max_seq_len must be >= 1");
+    }
+    if (c.policy.config().anchor == AnchorKind::kDynamic) {
+      throw Error("TieredKVCache: anchor DYNAMIC is not supported (its importance is kept by pool block); use QUEST, "
+                  "BLOCK_MEAN, BLOCK_MAX or FIXED");
+    }
+    if (c.policy.config().retrieval == RetrievalType::kQHead) {
+      throw Error("TieredKVCache: retrieval QHEAD is not supported; use LAYER or KVHEAD");
+    }
+    if (c.staging_blocks < 0) throw Error("TieredKVCache: staging_blocks must be >= 0");
+    max_blocks_ = sequence_blocks(c.max_seq_len, c.block_len);
+    unit_elems_ = static_cast<std::size_t>(c.block_len) * c.head_dim;
+    block_elems_ = unit_elems_ * c.kv_heads;
+    const std::size_t block_bytes = 2 * block_elems_ * sizeof(T);
+    slots_ = static_cast<int>(std::min<std::size_t>(c.gpu_budget_bytes / block_bytes,
+                                                    static_cast<std::size_t>(c.batch) * max_blocks_));
+    const DecodeProblem dense{kDTypeOf<T>, c.batch, c.q_heads, c.kv_heads, c.head_dim, c.max_seq_len};
+    const ElasticProblem problem{dense, c.block_len, c.policy, 1, ExactFallback::kNever};
+    elastic_ = std::make_unique<ElasticDecode<T>>(problem, device, stream);
+    max_attended_ = elastic_->max_attended();
+    staging_ = c.staging_blocks > 0 ? std::min(c.staging_blocks, max_attended_) : std::max(1, max_attended_ / 4);
+    tiers_ = std::make_unique<TierTable>(c.batch, max_blocks_, slots_, c.tiers);
+
+    const std::size_t all_blocks = static_cast<std::size_t>(c.batch) * max_blocks_;
+    host_k_ = PinnedBuffer<T>(all_blocks * block_elems_);
+    host_v_ = PinnedBuffer<T>(all_blocks * block_elems_);
+    const std::size_t gpu_blocks = static_cast<std::size_t>(slots_) + static_cast<std::size_t>(c.batch) * staging_;
+    gpu_k_ = DeviceBuffer<T>(gpu_blocks * block_elems_);
+    gpu_v_ = DeviceBuffer<T>(gpu_blocks * block_elems_);
+    anchors_ = DeviceBuffer<T>(elastic_->anchor_elems(all_blocks));
+    std::vector<std::int32_t> ids(all_blocks);
+    for (std::size_t i = 0; i < all_blocks; ++i) ids[i] = static_cast<std::int32_t>(i);
+    ids_ = DeviceBuffer<std::int32_t>(all_blocks);
+    ids_.copy_from(ids, stream);
+    slot_table_host_ = PinnedBuffer<std::int32_t>(all_blocks);
+    std::fill_n(slot_table_host_.data(), all_blocks, 0);
+    slot_table_ = DeviceBuffer<std::int32_t>(all_blocks);
+    slot_table_.fill_bytes(0, stream);
+    lengths_ = DeviceBuffer<std::int32_t>(c.batch);
+    lengths_.fill_bytes(0, stream);
+    from_ = DeviceBuffer<std::int32_t>(c.batch);
+    host_lengths_.assign(c.batch, 0);
+
+    const std::size_t rows = static_cast<std::size_t>(c.batch) * c.kv_heads;
+    selection_host_ = PinnedBuffer<std::int32_t>(rows * max_attended_ + rows);
+    gpu_rows_host_ = PinnedBuffer<std::int32_t>(rows * max_attended_ + rows);
+    gpu_rows_ = DeviceBuffer<std::int32_t>(rows * max_attended_ + rows);
+    cpu_table_.assign(rows * max_attended_, 0);
+    cpu_lengths_.assign(rows, 0);
+    copy_in_ = PinnedBuffer<UnitCopy>(std::max<std::size_t>(1, rows * staging_));
+    promotions_ = PinnedBuffer<UnitCopy>(std::max(1, c.tiers.max_moves_per_step));
+    seen_.assign(all_blocks, -1);
+
+    DecodeProblem sparse = dense;
+    sparse.max_seq_len = max_attended_ * c.block_len;
+    plan_ = plan_decode(sparse, device);
+    workspace_ = make_decode_workspace(plan_, stream);
+    const std::size_t q_rows = static_cast<std::size_t>(c.batch) * c.q_heads;
+    gpu_o_ = DeviceBuffer<T>(q_rows * c.head_dim);
+    gpu_lse_ = DeviceBuffer<float>(q_rows);
+    q_host_ = PinnedBuffer<T>(q_rows * c.head_dim);
+    lse_offset_ = (q_rows * c.head_dim * sizeof(T) + 15) / 16 * 16;
+    cpu_state_ = PinnedBuffer<unsigned char>(lse_offset_ + q_rows * sizeof(float));
+    cpu_state_dev_ = DeviceBuffer<unsigned char>(cpu_state_.size_bytes());
+    cpu_rate_ = std::make_shared<std::atomic<double>>(0.0);
+  }
+
+  TieredKVCache(const TieredKVCache&) = delete;
+  TieredKVCache& operator=(const TieredKVCache&) = delete;
+  // Waits for the copy and CPU streams (never throws).
+  ~TieredKVCache() {
+    cudaStreamSynchronize(copy_stream_.get());
+    cudaStreamSynchronize(cpu_stream_.get());
+  }
+
+  const TieredConfig& config() const { return config_; }
+  const TierTable& tiers() const { return *tiers_; }
+  int gpu_slots() const { return slots_; }
+  int staging_blocks() const { return staging_; }
+  int max_blocks_per_seq() const { return max_blocks_; }
+  int length(int seq) const { return tiers_->length(seq); }
+  std::size_t block_bytes() const { return 2 * block_elems_ * sizeof(T); }
+  const ElasticDecode<T>& elastic() const { return *elastic_; }
+  // The host home of (seq, block): K then V, each T [kv_heads][block_len][head_dim]. Write
+  // a prefill here, then call place().
+  T* host_k(int seq, int block) { return host_k_.data() + tiers_->host_block(seq, block) * block_elems_; }
+  T* host_v(int seq, int block) { return host_v_.data() + tiers_->host_block(seq, block) * block_elems_; }
+  // The anchors of every block, T [batch x max_blocks_per_seq][kv_heads][values] by host
+  // block (device memory).
+  const T* anchors() const { return anchors_.data(); }
+
+  // After a prefill written to the host homes: sets the lengths (int32 [batch]), builds
+  // every block's anchors on the GPU from the host pool (read through unified
+  // addressing), places the blocks (TierTable::place, scores as there) and copies the
+  // placed ones in. Returns when done.
+  void place(Span<const std::int32_t> lengths, const Stream& stream, const float* scores = nullptr) {
+    const std::vector<TierSlot> placed = tiers_->place(lengths, config_.block_len, scores);
+    host_lengths_.assign(lengths.begin(), lengths.end());
+    lengths_.copy_from(lengths, stream);
+    build_anchors<T>(host_pool_view(ids_.data()), anchors_.data(), config_.policy.config(), stream);
+    std::vector<UnitCopy> copies;
+    for (const TierSlot& s : placed) {
+      copies.push_back({tiers_->host_block(s.block.seq, s.block.block), s.slot});
+      slot_table_host_.data()[tiers_->host_block(s.block.seq, s.block.block)] = s.slot;
+    }
+    DeviceBuffer<UnitCopy> list(std::max<std::size_t>(1, copies.size()));
+    if (!copies.empty()) list.copy_from(copies, stream);
+    copy_units(host_k_.data(), host_v_.data(), gpu_k_.data(), gpu_v_.data(), list.data(),
+               static_cast<int>(copies.size()), block_elems_ * sizeof(T), stream);
+    slot_table_.copy_from(Span<const std::int32_t>(slot_table_host_.data(), slot_table_host_.size()), stream);
+    stream.synchronize();
+  }
+
+  // Appends one token per sequence: k_new, v_new T [batch][kv_heads][head_dim] in device
+  // memory, ordered on `stream`; step: the decode step it belongs to (recency for
+  // victims). New blocks take GPU slots (TierTable::append); the new tokens' blocks get
+  // their anchors; blocks it fills are written back to the host on the copy stream.
+  // Throws ekv::Error, having changed nothing, past a sequence's capacity or where no
+  // slot is left (TierTable::append's sentence).
+  void append(const T* k_new, const T* v_new, const Stream& stream, std::int64_t step) {
+    poll_copies();
+    for (int b = 0; b < config_.batch; ++b) {
+      if (tiers_->length(b) + 1 > max_blocks_ * config_.block_len) {
+        throw Error("TieredKVCache::append: sequence " + std::to_string(b) + " is full (" +
+                    std::to_string(tiers_->length(b)) + " tokens)");
+      }
+    }
+    std::vector<BlockRef> filled;
+    for (int b = 0; b < config_.batch; ++b) {
+      for (const TierSlot& s : tiers_->append(b, 1, step, &filled)) {
+        const std::int32_t g = tiers_->host_block(s.block.seq, s.block.block);
+        slot_table_host_.data()[g] = s.slot;
+        EKV_CUDA_CHECK(cudaMemcpyAsync(slot_table_.data() + g, slot_table_host_.data() + g, sizeof(std::int32_t),
+                                       cudaMemcpyHostToDevice, stream.get()),
+                       "TieredKVCache::append: cannot update the block table");
+      }
+      ++host_lengths_[b];
+    }
+    EKV_CUDA_CHECK(cudaMemcpyAsync(from_.data(), lengths_.data(), lengths_.size_bytes(), cudaMemcpyDeviceToDevice,
+                                   stream.get()),
+                   "TieredKVCache::append: cannot copy the lengths");
+    const KVView<T> view = gpu_pool_view(slot_table_.data());
+    append_kv<T>(view, k_new, v_new, 1, stream);
+    update_anchors_at<T>(view, ids_.data(), anchors_.data(), config_.policy.config(), from_.data(), 1, stream);
+    if (filled.empty()) return;
+    appended_.record(stream);
+    appended_.make_wait(copy_stream_);
+    for (const BlockRef& f : filled) {
+      const std::size_t host = static_cast<std::size_t>(tiers_->host_block(f.seq, f.block)) * block_elems_;
+      const std::size_t gpu = static_cast<std::size_t>(tiers_->gpu_slot(f.seq, f.block)) * block_elems_;
+      const std::size_t bytes = block_elems_ * sizeof(T);
+      EKV_CUDA_CHECK(cudaMemcpyAsync(host_k_.data() + host, gpu_k_.data() + gpu, bytes, cudaMemcpyDeviceToHost,
+                                     copy_stream_.get()),
+                     "TieredKVCache::append: cannot write a block back");
+      EKV_CUDA_CHECK(cudaMemcpyAsync(host_v_.data() + host, gpu_v_.data() + gpu, bytes, cudaMemcpyDeviceToHost,
+                                     copy_stream_.get()),
+                     "TieredKVCache::append: cannot write a block back");
+    }
+    auto done = std::make_unique<Event>(cudaEventDisableTiming);
+    done->record(copy_stream_);
+    write_backs_.push_back({std::move(done), std::move(filled)});
+  }
+
+  // One elastic decode step over both tiers: q, o T [batch][q_heads][head_dim], lse float
+  // [batch][q_heads] (natural log), device memory, ordered on `stream`. Waits on the host
+  // for the selection (step 2 above), so o is complete when the stream reaches it, not when
+  // attn returns. Throws ekv::Error before enqueueing anything for a null pointer or a
+  // stream that is capturing; a CPU-side exception is rethrown by the pool's next sync().
+  TieredStepReport attn(const T* q, T* o, float* lse, const Stream& stream, std::int64_t step) {
+    if (q == nullptr || o == nullptr || lse == nullptr) throw Error("TieredKVCache::attn: null q, o or lse");
+    check_not_capturing(stream, "attn");
+    TieredStepReport report;
+    report.promotions_completed = poll_copies();
+    const TieredConfig& c = config_;
+    const std::size_t rows = static_cast<std::size_t>(c.batch) * c.kv_heads;
+    // 1-2: select on the GPU, the selection to the host
+    elastic_->select(selection_view(), q, anchors_.data(), stream);
+    const std::int32_t* attended = elastic_->attended();
+    std::int32_t* sel = selection_host_.data();
+    EKV_CUDA_CHECK(cudaMemcpyAsync(sel, attended, rows * max_attended_ * sizeof(std::int32_t),
+                                   cudaMemcpyDeviceToHost, stream.get()),
+                   "TieredKVCache::attn: cannot copy the selection");
+    EKV_CUDA_CHECK(cudaMemcpyAsync(sel + rows * max_attended_, elastic_->num_attended(), rows * sizeof(std::int32_t),
+                                   cudaMemcpyDeviceToHost, stream.get()),
+                   "TieredKVCache::attn: cannot copy the selection");
+    selected_.record(stream);
+    selected_.synchronize();
+    read_timings();
+
+    // 3: count, choose, split
+    const std::int32_t* counts = sel + rows * max_attended_;
+    std::vector<int> host_in_row(rows, 0);
+    for (std::size_t r = 0; r < rows; ++r) {
+      const int b = static_cast<int>(r / c.kv_heads);
+      for (int j = 0; j < counts[r]; ++j) {
+        const int block = sel[r * max_attended_ + j];
+        ++report.units;
+        if (tiers_->gpu_slot(b, block) < 0) ++host_in_row[r];
+      }
+    }
+    for (int h : host_in_row) report.host_units += h;
+    const std::size_t unit_bytes = 2 * unit_elems_ * sizeof(T);
+    const double host_bytes = static_cast<double>(report.host_units) * unit_bytes;
+    const double gpu_bytes = static_cast<double>(report.units - report.host_units) * unit_bytes;
+    HostPath path = c.path;
+    if (report.host_units > 0) {
+      const double gpu_rate = gpu_rate_ > 0 ? gpu_rate_ : 3e12;
+      report.predicted_copy_us = copy_rate_ > 0 ? 1e6 * (host_bytes / copy_rate_ + host_bytes / gpu_rate) : 0;
+      report.predicted_cpu_us =
+          cpu_rate() > 0 ? std::max(0.0, 1e6 * host_bytes / cpu_rate() + kCpuPathFixedUs - 1e6 * gpu_bytes / gpu_rate)
+                         : 0;
+      if (path == HostPath::kAuto) {
+        if (copy_rate_ <= 0) {
+          path = HostPath::kCopyIn;  // measure each way once
+        } else if (cpu_rate() <= 0) {
+          path = HostPath::kCpu;
+        } else {
+          path = report.predicted_copy_us <= report.predicted_cpu_us ? HostPath::kCopyIn : HostPath::kCpu;
+        }
+      }
+    } else {
+      path = HostPath::kCopyIn;
+    }
+    report.path = path;
+
+    std::int32_t* gpu_table = gpu_rows_host_.data();
+    std::int32_t* gpu_lengths = gpu_table + rows * max_attended_;
+    int copies = 0;
+    wanted_.clear();
+    for (std::size_t r = 0; r < rows; ++r) {
+      const int b = static_cast<int>(r / c.kv_heads), h = static_cast<int>(r % c.kv_heads);
+      const int len = host_lengths_[b];
+      int on_gpu = 0, on_cpu = 0, gpu_len = 0, cpu_len = 0, staged = 0;
+      for (int j = 0; j < counts[r]; ++j) {
+        const int block = sel[r * max_attended_ + j];
+        const int tokens = block_valid_tokens(len, c.block_len, block);
+        tiers_->note_selected({b, block}, step);
+        const int slot = tiers_->gpu_slot(b, block);
+        const std::int32_t home = tiers_->host_block(b, block);
+        if (slot >= 0) {
+          gpu_table[r * max_attended_ + on_gpu++] = slot;
+          gpu_len += tokens;
+          continue;
+        }
+        if (seen_[home] != step) {
+          seen_[home] = step;
+          wanted_.push_back({b, block});
+        }
+        if (path == HostPath::kCopyIn && staged < staging_) {
+          const std::int64_t stage = slots_ + static_cast<std::int64_t>(b) * staging_ + staged++;
+          copy_in_.data()[copies++] = {std::int64_t{home} * c.kv_heads + h, stage * c.kv_heads + h};
+          gpu_table[r * max_attended_ + on_gpu++] = static_cast<std::int32_t>(stage);
+          gpu_len += tokens;
+        } else {
+          cpu_table_[r * max_attended_ + on_cpu++] = home;
+          cpu_len += tokens;
+        }
+      }
+      gpu_lengths[r] = gpu_len;
+      cpu_lengths_[r] = cpu_len;
+      report.copied_units += staged;
+      report.cpu_units += on_cpu;
+    }
+    report.copy_in_bytes = static_cast<std::size_t>(copies) * unit_bytes;
+
+    // 4: the CPU side beside the GPU's copy-in and decode, then the merge
+    const std::size_t q_rows = static_cast<std::size_t>(c.batch) * c.q_heads;
+    T* cpu_o = reinterpret_cast<T*>(cpu_state_.data());
+    float* cpu_lse = reinterpret_cast<float*>(cpu_state_.data() + lse_offset_);
+    const bool cpu_side = report.cpu_units > 0;
+    if (cpu_side) {
+      forked_.record(stream);
+      forked_.make_wait(cpu_stream_);
+      EKV_CUDA_CHECK(cudaMemcpyAsync(q_host_.data(), q, q_rows * c.head_dim * sizeof(T), cudaMemcpyDeviceToHost,
+                                     cpu_stream_.get()),
+                     "TieredKVCache::attn: cannot copy q to the host");
+      const KVView<T> host_view =
+          block_sparse_view<T>(host_pool_view(ids_.data()), cpu_table_.data(), cpu_lengths_.data(), max_attended_);
+      const double bytes = static_cast<double>(report.cpu_units) * unit_bytes;
+      pool_->submit_with_cuda_stream(cpu_stream_, [pool = pool_, host_view, q_host = q_host_.data(), cpu_o, cpu_lse,
+                                                   q_heads = c.q_heads, scale = plan_.scale, rate = cpu_rate_, bytes] {
+        const auto start = std::chrono::steady_clock::now();
+        cpu_decode<T>(*pool, host_view, q_host, q_heads, cpu_o, cpu_lse, scale);
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const double measured = bytes / std::max(s, 1e-9), old = rate->load();
+        rate->store(old > 0 ? (1 - kRateAverage) * old + kRateAverage * measured : measured);
+      });
+      EKV_CUDA_CHECK(cudaMemcpyAsync(cpu_state_dev_.data(), cpu_state_.data(), cpu_state_.size_bytes(),
+                                     cudaMemcpyHostToDevice, cpu_stream_.get()),
+                     "TieredKVCache::attn: cannot copy the CPU's state to the device");
+      cpu_done_.record(cpu_stream_);
+    }
+    EKV_CUDA_CHECK(cudaMemcpyAsync(gpu_rows_.data(), gpu_rows_host_.data(), gpu_rows_host_.size_bytes(),
+                                   cudaMemcpyHostToDevice, stream.get()),
+                   "TieredKVCache::attn: cannot copy the GPU's rows");
+    timing_.copy_bytes = static_cast<double>(report.copy_in_bytes);
+    timing_.decode_bytes = gpu_bytes + static_cast<double>(report.copy_in_bytes);
+    timing_.start.record(stream);
+    copy_units(host_k_.data(), host_v_.data(), gpu_k_.data(), gpu_v_.data(), copy_in_.data(), copies,
+               unit_elems_ * sizeof(T), stream);
+    timing_.copied.record(stream);
+    const KVView<T> gpu_view = block_sparse_view<T>(gpu_pool_view(ids_.data()), gpu_rows_.data(),
+                                                    gpu_rows_.data() + rows * max_attended_, max_attended_);
+    run_decode<T>(plan_, gpu_view, q, cpu_side ? gpu_o_.data() : o, cpu_side ? gpu_lse_.data() : lse,
+                  workspace_.data(), stream);
+    timing_.decoded.record(stream);
+    timing_.pending = true;
+    if (cpu_side) {
+      cpu_done_.make_wait(stream);
+      merge_state_pair<T>(gpu_o_.data(), gpu_lse_.data(), reinterpret_cast<const T*>(cpu_state_dev_.data()),
+                          reinterpret_cast<const float*>(cpu_state_dev_.data() + lse_offset_),
+                          static_cast<int>(q_rows), c.head_dim, o, lse, stream);
+    }
+    step_done_.record(stream);
+
+    // 5: promotions, after this step, never waited for by one
+    if (promotion_moves_.empty() && !wanted_.empty()) {
+      std::vector<TierMove> moves = tiers_->plan_promotions(wanted_, step);
+      if (!moves.empty()) {
+        for (std::size_t m = 0; m < moves.size(); ++m) {
+          promotions_.data()[m] = {tiers_->host_block(moves[m].block.seq, moves[m].block.block), moves[m].slot};
+        }
+        step_done_.make_wait(copy_stream_);
+        copy_units(host_k_.data(), host_v_.data(), gpu_k_.data(), gpu_v_.data(), promotions_.data(),
+                   static_cast<int>(moves.size()), block_elems_ * sizeof(T), copy_stream_);
+        promoted_.record(copy_stream_);
+        report.promotions_started = static_cast<int>(moves.size());
+        report.promotion_bytes = moves.size() * block_bytes();
+        promotion_moves_ = std::move(moves);
+      }
+    }
+    report.resident_blocks = tiers_->resident_blocks();
+    return report;
+  }
+
+  // Exact attention over both tiers (HybridDecode: the GPU's resident blocks on the GPU,
+  // the others on the CPU, merged); waits for the step before it returns.
+  void attn_exact(const T* q, T* o, float* lse, const Stream& stream) {
+    check_not_capturing(stream, "attn_exact");
+    poll_copies();
+    const TieredConfig& c = config_;
+    if (!exact_) {
+      const DecodeProblem p{kDTypeOf<T>, c.batch, c.q_heads, c.kv_heads, c.head_dim, c.max_seq_len};
+      exact_ = std::make_unique<HybridDecode<T>>(p, c.block_len, max_blocks_, *pool_, device_, stream,
+                                                 std::max(1, slots_) * c.block_len);
+    }
+    std::vector<std::int32_t> table(static_cast<std::size_t>(c.batch) * max_blocks_, 0);
+    for (int b = 0; b < c.batch; ++b) {
+      for (int i = 0; i < tiers_->blocks(b); ++i) {
+        const int slot = tiers_->gpu_slot(b, i);
+        table[static_cast<std::size_t>(b) * max_blocks_ + i] =
+            slot >= 0 ? slot : host_block_entry(tiers_->host_block(b, i));
+      }
+    }
+    HybridKV<T> kv;
+    kv.gpu_k = gpu_k_.data();
+    kv.gpu_v = gpu_v_.data();
+    kv.host_k = host_k_.data();
+    kv.host_v = host_v_.data();
+    kv.block_table = table.data();
+    kv.lengths = host_lengths_.data();
+    kv.gpu_blocks = slots_;
+    kv.host_blocks = c.batch * max_blocks_;
+    kv.batch = c.batch;
+    kv.kv_heads = c.kv_heads;
+    kv.head_dim = c.head_dim;
+    kv.block_len = c.block_len;
+    kv.max_blocks_per_seq = max_blocks_;
+    exact_->run(kv, q, o, lse, stream);
+    stream.synchronize();
+    pool_->sync();
+  }
+
+  // Waits for the promotions and write-backs in flight and applies them (tests, and before
+  // a measurement that wants a settled cache).
+  void settle() {
+    copy_stream_.synchronize();
+    poll_copies();
+  }
+  // The measured rates, bytes per second (0 until measured).
+  double copy_rate() const { return copy_rate_; }
+  double cpu_rate() const { return cpu_rate_->load(); }
+  double gpu_rate() const { return gpu_rate_; }
+
+ private:
+  struct WriteBack {
+    std::unique_ptr<Event> done;
+    std::vector<BlockRef> blocks;
+  };
+  struct Timing {
+    Event start, copied, decoded;
+    double copy_bytes = 0, decode_bytes = 0;
+    bool pending = false;
+  };
+
+  static void check_not_capturing(const Stream& stream, const char* what) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    EKV_CUDA_CHECK(cudaStreamIsCapturing(stream.get(), &capture),
+                   std::string("TieredKVCache::") + what + ": cannot query the stream");
+    if (capture != cudaStreamCaptureStatusNone) {
+      throw Error(std::string("TieredKVCache::") + what +
+                  ": the stream is capturing a graph; a tiered step waits on the host and cannot be captured");
+    }
+  }
+  static bool finished(const Event& e) {
+    const cudaError_t s = cudaEventQuery(e.get());
+    if (s == cudaErrorNotReady) return false;
+    EKV_CUDA_CHECK(s, "TieredKVCache: a copy failed");
+    return true;
+  }
+  // Applies the promotions and write-backs whose copies are done; returns the promotions.
+  int poll_copies() {
+    int completed = 0;
+    if (!promotion_moves_.empty() && finished(promoted_)) {
+      for (const TierMove& m : promotion_moves_) tiers_->complete(m);
+      completed = static_cast<int>(promotion_moves_.size());
+      promotion_moves_.clear();
+    }
+    while (!write_backs_.empty() && finished(*write_backs_.front().done)) {
+      for (const BlockRef& b : write_backs_.front().blocks) tiers_->mark_written(b);
+      write_backs_.erase(write_backs_.begin());
+    }
+    return completed;
+  }
+  // The last step's copy and decode times, once its events are done (after the selection's
+  // wait they are).
+  void read_timings() {
+    if (!timing_.pending) return;
+    timing_.pending = false;
+    float copy_ms = 0, decode_ms = 0;
+    EKV_CUDA_CHECK(cudaEventElapsedTime(&copy_ms, timing_.start.get(), timing_.copied.get()),
+                   "TieredKVCache: cannot read the copy's time");
+    EKV_CUDA_CHECK(cudaEventElapsedTime(&decode_ms, timing_.copied.get(), timing_.decoded.get()),
+                   "TieredKVCache: cannot read the decode's time");
+    const auto average = [](double old, double measured) {
+      return old > 0 ? (1 - kRateAverage) * old + kRateAverage * measured : measured;
+    };
+    if (timing_.copy_bytes > 0 && copy_ms > 0) copy_rate_ = average(copy_rate_, timing_.copy_bytes / (1e-3 * copy_ms));
+    if (timing_.decode_bytes > 0 && decode_ms > 0) {
+      gpu_rate_ = average(gpu_rate_, timing_.decode_bytes / (1e-3 * decode_ms));
+    }
+  }
+  // Paged views over a pool with `table` ([batch][max_blocks_per_seq]).
+  KVView<T> gpu_pool_view(const std::int32_t* table) const {
+    return paged_kv<T>(gpu_k_.data(), gpu_v_.data(), table, lengths_.data(), config_.batch, config_.kv_heads,
+                       config_.head_dim, config_.block_len, max_blocks_);
+  }
+  KVView<T> host_pool_view(const std::int32_t* table) const {
+    return paged_kv<T>(host_k_.data(), host_v_.data(), table, lengths_.data(), config_.batch, config_.kv_heads,
+                       config_.head_dim, config_.block_len, max_blocks_);
+  }
+  // What selection reads: every block's anchors by host block, the device lengths.
+  KVView<T> selection_view() const { return host_pool_view(ids_.data()); }
+
+  TieredConfig config_;
+  CPUInfer* pool_ = nullptr;
+  DeviceInfo device_;
+  int max_blocks_ = 1;
+  int slots_ = 0;
+  int staging_ = 1;
+  int max_attended_ = 1;
+  std::size_t unit_elems_ = 0, block_elems_ = 0;
+  std::unique_ptr<ElasticDecode<T>> elastic_;
+  std::unique_ptr<TierTable> tiers_;
+  std::unique_ptr<HybridDecode<T>> exact_;
+  PinnedBuffer<T> host_k_, host_v_;
+  DeviceBuffer<T> gpu_k_, gpu_v_, anchors_;
+  DeviceBuffer<std::int32_t> ids_, slot_table_, lengths_, from_;
+  PinnedBuffer<std::int32_t> slot_table_host_;
+  std::vector<std::int32_t> host_lengths_;
+  PinnedBuffer<std::int32_t> selection_host_, gpu_rows_host_;
+  DeviceBuffer<std::int32_t> gpu_rows_;
+  std::vector<std::int32_t> cpu_table_, cpu_lengths_;
+  PinnedBuffer<UnitCopy> copy_in_, promotions_;
+  std::vector<std::int64_t> seen_;
+  std::vector<BlockRef> wanted_;
+  std::vector<TierMove> promotion_moves_;
+  std::vector<WriteBack> write_backs_;
+  DecodePlan plan_;
+  DeviceBuffer<unsigned char> workspace_;
+  DeviceBuffer<T> gpu_o_;
+  DeviceBuffer<float> gpu_lse_;
+  PinnedBuffer<T> q_host_;
+  std::size_t lse_offset_ = 0;
+  PinnedBuffer<unsigned char> cpu_state_;
+  DeviceBuffer<unsigned char> cpu_state_dev_;
+  std::shared_ptr<std::atomic<double>> cpu_rate_;
+  double copy_rate_ = 0, gpu_rate_ = 0;
+  Timing timing_;
+  Stream copy_stream_, cpu_stream_;
+  Event selected_{cudaEventDisableTiming}, forked_{cudaEventDisableTiming}, cpu_done_{cudaEventDisableTiming},
+      step_done_{cudaEventDisableTiming}, appended_{cudaEventDisableTiming}, promoted_{cudaEventDisableTiming};
+};
+
+}  // namespace ekv
