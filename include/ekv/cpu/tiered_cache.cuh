@@ -41,6 +41,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ekv/attention/append.cuh"
@@ -101,7 +102,7 @@ struct TieredStepReport {
   std::size_t copy_in_bytes = 0;      // K and V copied in for this step
   std::size_t promotion_bytes = 0;    // K and V of the promotions it started
   int promotions_started = 0;
-  int promotions_completed = 0;       // found done at its start
+  int promotions_completed = 0;       // found done since the last step (here, in append or settle)
   int resident_blocks = 0;            // after it
 };
 
@@ -294,7 +295,8 @@ class TieredKVCache {
     if (q == nullptr || o == nullptr || lse == nullptr) throw Error("TieredKVCache::attn: null q, o or lse");
     check_not_capturing(stream, "attn");
     TieredStepReport report;
-    report.promotions_completed = poll_copies();
+    poll_copies();
+    report.promotions_completed = std::exchange(completed_, 0);
     const TieredConfig& c = config_;
     const std::size_t rows = static_cast<std::size_t>(c.batch) * c.kv_heads;
     // 1-2: select on the GPU, the selection to the host
@@ -538,6 +540,7 @@ class TieredKVCache {
     if (!promotion_moves_.empty() && finished(promoted_)) {
       for (const TierMove& m : promotion_moves_) tiers_->complete(m);
       completed = static_cast<int>(promotion_moves_.size());
+      completed_ += completed;
       promotion_moves_.clear();
     }
     while (!write_backs_.empty() && finished(*write_backs_.front().done)) {
@@ -610,6 +613,7 @@ class TieredKVCache {
   DeviceBuffer<unsigned char> cpu_state_dev_;
   std::shared_ptr<std::atomic<double>> cpu_rate_;
   double copy_rate_ = 0, gpu_rate_ = 0;
+  int completed_ = 0;  // promotions completed since the last step's report
   Timing timing_;
   Stream copy_stream_, cpu_stream_;
   Event selected_{cudaEventDisableTiming}, forked_{cudaEventDisableTiming}, cpu_done_{cudaEventDisableTiming},
