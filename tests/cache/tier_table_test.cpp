@@ -1,8 +1,9 @@
 // TierTable, the bookkeeping of a two-tier cache, on the host: the first placement (sinks
 // and window first, within the slots), appends taking free slots and then victims, the
-// write-back rule, promotions (free slots first, then the coldest demotable block; pinned,
-// unwritten and recently selected blocks never demoted), the moving state (not resident
-// until complete), refusals that change nothing, and a long random run of appends,
+// write-back rule, batch appends all or nothing, promotions (free slots first, then the
+// coldest demotable block; pinned, unwritten and recently selected blocks never demoted; up
+// to a limit), the moving state (not resident until complete, or at once for a copy ordered
+// before every read), refusals that change nothing, and a long random run of appends,
 // selections, promotions and completions with the table checked (TierTable::check) and the
 // residents' count matched against a model after every step.
 
@@ -112,6 +113,71 @@ TEST_CASE("TierTable appends: free slots, then victims; filled blocks wait for t
   // block 2 was the partial block when filled: it is filled by this append, block 3 not
   REQUIRE(filled.size() == 1);
   CHECK(filled[0].block == 2);
+  t.check();
+}
+
+TEST_CASE("TierTable appends a batch all or nothing") {
+  TierTable t(3, 8, 5, policy(0, 1, 4, 1));
+  const std::vector<std::int32_t> lengths = {64, 64, 64};  // one full block each: the windows
+  t.place(lengths, 64);
+  CHECK(t.free_slots() == 2);
+  for (int b = 0; b < 3; ++b) t.note_selected({b, 0}, 5);
+  std::vector<BlockRef> filled;
+  // at step 5 every sequence starts a block: three new blocks, two free slots, and no victim
+  // (the blocks 0 leave their windows but were selected at this step): refused, nothing changed
+  const std::vector<int> one = {1, 1, 1};
+  CHECK_THROWS_WITH_AS(t.append(one, 5, &filled), doctest::Contains("no GPU slot for sequence 0's block 1"),
+                       ekv::Error);
+  for (int b = 0; b < 3; ++b) CHECK(t.length(b) == 64);
+  CHECK(t.free_slots() == 2);
+  CHECK(filled.empty());
+  t.check();
+  // two of them fit
+  const std::vector<int> two = {1, 0, 1};
+  const std::vector<ekv::TierSlot> got = t.append(two, 5, &filled);
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].block.seq == 0);
+  CHECK(got[1].block.seq == 2);
+  CHECK(t.length(0) == 65);
+  CHECK(t.length(1) == 64);
+  CHECK(t.free_slots() == 0);
+  t.check();
+  // at step 9 sequence 1's block 1 needs a victim, judged at the grown lengths: the blocks 0
+  // (placed, so their host copies are valid) are all out of their windows and idle; the
+  // coldest, ties by slot, is sequence 0's
+  const std::vector<int> last = {0, 1, 0};
+  REQUIRE(t.append(last, 9, &filled).size() == 1);
+  CHECK(t.gpu_slot(0, 0) == -1);
+  CHECK(t.gpu_slot(1, 1) >= 0);
+  t.check();
+  const std::vector<int> wrong = {1, 1};
+  CHECK_THROWS_WITH_AS(t.append(wrong, 10), doctest::Contains("needs 3 token counts, got 2"), ekv::Error);
+  const std::vector<int> too_many = {0, 0, 64 * 8};
+  CHECK_THROWS_WITH_AS(t.append(too_many, 10), doctest::Contains("sequence 2 of 65 tokens cannot take 512 more"),
+                       ekv::Error);
+  CHECK(t.length(2) == 65);
+}
+
+TEST_CASE("TierTable promotions stop at a limit, and a promotion may complete at once") {
+  TierTable t(1, 32, 5, policy(0, 1, 8, 1));
+  const std::vector<std::int32_t> lengths = {64 * 20};
+  t.place(lengths, 64);  // window 19, then 18, 17, 16, 15
+  for (int b : {15, 16, 17, 18, 19}) t.note_selected({0, b}, 1);
+  const std::vector<BlockRef> wanted = {{0, 3}, {0, 4}, {0, 5}};
+  // the step selected 3, 4, 5 and 18 (noted first, so 18 is no victim)
+  for (const BlockRef& b : wanted) t.note_selected(b, 2);
+  t.note_selected({0, 18}, 2);
+  const std::vector<TierMove> moves = t.plan_promotions(wanted, 2, 2);
+  REQUIRE(moves.size() == 2);  // the limit: 15, 16 and 17 could go, and the policy allows 8
+  for (const TierMove& m : moves) {
+    CHECK((m.victim.block == 15 || m.victim.block == 16));  // coldest, then by slot
+    t.complete(m);  // the copy ordered before every read: resident at once
+  }
+  CHECK(t.gpu_slot(0, 3) >= 0);
+  CHECK(t.gpu_slot(0, 4) >= 0);
+  CHECK(t.gpu_slot(0, 17) >= 0);
+  CHECK(t.gpu_slot(0, 18) >= 0);
+  CHECK(t.gpu_slot(0, 5) == -1);
   t.check();
 }
 

@@ -15,7 +15,9 @@
 //
 // Ordering the copies is the caller's part: a promotion's copy into a slot must run after
 // every step that may still read the slot's last block (the steps enqueued before
-// plan_promotions returned), and complete() only after the copy has finished.
+// plan_promotions returned), and complete() only after the copy has finished, or at once
+// where the copy is ordered before every later read of the slot (one stream: a step that
+// copies a block in for itself promotes it so, TieredKVCache's in-step promotions).
 
 #include <algorithm>
 #include <cstdint>
@@ -162,36 +164,45 @@ class TierTable {
   // changed nothing, past max_blocks_per_seq or when no slot can be had (every slot holds a
   // pinned, unwritten or recently selected block: the budget is too small).
   std::vector<TierSlot> append(int seq, int tokens, std::int64_t step, std::vector<BlockRef>* filled = nullptr) {
+    check_seq(seq);
+    std::vector<int> grow(batch_, 0);
+    grow[seq] = tokens;
+    return append(grow, step, filled);
+  }
+
+  // Every sequence b grows by tokens[b] at once, all or nothing: throws ekv::Error, having
+  // changed nothing, where any sequence would pass its capacity or the new blocks together
+  // cannot have slots. Returns the new blocks' slots, sequence by sequence.
+  std::vector<TierSlot> append(Span<const int> tokens, std::int64_t step, std::vector<BlockRef>* filled = nullptr) {
     if (!placed_) throw Error("TierTable::append: place() first");
-    const int old_len = length(seq);
-    if (tokens < 0 || std::int64_t{old_len} + tokens > std::int64_t{block_len_} * max_blocks_) {
-      throw Error("TierTable::append: sequence " + std::to_string(seq) + " of " + std::to_string(old_len) +
-                  " tokens cannot take " + std::to_string(tokens) + " more (capacity " +
-                  std::to_string(std::int64_t{block_len_} * max_blocks_) + ")");
+    if (static_cast<int>(tokens.size()) != batch_) {
+      throw Error("TierTable::append: needs " + std::to_string(batch_) + " token counts, got " +
+                  std::to_string(tokens.size()));
     }
-    const int new_len = old_len + tokens;
-    const int first_new = sequence_blocks(old_len, block_len_), last_new = sequence_blocks(new_len, block_len_);
-    // victims first, so a failure changes nothing
-    std::vector<int> victims = pick_victims(last_new - first_new - free_slots(), step, seq, last_new);
-    if (static_cast<int>(victims.size()) + free_slots() < last_new - first_new) {
-      throw Error("TierTable::append: no GPU slot for sequence " + std::to_string(seq) + "'s block " +
-                  std::to_string(first_new) + ": all " + std::to_string(gpu_slots()) +
+    std::vector<int> grown(batch_);
+    int need = 0, first_seq = -1;
+    for (int b = 0; b < batch_; ++b) {
+      const int old_len = lengths_[b];
+      if (tokens[b] < 0 || std::int64_t{old_len} + tokens[b] > std::int64_t{block_len_} * max_blocks_) {
+        throw Error("TierTable::append: sequence " + std::to_string(b) + " of " + std::to_string(old_len) +
+                    " tokens cannot take " + std::to_string(tokens[b]) + " more (capacity " +
+                    std::to_string(std::int64_t{block_len_} * max_blocks_) + ")");
+      }
+      grown[b] = sequence_blocks(old_len + tokens[b], block_len_);
+      const int more = grown[b] - blocks(b);
+      if (more > 0 && first_seq < 0) first_seq = b;
+      need += more;
+    }
+    // victims first (judged at the grown lengths), so a failure changes nothing
+    std::vector<int> victims = pick_victims(need - free_slots(), step, &grown);
+    if (static_cast<int>(victims.size()) + free_slots() < need) {
+      throw Error("TierTable::append: no GPU slot for sequence " + std::to_string(first_seq) + "'s block " +
+                  std::to_string(blocks(first_seq)) + ": all " + std::to_string(gpu_slots()) +
                   " slots hold pinned, unwritten or recently selected blocks; raise the GPU budget");
     }
     for (int victim : victims) free_slot(victim);
-    lengths_[seq] = new_len;
-    if (tokens > 0 && old_len % block_len_ != 0) host_valid_[at(seq, old_len / block_len_)] = 0;  // stale now
     std::vector<TierSlot> out;
-    for (int i = first_new; i < last_new; ++i) {
-      const std::size_t g = at(seq, i);
-      out.push_back({{seq, i}, take_free(g)});
-      state_[g] = State::kResident;
-      host_valid_[g] = 0;
-      last_selected_[g] = step;
-    }
-    if (filled != nullptr) {
-      for (int i = old_len / block_len_; i < new_len / block_len_; ++i) filled->push_back({seq, i});
-    }
+    for (int b = 0; b < batch_; ++b) grow_one(b, tokens[b], step, out, filled);
     return out;
   }
 
@@ -205,17 +216,19 @@ class TierTable {
   }
 
   // After step `step`, which attended the host-only blocks `wanted` (each once, in the
-  // order to promote): starts up to max_moves_per_step promotions, taking free slots, then
-  // victims coldest first (see TierPolicy). A victim is host only on return. Blocks not
-  // host only are skipped.
-  std::vector<TierMove> plan_promotions(Span<const BlockRef> wanted, std::int64_t step) {
+  // order to promote): starts up to max_moves_per_step promotions (or `limit`, where given),
+  // taking free slots, then victims coldest first (see TierPolicy). A victim is host only on
+  // return. Blocks not host only are skipped. Every block step `step` selected must have been
+  // noted (note_selected) before, so that none of them is a victim.
+  std::vector<TierMove> plan_promotions(Span<const BlockRef> wanted, std::int64_t step, int limit = -1) {
+    if (limit < 0) limit = policy_.max_moves_per_step;
     std::vector<BlockRef> todo;
     for (const BlockRef& b : wanted) {
-      if (static_cast<int>(todo.size()) == policy_.max_moves_per_step) break;
+      if (static_cast<int>(todo.size()) == limit) break;
       if (state_[at(b.seq, b.block)] == State::kHostOnly && host_valid_[at(b.seq, b.block)]) todo.push_back(b);
     }
     const int need = static_cast<int>(todo.size()) - free_slots();
-    std::vector<int> victims = pick_victims(need, step, -1, 0);
+    std::vector<int> victims = pick_victims(need, step, nullptr);
     std::vector<TierMove> moves;
     std::size_t v = 0;
     for (const BlockRef& b : todo) {
@@ -308,17 +321,34 @@ class TierTable {
     owner_[s] = -1;
     free_.push_back(s);
   }
+  // Sequence seq grows by tokens, its new blocks taking free slots (there are enough).
+  void grow_one(int seq, int tokens, std::int64_t step, std::vector<TierSlot>& out, std::vector<BlockRef>* filled) {
+    const int old_len = lengths_[seq], new_len = old_len + tokens;
+    const int first_new = sequence_blocks(old_len, block_len_), last_new = sequence_blocks(new_len, block_len_);
+    lengths_[seq] = new_len;
+    if (tokens > 0 && old_len % block_len_ != 0) host_valid_[at(seq, old_len / block_len_)] = 0;  // stale now
+    for (int i = first_new; i < last_new; ++i) {
+      const std::size_t g = at(seq, i);
+      out.push_back({{seq, i}, take_free(g)});
+      state_[g] = State::kResident;
+      host_valid_[g] = 0;
+      last_selected_[g] = step;
+    }
+    if (filled != nullptr) {
+      for (int i = old_len / block_len_; i < new_len / block_len_; ++i) filled->push_back({seq, i});
+    }
+  }
   // Up to n slots of demotable resident blocks, coldest first (then lower block id).
-  // grow_seq / grow_blocks: a sequence about to have grow_blocks blocks, whose window is
-  // judged at that length.
-  std::vector<int> pick_victims(int n, std::int64_t step, int grow_seq, int grow_blocks) const {
+  // grown: each sequence's block count about to be (appends), whose windows are judged at
+  // it; null: the current lengths.
+  std::vector<int> pick_victims(int n, std::int64_t step, const std::vector<int>* grown) const {
     std::vector<std::pair<std::int64_t, int>> cold;
     if (n <= 0) return {};
     for (std::size_t s = 0; s < owner_.size(); ++s) {
       const std::int64_t g = owner_[s];
       if (g < 0 || state_[g] != State::kResident || !host_valid_[g]) continue;
       const int seq = static_cast<int>(g / max_blocks_), block = static_cast<int>(g % max_blocks_);
-      const int seq_blocks = seq == grow_seq ? grow_blocks : blocks(seq);
+      const int seq_blocks = grown != nullptr ? (*grown)[seq] : blocks(seq);
       if (block < policy_.sink_blocks || block >= seq_blocks - policy_.window_blocks) continue;
       if (last_selected_[g] > step - policy_.min_idle_steps) continue;
       cold.push_back({last_selected_[g], static_cast<int>(s)});
