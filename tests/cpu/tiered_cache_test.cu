@@ -1,11 +1,14 @@
 // TieredKVCache (GPU pool under a budget, every block at home in pinned host memory)
 // against all-GPU elastic (ElasticDecode over one GPU pool holding the same blocks, with
 // anchors built there): the same blocks attended (bit for bit), and the same output within
-// tolerance, for each way of attending the host's blocks (copy-in, CPU, auto) and a
-// staging area small enough to spill to the CPU; then a decode loop of appends and steps
-// under promotions and demotions, against a cache that never moved (all-GPU); exact
-// attention over both tiers against all-GPU exact decode; outputs poisoned (NaN) before
-// every step; the refusals (QHEAD, DYNAMIC, a capturing stream).
+// tolerance, under KVHEAD (a GPU slot holds one kv head's block) and LAYER (a block with
+// all its heads), for each way of attending the host's blocks (copy-in, CPU, auto), with
+// in-step promotions (a block copied in for a step keeps its slot), and with a GPU tier of
+// only the sinks and windows and a staging area small enough to spill to the CPU; then a
+// decode loop of appends and steps under promotions and demotions, against a cache that
+// never moved (all-GPU); exact attention over both tiers against all-GPU exact decode;
+// outputs poisoned (NaN) before every step; appends all or nothing; the refusals (QHEAD,
+// DYNAMIC, a capturing stream).
 // Tolerances (relative L2 of each row of O, LSE absolute): half 2e-3 and 1e-4, bfloat16
 // 1e-2 and 1e-4 (two partial states each rounded to T before the merge, where all-GPU
 // decode rounds once).
@@ -80,15 +83,18 @@ struct Twins {
     const ekv::DeviceInfo device = ekv::DeviceInfo::current();
     tiered = std::make_unique<ekv::TieredKVCache<T>>(c, pool, device, stream);
     const int mb = tiered->max_blocks_per_seq();
-    block_elems = static_cast<std::size_t>(c.kv_heads) * c.block_len * c.head_dim;
+    const std::size_t unit = static_cast<std::size_t>(c.block_len) * c.head_dim;
+    block_elems = unit * c.kv_heads;
     const std::size_t all = static_cast<std::size_t>(c.batch) * mb;
     // random data in every block (also past the lengths: never read)
     std::vector<T> hk = random_values<T>(all * block_elems, rng), hv = random_values<T>(all * block_elems, rng);
     for (int b = 0; b < c.batch; ++b) {
       for (int i = 0; i < mb; ++i) {
-        const std::size_t at = (static_cast<std::size_t>(b) * mb + i) * block_elems;
-        std::copy_n(hk.begin() + at, block_elems, tiered->host_k(b, i));
-        std::copy_n(hv.begin() + at, block_elems, tiered->host_v(b, i));
+        for (int h = 0; h < c.kv_heads; ++h) {
+          const std::size_t at = (static_cast<std::size_t>(b) * mb + i) * block_elems + h * unit;
+          std::copy_n(hk.begin() + at, unit, tiered->host_k(b, i, h));
+          std::copy_n(hv.begin() + at, unit, tiered->host_v(b, i, h));
+        }
       }
     }
     tiered->place(lens, stream);
@@ -141,7 +147,9 @@ std::vector<std::int32_t> fetch_rows(const std::int32_t* rows, std::size_t n, co
   return h;
 }
 
-ekv::TieredConfig make_config(int batch, int max_seq_len, HostPath path, int staging, double gpu_share) {
+// gpu_share: of the cache's blocks; pinned_only: a GPU tier of just the sinks and windows.
+ekv::TieredConfig make_config(int batch, int max_seq_len, HostPath path, int staging, double gpu_share,
+                              ekv::RetrievalType retrieval = ekv::RetrievalType::kKvHead, bool pinned_only = false) {
   ekv::TieredConfig c;
   c.batch = batch;
   c.q_heads = 8;
@@ -152,6 +160,7 @@ ekv::TieredConfig make_config(int batch, int max_seq_len, HostPath path, int sta
   ekv::ElasticConfig e;
   e.init_block_num = 1;
   e.local_block_num = 2;
+  e.retrieval = retrieval;
   c.policy = ekv::ElasticPolicy(e, ekv::ElasticBudget::ratio(4));
   c.tiers.sink_blocks = 1;
   c.tiers.window_blocks = 2;
@@ -162,6 +171,7 @@ ekv::TieredConfig make_config(int batch, int max_seq_len, HostPath path, int sta
   const std::size_t block_bytes = 2 * sizeof(__half) * c.kv_heads * c.block_len * c.head_dim;
   const int blocks = batch * ekv::sequence_blocks(max_seq_len, c.block_len);
   c.gpu_budget_bytes = static_cast<std::size_t>(gpu_share * blocks) * block_bytes;
+  if (pinned_only) c.gpu_budget_bytes = static_cast<std::size_t>(batch) * 3 * block_bytes;  // 1 sink, 2 window
   return c;
 }
 
@@ -192,48 +202,63 @@ ekv::TieredStepReport compare_step(Twins<T>& t, const ekv::DeviceBuffer<T>& q, s
   t.pool.sync();
   CHECK(report.units > 0);
   CHECK(report.copied_units + report.cpu_units == report.host_units);
+  CHECK(report.promoted_units <= report.copied_units);
   return report;
 }
 
 template <typename T>
-void one_step_each_way() {
-  std::mt19937 rng(ekv::test::seed());
+void one_step_each_way(ekv::RetrievalType retrieval) {
+  std::mt19937 rng(ekv::test::seed() + static_cast<int>(retrieval));
+  const int rows = 2 * 2;  // batch x kv heads
   for (HostPath path : {HostPath::kCopyIn, HostPath::kCpu, HostPath::kAuto}) {
     for (int staging : {0, 3}) {
-      CAPTURE(ekv::to_string(path));
-      CAPTURE(staging);
-      const std::vector<std::int32_t> lens = {32 * 70 + 13, 32 * 41};
-      Twins<T> t(make_config(2, 32 * 80, path, staging, 0.2), lens, rng);
-      t.tiered->tiers().check();
-      const ekv::DeviceBuffer<T> q = [&] {
-        ekv::DeviceBuffer<T> b(static_cast<std::size_t>(2) * 8 * 128);
-        b.copy_from(random_values<T>(b.size(), rng), t.stream);
-        return b;
-      }();
-      int host_units = 0;
-      for (int s = 0; s < 3; ++s) {  // auto measures one way, then the other, then chooses
-        const ekv::TieredStepReport r = compare_step(t, q, s);
-        host_units += r.host_units;
-        // copy-in spills to the CPU only what a row cannot stage
-        if (path == HostPath::kCopyIn && r.host_units <= t.tiered->staging_blocks()) CHECK(r.cpu_units == 0);
-        if (path == HostPath::kCopyIn && r.host_units > 0) CHECK(r.copied_units > 0);
-        if (path == HostPath::kCpu) CHECK(r.copied_units == 0);
-        if (path == HostPath::kCopyIn && staging == 3 && r.host_units > 3 * 2 * 2) CHECK(r.cpu_units > 0);
-      }
-      CHECK(host_units > 0);  // a fifth of the blocks on the GPU: the host held some
-      if (path == HostPath::kAuto) {
-        CHECK(t.tiered->copy_rate() > 0);
-        CHECK(t.tiered->cpu_rate() > 0);
+      for (bool pinned_only : {false, true}) {
+        CAPTURE(ekv::to_string(path));
+        CAPTURE(staging);
+        CAPTURE(pinned_only);
+        const std::vector<std::int32_t> lens = {32 * 70 + 13, 32 * 41};
+        Twins<T> t(make_config(2, 32 * 80, path, staging, 0.2, retrieval, pinned_only), lens, rng);
+        t.tiered->tiers().check();
+        const ekv::DeviceBuffer<T> q = [&] {
+          ekv::DeviceBuffer<T> b(static_cast<std::size_t>(2) * 8 * 128);
+          b.copy_from(random_values<T>(b.size(), rng), t.stream);
+          return b;
+        }();
+        int host_units = 0, first_host_units = 0;
+        for (int s = 0; s < 3; ++s) {  // auto measures one way, then the other, then chooses
+          const ekv::TieredStepReport r = compare_step(t, q, s);
+          t.tiered->tiers().check();
+          host_units += r.host_units;
+          if (s == 0) first_host_units = r.host_units;
+          // copy-in spills to the CPU only what a row can neither promote nor stage
+          if (path == HostPath::kCopyIn) {
+            CHECK(r.copied_units - r.promoted_units <= rows * t.tiered->staging_blocks());
+            if (r.host_units > 0) CHECK(r.copied_units > 0);
+            if (r.host_units - r.promoted_units <= t.tiered->staging_blocks()) CHECK(r.cpu_units == 0);
+            if (r.host_units - r.promoted_units > rows * t.tiered->staging_blocks()) CHECK(r.cpu_units > 0);
+          }
+          if (path == HostPath::kCpu) CHECK(r.copied_units == 0);
+          if (pinned_only) CHECK(r.promoted_units == 0);  // no slot to promote into
+          // the same query again: what step 0 promoted is resident
+          if (path == HostPath::kCopyIn && !pinned_only && s == 0) CHECK(r.promoted_units > 0);
+          if (path == HostPath::kCopyIn && !pinned_only && s > 0) CHECK(r.host_units < first_host_units);
+        }
+        if (path == HostPath::kCopyIn && pinned_only && staging == 3) CHECK(first_host_units > rows * 3);
+        CHECK(host_units > 0);  // a fifth of the blocks on the GPU at most: the host held some
+        if (path == HostPath::kAuto) {
+          CHECK(t.tiered->copy_rate() > 0);
+          CHECK(t.tiered->cpu_rate() > 0);
+        }
       }
     }
   }
 }
 
 template <typename T>
-void decode_loop() {
+void decode_loop(ekv::RetrievalType retrieval) {
   std::mt19937 rng(ekv::test::seed() + 1);
   const std::vector<std::int32_t> lens = {32 * 60 + 30, 32 * 35 + 1};
-  Twins<T> t(make_config(2, 32 * 80, HostPath::kAuto, 0, 0.25), lens, rng);
+  Twins<T> t(make_config(2, 32 * 80, HostPath::kAuto, 0, 0.25, retrieval), lens, rng);
   const ekv::TieredConfig& c = t.config;
   std::vector<T> q_host = random_values<T>(static_cast<std::size_t>(c.batch) * c.q_heads * c.head_dim, rng);
   ekv::DeviceBuffer<T> q(q_host.size()), k_new(static_cast<std::size_t>(c.batch) * c.kv_heads * c.head_dim),
@@ -270,12 +295,52 @@ void decode_loop() {
 
 }  // namespace
 
-TEST_CASE("TieredKVCache attends what all-GPU elastic attends, each way (half)") { one_step_each_way<__half>(); }
+TEST_CASE("TieredKVCache attends what all-GPU elastic attends, each way (half)") {
+  for (ekv::RetrievalType r : {ekv::RetrievalType::kKvHead, ekv::RetrievalType::kLayer}) {
+    CAPTURE(ekv::to_string(r));
+    one_step_each_way<__half>(r);
+  }
+}
 TEST_CASE("TieredKVCache attends what all-GPU elastic attends, each way (bfloat16)") {
-  one_step_each_way<__nv_bfloat16>();
+  one_step_each_way<__nv_bfloat16>(ekv::RetrievalType::kKvHead);
 }
 TEST_CASE("TieredKVCache under appends, promotions and demotions matches a cache that never moved") {
-  decode_loop<__half>();
+  for (ekv::RetrievalType r : {ekv::RetrievalType::kKvHead, ekv::RetrievalType::kLayer}) {
+    CAPTURE(ekv::to_string(r));
+    decode_loop<__half>(r);
+  }
+}
+
+TEST_CASE("TieredKVCache appends all sequences or none") {
+  for (ekv::RetrievalType r : {ekv::RetrievalType::kKvHead, ekv::RetrievalType::kLayer}) {
+    CAPTURE(ekv::to_string(r));
+    std::mt19937 rng(ekv::test::seed() + 2);
+    // sequence 0 has room in its last block, sequence 1 needs a new one; the GPU tier holds
+    // only the sinks and windows, and the block leaving sequence 1's window was just selected
+    const std::vector<std::int32_t> lens = {32 * 70 + 13, 32 * 41};
+    Twins<__half> t(make_config(2, 32 * 80, HostPath::kAuto, 0, 0, r, true), lens, rng);
+    ekv::DeviceBuffer<__half> q(static_cast<std::size_t>(2) * 8 * 128), o(q.size()), k_new(2 * 2 * 128),
+        v_new(k_new.size());
+    ekv::DeviceBuffer<float> lse(16);
+    q.copy_from(random_values<__half>(q.size(), rng), t.stream);
+    k_new.copy_from(random_values<__half>(k_new.size(), rng), t.stream);
+    v_new.copy_from(random_values<__half>(v_new.size(), rng), t.stream);
+    t.tiered->attn(q.data(), o.data(), lse.data(), t.stream, 0);
+    t.stream.synchronize();
+    t.pool.sync();
+    CHECK_THROWS_WITH_AS(t.tiered->append(k_new.data(), v_new.data(), t.stream, 1),
+                         doctest::Contains("no GPU slot"), ekv::Error);
+    CHECK(t.tiered->length(0) == lens[0]);  // sequence 0 could have grown alone: it did not
+    CHECK(t.tiered->length(1) == lens[1]);
+    t.tiered->tiers().check();
+    // two steps later the block is idle enough to leave: both grow
+    t.tiered->append(k_new.data(), v_new.data(), t.stream, 2);
+    CHECK(t.tiered->length(0) == lens[0] + 1);
+    CHECK(t.tiered->length(1) == lens[1] + 1);
+    t.tiered->tiers().check();
+    CHECK_THROWS_WITH_AS(t.tiered->append(nullptr, v_new.data(), t.stream, 3), doctest::Contains("null k_new"),
+                         ekv::Error);
+  }
 }
 
 TEST_CASE("TieredKVCache refuses QHEAD, DYNAMIC and a capturing stream") {

@@ -4,31 +4,42 @@
 // (each sequence's sinks and window, then the blocks selection keeps picking); the anchors
 // of every block stay on the GPU, so selection scores all blocks there.
 //
+// What a GPU slot holds follows the retrieval: under LAYER (one selection for every head) a
+// block with all its kv heads; under KVHEAD (each kv head its own blocks) one kv head's
+// block, a *unit*: each (sequence, kv head) is then a row of its own (TierTable's sequence
+// seq x kv_heads + head, with one kv head), so the GPU tier holds each head's own choice.
+//
 // One elastic step (attn), on the caller's stream S:
 //   1. select on the GPU over every block (ElasticDecode::select over the anchors);
 //   2. copy the selection to the host and wait for it (the only wait of a step: where each
 //      selected block lives is decided on the host, in TierTable);
-//   3. split each (sequence, kv head) row into its resident blocks and the rest, and attend
-//      the rest by the cheaper way (the cost model below): copy them in to a staging part
-//      of the GPU pool with one copy_units launch, or attend them on the CPU
+//   3. note the selection's recency and gather the selected blocks that are not resident;
+//      the cost model below splits them between the GPU and the CPU. Those for the GPU are
+//      copied in, in one copy_units launch on S before the decode: into a slot of their own
+//      where a free or demotable one is (an in-step promotion: resident from this step on,
+//      as the copy is ordered before every later read of the slot), else into a staging
+//      part of the GPU pool for this step only. Those for the CPU are attended there
 //      (cpu_decode on a CPUInfer, on a second stream, beside the GPU's decode);
 //   4. decode the GPU's rows (resident and copied-in blocks, in logical order) and merge
 //      the CPU's state through the LSE (merge_state_pair);
-//   5. plan promotions of the host blocks it attended (TierTable::plan_promotions) and copy
-//      them in on a third stream, after this step; they become resident when a later step
-//      finds their copy done. A step never waits for a promotion.
+//   5. plan promotions of the host blocks the CPU attended (TierTable::plan_promotions) and
+//      copy them in on a third stream, after this step; they become resident when a later
+//      step finds their copy done. A step never waits for a promotion.
 //
-// The cost model, per step, over the host-resident units (a block's kv head) it must
-// attend: copy-in costs bytes / copy rate + bytes / GPU decode rate, serially before the
-// decode ends; the CPU path costs max(0, bytes / CPU rate + kCpuPathFixedUs - GPU decode
-// time) (it runs beside the decode) plus a merge. The three rates are measured in the run:
-// events around the copy and the decode, the CPU side's own clock, each an exponential
-// average; until a path has been measured, the first steps with host units try each.
+// The cost model, per step, over the host-resident bytes it must attend: x of them copied
+// in cost x / copy rate + x / GPU decode rate, serially before the decode ends; the rest,
+// h - x, on the CPU cost (h - x) / CPU rate + kCpuPathFixedUs beside the GPU's decode of
+// its own g resident bytes and the x copied. The step's extra time is
+// max(x (1/copy + 1/gpu), (h - x) / cpu + fixed - g / gpu), least where the two sides
+// meet; the model takes the best of that x, all on the GPU and all on the CPU (HostPath
+// kCopyIn and kCpu force one). The three rates are measured in the run: events around
+// the copy and the decode, the CPU side's own clock, each an exponential average; until
+// a way has been measured, the first steps with host bytes try each alone.
 // TieredStepReport says what was chosen, predicted and moved.
 //
 // Exact attention over both tiers: attn_exact (HybridDecode over the same pools).
-// Appends: append(), one token per sequence, on the GPU; a block that fills is written back
-// to its host home on the copy stream.
+// Appends: append(), one token per sequence, on the GPU, all or nothing; a block that
+// fills is written back to its host home on the copy stream.
 // Not capturable in a CUDA Graph (step 2 waits on the host). Anchors: QUEST, BLOCK_MEAN,
 // BLOCK_MAX or FIXED (update_anchors_at); half or bfloat16.
 
@@ -62,7 +73,8 @@
 
 namespace ekv {
 
-// How a step attends the selected blocks that are not resident.
+// How a step attends the selected blocks that are not resident: split by the cost model
+// (kAuto), all copied in (kCopyIn; what staging cannot hold goes to the CPU), all on the CPU.
 enum class HostPath { kAuto, kCopyIn, kCpu };
 
 inline const char* to_string(HostPath p) {
@@ -85,8 +97,9 @@ struct TieredConfig {
   ElasticPolicy policy{ElasticConfig{}};
   TierPolicy tiers;
   HostPath path = HostPath::kAuto;
-  // Host units a sequence's row may copy in per step (the staging part of the GPU pool is
-  // batch x this blocks); units past it go to the CPU. 0: a quarter of the selection.
+  // Host blocks a row may copy in per step beyond those given slots of their own (the
+  // staging part of the GPU pool is rows x this blocks); past it they go to the CPU.
+  // 0: a quarter of the selection.
   int staging_blocks = 0;
 };
 
@@ -94,16 +107,20 @@ struct TieredConfig {
 struct TieredStepReport {
   int units = 0;           // (block, kv head) pairs attended
   int host_units = 0;      // of them not resident at the step
-  int copied_units = 0;    // copied in
+  int copied_units = 0;    // copied in (into their own slots or staging)
+  int promoted_units = 0;  // of them into slots of their own (in-step promotions)
   int cpu_units = 0;       // attended on the CPU
-  HostPath path = HostPath::kCopyIn;  // the way chosen for host units (kCopyIn where there were none)
-  double predicted_copy_us = 0;       // the model's extra cost of each way (0 without host units)
-  double predicted_cpu_us = 0;
+  // The way taken for host units: kCopyIn (all copied in, or none there), kCpu (all on
+  // the CPU) or kAuto (split between them).
+  HostPath path = HostPath::kCopyIn;
+  double predicted_copy_us = 0;  // the model's extra cost of all on the GPU, all on the CPU, and
+  double predicted_cpu_us = 0;   // the split taken (0 without host units)
+  double predicted_us = 0;
   std::size_t copy_in_bytes = 0;      // K and V copied in for this step
   std::size_t promotion_bytes = 0;    // K and V of the promotions it started
   int promotions_started = 0;
   int promotions_completed = 0;       // found done since the last step (here, in append or settle)
-  int resident_blocks = 0;            // after it
+  int resident_blocks = 0;            // slots in use after it (units under KVHEAD)
 };
 
 template <typename T>
@@ -133,23 +150,29 @@ class TieredKVCache {
       throw Error("TieredKVCache: retrieval QHEAD is not supported; use LAYER or KVHEAD");
     }
     if (c.staging_blocks < 0) throw Error("TieredKVCache: staging_blocks must be >= 0");
+    if (c.q_heads % c.kv_heads != 0) throw Error("TieredKVCache: q_heads must be a multiple of kv_heads");
+    // under KVHEAD each (sequence, kv head) is a row of its own: one kv head, its q heads
+    fan_ = c.policy.config().retrieval == RetrievalType::kKvHead ? c.kv_heads : 1;
+    ib_ = c.batch * fan_;
+    ikv_ = c.kv_heads / fan_;
+    iq_ = c.q_heads / fan_;
     max_blocks_ = sequence_blocks(c.max_seq_len, c.block_len);
     unit_elems_ = static_cast<std::size_t>(c.block_len) * c.head_dim;
-    block_elems_ = unit_elems_ * c.kv_heads;
+    block_elems_ = unit_elems_ * ikv_;
     const std::size_t block_bytes = 2 * block_elems_ * sizeof(T);
     slots_ = static_cast<int>(std::min<std::size_t>(c.gpu_budget_bytes / block_bytes,
-                                                    static_cast<std::size_t>(c.batch) * max_blocks_));
-    const DecodeProblem dense{kDTypeOf<T>, c.batch, c.q_heads, c.kv_heads, c.head_dim, c.max_seq_len};
+                                                    static_cast<std::size_t>(ib_) * max_blocks_));
+    const DecodeProblem dense{kDTypeOf<T>, ib_, iq_, ikv_, c.head_dim, c.max_seq_len};
     const ElasticProblem problem{dense, c.block_len, c.policy, 1, ExactFallback::kNever};
     elastic_ = std::make_unique<ElasticDecode<T>>(problem, device, stream);
     max_attended_ = elastic_->max_attended();
     staging_ = c.staging_blocks > 0 ? std::min(c.staging_blocks, max_attended_) : std::max(1, max_attended_ / 4);
-    tiers_ = std::make_unique<TierTable>(c.batch, max_blocks_, slots_, c.tiers);
+    tiers_ = std::make_unique<TierTable>(ib_, max_blocks_, slots_, c.tiers);
 
-    const std::size_t all_blocks = static_cast<std::size_t>(c.batch) * max_blocks_;
+    const std::size_t all_blocks = static_cast<std::size_t>(ib_) * max_blocks_;
     host_k_ = PinnedBuffer<T>(all_blocks * block_elems_);
     host_v_ = PinnedBuffer<T>(all_blocks * block_elems_);
-    const std::size_t gpu_blocks = static_cast<std::size_t>(slots_) + static_cast<std::size_t>(c.batch) * staging_;
+    const std::size_t gpu_blocks = static_cast<std::size_t>(slots_) + static_cast<std::size_t>(ib_) * staging_;
     gpu_k_ = DeviceBuffer<T>(gpu_blocks * block_elems_);
     gpu_v_ = DeviceBuffer<T>(gpu_blocks * block_elems_);
     anchors_ = DeviceBuffer<T>(elastic_->anchor_elems(all_blocks));
@@ -161,10 +184,10 @@ class TieredKVCache {
     std::fill_n(slot_table_host_.data(), all_blocks, 0);
     slot_table_ = DeviceBuffer<std::int32_t>(all_blocks);
     slot_table_.fill_bytes(0, stream);
-    lengths_ = DeviceBuffer<std::int32_t>(c.batch);
+    lengths_ = DeviceBuffer<std::int32_t>(ib_);
     lengths_.fill_bytes(0, stream);
-    from_ = DeviceBuffer<std::int32_t>(c.batch);
-    host_lengths_.assign(c.batch, 0);
+    from_ = DeviceBuffer<std::int32_t>(ib_);
+    host_lengths_.assign(ib_, 0);
 
     const std::size_t rows = static_cast<std::size_t>(c.batch) * c.kv_heads;
     selection_host_ = PinnedBuffer<std::int32_t>(rows * max_attended_ + rows);
@@ -172,9 +195,11 @@ class TieredKVCache {
     gpu_rows_ = DeviceBuffer<std::int32_t>(rows * max_attended_ + rows);
     cpu_table_.assign(rows * max_attended_, 0);
     cpu_lengths_.assign(rows, 0);
-    copy_in_ = PinnedBuffer<UnitCopy>(std::max<std::size_t>(1, rows * staging_));
+    // staged units, and every selected block promoted in step with its kv heads
+    copy_in_ = PinnedBuffer<UnitCopy>(rows * staging_ + static_cast<std::size_t>(ib_) * max_attended_ * ikv_);
     promotions_ = PinnedBuffer<UnitCopy>(std::max(1, c.tiers.max_moves_per_step));
     seen_.assign(all_blocks, -1);
+    to_copy_.assign(all_blocks, -1);
 
     DecodeProblem sparse = dense;
     sparse.max_seq_len = max_attended_ * c.block_len;
@@ -203,25 +228,41 @@ class TieredKVCache {
   int gpu_slots() const { return slots_; }
   int staging_blocks() const { return staging_; }
   int max_blocks_per_seq() const { return max_blocks_; }
-  int length(int seq) const { return tiers_->length(seq); }
+  int length(int seq) const {
+    check_seq(seq, "length");
+    return tiers_->length(seq * fan_);
+  }
+  // What a GPU slot holds: K and V of a block's kv heads (all of them under LAYER, one
+  // under KVHEAD), in bytes, and the kv heads of it.
   std::size_t block_bytes() const { return 2 * block_elems_ * sizeof(T); }
+  int slot_kv_heads() const { return ikv_; }
+  // The selection runs over TierTable's rows: batch x kv_heads sequences of one kv head
+  // under KVHEAD, else batch sequences (attended() is [batch][kv_heads][max_attended] either way).
   const ElasticDecode<T>& elastic() const { return *elastic_; }
-  // The host home of (seq, block): K then V, each T [kv_heads][block_len][head_dim]. Write
-  // a prefill here, then call place().
-  T* host_k(int seq, int block) { return host_k_.data() + tiers_->host_block(seq, block) * block_elems_; }
-  T* host_v(int seq, int block) { return host_v_.data() + tiers_->host_block(seq, block) * block_elems_; }
-  // The anchors of every block, T [batch x max_blocks_per_seq][kv_heads][values] by host
-  // block (device memory).
+  // The host home of (seq, block)'s kv head `head`: T [block_len][head_dim] of K, and of V.
+  // Write a prefill here, then call place(). The homes of one (seq, head)'s consecutive
+  // blocks are host_block_stride() elements apart.
+  T* host_k(int seq, int block, int head) { return host_k_.data() + host_unit(seq, block, head) * unit_elems_; }
+  T* host_v(int seq, int block, int head) { return host_v_.data() + host_unit(seq, block, head) * unit_elems_; }
+  std::size_t host_block_stride() const { return block_elems_; }
+  // The anchors of every block, T [rows x max_blocks_per_seq][slot_kv_heads()][values] by
+  // TierTable's host block (device memory).
   const T* anchors() const { return anchors_.data(); }
 
   // After a prefill written to the host homes: sets the lengths (int32 [batch]), builds
   // every block's anchors on the GPU from the host pool (read through unified
-  // addressing), places the blocks (TierTable::place, scores as there) and copies the
-  // placed ones in. Returns when done.
+  // addressing), places the blocks (TierTable::place, scores as there, by TierTable's
+  // rows) and copies the placed ones in. Returns when done.
   void place(Span<const std::int32_t> lengths, const Stream& stream, const float* scores = nullptr) {
-    const std::vector<TierSlot> placed = tiers_->place(lengths, config_.block_len, scores);
-    host_lengths_.assign(lengths.begin(), lengths.end());
-    lengths_.copy_from(lengths, stream);
+    if (static_cast<int>(lengths.size()) != config_.batch) {
+      throw Error("TieredKVCache::place: needs " + std::to_string(config_.batch) + " lengths, got " +
+                  std::to_string(lengths.size()));
+    }
+    std::vector<std::int32_t> rows;
+    for (const std::int32_t len : lengths) rows.insert(rows.end(), fan_, len);
+    const std::vector<TierSlot> placed = tiers_->place(rows, config_.block_len, scores);
+    host_lengths_ = rows;
+    lengths_.copy_from(Span<const std::int32_t>(rows.data(), rows.size()), stream);
     build_anchors<T>(host_pool_view(ids_.data()), anchors_.data(), config_.policy.config(), stream);
     std::vector<UnitCopy> copies;
     for (const TierSlot& s : placed) {
@@ -243,24 +284,24 @@ class TieredKVCache {
   // Throws ekv::Error, having changed nothing, past a sequence's capacity or where no
   // slot is left (TierTable::append's sentence).
   void append(const T* k_new, const T* v_new, const Stream& stream, std::int64_t step) {
+    if (k_new == nullptr || v_new == nullptr) throw Error("TieredKVCache::append: null k_new or v_new");
     poll_copies();
     for (int b = 0; b < config_.batch; ++b) {
-      if (tiers_->length(b) + 1 > max_blocks_ * config_.block_len) {
+      if (length(b) + 1 > max_blocks_ * config_.block_len) {
         throw Error("TieredKVCache::append: sequence " + std::to_string(b) + " is full (" +
-                    std::to_string(tiers_->length(b)) + " tokens)");
+                    std::to_string(length(b)) + " tokens)");
       }
     }
     std::vector<BlockRef> filled;
-    for (int b = 0; b < config_.batch; ++b) {
-      for (const TierSlot& s : tiers_->append(b, 1, step, &filled)) {
-        const std::int32_t g = tiers_->host_block(s.block.seq, s.block.block);
-        slot_table_host_.data()[g] = s.slot;
-        EKV_CUDA_CHECK(cudaMemcpyAsync(slot_table_.data() + g, slot_table_host_.data() + g, sizeof(std::int32_t),
-                                       cudaMemcpyHostToDevice, stream.get()),
-                       "TieredKVCache::append: cannot update the block table");
-      }
-      ++host_lengths_[b];
+    const std::vector<int> one(ib_, 1);
+    for (const TierSlot& s : tiers_->append(one, step, &filled)) {  // all rows or none
+      const std::int32_t g = tiers_->host_block(s.block.seq, s.block.block);
+      slot_table_host_.data()[g] = s.slot;
+      EKV_CUDA_CHECK(cudaMemcpyAsync(slot_table_.data() + g, slot_table_host_.data() + g, sizeof(std::int32_t),
+                                     cudaMemcpyHostToDevice, stream.get()),
+                     "TieredKVCache::append: cannot update the block table");
     }
+    for (int& len : host_lengths_) ++len;
     EKV_CUDA_CHECK(cudaMemcpyAsync(from_.data(), lengths_.data(), lengths_.size_bytes(), cudaMemcpyDeviceToDevice,
                                    stream.get()),
                    "TieredKVCache::append: cannot copy the lengths");
@@ -313,68 +354,58 @@ class TieredKVCache {
     selected_.synchronize();
     read_timings();
 
-    // 3: count, choose, split
+    // 3: recency, the host blocks wanted, the split, the in-step promotions
     const std::int32_t* counts = sel + rows * max_attended_;
-    std::vector<int> host_in_row(rows, 0);
+    wanted_.clear();
     for (std::size_t r = 0; r < rows; ++r) {
-      const int b = static_cast<int>(r / c.kv_heads);
+      const int b = static_cast<int>(r / ikv_);
       for (int j = 0; j < counts[r]; ++j) {
         const int block = sel[r * max_attended_ + j];
         ++report.units;
-        if (tiers_->gpu_slot(b, block) < 0) ++host_in_row[r];
-      }
-    }
-    for (int h : host_in_row) report.host_units += h;
-    const std::size_t unit_bytes = 2 * unit_elems_ * sizeof(T);
-    const double host_bytes = static_cast<double>(report.host_units) * unit_bytes;
-    const double gpu_bytes = static_cast<double>(report.units - report.host_units) * unit_bytes;
-    HostPath path = c.path;
-    if (report.host_units > 0) {
-      const double gpu_rate = gpu_rate_ > 0 ? gpu_rate_ : 3e12;
-      report.predicted_copy_us = copy_rate_ > 0 ? 1e6 * (host_bytes / copy_rate_ + host_bytes / gpu_rate) : 0;
-      report.predicted_cpu_us =
-          cpu_rate() > 0 ? std::max(0.0, 1e6 * host_bytes / cpu_rate() + kCpuPathFixedUs - 1e6 * gpu_bytes / gpu_rate)
-                         : 0;
-      if (path == HostPath::kAuto) {
-        if (copy_rate_ <= 0) {
-          path = HostPath::kCopyIn;  // measure each way once
-        } else if (cpu_rate() <= 0) {
-          path = HostPath::kCpu;
-        } else {
-          path = report.predicted_copy_us <= report.predicted_cpu_us ? HostPath::kCopyIn : HostPath::kCpu;
+        tiers_->note_selected({b, block}, step);  // all of them before any victim is chosen
+        if (tiers_->gpu_slot(b, block) >= 0) continue;
+        ++report.host_units;
+        const std::int32_t home = tiers_->host_block(b, block);
+        if (seen_[home] != step) {
+          seen_[home] = step;
+          wanted_.push_back({b, block});
         }
       }
-    } else {
-      path = HostPath::kCopyIn;
     }
-    report.path = path;
+    const std::size_t unit_bytes = 2 * unit_elems_ * sizeof(T);
+    const double gpu_bytes = static_cast<double>(report.units - report.host_units) * unit_bytes;
+    // the wanted blocks (each with the kv heads a slot holds, all of them selected) to copy in
+    const int to_gpu = split_host_blocks(report, gpu_bytes, static_cast<double>(ikv_) * unit_bytes);
+    int copies = 0;
+    if (to_gpu > 0) {
+      const std::vector<TierMove> moves =
+          tiers_->plan_promotions(Span<const BlockRef>(wanted_.data(), to_gpu), step, to_gpu);
+      for (const TierMove& m : moves) {
+        tiers_->complete(m);  // the copy below precedes every later read of the slot, on S
+        const std::int64_t home = tiers_->host_block(m.block.seq, m.block.block);
+        for (int h = 0; h < ikv_; ++h) copy_in_.data()[copies++] = {home * ikv_ + h, std::int64_t{m.slot} * ikv_ + h};
+      }
+      report.promoted_units = copies;
+      for (int i = 0; i < to_gpu; ++i) to_copy_[tiers_->host_block(wanted_[i].seq, wanted_[i].block)] = step;
+    }
 
     std::int32_t* gpu_table = gpu_rows_host_.data();
     std::int32_t* gpu_lengths = gpu_table + rows * max_attended_;
-    int copies = 0;
-    wanted_.clear();
     for (std::size_t r = 0; r < rows; ++r) {
-      const int b = static_cast<int>(r / c.kv_heads), h = static_cast<int>(r % c.kv_heads);
+      const int b = static_cast<int>(r / ikv_), h = static_cast<int>(r % ikv_);
       const int len = host_lengths_[b];
       int on_gpu = 0, on_cpu = 0, gpu_len = 0, cpu_len = 0, staged = 0;
       for (int j = 0; j < counts[r]; ++j) {
         const int block = sel[r * max_attended_ + j];
         const int tokens = block_valid_tokens(len, c.block_len, block);
-        tiers_->note_selected({b, block}, step);
         const int slot = tiers_->gpu_slot(b, block);
         const std::int32_t home = tiers_->host_block(b, block);
         if (slot >= 0) {
           gpu_table[r * max_attended_ + on_gpu++] = slot;
           gpu_len += tokens;
-          continue;
-        }
-        if (seen_[home] != step) {
-          seen_[home] = step;
-          wanted_.push_back({b, block});
-        }
-        if (path == HostPath::kCopyIn && staged < staging_) {
+        } else if (to_copy_[home] == step && staged < staging_) {
           const std::int64_t stage = slots_ + static_cast<std::int64_t>(b) * staging_ + staged++;
-          copy_in_.data()[copies++] = {std::int64_t{home} * c.kv_heads + h, stage * c.kv_heads + h};
+          copy_in_.data()[copies++] = {std::int64_t{home} * ikv_ + h, stage * ikv_ + h};
           gpu_table[r * max_attended_ + on_gpu++] = static_cast<std::int32_t>(stage);
           gpu_len += tokens;
         } else {
@@ -384,9 +415,10 @@ class TieredKVCache {
       }
       gpu_lengths[r] = gpu_len;
       cpu_lengths_[r] = cpu_len;
-      report.copied_units += staged;
       report.cpu_units += on_cpu;
     }
+    report.copied_units = copies;
+    report.path = report.cpu_units == 0 ? HostPath::kCopyIn : copies == 0 ? HostPath::kCpu : HostPath::kAuto;
     report.copy_in_bytes = static_cast<std::size_t>(copies) * unit_bytes;
 
     // 4: the CPU side beside the GPU's copy-in and decode, then the merge
@@ -404,7 +436,7 @@ class TieredKVCache {
           block_sparse_view<T>(host_pool_view(ids_.data()), cpu_table_.data(), cpu_lengths_.data(), max_attended_);
       const double bytes = static_cast<double>(report.cpu_units) * unit_bytes;
       pool_->submit_with_cuda_stream(cpu_stream_, [pool = pool_, host_view, q_host = q_host_.data(), cpu_o, cpu_lse,
-                                                   q_heads = c.q_heads, scale = plan_.scale, rate = cpu_rate_, bytes] {
+                                                   q_heads = iq_, scale = plan_.scale, rate = cpu_rate_, bytes] {
         const auto start = std::chrono::steady_clock::now();
         cpu_decode<T>(*pool, host_view, q_host, q_heads, cpu_o, cpu_lse, scale);
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -466,12 +498,12 @@ class TieredKVCache {
     poll_copies();
     const TieredConfig& c = config_;
     if (!exact_) {
-      const DecodeProblem p{kDTypeOf<T>, c.batch, c.q_heads, c.kv_heads, c.head_dim, c.max_seq_len};
+      const DecodeProblem p{kDTypeOf<T>, ib_, iq_, ikv_, c.head_dim, c.max_seq_len};
       exact_ = std::make_unique<HybridDecode<T>>(p, c.block_len, max_blocks_, *pool_, device_, stream,
                                                  std::max(1, slots_) * c.block_len);
     }
-    std::vector<std::int32_t> table(static_cast<std::size_t>(c.batch) * max_blocks_, 0);
-    for (int b = 0; b < c.batch; ++b) {
+    std::vector<std::int32_t> table(static_cast<std::size_t>(ib_) * max_blocks_, 0);
+    for (int b = 0; b < ib_; ++b) {
       for (int i = 0; i < tiers_->blocks(b); ++i) {
         const int slot = tiers_->gpu_slot(b, i);
         table[static_cast<std::size_t>(b) * max_blocks_ + i] =
@@ -486,9 +518,9 @@ class TieredKVCache {
     kv.block_table = table.data();
     kv.lengths = host_lengths_.data();
     kv.gpu_blocks = slots_;
-    kv.host_blocks = c.batch * max_blocks_;
-    kv.batch = c.batch;
-    kv.kv_heads = c.kv_heads;
+    kv.host_blocks = ib_ * max_blocks_;
+    kv.batch = ib_;
+    kv.kv_heads = ikv_;
     kv.head_dim = c.head_dim;
     kv.block_len = c.block_len;
     kv.max_blocks_per_seq = max_blocks_;
@@ -527,6 +559,54 @@ class TieredKVCache {
       throw Error(std::string("TieredKVCache::") + what +
                   ": the stream is capturing a graph; a tiered step waits on the host and cannot be captured");
     }
+  }
+  void check_seq(int seq, const char* what) const {
+    if (seq < 0 || seq >= config_.batch) {
+      throw Error(std::string("TieredKVCache::") + what + ": sequence " + std::to_string(seq) + " outside 0 .. " +
+                  std::to_string(config_.batch - 1));
+    }
+  }
+  // The host unit (TierTable's host block x slot_kv_heads() + head within it) of a kv head's block.
+  std::size_t host_unit(int seq, int block, int head) const {
+    check_seq(seq, "host_k");
+    if (head < 0 || head >= config_.kv_heads) {
+      throw Error("TieredKVCache::host_k: kv head " + std::to_string(head) + " outside 0 .. " +
+                  std::to_string(config_.kv_heads - 1));
+    }
+    const int row = seq * fan_ + (fan_ > 1 ? head : 0);
+    return static_cast<std::size_t>(tiers_->host_block(row, block)) * ikv_ + (fan_ > 1 ? 0 : head);
+  }
+  // The cost model (the file's comment): how many of wanted_ (in order), each block_bytes
+  // of host reads, the GPU takes, beside gpu_bytes of resident ones; the report's predictions.
+  int split_host_blocks(TieredStepReport& report, double gpu_bytes, double block_bytes) const {
+    const int n = static_cast<int>(wanted_.size());
+    if (n == 0) return 0;
+    const double gpu = gpu_rate_ > 0 ? gpu_rate_ : 3e12, copy = copy_rate_, cpu = cpu_rate();
+    const double fixed = 1e-6 * kCpuPathFixedUs;
+    const auto cost_us = [&](int x) {
+      const double on_gpu = copy > 0 ? x * block_bytes * (1 / copy + 1 / gpu) : 0;
+      const double on_cpu = x < n && cpu > 0 ? std::max(0.0, (n - x) * block_bytes / cpu + fixed - gpu_bytes / gpu) : 0;
+      return 1e6 * std::max(on_gpu, on_cpu);
+    };
+    report.predicted_copy_us = cost_us(n);
+    report.predicted_cpu_us = cost_us(0);
+    int x = n;
+    if (config_.path == HostPath::kCpu) {
+      x = 0;
+    } else if (config_.path == HostPath::kAuto && copy > 0) {  // unmeasured: all copied in, first
+      if (cpu <= 0) {
+        x = 0;  // then all on the CPU, once
+      } else {
+        const double a = block_bytes * (1 / copy + 1 / gpu), b = block_bytes / cpu;
+        const double meet = (n * b + fixed - gpu_bytes / gpu) / (a + b);
+        for (const double m : {0.0, std::floor(meet), std::ceil(meet)}) {
+          const int candidate = static_cast<int>(std::clamp(m, 0.0, static_cast<double>(n)));
+          if (cost_us(candidate) < cost_us(x)) x = candidate;
+        }
+      }
+    }
+    report.predicted_us = cost_us(x);
+    return x;
   }
   static bool finished(const Event& e) {
     const cudaError_t s = cudaEventQuery(e.get());
@@ -567,13 +647,13 @@ class TieredKVCache {
       gpu_rate_ = average(gpu_rate_, timing_.decode_bytes / (1e-3 * decode_ms));
     }
   }
-  // Paged views over a pool with `table` ([batch][max_blocks_per_seq]).
+  // Paged views over a pool with `table` ([TierTable rows][max_blocks_per_seq]).
   KVView<T> gpu_pool_view(const std::int32_t* table) const {
-    return paged_kv<T>(gpu_k_.data(), gpu_v_.data(), table, lengths_.data(), config_.batch, config_.kv_heads,
+    return paged_kv<T>(gpu_k_.data(), gpu_v_.data(), table, lengths_.data(), ib_, ikv_,
                        config_.head_dim, config_.block_len, max_blocks_);
   }
   KVView<T> host_pool_view(const std::int32_t* table) const {
-    return paged_kv<T>(host_k_.data(), host_v_.data(), table, lengths_.data(), config_.batch, config_.kv_heads,
+    return paged_kv<T>(host_k_.data(), host_v_.data(), table, lengths_.data(), ib_, ikv_,
                        config_.head_dim, config_.block_len, max_blocks_);
   }
   // What selection reads: every block's anchors by host block, the device lengths.
@@ -582,6 +662,8 @@ class TieredKVCache {
   TieredConfig config_;
   CPUInfer* pool_ = nullptr;
   DeviceInfo device_;
+  int fan_ = 1;             // TierTable rows per sequence: kv_heads under KVHEAD, else 1
+  int ib_ = 1, iq_ = 1, ikv_ = 1;  // TierTable's rows, and each row's q and kv heads
   int max_blocks_ = 1;
   int slots_ = 0;
   int staging_ = 1;
@@ -599,7 +681,7 @@ class TieredKVCache {
   DeviceBuffer<std::int32_t> gpu_rows_;
   std::vector<std::int32_t> cpu_table_, cpu_lengths_;
   PinnedBuffer<UnitCopy> copy_in_, promotions_;
-  std::vector<std::int64_t> seen_;
+  std::vector<std::int64_t> seen_, to_copy_;  // by host block: the last step that wanted it, copied it in
   std::vector<BlockRef> wanted_;
   std::vector<TierMove> promotion_moves_;
   std::vector<WriteBack> write_backs_;
