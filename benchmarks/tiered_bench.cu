@@ -2,9 +2,9 @@
 // tier, fp16, q_heads 32, kv_heads 8, head_dim 128, blocks of 64, batch 1, QUEST with one
 // sink and one window block, compression C. Arguments: tokens, the GPU budget as
 // 1/budget_inverse of the cache, C, the host path (0 auto, 1 copy-in, 2 CPU), retrieval
-// (0 KVHEAD: each kv head its own blocks; 1 LAYER: one selection for all heads). A block
-// is resident with all its heads, so under KVHEAD the union of the heads' selections is
-// what the GPU must hold.
+// (0 KVHEAD: each kv head its own blocks, and a GPU slot holds one kv head's block; 1
+// LAYER: one selection for all heads, a slot holds a block with all its heads). Demotion
+// after one idle step (min_idle_steps 1: at C = 8 the tier is as large as the selection).
 // A decode loop: the query drifts a little each step (q += N(0, 0.02) per element, as
 // consecutive decode queries do), 40 warm-up steps let promotions settle, then each
 // timed step is one attn, wall clock from the call to its stream's completion (a tiered
@@ -14,8 +14,10 @@
 // and the relative L2 error of the tiered step's O against all-GPU elastic's at the last
 // query (the same blocks attended: only rounding differs).
 // Counters: step_us (median), all_gpu_us, ratio = step / all-GPU, host_share (units not
-// resident at their step), copy_MB and promo_MB per step, no_copy_share (steps with no
-// host unit), cpu_steps (steps that used the CPU), resident (GPU blocks at the end),
+// resident at their step), copy_MB (copied in for the step, in-step promotions included),
+// in_step_MB (of it into slots of their own) and promo_MB (promotions after the step) per
+// step, no_copy_share (steps with no host unit), cpu_steps (steps that used the CPU),
+// split_steps (steps that used both the copy and the CPU), resident (GPU slots in use at the end),
 // tokens_per_s (1e6 / step_us, one layer), rel_err.
 
 #include <algorithm>
@@ -72,6 +74,7 @@ void run_tiered(benchmark::State& state) {
   c.gpu_budget_bytes = blocks / budget_inverse * block_bytes;
   c.tiers.window_blocks = 1;
   c.tiers.max_moves_per_step = 256;
+  c.tiers.min_idle_steps = 1;  // at C = 8 the tier is as large as a step's selection: what it leaves may go at once
   c.path = path;
   auto cache = std::make_unique<ekv::TieredKVCache<T>>(c, pool(), device, stream);
   const int mb = cache->max_blocks_per_seq();
@@ -81,10 +84,16 @@ void run_tiered(benchmark::State& state) {
   ekv::DeviceBuffer<T> k(pool_elems), v(pool_elems);
   ekv::bench::random_uniform_fill<T>(k.span(), -1.0f, 1.0f, 11, stream);
   ekv::bench::random_uniform_fill<T>(v.span(), -1.0f, 1.0f, 12, stream);
-  EKV_CUDA_CHECK(cudaMemcpyAsync(cache->host_k(0, 0), k.data(), k.size_bytes(), cudaMemcpyDeviceToHost,
-                                 stream.get()), "tiered_bench: K to the host");
-  EKV_CUDA_CHECK(cudaMemcpyAsync(cache->host_v(0, 0), v.data(), v.size_bytes(), cudaMemcpyDeviceToHost,
-                                 stream.get()), "tiered_bench: V to the host");
+  const std::size_t unit_bytes = sizeof(T) * kBlockLen * kHeadDim;  // one kv head's block
+  for (int h = 0; h < kKvHeads; ++h) {  // [block][kv head] here; the homes' order follows the retrieval
+    const std::size_t pitch = cache->host_block_stride() * sizeof(T), from = static_cast<std::size_t>(h) * unit_bytes;
+    EKV_CUDA_CHECK(cudaMemcpy2DAsync(cache->host_k(0, 0, h), pitch, reinterpret_cast<const char*>(k.data()) + from,
+                                     kKvHeads * unit_bytes, unit_bytes, mb, cudaMemcpyDeviceToHost, stream.get()),
+                   "tiered_bench: K to the host");
+    EKV_CUDA_CHECK(cudaMemcpy2DAsync(cache->host_v(0, 0, h), pitch, reinterpret_cast<const char*>(v.data()) + from,
+                                     kKvHeads * unit_bytes, unit_bytes, mb, cudaMemcpyDeviceToHost, stream.get()),
+                   "tiered_bench: V to the host");
+  }
   stream.synchronize();
   const std::vector<std::int32_t> lengths = {tokens};
   cache->place(lengths, stream);
@@ -126,6 +135,7 @@ void run_tiered(benchmark::State& state) {
 
   std::vector<double> times;
   double host_units = 0, units = 0, copy_bytes = 0, promo_bytes = 0, no_copy = 0, cpu_steps = 0, steps = 0;
+  double in_step_bytes = 0, split_steps = 0;
   for (auto _ : state) {
     next_query();
     stream.synchronize();
@@ -138,6 +148,8 @@ void run_tiered(benchmark::State& state) {
     host_units += r.host_units;
     units += r.units;
     copy_bytes += static_cast<double>(r.copy_in_bytes);
+    in_step_bytes += static_cast<double>(r.promoted_units) * unit_bytes * 2;
+    split_steps += r.cpu_units > 0 && r.copied_units > 0;
     promo_bytes += static_cast<double>(r.promotion_bytes);
     no_copy += r.host_units == 0;
     cpu_steps += r.cpu_units > 0;
@@ -147,8 +159,7 @@ void run_tiered(benchmark::State& state) {
 
   // all-GPU elastic at the last query, and the error against it
   ekv::DeviceBuffer<T> anchors(all_gpu.anchor_elems(mb));
-  EKV_CUDA_CHECK(cudaMemcpyAsync(anchors.data(), cache->anchors(), anchors.size_bytes(), cudaMemcpyDeviceToDevice,
-                                 stream.get()), "tiered_bench: anchors");
+  ekv::build_anchors<T>(view, anchors.data(), c.policy.config(), stream);
   std::vector<double> gpu_times;
   ekv::Event a, b;
   for (int i = 0; i < 21; ++i) {
@@ -179,7 +190,9 @@ void run_tiered(benchmark::State& state) {
   state.counters["ratio"] = gpu_us > 0 ? step_us / gpu_us : 0;
   state.counters["host_share"] = units > 0 ? host_units / units : 0;
   state.counters["copy_MB"] = steps > 0 ? copy_bytes / steps / 1e6 : 0;
+  state.counters["in_step_MB"] = steps > 0 ? in_step_bytes / steps / 1e6 : 0;
   state.counters["promo_MB"] = steps > 0 ? promo_bytes / steps / 1e6 : 0;
+  state.counters["split_steps"] = split_steps;
   state.counters["no_copy_share"] = steps > 0 ? no_copy / steps : 0;
   state.counters["cpu_steps"] = cpu_steps;
   state.counters["resident"] = cache->tiers().resident_blocks();
@@ -201,14 +214,17 @@ void BM_tiered(benchmark::State& state) {
 }  // namespace
 
 // 1M tokens (4 GiB of K and V) with 1/8 on the GPU, C = 8, KVHEAD: auto, copy-in only,
-// CPU only; LAYER at C = 8 and 16; a cache 16x its GPU budget (8M tokens, 2 GiB on the GPU).
+// CPU only; LAYER at C = 8; both at C = 16; a cache 16x its GPU budget (8M tokens, 2 GiB on
+// the GPU), KVHEAD and LAYER.
 BENCHMARK(BM_tiered)
     ->ArgNames({"tokens", "budget_inv", "C", "path", "layer"})
     ->Args({1 << 20, 8, 8, 0, 0})
     ->Args({1 << 20, 8, 8, 1, 0})
     ->Args({1 << 20, 8, 8, 2, 0})
     ->Args({1 << 20, 8, 8, 0, 1})
+    ->Args({1 << 20, 8, 16, 0, 0})
     ->Args({1 << 20, 8, 16, 0, 1})
+    ->Args({8 << 20, 16, 8, 0, 0})
     ->Args({8 << 20, 16, 8, 0, 1})
     ->UseManualTime()
     ->Iterations(100)

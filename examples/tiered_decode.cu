@@ -41,8 +41,13 @@ int main() {
   std::vector<T> k(blocks * block_elems), v(blocks * block_elems);
   for (T& x : k) x = __float2half(uniform(rng));
   for (T& x : v) x = __float2half(uniform(rng));
-  std::copy(k.begin(), k.end(), cache.host_k(0, 0));  // batch 1: the homes are contiguous
-  std::copy(v.begin(), v.end(), cache.host_v(0, 0));
+  const std::size_t unit = static_cast<std::size_t>(kBlockLen) * kDim;  // one kv head's block
+  for (int b = 0; b < blocks; ++b) {
+    for (int h = 0; h < kKvHeads; ++h) {
+      std::copy_n(k.begin() + (static_cast<std::size_t>(b) * kKvHeads + h) * unit, unit, cache.host_k(0, b, h));
+      std::copy_n(v.begin() + (static_cast<std::size_t>(b) * kKvHeads + h) * unit, unit, cache.host_v(0, b, h));
+    }
+  }
   const std::vector<std::int32_t> prefill = {kPrefill};
   cache.place(prefill, stream);
 
@@ -100,10 +105,10 @@ int main() {
   const ekv::KVView<T> selected = ekv::block_sparse_view<T>(whole, attended.data(), lengths.data(), max_attended);
   const auto reference = ekv::reference_decode(selected, q.data(), kQHeads, 1.0 / std::sqrt(double{kDim}));
   const ekv::L2Error error = ekv::relative_l2_error(got.data(), reference, kDim);
-  std::printf("tiered_decode: %d tokens, %d GPU slots for %d blocks (1/8), C = 8, %d steps: %.1f%% of the attended "
-              "units were on the host at their step, %d steps without any, %d used the CPU, %d promotions; last "
-              "step against float64 over its blocks: %.2e (worst head %.2e)\n",
-              len, cache.gpu_slots(), ekv::sequence_blocks(len, kBlockLen), kSteps,
+  std::printf("tiered_decode: %d tokens, %d GPU slots of %d kv head(s) for %d blocks of %d (1/8), C = 8, %d steps: "
+              "%.1f%% of the attended units were on the host at their step, %d steps without any, %d used the CPU, "
+              "%d promotions; last step against float64 over its blocks: %.2e (worst head %.2e)\n",
+              len, cache.gpu_slots(), cache.slot_kv_heads(), ekv::sequence_blocks(len, kBlockLen), kKvHeads, kSteps,
               units > 0 ? 100.0 * host_units / units : 0.0, no_copy, cpu_steps, promotions, error.pooled,
               error.worst);
   return error.worst < 2e-3 ? 0 : 1;
