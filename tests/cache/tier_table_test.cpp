@@ -243,7 +243,7 @@ TEST_CASE("TierTable under a random run stays consistent") {
     for (int b = 0; b < batch; ++b) {
       for (int k = 0; k < 4; ++k) {
         const BlockRef r{b, static_cast<int>(rng() % t.blocks(b))};
-        t.note_selected(r, step);
+        CHECK(t.note_selected(r, step) == t.gpu_slot(r.seq, r.block));  // its slot where resident
         if (t.state(r.seq, r.block) == TierTable::State::kHostOnly && t.host_valid(r.seq, r.block)) {
           wanted.push_back(r);
         }

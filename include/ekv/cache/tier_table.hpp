@@ -89,12 +89,10 @@ class TierTable {
                   ", gpu_slots=" + std::to_string(gpu_slots));
     }
     const std::size_t blocks = static_cast<std::size_t>(batch) * max_blocks_per_seq;
-    state_.assign(blocks, State::kHostOnly);
-    slot_.assign(blocks, -1);
-    host_valid_.assign(blocks, 0);
-    last_selected_.assign(blocks, kNever);
+    entries_.assign(blocks, Entry{});
     lengths_.assign(batch, 0);
     owner_.assign(gpu_slots, -1);
+    slot_last_.assign(gpu_slots, kNever);
     for (int s = gpu_slots - 1; s >= 0; --s) free_.push_back(s);
   }
 
@@ -112,10 +110,10 @@ class TierTable {
   // The GPU slot of a resident block; -1 for any other.
   int gpu_slot(int seq, int block) const {
     const std::size_t i = at(seq, block);
-    return state_[i] == State::kResident ? slot_[i] : -1;
+    return entries_[i].state == State::kResident ? entries_[i].slot : -1;
   }
-  State state(int seq, int block) const { return state_[at(seq, block)]; }
-  bool host_valid(int seq, int block) const { return host_valid_[at(seq, block)] != 0; }
+  State state(int seq, int block) const { return entries_[at(seq, block)].state; }
+  bool host_valid(int seq, int block) const { return entries_[at(seq, block)].host_valid != 0; }
   // Sinks and window at the sequence's current length.
   bool pinned(int seq, int block) const {
     return block < policy_.sink_blocks || block >= blocks(seq) - policy_.window_blocks;
@@ -147,10 +145,10 @@ class TierTable {
       lengths_[b] = lengths[b];
       for (int i = 0; i < blocks(b); ++i) {
         const std::size_t g = at(b, i);
-        host_valid_[g] = 1;
+        entries_[g].host_valid = 1;
         if (placement.locations[g] != BlockLocation::kGpu) continue;
         out.push_back({{b, i}, take_free(g)});
-        state_[g] = State::kResident;
+        entries_[g].state = State::kResident;
       }
     }
     check_window_resident("TierTable::place");
@@ -207,12 +205,17 @@ class TierTable {
   }
 
   // The host copy of a full block has been written (after append's `filled`).
-  void mark_written(BlockRef b) { host_valid_[at(b.seq, b.block)] = 1; }
+  void mark_written(BlockRef b) { entries_[at(b.seq, b.block)].host_valid = 1; }
 
-  // Step `step` attended (seq, block): its recency, for the choice of victims.
-  void note_selected(BlockRef b, std::int64_t step) {
-    std::int64_t& last = last_selected_[at(b.seq, b.block)];
+  // Step `step` attended (seq, block): its recency, for the choice of victims. Returns its
+  // GPU slot where resident (gpu_slot), -1 otherwise.
+  int note_selected(BlockRef b, std::int64_t step) {
+    const std::size_t g = at(b.seq, b.block);
+    std::int64_t& last = entries_[g].last;
     last = std::max(last, step);
+    const int s = entries_[g].slot;
+    if (s >= 0) slot_last_[s] = last;
+    return entries_[g].state == State::kResident ? s : -1;
   }
 
   // After step `step`, which attended the host-only blocks `wanted` (each once, in the
@@ -225,7 +228,8 @@ class TierTable {
     std::vector<BlockRef> todo;
     for (const BlockRef& b : wanted) {
       if (static_cast<int>(todo.size()) == limit) break;
-      if (state_[at(b.seq, b.block)] == State::kHostOnly && host_valid_[at(b.seq, b.block)]) todo.push_back(b);
+      const Entry& e = entries_[at(b.seq, b.block)];
+      if (e.state == State::kHostOnly && e.host_valid) todo.push_back(b);
     }
     const int need = static_cast<int>(todo.size()) - free_slots();
     std::vector<int> victims = pick_victims(need, step, nullptr);
@@ -243,7 +247,7 @@ class TierTable {
       }
       const std::size_t g = at(b.seq, b.block);
       move.slot = take_free(g);
-      state_[g] = State::kMoving;
+      entries_[g].state = State::kMoving;
       ++moving_;
       moves.push_back(move);
     }
@@ -253,11 +257,11 @@ class TierTable {
   // The copy of `move` has finished: its block is resident.
   void complete(const TierMove& move) {
     const std::size_t g = at(move.block.seq, move.block.block);
-    if (state_[g] != State::kMoving || slot_[g] != move.slot) {
+    if (entries_[g].state != State::kMoving || entries_[g].slot != move.slot) {
       throw Error("TierTable::complete: sequence " + std::to_string(move.block.seq) + "'s block " +
                   std::to_string(move.block.block) + " is not moving into slot " + std::to_string(move.slot));
     }
-    state_[g] = State::kResident;
+    entries_[g].state = State::kResident;
     --moving_;
   }
 
@@ -272,18 +276,21 @@ class TierTable {
     for (std::size_t s = 0; s < owner_.size(); ++s) {
       if (owner_[s] >= 0) {
         const std::int64_t g = owner_[s];
-        if (slot_[g] != static_cast<int>(s) || state_[g] == State::kHostOnly) {
+        if (entries_[g].slot != static_cast<int>(s) || entries_[g].state == State::kHostOnly) {
           throw Error("TierTable::check: slot " + std::to_string(s) + "'s owner does not hold it");
+        }
+        if (slot_last_[s] != entries_[g].last) {
+          throw Error("TierTable::check: slot " + std::to_string(s) + "'s recency is not its owner's");
         }
         ++seen[s];
       }
       if (seen[s] != 1) throw Error("TierTable::check: slot " + std::to_string(s) + " is free and owned, or neither");
     }
-    for (std::size_t g = 0; g < state_.size(); ++g) {
-      if (state_[g] == State::kHostOnly && slot_[g] != -1) {
+    for (std::size_t g = 0; g < entries_.size(); ++g) {
+      if (entries_[g].state == State::kHostOnly && entries_[g].slot != -1) {
         throw Error("TierTable::check: host-only block " + std::to_string(g) + " keeps a slot");
       }
-      if (state_[g] != State::kResident && !host_valid_[g] &&
+      if (entries_[g].state != State::kResident && !entries_[g].host_valid &&
           static_cast<int>(g % max_blocks_) < blocks(static_cast<int>(g / max_blocks_))) {
         throw Error("TierTable::check: block " + std::to_string(g) + " is valid in neither tier");
       }
@@ -294,30 +301,32 @@ class TierTable {
  private:
   static constexpr std::int64_t kNever = -(std::int64_t{1} << 62);
 
+  // The checks inline; their throws do not (at() runs once per selected block a step).
+  [[noreturn]] __attribute__((noinline, cold)) static void outside(const char* what, int value, int last) {
+    throw Error(std::string("TierTable: ") + what + " " + std::to_string(value) + " outside 0 .. " +
+                std::to_string(last));
+  }
   int check_seq(int seq) const {
-    if (seq < 0 || seq >= batch_) {
-      throw Error("TierTable: sequence " + std::to_string(seq) + " outside 0 .. " + std::to_string(batch_ - 1));
-    }
+    if (seq < 0 || seq >= batch_) outside("sequence", seq, batch_ - 1);
     return seq;
   }
   std::size_t at(int seq, int block) const {
     check_seq(seq);
-    if (block < 0 || block >= max_blocks_) {
-      throw Error("TierTable: block " + std::to_string(block) + " outside 0 .. " + std::to_string(max_blocks_ - 1));
-    }
+    if (block < 0 || block >= max_blocks_) outside("block", block, max_blocks_ - 1);
     return static_cast<std::size_t>(seq) * max_blocks_ + block;
   }
   int take_free(std::size_t g) {
     const int s = free_.back();
     free_.pop_back();
     owner_[s] = static_cast<std::int64_t>(g);
-    slot_[g] = s;
+    entries_[g].slot = s;
+    slot_last_[s] = entries_[g].last;
     return s;
   }
   void free_slot(int s) {
     const std::int64_t g = owner_[s];
-    state_[g] = State::kHostOnly;
-    slot_[g] = -1;
+    entries_[g].state = State::kHostOnly;
+    entries_[g].slot = -1;
     owner_[s] = -1;
     free_.push_back(s);
   }
@@ -326,13 +335,13 @@ class TierTable {
     const int old_len = lengths_[seq], new_len = old_len + tokens;
     const int first_new = sequence_blocks(old_len, block_len_), last_new = sequence_blocks(new_len, block_len_);
     lengths_[seq] = new_len;
-    if (tokens > 0 && old_len % block_len_ != 0) host_valid_[at(seq, old_len / block_len_)] = 0;  // stale now
+    if (tokens > 0 && old_len % block_len_ != 0) entries_[at(seq, old_len / block_len_)].host_valid = 0;  // stale now
     for (int i = first_new; i < last_new; ++i) {
       const std::size_t g = at(seq, i);
+      entries_[g].last = step;
       out.push_back({{seq, i}, take_free(g)});
-      state_[g] = State::kResident;
-      host_valid_[g] = 0;
-      last_selected_[g] = step;
+      entries_[g].state = State::kResident;
+      entries_[g].host_valid = 0;
     }
     if (filled != nullptr) {
       for (int i = old_len / block_len_; i < new_len / block_len_; ++i) filled->push_back({seq, i});
@@ -342,27 +351,34 @@ class TierTable {
   // grown: each sequence's block count about to be (appends), whose windows are judged at
   // it; null: the current lengths.
   std::vector<int> pick_victims(int n, std::int64_t step, const std::vector<int>* grown) const {
-    std::vector<std::pair<std::int64_t, int>> cold;
     if (n <= 0) return {};
-    for (std::size_t s = 0; s < owner_.size(); ++s) {
+    std::vector<int> seq_blocks(static_cast<std::size_t>(batch_));
+    for (int b = 0; b < batch_; ++b) seq_blocks[b] = grown != nullptr ? (*grown)[b] : blocks(b);
+    std::vector<std::pair<std::int64_t, int>>& cold = cold_;  // kept: no allocation per call
+    cold.clear();
+    const std::int64_t idle_since = step - policy_.min_idle_steps;
+    for (std::size_t s = 0; s < owner_.size(); ++s) {  // slot order: the recent ones cost no block lookup
+      if (slot_last_[s] > idle_since) continue;
       const std::int64_t g = owner_[s];
-      if (g < 0 || state_[g] != State::kResident || !host_valid_[g]) continue;
-      const int seq = static_cast<int>(g / max_blocks_), block = static_cast<int>(g % max_blocks_);
-      const int seq_blocks = grown != nullptr ? (*grown)[seq] : blocks(seq);
-      if (block < policy_.sink_blocks || block >= seq_blocks - policy_.window_blocks) continue;
-      if (last_selected_[g] > step - policy_.min_idle_steps) continue;
-      cold.push_back({last_selected_[g], static_cast<int>(s)});
+      if (g < 0 || entries_[g].state != State::kResident || !entries_[g].host_valid) continue;
+      const int block = static_cast<int>(g % max_blocks_);
+      if (block < policy_.sink_blocks || block >= seq_blocks[g / max_blocks_] - policy_.window_blocks) continue;
+      cold.push_back({slot_last_[s], static_cast<int>(s)});
     }
+    // the k coldest in order (the pairs are distinct: nth_element, then sort the front)
     const std::size_t k = std::min<std::size_t>(cold.size(), static_cast<std::size_t>(n));
-    std::partial_sort(cold.begin(), cold.begin() + static_cast<std::ptrdiff_t>(k), cold.end());
+    const auto front = cold.begin() + static_cast<std::ptrdiff_t>(k);
+    if (k < cold.size()) std::nth_element(cold.begin(), front, cold.end());
+    std::sort(cold.begin(), front);
     std::vector<int> out;
+    out.reserve(k);
     for (std::size_t i = 0; i < k; ++i) out.push_back(cold[i].second);
     return out;
   }
   void check_window_resident(const char* what) const {
     for (int b = 0; b < batch_; ++b) {
       const int n = blocks(b);
-      if (n > 0 && state_[at(b, n - 1)] != State::kResident) {
+      if (n > 0 && entries_[at(b, n - 1)].state != State::kResident) {
         throw Error(std::string(what) + ": sequence " + std::to_string(b) + "'s last block is not on the GPU; the "
                     "GPU budget of " + std::to_string(gpu_slots()) + " blocks is below the sinks and windows");
       }
@@ -375,13 +391,20 @@ class TierTable {
   bool placed_ = false;
   int moving_ = 0;
   TierPolicy policy_;
-  std::vector<State> state_;
-  std::vector<int> slot_;
-  std::vector<std::uint8_t> host_valid_;
-  std::vector<std::int64_t> last_selected_;
+  // A block's state, GPU slot (-1: none), host copy's validity and last selection, together:
+  // a step's bookkeeping touches one cache line per block it selected.
+  struct Entry {
+    std::int64_t last = kNever;
+    std::int32_t slot = -1;
+    State state = State::kHostOnly;
+    std::uint8_t host_valid = 0;
+  };
+  std::vector<Entry> entries_;
   std::vector<int> lengths_;
   std::vector<std::int64_t> owner_;  // slot -> block (seq x max_blocks_per_seq + block), -1 free
+  std::vector<std::int64_t> slot_last_;  // slot -> its owner's last selection (stale for a free slot)
   std::vector<int> free_;
+  mutable std::vector<std::pair<std::int64_t, int>> cold_;  // pick_victims' scratch
 };
 
 }  // namespace ekv
