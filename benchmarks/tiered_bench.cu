@@ -18,7 +18,9 @@
 // in_step_MB (of it into slots of their own) and promo_MB (promotions after the step) per
 // step, no_copy_share (steps with no host unit), cpu_steps (steps that used the CPU),
 // split_steps (steps that used both the copy and the CPU), resident (GPU slots in use at the end),
-// tokens_per_s (1e6 / step_us, one layer), rel_err.
+// tokens_per_s (1e6 / step_us, one layer), rel_err; the step part by part (means,
+// TieredStepReport's): wait_us, plan_us (book_us, launch_us), select_us, copy_us, decode_us, tail_us, cpu_us,
+// and predicted_us (the cost model's extra cost of the host units).
 
 #include <algorithm>
 #include <chrono>
@@ -136,6 +138,10 @@ void run_tiered(benchmark::State& state) {
   std::vector<double> times;
   double host_units = 0, units = 0, copy_bytes = 0, promo_bytes = 0, no_copy = 0, cpu_steps = 0, steps = 0;
   double in_step_bytes = 0, split_steps = 0;
+  // the step's time, part by part (TieredStepReport's; GPU parts of the step before)
+  double wait_us = 0, plan_us = 0, book_us = 0, launch_us = 0;
+  double select_us = 0, copy_us = 0, decode_us = 0, tail_us = 0, cpu_us = 0;
+  double predicted_us = 0;
   for (auto _ : state) {
     next_query();
     stream.synchronize();
@@ -154,6 +160,16 @@ void run_tiered(benchmark::State& state) {
     no_copy += r.host_units == 0;
     cpu_steps += r.cpu_units > 0;
     steps += 1;
+    wait_us += r.wait_us;
+    plan_us += r.plan_us;
+    book_us += r.book_us;
+    launch_us += r.launch_us;
+    select_us += r.select_us;
+    copy_us += r.copy_us;
+    decode_us += r.decode_us;
+    tail_us += r.tail_us;
+    cpu_us += r.cpu_us;
+    predicted_us += r.predicted_us;
   }
   pool().sync();
 
@@ -201,6 +217,17 @@ void run_tiered(benchmark::State& state) {
   state.counters["rel_err"] = std::sqrt(e2 / std::max(w2, 1e-30));
   state.counters["copy_GBps"] = cache->copy_rate() / 1e9;
   state.counters["cpu_GBps"] = cache->cpu_rate() / 1e9;
+  const auto mean = [&](double sum) { return steps > 0 ? sum / steps : 0; };
+  state.counters["wait_us"] = mean(wait_us);
+  state.counters["plan_us"] = mean(plan_us);
+  state.counters["book_us"] = mean(book_us);
+  state.counters["launch_us"] = mean(launch_us);
+  state.counters["select_us"] = mean(select_us);
+  state.counters["copy_us"] = mean(copy_us);
+  state.counters["decode_us"] = mean(decode_us);
+  state.counters["tail_us"] = mean(tail_us);
+  state.counters["cpu_us"] = mean(cpu_us);
+  state.counters["predicted_us"] = mean(predicted_us);
 }
 
 void BM_tiered(benchmark::State& state) {

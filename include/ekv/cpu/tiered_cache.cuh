@@ -121,6 +121,15 @@ struct TieredStepReport {
   int promotions_started = 0;
   int promotions_completed = 0;       // found done since the last step (here, in append or settle)
   int resident_blocks = 0;            // slots in use after it (units under KVHEAD)
+  // Where the time goes, microseconds. On the host, this step's: wait_us from attn's entry
+  // until the selection is on the host (the select launch and its wait), plan_us the rest
+  // of attn: book_us the bookkeeping and the split, launch_us enqueueing the step (the rest
+  // is the promotions after it). On the GPU: select_us, this step's selection and
+  // its copy to the host; copy_us, decode_us and tail_us (after the decode: waiting for the
+  // CPU side, and the merge), the previous step's (events read once it is done); cpu_us the
+  // CPU side's latest finished run (its task alone, not the dispatch around it).
+  double wait_us = 0, plan_us = 0, book_us = 0, launch_us = 0;
+  double select_us = 0, copy_us = 0, decode_us = 0, tail_us = 0, cpu_us = 0;
 };
 
 template <typename T>
@@ -191,6 +200,7 @@ class TieredKVCache {
 
     const std::size_t rows = static_cast<std::size_t>(c.batch) * c.kv_heads;
     selection_host_ = PinnedBuffer<std::int32_t>(rows * max_attended_ + rows);
+    sel_slot_.assign(rows * max_attended_, -1);
     gpu_rows_host_ = PinnedBuffer<std::int32_t>(rows * max_attended_ + rows);
     gpu_rows_ = DeviceBuffer<std::int32_t>(rows * max_attended_ + rows);
     cpu_table_.assign(rows * max_attended_, 0);
@@ -213,6 +223,7 @@ class TieredKVCache {
     cpu_state_ = PinnedBuffer<unsigned char>(lse_offset_ + q_rows * sizeof(float));
     cpu_state_dev_ = DeviceBuffer<unsigned char>(cpu_state_.size_bytes());
     cpu_rate_ = std::make_shared<std::atomic<double>>(0.0);
+    cpu_us_ = std::make_shared<std::atomic<double>>(0.0);
   }
 
   TieredKVCache(const TieredKVCache&) = delete;
@@ -335,12 +346,14 @@ class TieredKVCache {
   TieredStepReport attn(const T* q, T* o, float* lse, const Stream& stream, std::int64_t step) {
     if (q == nullptr || o == nullptr || lse == nullptr) throw Error("TieredKVCache::attn: null q, o or lse");
     check_not_capturing(stream, "attn");
+    const auto entered = std::chrono::steady_clock::now();
     TieredStepReport report;
     poll_copies();
     report.promotions_completed = std::exchange(completed_, 0);
     const TieredConfig& c = config_;
     const std::size_t rows = static_cast<std::size_t>(c.batch) * c.kv_heads;
     // 1-2: select on the GPU, the selection to the host
+    timing_.selecting.record(stream);
     elastic_->select(selection_view(), q, anchors_.data(), stream);
     const std::int32_t* attended = elastic_->attended();
     std::int32_t* sel = selection_host_.data();
@@ -350,9 +363,12 @@ class TieredKVCache {
     EKV_CUDA_CHECK(cudaMemcpyAsync(sel + rows * max_attended_, elastic_->num_attended(), rows * sizeof(std::int32_t),
                                    cudaMemcpyDeviceToHost, stream.get()),
                    "TieredKVCache::attn: cannot copy the selection");
+    timing_.selected.record(stream);
     selected_.record(stream);
     selected_.synchronize();
-    read_timings();
+    const auto selected_at = std::chrono::steady_clock::now();
+    report.wait_us = 1e6 * std::chrono::duration<double>(selected_at - entered).count();
+    read_timings(report);
 
     // 3: recency, the host blocks wanted, the split, the in-step promotions
     const std::int32_t* counts = sel + rows * max_attended_;
@@ -362,8 +378,10 @@ class TieredKVCache {
       for (int j = 0; j < counts[r]; ++j) {
         const int block = sel[r * max_attended_ + j];
         ++report.units;
-        tiers_->note_selected({b, block}, step);  // all of them before any victim is chosen
-        if (tiers_->gpu_slot(b, block) >= 0) continue;
+        // all of them noted before any victim is chosen; the slot kept for the table below
+        const int slot = tiers_->note_selected({b, block}, step);
+        sel_slot_[r * max_attended_ + j] = slot;
+        if (slot >= 0) continue;
         ++report.host_units;
         const std::int32_t home = tiers_->host_block(b, block);
         if (seen_[home] != step) {
@@ -398,7 +416,8 @@ class TieredKVCache {
       for (int j = 0; j < counts[r]; ++j) {
         const int block = sel[r * max_attended_ + j];
         const int tokens = block_valid_tokens(len, c.block_len, block);
-        const int slot = tiers_->gpu_slot(b, block);
+        int slot = sel_slot_[r * max_attended_ + j];
+        if (slot < 0) slot = tiers_->gpu_slot(b, block);  // promoted in this step, or still host only
         const std::int32_t home = tiers_->host_block(b, block);
         if (slot >= 0) {
           gpu_table[r * max_attended_ + on_gpu++] = slot;
@@ -421,6 +440,11 @@ class TieredKVCache {
     report.path = report.cpu_units == 0 ? HostPath::kCopyIn : copies == 0 ? HostPath::kCpu : HostPath::kAuto;
     report.copy_in_bytes = static_cast<std::size_t>(copies) * unit_bytes;
 
+    const auto since = [](std::chrono::steady_clock::time_point t) {
+      return 1e6 * std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+    };
+    report.book_us = since(selected_at);
+    const auto launching = std::chrono::steady_clock::now();
     // 4: the CPU side beside the GPU's copy-in and decode, then the merge
     const std::size_t q_rows = static_cast<std::size_t>(c.batch) * c.q_heads;
     T* cpu_o = reinterpret_cast<T*>(cpu_state_.data());
@@ -436,10 +460,12 @@ class TieredKVCache {
           block_sparse_view<T>(host_pool_view(ids_.data()), cpu_table_.data(), cpu_lengths_.data(), max_attended_);
       const double bytes = static_cast<double>(report.cpu_units) * unit_bytes;
       pool_->submit_with_cuda_stream(cpu_stream_, [pool = pool_, host_view, q_host = q_host_.data(), cpu_o, cpu_lse,
-                                                   q_heads = iq_, scale = plan_.scale, rate = cpu_rate_, bytes] {
+                                                   q_heads = iq_, scale = plan_.scale, rate = cpu_rate_,
+                                                   took = cpu_us_, bytes] {
         const auto start = std::chrono::steady_clock::now();
         cpu_decode<T>(*pool, host_view, q_host, q_heads, cpu_o, cpu_lse, scale);
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        took->store(1e6 * s);
         const double measured = bytes / std::max(s, 1e-9), old = rate->load();
         rate->store(old > 0 ? (1 - kRateAverage) * old + kRateAverage * measured : measured);
       });
@@ -469,8 +495,10 @@ class TieredKVCache {
                           reinterpret_cast<const float*>(cpu_state_dev_.data() + lse_offset_),
                           static_cast<int>(q_rows), c.head_dim, o, lse, stream);
     }
+    timing_.done.record(stream);
     step_done_.record(stream);
 
+    report.launch_us = since(launching);
     // 5: promotions, after this step, never waited for by one
     if (promotion_moves_.empty() && !wanted_.empty()) {
       std::vector<TierMove> moves = tiers_->plan_promotions(wanted_, step);
@@ -488,6 +516,8 @@ class TieredKVCache {
       }
     }
     report.resident_blocks = tiers_->resident_blocks();
+    report.cpu_us = cpu_us_->load();
+    report.plan_us = since(selected_at);
     return report;
   }
 
@@ -546,7 +576,7 @@ class TieredKVCache {
     std::vector<BlockRef> blocks;
   };
   struct Timing {
-    Event start, copied, decoded;
+    Event selecting, selected, start, copied, decoded, done;
     double copy_bytes = 0, decode_bytes = 0;
     bool pending = false;
   };
@@ -629,16 +659,22 @@ class TieredKVCache {
     }
     return completed;
   }
-  // The last step's copy and decode times, once its events are done (after the selection's
-  // wait they are).
-  void read_timings() {
+  // After the selection is on the host: this step's select time, and the previous step's
+  // copy, decode and tail (its rates, averaged).
+  void read_timings(TieredStepReport& report) {
+    const auto elapsed_ms = [](const Event& from, const Event& to) {
+      float ms = 0;
+      EKV_CUDA_CHECK(cudaEventElapsedTime(&ms, from.get(), to.get()), "TieredKVCache: cannot read a step's times");
+      return ms;
+    };
+    report.select_us = 1e3 * elapsed_ms(timing_.selecting, timing_.selected);
     if (!timing_.pending) return;
     timing_.pending = false;
-    float copy_ms = 0, decode_ms = 0;
-    EKV_CUDA_CHECK(cudaEventElapsedTime(&copy_ms, timing_.start.get(), timing_.copied.get()),
-                   "TieredKVCache: cannot read the copy's time");
-    EKV_CUDA_CHECK(cudaEventElapsedTime(&decode_ms, timing_.copied.get(), timing_.decoded.get()),
-                   "TieredKVCache: cannot read the decode's time");
+    const float copy_ms = elapsed_ms(timing_.start, timing_.copied);
+    const float decode_ms = elapsed_ms(timing_.copied, timing_.decoded);
+    report.copy_us = 1e3 * copy_ms;
+    report.decode_us = 1e3 * decode_ms;
+    report.tail_us = 1e3 * elapsed_ms(timing_.decoded, timing_.done);
     const auto average = [](double old, double measured) {
       return old > 0 ? (1 - kRateAverage) * old + kRateAverage * measured : measured;
     };
@@ -683,6 +719,7 @@ class TieredKVCache {
   PinnedBuffer<UnitCopy> copy_in_, promotions_;
   std::vector<std::int64_t> seen_, to_copy_;  // by host block: the last step that wanted it, copied it in
   std::vector<BlockRef> wanted_;
+  std::vector<int> sel_slot_;  // the step's selection's GPU slots when noted (-1: host only then)
   std::vector<TierMove> promotion_moves_;
   std::vector<WriteBack> write_backs_;
   DecodePlan plan_;
@@ -693,7 +730,7 @@ class TieredKVCache {
   std::size_t lse_offset_ = 0;
   PinnedBuffer<unsigned char> cpu_state_;
   DeviceBuffer<unsigned char> cpu_state_dev_;
-  std::shared_ptr<std::atomic<double>> cpu_rate_;
+  std::shared_ptr<std::atomic<double>> cpu_rate_, cpu_us_;
   double copy_rate_ = 0, gpu_rate_ = 0;
   int completed_ = 0;  // promotions completed since the last step's report
   Timing timing_;
