@@ -15,12 +15,13 @@
 // query (the same blocks attended: only rounding differs).
 // Counters: step_us (median), all_gpu_us, ratio = step / all-GPU, host_share (units not
 // resident at their step), copy_MB (copied in for the step, in-step promotions included),
-// in_step_MB (of it into slots of their own) and promo_MB (promotions after the step) per
-// step, no_copy_share (steps with no host unit), cpu_steps (steps that used the CPU),
-// split_steps (steps that used both the copy and the CPU), resident (GPU slots in use at the end),
-// tokens_per_s (1e6 / step_us, one layer), rel_err; the step part by part (means,
-// TieredStepReport's): wait_us, plan_us (book_us, launch_us), select_us, copy_us, decode_us, tail_us, cpu_us,
-// and predicted_us (the cost model's extra cost of the host units).
+// in_step_MB (of it into slots of their own), cpu_MB (attended on the CPU) and promo_MB
+// (promotions after the step) per step, no_copy_share (steps with no host unit),
+// cpu_steps (steps that used the CPU), split_steps (steps that used both the copy and the
+// CPU), resident (GPU slots in use at the end), tokens_per_s (1e6 / step_us, one layer),
+// rel_err; the step part by part (means, TieredStepReport's): wait_us, plan_us (book_us,
+// launch_us), select_us, copy_us, decode_us, tail_us, cpu_us, and predicted_us (the cost
+// model's extra cost of the host units).
 
 #include <algorithm>
 #include <chrono>
@@ -137,7 +138,7 @@ void run_tiered(benchmark::State& state) {
 
   std::vector<double> times;
   double host_units = 0, units = 0, copy_bytes = 0, promo_bytes = 0, no_copy = 0, cpu_steps = 0, steps = 0;
-  double in_step_bytes = 0, split_steps = 0;
+  double in_step_bytes = 0, split_steps = 0, cpu_bytes = 0;
   // the step's time, part by part (TieredStepReport's; GPU parts of the step before)
   double wait_us = 0, plan_us = 0, book_us = 0, launch_us = 0;
   double select_us = 0, copy_us = 0, decode_us = 0, tail_us = 0, cpu_us = 0;
@@ -156,6 +157,7 @@ void run_tiered(benchmark::State& state) {
     copy_bytes += static_cast<double>(r.copy_in_bytes);
     in_step_bytes += static_cast<double>(r.promoted_units) * unit_bytes * 2;
     split_steps += r.cpu_units > 0 && r.copied_units > 0;
+    cpu_bytes += static_cast<double>(r.cpu_units) * unit_bytes * 2;
     promo_bytes += static_cast<double>(r.promotion_bytes);
     no_copy += r.host_units == 0;
     cpu_steps += r.cpu_units > 0;
@@ -207,6 +209,7 @@ void run_tiered(benchmark::State& state) {
   state.counters["host_share"] = units > 0 ? host_units / units : 0;
   state.counters["copy_MB"] = steps > 0 ? copy_bytes / steps / 1e6 : 0;
   state.counters["in_step_MB"] = steps > 0 ? in_step_bytes / steps / 1e6 : 0;
+  state.counters["cpu_MB"] = steps > 0 ? cpu_bytes / steps / 1e6 : 0;
   state.counters["promo_MB"] = steps > 0 ? promo_bytes / steps / 1e6 : 0;
   state.counters["split_steps"] = split_steps;
   state.counters["no_copy_share"] = steps > 0 ? no_copy / steps : 0;
