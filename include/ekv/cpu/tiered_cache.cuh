@@ -15,25 +15,24 @@
 //      selected block lives is decided on the host, in TierTable);
 //   3. note the selection's recency and gather the selected blocks that are not resident;
 //      the cost model below splits them between the GPU and the CPU. Those for the GPU are
-//      copied in, in one copy_units launch on a copy-in stream beside the resident decode:
-//      into a slot of their own where a free or demotable one is (an in-step promotion:
-//      resident from this step on, as the copy is ordered before every later read of the
-//      slot), else into a staging part of the GPU pool for this step only. Those for the
-//      CPU are attended there (cpu_decode on a CPUInfer, on a second stream, beside the
-//      GPU's decode);
-//   4. decode the resident blocks at once, the copied-in ones once their copy is done, and
-//      merge the states (the CPU's too) through the LSE (merge_state_pair);
+//      copied in, in one copy_units launch on S before the decode: into a slot of their own
+//      where a free or demotable one is (an in-step promotion: resident from this step on,
+//      as the copy is ordered before every later read of the slot), else into a staging
+//      part of the GPU pool for this step only. Those for the CPU are attended there
+//      (cpu_decode on a CPUInfer, on a second stream, beside the GPU's decode);
+//   4. decode the GPU's rows (resident and copied-in blocks, in logical order) and merge
+//      the CPU's state through the LSE (merge_state_pair);
 //   5. plan promotions of the host blocks the CPU attended (TierTable::plan_promotions) and
 //      copy them in on a third stream, after this step; they become resident when a later
 //      step finds their copy done. A step never waits for a promotion.
 //
 // The cost model, per step, over the host-resident bytes it must attend: x of them copied
-// in cost x / copy rate beside the GPU's decode of its g resident bytes, then x / GPU
-// decode rate and kCopyPathFixedUs; the rest, h - x, on the CPU cost (h - x) / CPU rate +
-// kCpuPathFixedUs beside the same resident decode. The step's extra time is
-// max(max(0, x / copy - g / gpu) + x / gpu + fixed_copy, max(0, (h - x) / cpu + fixed_cpu
-// - g / gpu)); the model takes the x in 0 .. h where it is least (HostPath kCopyIn and
-// kCpu force x = h and x = 0). The three rates are measured in the run: events around
+// in cost x / copy rate + x / GPU decode rate, serially before the decode ends; the rest,
+// h - x, on the CPU cost (h - x) / CPU rate + kCpuPathFixedUs beside the GPU's decode of
+// its own g resident bytes and the x copied. The step's extra time is
+// max(x (1/copy + 1/gpu), (h - x) / cpu + fixed - g / gpu), least where the two sides
+// meet; the model takes the best of that x, all on the GPU and all on the CPU (HostPath
+// kCopyIn and kCpu force one). The three rates are measured in the run: events around
 // the copy and the decode, the CPU side's own clock, each an exponential average; until
 // a way has been measured, the first steps with host bytes try each alone.
 // TieredStepReport says what was chosen, predicted and moved.
@@ -126,10 +125,9 @@ struct TieredStepReport {
   // until the selection is on the host (the select launch and its wait), plan_us the rest
   // of attn: book_us the bookkeeping and the split, launch_us enqueueing the step (the rest
   // is the promotions after it). On the GPU: select_us, this step's selection and
-  // its copy to the host; copy_us, decode_us (the resident blocks', beside the copy) and
-  // tail_us (after it: the copied blocks' decode, waiting for the CPU side, the merges),
-  // the previous step's (events read once it is done); cpu_us the CPU side's latest
-  // finished run (its task alone, not the dispatch around it).
+  // its copy to the host; copy_us, decode_us and tail_us (after the decode: waiting for the
+  // CPU side, and the merge), the previous step's (events read once it is done); cpu_us the
+  // CPU side's latest finished run (its task alone, not the dispatch around it).
   double wait_us = 0, plan_us = 0, book_us = 0, launch_us = 0;
   double select_us = 0, copy_us = 0, decode_us = 0, tail_us = 0, cpu_us = 0;
 };
@@ -140,8 +138,6 @@ class TieredKVCache {
   // Extra cost the CPU path carries besides its reads (q to the host, the task's dispatch,
   // its state back, the merge), in microseconds, added to the CPU side's estimate.
   static constexpr double kCpuPathFixedUs = 20.0;
-  // The same for the copied-in side: its decode after the copy, and the merge.
-  static constexpr double kCopyPathFixedUs = 10.0;
   static constexpr double kRateAverage = 0.25;  // weight of a new measurement
 
   // Allocates both pools (the host pool for batch x max_seq_len tokens, pinned), the
@@ -207,8 +203,6 @@ class TieredKVCache {
     sel_slot_.assign(rows * max_attended_, -1);
     gpu_rows_host_ = PinnedBuffer<std::int32_t>(rows * max_attended_ + rows);
     gpu_rows_ = DeviceBuffer<std::int32_t>(rows * max_attended_ + rows);
-    copied_rows_host_ = PinnedBuffer<std::int32_t>(rows * max_attended_ + rows);
-    copied_rows_ = DeviceBuffer<std::int32_t>(rows * max_attended_ + rows);
     cpu_table_.assign(rows * max_attended_, 0);
     cpu_lengths_.assign(rows, 0);
     // staged units, and every selected block promoted in step with its kv heads
@@ -224,10 +218,6 @@ class TieredKVCache {
     const std::size_t q_rows = static_cast<std::size_t>(c.batch) * c.q_heads;
     gpu_o_ = DeviceBuffer<T>(q_rows * c.head_dim);
     gpu_lse_ = DeviceBuffer<float>(q_rows);
-    copied_o_ = DeviceBuffer<T>(q_rows * c.head_dim);
-    copied_lse_ = DeviceBuffer<float>(q_rows);
-    pair_o_ = DeviceBuffer<T>(q_rows * c.head_dim);
-    pair_lse_ = DeviceBuffer<float>(q_rows);
     q_host_ = PinnedBuffer<T>(q_rows * c.head_dim);
     lse_offset_ = (q_rows * c.head_dim * sizeof(T) + 15) / 16 * 16;
     cpu_state_ = PinnedBuffer<unsigned char>(lse_offset_ + q_rows * sizeof(float));
@@ -417,41 +407,32 @@ class TieredKVCache {
       for (int i = 0; i < to_gpu; ++i) to_copy_[tiers_->host_block(wanted_[i].seq, wanted_[i].block)] = step;
     }
 
-    // the rows: resident (read at once), copied in this step (read after the copy), CPU
     std::int32_t* gpu_table = gpu_rows_host_.data();
     std::int32_t* gpu_lengths = gpu_table + rows * max_attended_;
-    std::int32_t* copied_table = copied_rows_host_.data();
-    std::int32_t* copied_lengths = copied_table + rows * max_attended_;
     for (std::size_t r = 0; r < rows; ++r) {
       const int b = static_cast<int>(r / ikv_), h = static_cast<int>(r % ikv_);
       const int len = host_lengths_[b];
-      int on_gpu = 0, on_copied = 0, on_cpu = 0, gpu_len = 0, copied_len = 0, cpu_len = 0, staged = 0;
+      int on_gpu = 0, on_cpu = 0, gpu_len = 0, cpu_len = 0, staged = 0;
       for (int j = 0; j < counts[r]; ++j) {
         const int block = sel[r * max_attended_ + j];
         const int tokens = block_valid_tokens(len, c.block_len, block);
-        const int slot = sel_slot_[r * max_attended_ + j];
+        int slot = sel_slot_[r * max_attended_ + j];
+        if (slot < 0) slot = tiers_->gpu_slot(b, block);  // promoted in this step, or still host only
+        const std::int32_t home = tiers_->host_block(b, block);
         if (slot >= 0) {
           gpu_table[r * max_attended_ + on_gpu++] = slot;
           gpu_len += tokens;
-          continue;
-        }
-        const int promoted = tiers_->gpu_slot(b, block);  // in this step, or still host only
-        const std::int32_t home = tiers_->host_block(b, block);
-        if (promoted >= 0) {
-          copied_table[r * max_attended_ + on_copied++] = promoted;
-          copied_len += tokens;
         } else if (to_copy_[home] == step && staged < staging_) {
           const std::int64_t stage = slots_ + static_cast<std::int64_t>(b) * staging_ + staged++;
           copy_in_.data()[copies++] = {std::int64_t{home} * ikv_ + h, stage * ikv_ + h};
-          copied_table[r * max_attended_ + on_copied++] = static_cast<std::int32_t>(stage);
-          copied_len += tokens;
+          gpu_table[r * max_attended_ + on_gpu++] = static_cast<std::int32_t>(stage);
+          gpu_len += tokens;
         } else {
           cpu_table_[r * max_attended_ + on_cpu++] = home;
           cpu_len += tokens;
         }
       }
       gpu_lengths[r] = gpu_len;
-      copied_lengths[r] = copied_len;
       cpu_lengths_[r] = cpu_len;
       report.cpu_units += on_cpu;
     }
@@ -493,51 +474,24 @@ class TieredKVCache {
                      "TieredKVCache::attn: cannot copy the CPU's state to the device");
       cpu_done_.record(cpu_stream_);
     }
-    // the copy on its own stream beside the resident decode (each reads what the other
-    // does not write: copies go to promoted victims' and staging slots, unselected here)
-    const bool copied_side = copies > 0;
-    const std::size_t rows_bytes = gpu_rows_host_.size_bytes();
-    EKV_CUDA_CHECK(cudaMemcpyAsync(gpu_rows_.data(), gpu_rows_host_.data(), rows_bytes, cudaMemcpyHostToDevice,
-                                   stream.get()),
+    EKV_CUDA_CHECK(cudaMemcpyAsync(gpu_rows_.data(), gpu_rows_host_.data(), gpu_rows_host_.size_bytes(),
+                                   cudaMemcpyHostToDevice, stream.get()),
                    "TieredKVCache::attn: cannot copy the GPU's rows");
     timing_.copy_bytes = static_cast<double>(report.copy_in_bytes);
-    timing_.decode_bytes = gpu_bytes;
+    timing_.decode_bytes = gpu_bytes + static_cast<double>(report.copy_in_bytes);
     timing_.start.record(stream);
-    if (copied_side) {
-      EKV_CUDA_CHECK(cudaMemcpyAsync(copied_rows_.data(), copied_rows_host_.data(), rows_bytes,
-                                     cudaMemcpyHostToDevice, stream.get()),
-                     "TieredKVCache::attn: cannot copy the copied rows");
-      copy_forked_.record(stream);
-      copy_forked_.make_wait(copy_in_stream_);
-      copy_units(host_k_.data(), host_v_.data(), gpu_k_.data(), gpu_v_.data(), copy_in_.data(), copies,
-                 unit_elems_ * sizeof(T), copy_in_stream_);
-    }
-    timing_.copied.record(copied_side ? copy_in_stream_ : stream);
-    const bool alone = !copied_side && !cpu_side;
+    copy_units(host_k_.data(), host_v_.data(), gpu_k_.data(), gpu_v_.data(), copy_in_.data(), copies,
+               unit_elems_ * sizeof(T), stream);
+    timing_.copied.record(stream);
     const KVView<T> gpu_view = block_sparse_view<T>(gpu_pool_view(ids_.data()), gpu_rows_.data(),
                                                     gpu_rows_.data() + rows * max_attended_, max_attended_);
-    run_decode<T>(plan_, gpu_view, q, alone ? o : gpu_o_.data(), alone ? lse : gpu_lse_.data(), workspace_.data(),
-                  stream);
+    run_decode<T>(plan_, gpu_view, q, cpu_side ? gpu_o_.data() : o, cpu_side ? gpu_lse_.data() : lse,
+                  workspace_.data(), stream);
     timing_.decoded.record(stream);
     timing_.pending = true;
-    // the merges: resident with copied, then with the CPU's (each into a buffer of its own)
-    const T* merged_o = gpu_o_.data();
-    const float* merged_lse = gpu_lse_.data();
-    if (copied_side) {
-      timing_.copied.make_wait(stream);
-      const KVView<T> copied_view = block_sparse_view<T>(gpu_pool_view(ids_.data()), copied_rows_.data(),
-                                                         copied_rows_.data() + rows * max_attended_, max_attended_);
-      run_decode<T>(plan_, copied_view, q, copied_o_.data(), copied_lse_.data(), workspace_.data(), stream);
-      T* out_o = cpu_side ? pair_o_.data() : o;
-      float* out_lse = cpu_side ? pair_lse_.data() : lse;
-      merge_state_pair<T>(gpu_o_.data(), gpu_lse_.data(), copied_o_.data(), copied_lse_.data(),
-                          static_cast<int>(q_rows), c.head_dim, out_o, out_lse, stream);
-      merged_o = out_o;
-      merged_lse = out_lse;
-    }
     if (cpu_side) {
       cpu_done_.make_wait(stream);
-      merge_state_pair<T>(merged_o, merged_lse, reinterpret_cast<const T*>(cpu_state_dev_.data()),
+      merge_state_pair<T>(gpu_o_.data(), gpu_lse_.data(), reinterpret_cast<const T*>(cpu_state_dev_.data()),
                           reinterpret_cast<const float*>(cpu_state_dev_.data() + lse_offset_),
                           static_cast<int>(q_rows), c.head_dim, o, lse, stream);
     }
@@ -658,14 +612,10 @@ class TieredKVCache {
     const int n = static_cast<int>(wanted_.size());
     if (n == 0) return 0;
     const double gpu = gpu_rate_ > 0 ? gpu_rate_ : 3e12, copy = copy_rate_, cpu = cpu_rate();
-    const double resident_s = gpu_bytes / gpu;
+    const double fixed = 1e-6 * kCpuPathFixedUs;
     const auto cost_us = [&](int x) {
-      const double on_gpu =
-          x > 0 && copy > 0 ? std::max(0.0, x * block_bytes / copy - resident_s) + x * block_bytes / gpu +
-                                  1e-6 * kCopyPathFixedUs
-                            : 0;
-      const double on_cpu =
-          x < n && cpu > 0 ? std::max(0.0, (n - x) * block_bytes / cpu + 1e-6 * kCpuPathFixedUs - resident_s) : 0;
+      const double on_gpu = copy > 0 ? x * block_bytes * (1 / copy + 1 / gpu) : 0;
+      const double on_cpu = x < n && cpu > 0 ? std::max(0.0, (n - x) * block_bytes / cpu + fixed - gpu_bytes / gpu) : 0;
       return 1e6 * std::max(on_gpu, on_cpu);
     };
     report.predicted_copy_us = cost_us(n);
@@ -677,7 +627,10 @@ class TieredKVCache {
       if (cpu <= 0) {
         x = 0;  // then all on the CPU, once
       } else {
-        for (int candidate = 0; candidate < n; ++candidate) {  // O(n), as the step's other passes
+        const double a = block_bytes * (1 / copy + 1 / gpu), b = block_bytes / cpu;
+        const double meet = (n * b + fixed - gpu_bytes / gpu) / (a + b);
+        for (const double m : {0.0, std::floor(meet), std::ceil(meet)}) {
+          const int candidate = static_cast<int>(std::clamp(m, 0.0, static_cast<double>(n)));
           if (cost_us(candidate) < cost_us(x)) x = candidate;
         }
       }
@@ -760,8 +713,8 @@ class TieredKVCache {
   DeviceBuffer<std::int32_t> ids_, slot_table_, lengths_, from_;
   PinnedBuffer<std::int32_t> slot_table_host_;
   std::vector<std::int32_t> host_lengths_;
-  PinnedBuffer<std::int32_t> selection_host_, gpu_rows_host_, copied_rows_host_;
-  DeviceBuffer<std::int32_t> gpu_rows_, copied_rows_;
+  PinnedBuffer<std::int32_t> selection_host_, gpu_rows_host_;
+  DeviceBuffer<std::int32_t> gpu_rows_;
   std::vector<std::int32_t> cpu_table_, cpu_lengths_;
   PinnedBuffer<UnitCopy> copy_in_, promotions_;
   std::vector<std::int64_t> seen_, to_copy_;  // by host block: the last step that wanted it, copied it in
@@ -771,8 +724,8 @@ class TieredKVCache {
   std::vector<WriteBack> write_backs_;
   DecodePlan plan_;
   DeviceBuffer<unsigned char> workspace_;
-  DeviceBuffer<T> gpu_o_, copied_o_, pair_o_;
-  DeviceBuffer<float> gpu_lse_, copied_lse_, pair_lse_;
+  DeviceBuffer<T> gpu_o_;
+  DeviceBuffer<float> gpu_lse_;
   PinnedBuffer<T> q_host_;
   std::size_t lse_offset_ = 0;
   PinnedBuffer<unsigned char> cpu_state_;
@@ -781,10 +734,9 @@ class TieredKVCache {
   double copy_rate_ = 0, gpu_rate_ = 0;
   int completed_ = 0;  // promotions completed since the last step's report
   Timing timing_;
-  Stream copy_stream_, cpu_stream_, copy_in_stream_;
+  Stream copy_stream_, cpu_stream_;
   Event selected_{cudaEventDisableTiming}, forked_{cudaEventDisableTiming}, cpu_done_{cudaEventDisableTiming},
-      step_done_{cudaEventDisableTiming}, appended_{cudaEventDisableTiming}, promoted_{cudaEventDisableTiming},
-      copy_forked_{cudaEventDisableTiming};
+      step_done_{cudaEventDisableTiming}, appended_{cudaEventDisableTiming}, promoted_{cudaEventDisableTiming};
 };
 
 }  // namespace ekv
