@@ -56,6 +56,23 @@ TEST_CASE("supports accepts a Llama-shaped problem and names the first unsupport
           p.policy = ekv::ElasticPolicy(c, ekv::ElasticBudget::ratio(4));
           p.block_len = 512;
         }) == "block_len=512 not supported by dynamic anchors; supported: 1 to 256");
+  // FIXED anchors: anchor_num x head_dim values per block must be an int (issue 21's review)
+  CHECK(why([](auto& p) {
+          ekv::ElasticConfig c;
+          c.anchor = ekv::AnchorKind::kFixed;
+          c.anchor_num = 16777216;  // 2^24 x 128 = 2^31
+          p.policy = ekv::ElasticPolicy(c, ekv::ElasticBudget::ratio(4));
+        }) == "anchor_num=16777216 not supported with head_dim=128; supported: 1 to 16777215 "
+              "(anchor_num x head_dim anchor values per block must fit an int)");
+  {
+    ekv::ElasticProblem most = llama_problem();
+    ekv::ElasticConfig c;
+    c.anchor = ekv::AnchorKind::kFixed;
+    c.anchor_num = 16777215;
+    most.policy = ekv::ElasticPolicy(c, ekv::ElasticBudget::ratio(4));
+    CHECK(ekv::supports(most).ok);
+    CHECK(most.anchor_values_per_block() == 16777215 * 128);
+  }
   // selection runs in tiles of 4,096 blocks: 1M tokens (16K blocks of 64) and 8M (128K blocks)
   ekv::ElasticProblem longest = llama_problem();
   longest.decode.max_seq_len = 1 << 20;

@@ -139,18 +139,9 @@ struct KVCacheConfig {
     elastic.policy = ElasticPolicy(elastic_config());
     if (quantized()) elastic.kv_storage = storage();
     if (Support s = supports(elastic); !s) return fail(s.why);
-    // FIXED anchors may outnumber a block's tokens (they repeat tokens; DYNAMIC's are 16 at
-    // most), but anchor_values() is an int, and a layer's pools (cache/kv_cache_file.hpp's
-    // KVCacheLayerSizes) are sized in std::size_t: a product past either would overflow
-    // (UBSan on tests/fuzz's kv_cache_config)
-    if (anchor_type == AnchorKind::kFixed || anchor_type == AnchorKind::kDynamic) {
-      const int most = std::numeric_limits<int>::max() / head_dim;
-      if (anchor_num > most) {
-        return fail("anchor_num=" + std::to_string(anchor_num) + " not supported with head_dim=" +
-                    std::to_string(head_dim) + "; supported: 1 to " + std::to_string(most) +
-                    " (anchor_num x head_dim anchor values per block must fit an int)");
-      }
-    }
+    // (supports() bounds anchor_num, so anchor_values() is an int.) A layer's pools
+    // (cache/kv_cache_file.hpp's KVCacheLayerSizes) are sized in std::size_t: a product past
+    // it would overflow (UBSan on tests/fuzz's kv_cache_config)
     const double layer_bytes = static_cast<double>(max_block_num) *
                                (2.0 * static_cast<double>(block_bytes()) +
                                 static_cast<double>(kv_head_num) * anchor_values() * dtype_size(value_type()) +

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -102,8 +103,19 @@ inline Support supports(const ElasticProblem& p) {
                        " not supported by elastic decode; supported: 1 or more"};
   }
   if (Support s = p.policy.config().validate(); !s) return s;
-  if (Support s = select_supported(p.max_blocks(), p.decode.head_dim); !s) return s;
   const ElasticConfig& config = p.policy.config();
+  // FIXED anchors may outnumber a block's tokens (they repeat tokens; DYNAMIC's are 16 at
+  // most, below), but anchor_values_per_block() is an int: a product past it would
+  // overflow (UBSan, on tests/fuzz's kv_cache_config)
+  if (config.anchor == AnchorKind::kFixed || config.anchor == AnchorKind::kDynamic) {
+    const int most = std::numeric_limits<int>::max() / p.decode.head_dim;
+    if (config.anchor_num > most) {
+      return {false, "anchor_num=" + std::to_string(config.anchor_num) + " not supported with head_dim=" +
+                         std::to_string(p.decode.head_dim) + "; supported: 1 to " + std::to_string(most) +
+                         " (anchor_num x head_dim anchor values per block must fit an int)"};
+    }
+  }
+  if (Support s = select_supported(p.max_blocks(), p.decode.head_dim); !s) return s;
   if (p.kv_storage && *p.kv_storage != dense_storage(p.decode.dtype)) {
     const KVStorage storage = *p.kv_storage;
     if (!is_quantized(storage)) {
