@@ -6,6 +6,7 @@
 // tools; cache placement and the hybrid block table; the CPU backend (CPUInfer,
 // cpu_decode, CpuElasticDecode). The kernels need nvcc: <ekv/ekv.cuh>.
 
+#include "ekv/core/allocation.hpp"
 #include "ekv/core/device.hpp"
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/dispatch.hpp"

@@ -6,17 +6,23 @@
 // after a warm-up call, and the older system's example shape. Quantized kv types: the
 // GPU's appends store the bytes HostKVCache's do, its anchors equal the host's, attention
 // (exact, elastic, graph-replayed) against float64 over the stored values, and the file
-// read by the host backend. Tolerances: tests/cache/kv_cache_checks.hpp's.
+// read by the host backend. Out of memory: each allocation of the construction, of attn,
+// dump and load failed in turn (core/allocation.hpp's hook), a full GPU and an impossible
+// pinned buffer, the cache's contents intact after each. Four caches on four threads at
+// once. Tolerances: tests/cache/kv_cache_checks.hpp's.
 
 #include <doctest/doctest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <fstream>
 #include <iterator>
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <ekv/ekv.cuh>
@@ -544,4 +550,213 @@ TEST_CASE("the older system's example shape runs: 32 layers, 8/32 heads, dim 128
     if (layer % 8 == 0) check_elastic(cache, shadow, layer, 1, s, 4, stream);
   }
   CHECK(cache.memory().blocks_used == 16);
+}
+
+// Out of memory (issue 21): core/allocation.hpp's hook fails each allocation in turn.
+namespace {
+
+struct Disarm {  // however a test case ends
+  ~Disarm() { ekv::testing::fail_allocation(-1); }
+};
+
+std::size_t free_device_bytes() {
+  std::size_t free_bytes = 0, total = 0;
+  EKV_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo");
+  return free_bytes;
+}
+
+std::vector<char> file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Calls f with the hook failing its allocation 0, then 1, ... until f makes fewer
+// allocations than that: each failed call must throw ekv::Error saying `says` and leave
+// `unchanged()` true. Returns how many allocations f made.
+template <typename F, typename Unchanged>
+long long fail_each_allocation(F&& f, const char* says, Unchanged&& unchanged) {
+  for (long long i = 0;; ++i) {
+    INFO("allocation " << i);
+    const long long before = ekv::testing::allocations_made();
+    ekv::testing::fail_allocation(i);
+    bool threw = false;
+    try {
+      f();
+    } catch (const ekv::Error& e) {
+      threw = true;
+      CHECK_MESSAGE(std::string(e.what()).find(says) != std::string::npos, e.what());
+    }
+    ekv::testing::fail_allocation(-1);
+    const long long made = ekv::testing::allocations_made() - before;
+    if (!threw) {
+      CHECK(made <= i);  // it succeeded only because the fault came after its last allocation
+      return made;
+    }
+    CHECK(unchanged());
+  }
+}
+
+}  // namespace
+
+TEST_CASE("every allocation of a KVCache's construction, failed in turn, is a clear error; no GPU memory stays") {
+  const Disarm disarm;
+  const ekv::Stream stream;
+  const ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
+  const std::size_t free_before = free_device_bytes();
+  const long long made = fail_each_allocation(
+      [&] { ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream); }, "cannot allocate",
+      // cudaFree gives the memory back at once; 8 MiB of slack for the driver's own pages
+      [&] { return free_device_bytes() + (std::size_t{8} << 20) >= free_before; });
+  CHECK(made >= 5 * c.layer_num);  // K, V, anchors, importance and lengths of every layer, at least
+}
+
+TEST_CASE("a failed allocation in attn, dump or load leaves the cache's contents intact, and it works after") {
+  const Disarm disarm;
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const ekv::Stream stream;
+  const ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
+  ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  cache.set_exact_fallback(ekv::ExactFallback::kNever);
+  Shadow<__half> shadow(c, c.max_seq_block_num());
+  prefill(cache, shadow, seed, stream);
+  const auto state = state_of(cache, stream);
+  const auto same = [&] { return state_of(cache, stream) == state; };
+
+  // the first exact and elastic calls plan and allocate their workspaces
+  for (int pick : {-1, 3}) {
+    INFO("pick_block_num " << pick);
+    Step<__half> s(c, 3, seed + 5 + pick);  // the test's own buffers first
+    fail_each_allocation([&] { s.run(cache, 1, 0, pick, stream); }, "cannot allocate", same);
+    s.fetch(stream);
+    if (pick < 0) {
+      ekv::test::check_exact(shadow, 1, 3, s.q.data(), s.o.data(), s.lse.data());
+    } else {
+      check_elastic(cache, shadow, 1, 3, s, pick, stream);
+    }
+  }
+  // a dump through pinned staging: the file at the path stays as it was, no temporary beside it
+  const std::string path = "kv_cache_oom_test.safetensors";
+  cache.dump_kvcache(path, stream);
+  const std::vector<char> dumped = file_bytes(path);
+  CHECK(fail_each_allocation([&] { cache.dump_kvcache(path, stream); }, "cannot allocate",
+                             [&] { return file_bytes(path) == dumped && !std::ifstream(path + ".tmp").good(); }) >= 1);
+  // a load of another cache's file: nothing of it taken
+  ekv::KVCache other(c, ekv::DeviceInfo::current(), stream);
+  Shadow<__half> other_shadow(c, c.max_seq_block_num());
+  append_both(other, other_shadow, 0, 2, 40, seed + 1000, stream);
+  const std::string other_path = "kv_cache_oom_test_other.safetensors";
+  other.dump_kvcache(other_path, stream);
+  CHECK(fail_each_allocation([&] { cache.load_kvcache(other_path, stream); }, "cannot allocate", same) >= 1);
+  cache.load_kvcache(path, stream);  // back to its own (the last call above loaded the other)
+  CHECK(same());
+  const Step<__half> after = attend<__half>(cache, 2, 3, 0, seed + 77, -1, stream);
+  ekv::test::check_exact(shadow, 2, 3, after.q.data(), after.o.data(), after.lse.data());
+  std::remove(path.c_str());
+  std::remove(other_path.c_str());
+}
+
+TEST_CASE("real exhaustion: a full GPU and an impossible pinned buffer give clear errors; the cache carries on") {
+  if (std::getenv("EKV_TEST_NO_EXHAUSTION") != nullptr) {
+    // .ci/sanitize-gpu sets it: the tools need device memory of their own while the test holds it all
+    MESSAGE("left out (EKV_TEST_NO_EXHAUSTION)");
+    return;
+  }
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const ekv::Stream stream;
+  const ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
+  ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+  Shadow<__half> shadow(c, c.max_seq_block_num());
+  prefill(cache, shadow, seed, stream);
+  const auto state = state_of(cache, stream);
+  const std::string path = "kv_cache_exhaustion_test.safetensors";
+  cache.dump_kvcache(path, stream);
+  Step<__half> two(c, 2, seed + 3);  // a batch not planned yet: its first attn allocates
+  {
+    // hold every byte the device gives, in ever smaller pieces
+    std::vector<ekv::DeviceBuffer<unsigned char>> hog;
+    for (std::size_t piece : {std::size_t{1} << 30, std::size_t{64} << 20, std::size_t{1} << 20}) {
+      for (;;) {
+        try {
+          hog.emplace_back(piece);
+        } catch (const ekv::Error& e) {
+          CHECK_MESSAGE(std::string(e.what()).find("bytes of GPU memory") != std::string::npos, e.what());
+          break;
+        }
+      }
+    }
+    MESSAGE("held " << hog.size() << " pieces; " << free_device_bytes() << " bytes left free");
+    CHECK_THROWS_WITH_AS(ekv::KVCache(c, ekv::DeviceInfo::current(), stream), doctest::Contains("GPU memory"),
+                         ekv::Error);
+    try {
+      two.run(cache, 0, 0, -1, stream);  // its workspace may still fit
+      two.fetch(stream);
+      ekv::test::check_exact(shadow, 0, 2, two.q.data(), two.o.data(), two.lse.data());
+    } catch (const ekv::Error& e) {  // a workspace that did not fit, or a launch without room for its stacks
+      CHECK_MESSAGE(std::string(e.what()).find("memory") != std::string::npos, e.what());
+    }
+    // no room for device staging: the load reads through host memory
+    cache.load_kvcache(path, stream);
+    CHECK(state_of(cache, stream) == state);
+  }
+  // pinned: more than any address space holds
+  CHECK_THROWS_WITH_AS(ekv::PinnedBuffer<unsigned char>(std::size_t{1} << 48),
+                       doctest::Contains("bytes of pinned host memory"), ekv::Error);
+  CHECK(cudaGetLastError() == cudaSuccess);  // none of the failures is sticky
+  CHECK(state_of(cache, stream) == state);
+  two.run(cache, 0, 0, -1, stream);
+  two.fetch(stream);
+  ekv::test::check_exact(shadow, 0, 2, two.q.data(), two.o.data(), two.lse.data());
+  std::remove(path.c_str());
+}
+
+// Concurrency (issue 21): caches on threads and streams of their own, at once, give what
+// they give one at a time, bit for bit (and under compute-sanitizer's racecheck in
+// .ci/sanitize-gpu).
+TEST_CASE("four caches on four threads and streams at once attend as they do one at a time") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  const ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
+  constexpr int kCaches = 4;
+  // one cache's life: prefill, then three tokens of appends and exact and elastic attention in
+  // every layer; what it attended, in order
+  const auto life = [&](int which) {
+    const ekv::Stream stream;
+    ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream);
+    cache.set_exact_fallback(ekv::ExactFallback::kNever);
+    Shadow<__half> shadow(c, c.max_seq_block_num());
+    prefill(cache, shadow, seed + 1000 * which, stream);
+    std::vector<__half> out;
+    for (int token = 0; token < 3; ++token) {
+      for (int layer = 0; layer < c.layer_num; ++layer) {
+        append_both(cache, shadow, layer, 3, 1, seed + 1000 * which + 100 * token + layer, stream);
+        for (int pick : {-1, 4}) {
+          const Step<__half> s = attend<__half>(cache, layer, 3, token, seed + 7 * token + layer + pick, pick, stream);
+          out.insert(out.end(), s.o.begin(), s.o.end());
+        }
+      }
+    }
+    return out;
+  };
+  std::vector<std::vector<__half>> alone(kCaches), together(kCaches);
+  for (int i = 0; i < kCaches; ++i) alone[i] = life(i);
+  std::vector<std::exception_ptr> failed(kCaches);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kCaches; ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        together[i] = life(i);
+      } catch (...) {
+        failed[i] = std::current_exception();
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kCaches; ++i) {
+    INFO("cache " << i);
+    if (failed[i]) std::rethrow_exception(failed[i]);
+    REQUIRE(together[i].size() == alone[i].size());
+    CHECK(std::memcmp(together[i].data(), alone[i].data(), alone[i].size() * sizeof(__half)) == 0);
+  }
 }

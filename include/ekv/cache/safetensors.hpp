@@ -34,6 +34,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ekv/core/allocation.hpp"
 #include "ekv/core/error.hpp"
 
 namespace ekv {
@@ -252,8 +253,8 @@ class HostBytes {
     if (n == 0) return;
     constexpr std::size_t kHuge = std::size_t{2} << 20;
     void* p = nullptr;
-    if (posix_memalign(&p, n >= kHuge ? kHuge : 64, n) != 0) {
-      throw Error("HostBytes: cannot allocate " + std::to_string(n) + " bytes");
+    if (detail::allocation_fails() || posix_memalign(&p, n >= kHuge ? kHuge : 64, n) != 0) {
+      throw Error("HostBytes: cannot allocate " + std::to_string(n) + " bytes of host memory");
     }
 #ifdef MADV_HUGEPAGE
     if (n >= kHuge) (void)madvise(p, n, MADV_HUGEPAGE);  // a hint: fine where refused
@@ -503,10 +504,17 @@ inline void write_safetensors(const std::string& path, const std::vector<Safeten
   const std::string temporary = path + ".tmp";
   const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw Error("write_safetensors: cannot create " + temporary + ": " + std::strerror(errno));
+  struct Temporary {  // closed and removed on every way out but the rename: a failed write, a fill's
+    int fd;           // error, a buffer or thread that could not be had
+    const std::string& name;
+    bool renamed = false;
+    ~Temporary() {
+      if (fd >= 0) ::close(fd);
+      if (!renamed) std::remove(name.c_str());
+    }
+  } guard{fd, temporary};
   const auto failed = [&](const char* what) {
     const std::string why = errno != 0 ? std::strerror(errno) : "short write";
-    ::close(fd);
-    std::remove(temporary.c_str());
     throw Error("write_safetensors: " + std::string(what) + " " + temporary + " failed: " + why);
   };
   const auto write_at = [&](const void* data, std::size_t bytes, std::int64_t at, const char* what) {
@@ -541,8 +549,6 @@ inline void write_safetensors(const std::string& path, const std::vector<Safeten
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const SafetensorsEntry& t = tensors[i];
     if (t.data == nullptr && t.bytes != 0 && !t.fill) {
-      ::close(fd);
-      std::remove(temporary.c_str());
       throw Error("write_safetensors: tensor '" + t.name + "' has neither data nor fill");
     }
     const std::size_t chunk = t.data != nullptr ? detail::kIoChunk : std::min(detail::kIoChunk, halves.half());
@@ -551,13 +557,7 @@ inline void write_safetensors(const std::string& path, const std::vector<Safeten
       const unsigned char* src = static_cast<const unsigned char*>(t.data) + off;
       if (t.data == nullptr) {
         unsigned char* dst = halves.take(pool);
-        try {
-          t.fill(dst, off, n);
-        } catch (...) {  // the fill's own error, the temporary file gone
-          ::close(fd);
-          std::remove(temporary.c_str());
-          throw;
-        }
+        t.fill(dst, off, n);  // its own error passes through, the temporary file gone
         src = dst;
       }
       detail::submit_pieces(pool, src, n, ids[i], t.data == nullptr ? &halves.busy() : nullptr);
@@ -571,15 +571,14 @@ inline void write_safetensors(const std::string& path, const std::vector<Safeten
   if (header.size() != placeholder.size()) failed("sizing the header of");  // CRCs are 8 digits: never
   write_at(header.data(), header.size(), 8, "writing the header of");
   if (::fsync(fd) != 0) failed("syncing");
+  guard.fd = -1;
   if (::close(fd) != 0) {
-    std::remove(temporary.c_str());
     throw Error("write_safetensors: closing " + temporary + " failed: " + std::strerror(errno));
   }
   if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    const std::string why = std::strerror(errno);
-    std::remove(temporary.c_str());
-    throw Error("write_safetensors: renaming " + temporary + " to " + path + " failed: " + why);
+    throw Error("write_safetensors: renaming " + temporary + " to " + path + " failed: " + std::strerror(errno));
   }
+  guard.renamed = true;
 }
 
 // Where read_safetensors sends the tensors that `take` accepts (given each tensor's name

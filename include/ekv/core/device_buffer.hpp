@@ -7,6 +7,7 @@
 #include <string>
 #include <utility>
 
+#include "ekv/core/allocation.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/core/span.hpp"
 #include "ekv/core/stream.hpp"
@@ -19,10 +20,13 @@ class DeviceBuffer {
   DeviceBuffer() = default;
 
   // `count` elements from cudaMalloc, freed with cudaFree. Throws ekv::Error (leaving
-  // nothing allocated) when the device cannot provide them.
+  // nothing allocated) when the device cannot provide them (or core/allocation.hpp's test
+  // hook says it cannot).
   explicit DeviceBuffer(std::size_t count) {
     if (count == 0) return;
-    EKV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr_), bytes_for(count)),
+    const std::size_t bytes = bytes_for(count);
+    EKV_CUDA_CHECK(detail::allocation_fails() ? cudaErrorMemoryAllocation
+                                              : cudaMalloc(reinterpret_cast<void**>(&ptr_), bytes),
                    alloc_failure(count));
     count_ = count;
   }
@@ -31,7 +35,9 @@ class DeviceBuffer {
   // destructor, so the stream must outlive the buffer.
   DeviceBuffer(std::size_t count, const Stream& stream) : stream_(stream.get()), stream_ordered_(true) {
     if (count == 0) return;
-    EKV_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ptr_), bytes_for(count), stream_),
+    const std::size_t bytes = bytes_for(count);
+    EKV_CUDA_CHECK(detail::allocation_fails() ? cudaErrorMemoryAllocation
+                                              : cudaMallocAsync(reinterpret_cast<void**>(&ptr_), bytes, stream_),
                    alloc_failure(count));
     count_ = count;
   }

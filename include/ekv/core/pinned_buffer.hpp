@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "ekv/core/allocation.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/core/span.hpp"
 
@@ -17,13 +18,15 @@ template <typename T>
 class PinnedBuffer {
  public:
   PinnedBuffer() = default;
-  // Throws ekv::Error, leaving nothing allocated, when the memory cannot be pinned.
+  // Throws ekv::Error, leaving nothing allocated, when the memory cannot be pinned (or
+  // core/allocation.hpp's test hook says it cannot).
   explicit PinnedBuffer(std::size_t count) {
     if (count == 0) return;
     if (count > static_cast<std::size_t>(-1) / sizeof(T)) {
       throw Error("PinnedBuffer: " + std::to_string(count) + " elements overflow size_t");
     }
-    EKV_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&ptr_), count * sizeof(T)),
+    EKV_CUDA_CHECK(detail::allocation_fails() ? cudaErrorMemoryAllocation
+                                              : cudaMallocHost(reinterpret_cast<void**>(&ptr_), count * sizeof(T)),
                    "PinnedBuffer: cannot allocate " + std::to_string(count * sizeof(T)) +
                        " bytes of pinned host memory");
     count_ = count;

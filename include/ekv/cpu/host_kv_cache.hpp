@@ -38,6 +38,7 @@
 #include "ekv/cache/kv_cache_file.hpp"
 #include "ekv/cache/kv_cache_views.hpp"
 #include "ekv/cache/tensor_view.hpp"
+#include "ekv/core/allocation.hpp"
 #include "ekv/core/dispatch.hpp"
 #include "ekv/core/error.hpp"
 #include "ekv/core/version.hpp"
@@ -58,11 +59,13 @@ class HostKVCache {
     const std::size_t blocks = static_cast<std::size_t>(config.max_block_num);
     const std::size_t heads = static_cast<std::size_t>(config.kv_head_num);
     layers_.resize(config.layer_num);
-    for (Layer& layer : layers_) {
-      layer.k.assign(blocks * config.block_bytes(), 0);
-      layer.v.assign(layer.k.size(), 0);
-      layer.anchors.assign(blocks * heads * config.anchor_values() * dtype_size(config.value_type()), 0);
-      layer.importance.assign(blocks * heads * config.block_len, 0.0f);
+    for (Layer& layer : layers_) {  // ekv::Error where the host has not the memory
+      const unsigned char zero = 0;
+      host_assign(layer.k, blocks * config.block_bytes(), zero, "HostKVCache: the K pool");
+      host_assign(layer.v, layer.k.size(), zero, "HostKVCache: the V pool");
+      host_assign(layer.anchors, blocks * heads * config.anchor_values() * dtype_size(config.value_type()), zero,
+                  "HostKVCache: the anchors");
+      host_assign(layer.importance, blocks * heads * config.block_len, 0.0f, "HostKVCache: the importance");
       layer.lengths.assign(config.max_batch_size, 0);
     }
     allocator_ = BlockAllocator(config.max_block_num, config.max_batch_size, config.max_seq_block_num(),
