@@ -210,3 +210,29 @@ TEST_CASE("bad input to every ekv_cache call: EKV_ERROR_INVALID_ARGUMENT naming 
   CHECK(ekv_cache_destroy(cache) == EKV_SUCCESS);
   std::remove(path.c_str());
 }
+
+TEST_CASE("a cache too large for the host: EKV_ERROR_OUT_OF_MEMORY naming its bytes; the cache beside it unchanged") {
+  ekv_cache* cache = nullptr;
+  REQUIRE(ekv_cache_create_from_text("layer_num=1 kv_head_num=2 q_head_num=8 head_dim=64 block_len=16 kv_type=fp32 "
+                                     "max_block_num=8 max_batch_size=1 max_thread_num=1",
+                                     EKV_DEVICE_CPU, 0, &cache) == EKV_SUCCESS);
+  std::vector<float> k(5 * 2 * 64, 0.25f);
+  Host tk(k.data(), {1, 5, 2, 64}, EKV_DTYPE_FLOAT32);
+  REQUIRE(ekv_cache_append(cache, 0, &tk.t, &tk.t) == EKV_SUCCESS);
+  const std::string path = "c_api_out_of_memory_state.safetensors";
+  const std::vector<char> before = dump_of(cache, path);
+  // 2^48 bytes of K a layer (1,024 kv heads of 128, 2^26 blocks of 16): past any x86-64 address space
+  ekv_cache* huge = nullptr;
+  CHECK(ekv_cache_create_from_text("layer_num=1 kv_head_num=1024 q_head_num=1024 head_dim=128 block_len=16 "
+                                   "kv_type=fp16 max_block_num=67108864 max_batch_size=1 max_thread_num=1",
+                                   EKV_DEVICE_CPU, 0, &huge) == EKV_ERROR_OUT_OF_MEMORY);
+  CHECK(huge == nullptr);
+  const std::string message = ekv_last_error();
+  CHECK_MESSAGE(message.find("bytes of host memory") != std::string::npos, "message: '" << message << "'");
+  CHECK(dump_of(cache, path) == before);
+  int length = 0;
+  CHECK(ekv_cache_get_cache_total_len(cache, 0, &length) == EKV_SUCCESS);
+  CHECK(length == 5);
+  CHECK(ekv_cache_destroy(cache) == EKV_SUCCESS);
+  std::remove(path.c_str());
+}

@@ -1,111 +1,40 @@
-// A soak of the CPU backend's KVCache (issue 21): four sequences gain a token a step, and
-// each is freed and begun again when it reaches a length drawn for it, so the pool's
-// blocks are given out and taken back all the time, for 100,000 steps. Checked: the
-// allocator's accounting at every step (the blocks in use are the sequences' blocks, and
-// none is lost), exact attn every 1,000 steps against the float64 reference over a shadow
-// of the tokens (no drift: half's tolerance, tests/cache/kv_cache_checks.hpp), and the
-// resident memory from the first thousand steps to the end (flat: no leak; left to
-// LeakSanitizer in a sanitized build, whose quarantine grows the process on purpose).
+// A soak of the CPU backend's KVCache (issue 21): tests/cache/soak.hpp's 100,000 steps of
+// appends, frees and restarts over HostKVCache.
 
-#include <doctest/doctest.h>
+#include "cache/soak.hpp"
 
-#include <unistd.h>
+#include <memory>
 
-#include <cstdio>
-#include <limits>
-#include <random>
-#include <vector>
-
-#include "cache/kv_cache_checks.hpp"
-#include "ekv/attention/sequence_blocks.hpp"
-#include "ekv/cpu/cpu_append.hpp"
 #include "ekv/cpu/host_kv_cache.hpp"
-#include "harness/random.hpp"
-#include "test_seed.hpp"
-
-#if defined(__SANITIZE_ADDRESS__)
-#define EKV_SOAK_UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define EKV_SOAK_UNDER_ASAN 1
-#endif
-#endif
 
 namespace {
 
-// Resident bytes of this process (/proc/self/statm's second field), 0 where unreadable.
-std::size_t resident_bytes() {
-  std::FILE* f = std::fopen("/proc/self/statm", "r");
-  if (f == nullptr) return 0;
-  unsigned long size = 0, resident = 0;
-  const int read = std::fscanf(f, "%lu %lu", &size, &resident);
-  std::fclose(f);
-  return read == 2 ? static_cast<std::size_t>(resident) * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)) : 0;
-}
+struct Host {
+  using T = __half;
+  static std::unique_ptr<ekv::HostKVCache> make(const ekv::KVCacheConfig& c) {
+    return std::make_unique<ekv::HostKVCache>(c);
+  }
+  static void append(ekv::HostKVCache& cache, const std::vector<T>& k, const std::vector<T>& v) {
+    const ekv::KVCacheConfig& c = cache.config();
+    const auto shape = {std::int64_t{c.max_batch_size}, std::int64_t{1}, std::int64_t{c.kv_head_num},
+                        std::int64_t{c.head_dim}};
+    cache.append(0, ekv::TensorView::of(k.data(), shape, ekv::DeviceKind::kHost),
+                 ekv::TensorView::of(v.data(), shape, ekv::DeviceKind::kHost));
+  }
+  static void attn(ekv::HostKVCache& cache, const std::vector<T>& q, std::vector<T>& o, std::vector<float>& lse,
+                   int step) {
+    const ekv::KVCacheConfig& c = cache.config();
+    const int batch = c.max_batch_size;
+    cache.attn(ekv::TensorView::of(q.data(), {batch, c.q_head_num, c.head_dim}, ekv::DeviceKind::kHost),
+               ekv::TensorView::of(o.data(), {batch, c.q_head_num, c.head_dim}, ekv::DeviceKind::kHost),
+               ekv::TensorView::of(lse.data(), {batch, c.q_head_num}, ekv::DeviceKind::kHost), 0, step);
+  }
+  static void free_sequence(ekv::HostKVCache& cache, int seq) { cache.free_sequence(seq); }
+  static std::size_t device_free_bytes() { return 0; }
+};
 
 }  // namespace
 
 TEST_CASE("soak: 100,000 steps of appends, frees and restarts keep the accounting exact and the outputs exact") {
-  const auto seed = ekv::test::seed();
-  INFO("seed=" << seed);
-  using T = __half;
-  ekv::KVCacheConfig c = ekv::test::small_config(ekv::DType::kFloat16);
-  c.layer_num = 1;
-  c.max_batch_size = 4;
-  c.max_block_num = 64;  // 16 blocks of 16 tokens a sequence at the longest: the pool holds all four
-  const int batch = c.max_batch_size, longest = c.max_block_num / batch * c.block_len;
-  ekv::HostKVCache cache(c);
-  ekv::test::Shadow<T> shadow(c, c.max_seq_block_num());
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int> length_of(1, longest);
-  std::vector<int> target(batch);
-  for (int& t : target) t = length_of(rng);
-
-  const std::size_t token_elems = static_cast<std::size_t>(batch) * c.kv_head_num * c.head_dim;
-  constexpr int kSteps = 100000, kCheckEvery = 1000, kWarmSteps = 1000;
-  std::size_t resident_warm = 0;
-  int restarts = 0, checks = 0;
-  for (int step = 0; step < kSteps; ++step) {
-    const auto k = ekv::bench::random_uniform<T>(token_elems, -1.0f, 1.0f, seed + 2 * step);
-    const auto v = ekv::bench::random_uniform<T>(token_elems, -1.0f, 1.0f, seed + 2 * step + 1);
-    cache.append(0, ekv::TensorView::of(k.data(), {batch, 1, c.kv_head_num, c.head_dim}, ekv::DeviceKind::kHost),
-                 ekv::TensorView::of(v.data(), {batch, 1, c.kv_head_num, c.head_dim}, ekv::DeviceKind::kHost));
-    REQUIRE(ekv::cpu_append_kv<T>(shadow.view(0, batch), k.data(), v.data(), 1));
-
-    if (step % kCheckEvery == kCheckEvery - 1) {
-      const auto q = ekv::bench::random_uniform<T>(static_cast<std::size_t>(batch) * c.q_head_num * c.head_dim, -1.0f,
-                                                   1.0f, seed + 7 * step);
-      std::vector<T> o(q.size(), ekv::DTypeTraits<T>::from_float(std::numeric_limits<float>::quiet_NaN()));
-      std::vector<float> lse(static_cast<std::size_t>(batch) * c.q_head_num, std::nanf(""));
-      cache.attn(ekv::TensorView::of(q.data(), {batch, c.q_head_num, c.head_dim}, ekv::DeviceKind::kHost),
-                 ekv::TensorView::of(o.data(), {batch, c.q_head_num, c.head_dim}, ekv::DeviceKind::kHost),
-                 ekv::TensorView::of(lse.data(), {batch, c.q_head_num}, ekv::DeviceKind::kHost), 0, step);
-      INFO("step " << step);
-      ekv::test::check_exact(shadow, 0, batch, q.data(), o.data(), lse.data());
-      ++checks;
-    }
-    // the sequences that reached their length start again, on whatever blocks are free
-    for (int s = 0; s < batch; ++s) {
-      if (cache.get_cache_total_len(s) < target[s]) continue;
-      cache.free_sequence(s);
-      shadow.lengths[0][s] = 0;
-      target[s] = length_of(rng);
-      ++restarts;
-    }
-    int blocks = 0;
-    for (int s = 0; s < batch; ++s) {
-      REQUIRE(cache.get_cache_total_len(s) == shadow.lengths[0][s]);
-      blocks += ekv::sequence_blocks(shadow.lengths[0][s], c.block_len);
-    }
-    REQUIRE(cache.memory().blocks_used == blocks);
-    if (step == kWarmSteps) resident_warm = resident_bytes();
-  }
-  const std::size_t resident_end = resident_bytes();
-  MESSAGE(kSteps << " steps, " << restarts << " restarts, " << checks << " checks against float64; resident "
-                 << resident_warm << " bytes after " << kWarmSteps << " steps, " << resident_end << " at the end");
-  CHECK(restarts > kSteps / longest);  // the pool's blocks went round many times
-#ifndef EKV_SOAK_UNDER_ASAN
-  // flat: nothing the steps allocate stays (1 MiB of slack for the allocator's own pages)
-  if (resident_warm > 0) CHECK(resident_end <= resident_warm + (std::size_t{1} << 20));
-#endif
+  ekv::test::soak<Host>();
 }

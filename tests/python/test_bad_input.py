@@ -151,3 +151,15 @@ def test_a_closed_cache_refuses_every_call():
 def test_the_matrix_counts_its_cases():
     print(f"{len(CASES)} bad-input cases over the Python KVCache")
     assert len(CASES) >= 30
+
+
+def test_a_cache_too_large_for_the_host_raises_memory_error_and_changes_nothing(cache, tmp_path):
+    """Out of memory (issue 21): 2^48 bytes of K a layer, past any x86-64 address space."""
+    before = dump_of(cache, tmp_path / "before.safetensors")
+    huge = ekv.KVCacheConfig(layer_num=1, kv_head_num=1024, q_head_num=1024, head_dim=128, block_len=16,
+                             kv_type=ekv.GGMLType.FP16, max_block_num=1 << 26, max_batch_size=1, max_thread_num=1)
+    with pytest.raises(MemoryError) as raised:
+        ekv.KVCache(huge)
+    assert isinstance(raised.value, ekv.OutOfMemoryError)
+    assert "bytes of host memory" in str(raised.value), str(raised.value)
+    assert dump_of(cache, tmp_path / "after.safetensors") == before

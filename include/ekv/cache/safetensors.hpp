@@ -254,7 +254,8 @@ class HostBytes {
     constexpr std::size_t kHuge = std::size_t{2} << 20;
     void* p = nullptr;
     if (detail::allocation_fails() || posix_memalign(&p, n >= kHuge ? kHuge : 64, n) != 0) {
-      throw Error("HostBytes: cannot allocate " + std::to_string(n) + " bytes of host memory");
+      throw Error("HostBytes: cannot allocate " + std::to_string(n) + " bytes of host memory",
+                  cudaErrorMemoryAllocation);
     }
 #ifdef MADV_HUGEPAGE
     if (n >= kHuge) (void)madvise(p, n, MADV_HUGEPAGE);  // a hint: fine where refused

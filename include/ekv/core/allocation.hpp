@@ -54,7 +54,8 @@ inline long long allocations_made() { return detail::allocation_faults().made.lo
 
 // Sizes a host vector that ekv keeps (a pool): `count` copies of `value`, or ekv::Error
 // "<what>: cannot allocate N bytes of host memory" where the host cannot give them (or the
-// test hook says so).
+// test hook says so), with code() cudaErrorMemoryAllocation as every ekv allocation failure
+// has, host or device (the C API's EKV_ERROR_OUT_OF_MEMORY).
 template <typename T>
 void host_assign(std::vector<T>& v, std::size_t count, const T& value, const std::string& what) {
   try {
@@ -62,10 +63,10 @@ void host_assign(std::vector<T>& v, std::size_t count, const T& value, const std
     v.assign(count, value);
   } catch (const std::bad_alloc&) {
     throw Error(what + ": cannot allocate " + std::to_string(count) + " x " + std::to_string(sizeof(T)) +
-                " bytes of host memory");
+                " bytes of host memory", cudaErrorMemoryAllocation);
   } catch (const std::length_error&) {
     throw Error(what + ": cannot allocate " + std::to_string(count) + " x " + std::to_string(sizeof(T)) +
-                " bytes of host memory (past the vector's largest size)");
+                " bytes of host memory (past the vector's largest size)", cudaErrorMemoryAllocation);
   }
 }
 
