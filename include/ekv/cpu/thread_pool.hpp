@@ -288,7 +288,10 @@ class CPUInfer {
       std::unique_lock<std::mutex> lock(shared->mutex);
       shared->finished.wait(lock, [&] { return shared->remaining.load() == 0; });
     }
-    if (shared->error) std::rethrow_exception(shared->error);
+    // taken out first: a helper's copy of `shared` may outlive this call, and the exception
+    // is then this thread's alone to release (ThreadSanitizer saw the helper free it while
+    // the caller's handler read it, ordered only inside uninstrumented libstdc++)
+    if (std::exception_ptr error = std::exchange(shared->error, nullptr)) std::rethrow_exception(error);
   }
 
  private:
