@@ -14,13 +14,12 @@
 #include <doctest/doctest.h>
 
 #include <cstdio>
-#include <fstream>
 #include <functional>
-#include <iterator>
 #include <string>
 #include <vector>
 
 #include "cache/kv_cache_checks.hpp"
+#include "cache/reliability.hpp"
 #include "ekv/cache/tensor_view.hpp"
 
 namespace ekv::test {
@@ -31,11 +30,6 @@ struct BadInputCase {
   std::function<void(Cache&)> call;
   std::string says;  // a part of the message
 };
-
-inline std::vector<char> file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 // Runs the matrix; returns its number of cases.
 template <typename Cache, template <typename...> class Buf>

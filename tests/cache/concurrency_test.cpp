@@ -11,12 +11,11 @@
 
 #include <atomic>
 #include <cstdio>
-#include <exception>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "cache/kv_cache_checks.hpp"
+#include "cache/reliability.hpp"
 #include "ekv/cpu/host_kv_cache.hpp"
 #include "harness/random.hpp"
 #include "test_seed.hpp"
@@ -70,26 +69,6 @@ std::vector<float> life(int which, std::uint64_t seed) {
   return out;
 }
 
-// Runs f(i) for i in [0, n) on n threads at once; rethrows the first failure.
-template <typename F>
-void at_once(int n, F&& f) {
-  std::vector<std::exception_ptr> failed(n);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < n; ++i) {
-    threads.emplace_back([&, i] {
-      try {
-        f(i);
-      } catch (...) {
-        failed[i] = std::current_exception();
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  for (const std::exception_ptr& e : failed) {
-    if (e) std::rethrow_exception(e);
-  }
-}
-
 }  // namespace
 
 TEST_CASE("four caches on four threads at once attend, dump and load as each does alone") {
@@ -98,7 +77,7 @@ TEST_CASE("four caches on four threads at once attend, dump and load as each doe
   constexpr int kCaches = 4;
   std::vector<std::vector<float>> alone(kCaches), together(kCaches);
   for (int i = 0; i < kCaches; ++i) alone[i] = life(i, seed);
-  at_once(kCaches, [&](int i) { together[i] = life(i, seed); });
+  ekv::test::at_once(kCaches, [&](int i) { together[i] = life(i, seed); });
   for (int i = 0; i < kCaches; ++i) {
     INFO("cache " << i);
     REQUIRE(alone[i].size() == together[i].size());
@@ -109,7 +88,7 @@ TEST_CASE("four caches on four threads at once attend, dump and load as each doe
 TEST_CASE("one CPUInfer takes tasks from four threads at once, and each thread's sync waits for them") {
   ekv::CPUInfer pool(3);
   std::atomic<long> sum{0};
-  at_once(4, [&](int i) {
+  ekv::test::at_once(4, [&](int i) {
     for (int round = 0; round < 50; ++round) {
       for (int t = 0; t < 100; ++t) pool.submit([&sum, i] { sum.fetch_add(i + 1, std::memory_order_relaxed); });
       pool.sync();

@@ -16,18 +16,17 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <exception>
 #include <fstream>
 #include <iterator>
 #include <limits>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <ekv/ekv.cuh>
 
 #include "cache/kv_cache_checks.hpp"
+#include "cache/reliability.hpp"
 #include "cache/seed_config.hpp"
 #include "harness/random.hpp"
 #include "test_seed.hpp"
@@ -555,9 +554,8 @@ TEST_CASE("the older system's example shape runs: 32 layers, 8/32 heads, dim 128
 // Out of memory (issue 21): core/allocation.hpp's hook fails each allocation in turn.
 namespace {
 
-struct Disarm {  // however a test case ends
-  ~Disarm() { ekv::testing::fail_allocation(-1); }
-};
+using ekv::test::fail_each_allocation;
+using ekv::test::file_bytes;
 
 std::size_t free_device_bytes() {
   std::size_t free_bytes = 0, total = 0;
@@ -565,41 +563,10 @@ std::size_t free_device_bytes() {
   return free_bytes;
 }
 
-std::vector<char> file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-// Calls f with the hook failing its allocation 0, then 1, ... until f makes fewer
-// allocations than that: each failed call must throw ekv::Error saying `says` and leave
-// `unchanged()` true. Returns how many allocations f made.
-template <typename F, typename Unchanged>
-long long fail_each_allocation(F&& f, const char* says, Unchanged&& unchanged) {
-  for (long long i = 0;; ++i) {
-    INFO("allocation " << i);
-    const long long before = ekv::testing::allocations_made();
-    ekv::testing::fail_allocation(i);
-    bool threw = false;
-    try {
-      f();
-    } catch (const ekv::Error& e) {
-      threw = true;
-      CHECK_MESSAGE(std::string(e.what()).find(says) != std::string::npos, e.what());
-    }
-    ekv::testing::fail_allocation(-1);
-    const long long made = ekv::testing::allocations_made() - before;
-    if (!threw) {
-      CHECK(made <= i);  // it succeeded only because the fault came after its last allocation
-      return made;
-    }
-    CHECK(unchanged());
-  }
-}
-
 }  // namespace
 
 TEST_CASE("every allocation of a KVCache's construction, failed in turn, is a clear error; no GPU memory stays") {
-  const Disarm disarm;
+  const ekv::test::DisarmAllocationFaults disarm;
   const ekv::Stream stream;
   const ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
   const std::size_t free_before = free_device_bytes();
@@ -611,7 +578,7 @@ TEST_CASE("every allocation of a KVCache's construction, failed in turn, is a cl
 }
 
 TEST_CASE("a failed allocation in attn, dump or load leaves the cache's contents intact, and it works after") {
-  const Disarm disarm;
+  const ekv::test::DisarmAllocationFaults disarm;
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
   const ekv::Stream stream;
@@ -741,21 +708,9 @@ TEST_CASE("four caches on four threads and streams at once attend as they do one
   };
   std::vector<std::vector<__half>> alone(kCaches), together(kCaches);
   for (int i = 0; i < kCaches; ++i) alone[i] = life(i);
-  std::vector<std::exception_ptr> failed(kCaches);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kCaches; ++i) {
-    threads.emplace_back([&, i] {
-      try {
-        together[i] = life(i);
-      } catch (...) {
-        failed[i] = std::current_exception();
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
+  ekv::test::at_once(kCaches, [&](int i) { together[i] = life(i); });
   for (int i = 0; i < kCaches; ++i) {
     INFO("cache " << i);
-    if (failed[i]) std::rethrow_exception(failed[i]);
     REQUIRE(together[i].size() == alone[i].size());
     CHECK(std::memcmp(together[i].data(), alone[i].data(), alone[i].size() * sizeof(__half)) == 0);
   }

@@ -19,34 +19,18 @@
 #include <vector>
 
 #include "cache/kv_cache_checks.hpp"
-#include "ekv/core/allocation.hpp"
+#include "cache/reliability.hpp"
 #include "ekv/cpu/host_kv_cache.hpp"
 #include "harness/random.hpp"
 #include "test_seed.hpp"
-
-#if defined(__SANITIZE_ADDRESS__)
-#define EKV_OOM_UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define EKV_OOM_UNDER_ASAN 1
-#endif
-#endif
 
 namespace {
 
 using T = __half;
 using ekv::DeviceKind;
 using ekv::TensorView;
-
-// Disarms the hook however the test case ends.
-struct Disarm {
-  ~Disarm() { ekv::testing::fail_allocation(-1); }
-};
-
-std::vector<char> file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
+using ekv::test::fail_each_allocation;
+using ekv::test::file_bytes;
 
 std::vector<char> dump_of(const ekv::HostKVCache& cache, const std::string& path) {
   cache.dump_kvcache(path);
@@ -97,17 +81,11 @@ std::vector<float> attend(ekv::HostKVCache& cache, std::uint64_t seed) {
 }  // namespace
 
 TEST_CASE("every allocation of a HostKVCache's construction, failed in turn, is a clear error and leaks nothing") {
-  const Disarm disarm;
+  const ekv::test::DisarmAllocationFaults disarm;
   const ekv::KVCacheConfig c = ekv::test::small_config(ekv::DType::kFloat16);
-  const long long before = ekv::testing::allocations_made();
-  { ekv::HostKVCache counted(c); }
-  const long long made = ekv::testing::allocations_made() - before;
+  const long long made = fail_each_allocation([&] { ekv::HostKVCache cache(c); }, "bytes of host memory",
+                                              [] { return true; });  // nothing to keep: no cache yet
   CHECK(made == 4 * c.layer_num);  // K, V, anchors and importance of every layer
-  for (long long i = 0; i < made; ++i) {
-    INFO("allocation " << i << " of " << made);
-    ekv::testing::fail_allocation(i);
-    CHECK_THROWS_WITH_AS(ekv::HostKVCache{c}, doctest::Contains("bytes of host memory"), ekv::Error);
-  }
   // the hook fails once: the next construction is whole, and works
   ekv::HostKVCache cache(c);
   fill(cache, ekv::test::seed());
@@ -115,7 +93,7 @@ TEST_CASE("every allocation of a HostKVCache's construction, failed in turn, is 
 }
 
 TEST_CASE("a failed load, dump or second cache leaves a cache's contents intact and usable") {
-  const Disarm disarm;
+  const ekv::test::DisarmAllocationFaults disarm;
   const auto seed = ekv::test::seed();
   INFO("seed=" << seed);
   const ekv::KVCacheConfig c = ekv::test::small_config(ekv::DType::kFloat16);
@@ -131,19 +109,10 @@ TEST_CASE("a failed load, dump or second cache leaves a cache's contents intact 
   const std::string other_path = path + ".other";
   other.dump_kvcache(other_path);
 
-  const long long before = ekv::testing::allocations_made();
-  cache.load_kvcache(other_path);  // counts the load's allocations (the file's bytes)
-  const long long made = ekv::testing::allocations_made() - before;
-  REQUIRE(made >= 1);
-  cache.load_kvcache(path);
+  CHECK(fail_each_allocation([&] { cache.load_kvcache(other_path); }, "cannot allocate",
+                             [&] { return dump_of(cache, path) == dumped; }) >= 1);  // the file's bytes
+  cache.load_kvcache(path);  // back to its own (the last call above loaded the other)
   REQUIRE(dump_of(cache, path) == dumped);
-  for (long long i = 0; i < made; ++i) {
-    INFO("load allocation " << i << " of " << made);
-    ekv::testing::fail_allocation(i);
-    CHECK_THROWS_WITH_AS(cache.load_kvcache(other_path), doctest::Contains("cannot allocate"), ekv::Error);
-    ekv::testing::fail_allocation(-1);
-    CHECK(dump_of(cache, path) == dumped);
-  }
   // a dump that fails leaves the file at the path as it was, and no temporary beside it
   ekv::testing::fail_allocation(0);
   try {
@@ -156,7 +125,7 @@ TEST_CASE("a failed load, dump or second cache leaves a cache's contents intact 
   CHECK(!std::ifstream(path + ".tmp").good());
   // a cache too large for any address space, beside it (not under ASan, whose operator new
   // reports a failed allocation and stops, whatever allocator_may_return_null says)
-#ifndef EKV_OOM_UNDER_ASAN
+#ifndef EKV_TEST_UNDER_ASAN
   CHECK_THROWS_WITH_AS(ekv::HostKVCache{past_the_address_space()}, doctest::Contains("bytes of host memory"),
                        ekv::Error);
 #endif
@@ -170,7 +139,7 @@ TEST_CASE("a failed load, dump or second cache leaves a cache's contents intact 
 }
 
 TEST_CASE("real exhaustion: a process whose address space runs out gets the error, and carries on") {
-#ifdef EKV_OOM_UNDER_ASAN
+#ifdef EKV_TEST_UNDER_ASAN
   MESSAGE("left out under AddressSanitizer, whose shadow memory an address-space limit cannot hold");
 #else
   const ekv::KVCacheConfig small = ekv::test::small_config(ekv::DType::kFloat16);

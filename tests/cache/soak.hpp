@@ -25,18 +25,12 @@
 #include <vector>
 
 #include "cache/kv_cache_checks.hpp"
+#include "cache/reliability.hpp"
 #include "ekv/attention/sequence_blocks.hpp"
 #include "ekv/cpu/cpu_append.hpp"
 #include "harness/random.hpp"
 #include "test_seed.hpp"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define EKV_SOAK_UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define EKV_SOAK_UNDER_ASAN 1
-#endif
-#endif
 
 namespace ekv::test {
 
@@ -118,7 +112,7 @@ void soak() {
                 << " at the end; device memory free " << device_warm << " then " << device_end);
   CHECK(restarts > steps / longest);  // the pool's blocks went round many times
   if (steps > kWarmSteps) CHECK(device_end == device_warm);  // nothing on the device grew
-#ifndef EKV_SOAK_UNDER_ASAN
+#ifndef EKV_TEST_UNDER_ASAN
   // flat: nothing the steps allocate stays (1 MiB of slack for the allocator's own pages)
   if (resident_warm > 0 && steps > kWarmSteps) CHECK(resident_end <= resident_warm + (std::size_t{1} << 20));
 #endif
