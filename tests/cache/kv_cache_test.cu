@@ -28,6 +28,7 @@
 #include "cache/kv_cache_checks.hpp"
 #include "cache/reliability.hpp"
 #include "cache/seed_config.hpp"
+#include "device_memory.hpp"
 #include "harness/random.hpp"
 #include "test_seed.hpp"
 
@@ -557,23 +558,17 @@ namespace {
 using ekv::test::fail_each_allocation;
 using ekv::test::file_bytes;
 
-std::size_t free_device_bytes() {
-  std::size_t free_bytes = 0, total = 0;
-  EKV_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo");
-  return free_bytes;
-}
-
 }  // namespace
 
 TEST_CASE("every allocation of a KVCache's construction, failed in turn, is a clear error; no GPU memory stays") {
   const ekv::test::DisarmAllocationFaults disarm;
   const ekv::Stream stream;
   const ekv::KVCacheConfig c = small_config(ekv::DType::kFloat16);
-  const std::size_t free_before = free_device_bytes();
+  const ekv::test::DeviceMemory before = ekv::test::device_memory();
   const long long made = fail_each_allocation(
       [&] { ekv::KVCache cache(c, ekv::DeviceInfo::current(), stream); }, "cannot allocate",
       // cudaFree gives the memory back at once; 8 MiB of slack for the driver's own pages
-      [&] { return free_device_bytes() + (std::size_t{8} << 20) >= free_before; });
+      [&] { return ekv::test::device_memory_back(before, std::size_t{8} << 20); });
   CHECK(made >= 5 * c.layer_num);  // K, V, anchors, importance and lengths of every layer, at least
 }
 
@@ -653,7 +648,7 @@ TEST_CASE("real exhaustion: a full GPU and an impossible pinned buffer give clea
         }
       }
     }
-    MESSAGE("held " << hog.size() << " pieces; " << free_device_bytes() << " bytes left free");
+    MESSAGE("held " << hog.size() << " pieces; " << ekv::test::free_device_bytes() << " bytes left free");
     CHECK_THROWS_WITH_AS(ekv::KVCache(c, ekv::DeviceInfo::current(), stream), doctest::Contains("GPU memory"),
                          ekv::Error);
     try {

@@ -51,11 +51,7 @@ struct Gpu {
     x.stream.synchronize();
   }
   static void free_sequence(Cache& x, int seq) { x.cache.free_sequence(seq, x.stream); }
-  static std::size_t device_free_bytes() {
-    std::size_t free_bytes = 0, total = 0;
-    EKV_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo");
-    return free_bytes;
-  }
+  static ekv::test::DeviceMemory device_memory() { return ekv::test::device_memory(); }
 };
 
 }  // namespace

@@ -30,7 +30,7 @@ struct Host {
                ekv::TensorView::of(lse.data(), {batch, c.q_head_num}, ekv::DeviceKind::kHost), 0, step);
   }
   static void free_sequence(ekv::HostKVCache& cache, int seq) { cache.free_sequence(seq); }
-  static std::size_t device_free_bytes() { return 0; }
+  static ekv::test::DeviceMemory device_memory() { return {ekv::testing::device_bytes_held(), 0}; }
 };
 
 }  // namespace

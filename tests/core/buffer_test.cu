@@ -8,15 +8,10 @@
 #include "ekv/core/device_buffer.hpp"
 #include "ekv/core/pinned_buffer.hpp"
 #include "harness/random.hpp"
+#include "device_memory.hpp"
 #include "test_seed.hpp"
 
 namespace {
-
-std::size_t free_device_bytes() {
-  std::size_t free_bytes = 0, total = 0;
-  EKV_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
-  return free_bytes;
-}
 
 std::vector<float> read_back(const ekv::DeviceBuffer<float>& b) {
   std::vector<float> out(b.size());
@@ -61,7 +56,7 @@ TEST_CASE("fill_bytes(0xFF) poisons floats with NaN") {
 }
 
 TEST_CASE("DeviceBuffer moves: construct, assign onto a live buffer, self-move, destroy moved-from") {
-  const std::size_t before = free_device_bytes();
+  const ekv::test::DeviceMemory before = ekv::test::device_memory();
   {
     const std::vector<float> host = ekv::bench::random_uniform<float>(300, 0.5f, 1.5f, ekv::test::seed());
     ekv::DeviceBuffer<float> a(300);
@@ -91,11 +86,11 @@ TEST_CASE("DeviceBuffer moves: construct, assign onto a live buffer, self-move, 
     stream.synchronize();
   }
   // all freed: no leak of the 256 MiB buffer or the others (allocator granularity aside)
-  CHECK(free_device_bytes() + (4u << 20) >= before);
+  CHECK(ekv::test::device_memory_back(before, 4u << 20));
 }
 
 TEST_CASE("an impossible allocation throws ekv::Error and leaks nothing") {
-  const std::size_t before = free_device_bytes();
+  const ekv::test::DeviceMemory before = ekv::test::device_memory();
   const std::size_t huge = std::size_t{1} << 50;  // 1 PiB
   try {
     ekv::DeviceBuffer<unsigned char> a(huge);
@@ -111,7 +106,7 @@ TEST_CASE("an impossible allocation throws ekv::Error and leaks nothing") {
   CHECK(cudaGetLastError() == cudaSuccess);  // the failure did not linger
   ekv::DeviceBuffer<float> after(1024);       // the device still works
   CHECK(after.data() != nullptr);
-  CHECK(free_device_bytes() + (4u << 20) >= before);
+  CHECK(ekv::test::device_memory_back(before, 4u << 20));
 }
 
 TEST_CASE("PinnedBuffer moves and frees") {

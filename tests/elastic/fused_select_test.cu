@@ -98,6 +98,7 @@ void check_selection(ekv::RetrievalType retrieval, const ekv::test::CacheShape& 
   // the gather of the two-launch lists: what the sparse rows must equal
   ekv::DeviceBuffer<std::int32_t> g_tables(all_rows * max_selected), g_lengths(all_rows),
       g_att(all_rows * max_selected), g_num(all_rows);
+  for (auto* b : {&g_tables, &g_lengths, &g_att, &g_num}) b->fill_bytes(0xA5, stream);  // poisoned, as above
   ekv::gather_selection<T>(view, {two.selected.data(), two.counts.data(), max_selected, rows, two.then.data()},
                            {g_tables.data(), g_lengths.data(), max_selected, qhead, g_att.data(), g_num.data()},
                            stream);

@@ -71,6 +71,7 @@ TEST_CASE("importance after an exact step, and DYNAMIC anchors from it, match th
   config.anchor_num = 3;
   const std::size_t anchor_values = cache.table.size() * shape.kv_heads * config.anchor_num * shape.head_dim;
   ekv::DeviceBuffer<T> anchors(anchor_values);
+  anchors.fill_bytes(0xFF, stream);  // poisoned: NaN where build_anchors writes nothing (the pool's free blocks)
   ekv::build_anchors<T>(view, anchors.data(), config, stream, importance.data());
   stream.synchronize();
   std::vector<float> got_importance(slots);

@@ -132,6 +132,11 @@ TEST_CASE("GPU anchors, scores and selection match the references") {
       const int max_selected = policy.counts(cache.blocks_per_seq).total();
       ekv::DeviceBuffer<std::int32_t> selected(static_cast<std::size_t>(shape.batch()) * rows * max_selected);
       ekv::DeviceBuffer<std::int32_t> num_selected(static_cast<std::size_t>(shape.batch()) * rows);
+      // poisoned: a score or slot the kernels leave unwritten reads NaN or -1 (slots past a
+      // row's count stay so, and are not compared)
+      scores.fill_bytes(0xFF, stream);
+      selected.fill_bytes(0xFF, stream);
+      num_selected.fill_bytes(0xFF, stream);
       ekv::score_blocks<T>(view, dev.q.data(), shape.q_heads(), anchors.data(), config, scores.data(),
                            ekv::DeviceInfo::current(), stream);
       ekv::select_blocks<T>(view, shape.q_heads(), scores.data(), policy, selected.data(), num_selected.data(),

@@ -69,7 +69,11 @@ inline void get_device_info(ekv_device_info* out, int measure_bandwidth) {
   if (measure_bandwidth == 0) return;
   const std::size_t bytes = measured_bytes(info);
   DeviceBuffer<float> input(bytes / sizeof(float)), output(bytes / sizeof(float));
-  // contents unset: a copy's speed does not depend on the values it moves
+  {  // zeros: a copy's speed does not depend on the values it moves, but reading memory never written is undefined
+    const Stream stream;
+    input.fill_bytes(0, stream);
+    stream.synchronize();
+  }
   out->copy_gbps = copy_bandwidth_gbps(input.data(), output.data(), static_cast<int>(input.size()), kMeasuredRuns, 1);
   out->host_to_device_gbps = host_to_device_gbps(bytes);
 }

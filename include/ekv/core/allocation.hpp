@@ -7,7 +7,9 @@
 // next) fails as if the memory were exhausted, taking the same path, with the same error,
 // as a real failure. Disarmed (the default) the question costs one relaxed atomic
 // increment per allocation, which also counts them (ekv::testing::allocations_made()), so a
-// test can fail each allocation of a call in turn. Process-wide, any thread.
+// test can fail each allocation of a call in turn. Process-wide, any thread. DeviceBuffer
+// also keeps the bytes of GPU memory it holds (ekv::testing::device_bytes_held()): a leak
+// check of this process alone, where cudaMemGetInfo counts every process on the GPU.
 
 #include <atomic>
 #include <new>
@@ -23,6 +25,7 @@ namespace detail {
 struct AllocationFaults {
   std::atomic<long long> countdown{-1};  // allocations to let through before one fails; negative: none fails
   std::atomic<long long> made{0};        // allocations asked for since the process began
+  std::atomic<long long> device_bytes{0};  // GPU memory DeviceBuffers hold now
 };
 inline AllocationFaults& allocation_faults() {
   static AllocationFaults faults;
@@ -40,6 +43,11 @@ inline bool allocation_fails() noexcept {
   return false;
 }
 
+// DeviceBuffer's accounting of what it holds: + on allocation, - on free.
+inline void count_device_bytes(long long bytes) noexcept {
+  allocation_faults().device_bytes.fetch_add(bytes, std::memory_order_relaxed);
+}
+
 }  // namespace detail
 
 namespace testing {
@@ -49,6 +57,9 @@ namespace testing {
 inline void fail_allocation(long long n) { detail::allocation_faults().countdown.store(n); }
 // ekv allocations asked for so far in this process, failed ones included.
 inline long long allocations_made() { return detail::allocation_faults().made.load(); }
+// Bytes of GPU memory ekv's DeviceBuffers hold now, in this process (freed stream-ordered
+// buffers are counted out when freed, before their stream reaches the free).
+inline long long device_bytes_held() { return detail::allocation_faults().device_bytes.load(); }
 
 }  // namespace testing
 

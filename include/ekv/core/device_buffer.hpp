@@ -29,6 +29,7 @@ class DeviceBuffer {
                                               : cudaMalloc(reinterpret_cast<void**>(&ptr_), bytes),
                    alloc_failure(count));
     count_ = count;
+    detail::count_device_bytes(static_cast<long long>(bytes));
   }
 
   // Stream-ordered: usable by work on `stream` at once, freed on that stream by the
@@ -40,6 +41,7 @@ class DeviceBuffer {
                                               : cudaMallocAsync(reinterpret_cast<void**>(&ptr_), bytes, stream_),
                    alloc_failure(count));
     count_ = count;
+    detail::count_device_bytes(static_cast<long long>(bytes));
   }
 
   DeviceBuffer(const DeviceBuffer&) = delete;  // a deep copy must be explicit: copy_from
@@ -63,6 +65,7 @@ class DeviceBuffer {
   // Frees now (stream-ordered buffers: on their stream) and leaves an empty buffer.
   void reset() noexcept {
     if (ptr_ != nullptr) {
+      detail::count_device_bytes(-static_cast<long long>(size_bytes()));
       if (stream_ordered_) {
         cudaFreeAsync(ptr_, stream_);
       } else {

@@ -124,6 +124,13 @@ class ElasticDecode {
     lengths_ = DeviceBuffer<std::int32_t>(rows);
     num_selected_.fill_bytes(0, stream);
     blocks_then_.fill_bytes(0, stream);
+    // -1 in every slot and count until a step writes them: slots past a row's count hold
+    // -1 or an earlier step's block, never undefined memory (a caller may copy them whole)
+    selected_.fill_bytes(0xFF, stream);
+    attended_.fill_bytes(0xFF, stream);
+    num_attended_.fill_bytes(0xFF, stream);
+    tables_.fill_bytes(0xFF, stream);
+    lengths_.fill_bytes(0, stream);
     workspace_ = make_decode_workspace(plan_, stream);
   }
   // The same, from its parts: problem.max_seq_len the longest sequence, max_new_tokens
@@ -219,7 +226,8 @@ class ElasticDecode {
   int max_attended() const { return max_attended_; }
   // The last step's blocks: int32 [batch][rows][max_attended] logical blocks, ascending,
   // and their counts [batch][rows], where rows is q_heads for QHEAD and kv_heads otherwise;
-  // null where the step attends exactly (every block).
+  // null where the step attends exactly (every block). Slots past a row's count hold -1 or
+  // an earlier step's block; before the first step, every slot and count is -1.
   const std::int32_t* attended() const { return attended_.data(); }
   const std::int32_t* num_attended() const { return num_attended_.data(); }
   // K and V bytes one sequence of seq_len tokens reads on a refreshing step, anchors
