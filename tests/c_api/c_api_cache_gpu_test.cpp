@@ -18,6 +18,7 @@
 
 #include "c_api/descriptor.hpp"
 #include "cache/kv_cache_checks.hpp"
+#include "cache/reliability.hpp"
 #include "ekv/c_api.h"
 #include "ekv/core/device.hpp"
 #include "ekv/core/device_buffer.hpp"
@@ -163,7 +164,7 @@ TEST_CASE("a GPU handle with device pointers: append, attention, errors, and its
   for (int i = 0; i < 16 * 64; ++i) CHECK(__half2float(kb[i]) == __half2float(shadow.k[1][i]));
 
   // the GPU's file on the CPU backend: the same tables, and attention within tolerance
-  const std::string path = "c_api_cache_gpu_test.safetensors";
+  const std::string path = ekv::test::scratch_path("c_api_cache_gpu_test");  // several runs at once
   REQUIRE(ekv_cache_dump_kvcache(gpu.cache, path.c_str()) == EKV_SUCCESS);
   REQUIRE(ekv_cache_load_kvcache(cpu.cache, path.c_str()) == EKV_SUCCESS);
   std::vector<std::int32_t> cpu_table(80);

@@ -179,7 +179,7 @@ int check_bad_inputs(Cache& cache, DeviceKind memory) {
        "cannot create no_such_dir/cache.safetensors.tmp"},
   };
 
-  const std::string path = "bad_input_state_" + name(memory) + ".safetensors";
+  const std::string path = ekv::test::scratch_path("bad_input_state_" + name(memory));
   const auto dump_of = [&] {
     cache.dump_kvcache(path);
     return file_bytes(path);

@@ -7,7 +7,6 @@
 
 #include <doctest/doctest.h>
 
-#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
@@ -59,8 +58,7 @@ std::vector<float> life(int which, std::uint64_t seed) {
       attend(cache, layer, step, 2);
     }
   }
-  const std::string path =
-      "ekv_concurrency_test_" + std::to_string(::getpid()) + "_" + std::to_string(which) + ".safetensors";
+  const std::string path = ekv::test::scratch_path("ekv_concurrency_test_" + std::to_string(which));
   cache.dump_kvcache(path);
   ekv::HostKVCache loaded(c);
   loaded.load_kvcache(path);

@@ -258,7 +258,7 @@ TEST_CASE("quantized kv types: the GPU stores the host's bytes and anchors; exac
       // a graph replays the direct call
       check_graph_replay(cache, seed, stream);
       // the GPU's file, read by the host backend: the same state
-      const std::string path = "kv_cache_quant_test.safetensors";
+      const std::string path = ekv::test::scratch_path("kv_cache_quant_test");
       cache.dump_kvcache(path, stream);
       ekv::HostKVCache loaded(c);
       loaded.load_kvcache(path);
@@ -481,7 +481,7 @@ TEST_CASE("dump then load: bit-identical, identical outputs; the host backend re
   cache.set_exact_fallback(ekv::ExactFallback::kNever);  // these tests check the elastic path
   Shadow<__half> shadow(c, c.max_seq_block_num());
   prefill(cache, shadow, seed, stream);
-  const std::string path = "kv_cache_test.safetensors";
+  const std::string path = ekv::test::scratch_path("kv_cache_test");
   cache.dump_kvcache(path, stream);
   ekv::KVCache loaded(c, ekv::DeviceInfo::current(), stream);
   loaded.set_exact_fallback(ekv::ExactFallback::kNever);
@@ -598,7 +598,7 @@ TEST_CASE("a failed allocation in attn, dump or load leaves the cache's contents
     }
   }
   // a dump through pinned staging: the file at the path stays as it was, no temporary beside it
-  const std::string path = "kv_cache_oom_test.safetensors";
+  const std::string path = ekv::test::scratch_path("kv_cache_oom_test");
   cache.dump_kvcache(path, stream);
   const std::vector<char> dumped = file_bytes(path);
   CHECK(fail_each_allocation([&] { cache.dump_kvcache(path, stream); }, "cannot allocate",
@@ -607,7 +607,7 @@ TEST_CASE("a failed allocation in attn, dump or load leaves the cache's contents
   ekv::KVCache other(c, ekv::DeviceInfo::current(), stream);
   Shadow<__half> other_shadow(c, c.max_seq_block_num());
   append_both(other, other_shadow, 0, 2, 40, seed + 1000, stream);
-  const std::string other_path = "kv_cache_oom_test_other.safetensors";
+  const std::string other_path = ekv::test::scratch_path("kv_cache_oom_test_other");
   other.dump_kvcache(other_path, stream);
   CHECK(fail_each_allocation([&] { cache.load_kvcache(other_path, stream); }, "cannot allocate", same) >= 1);
   cache.load_kvcache(path, stream);  // back to its own (the last call above loaded the other)
@@ -632,7 +632,7 @@ TEST_CASE("real exhaustion: a full GPU and an impossible pinned buffer give clea
   Shadow<__half> shadow(c, c.max_seq_block_num());
   prefill(cache, shadow, seed, stream);
   const auto state = state_of(cache, stream);
-  const std::string path = "kv_cache_exhaustion_test.safetensors";
+  const std::string path = ekv::test::scratch_path("kv_cache_exhaustion_test");
   cache.dump_kvcache(path, stream);
   Step<__half> two(c, 2, seed + 3);  // a batch not planned yet: its first attn allocates
   {

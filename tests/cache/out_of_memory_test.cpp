@@ -99,7 +99,7 @@ TEST_CASE("a failed load, dump or second cache leaves a cache's contents intact 
   const ekv::KVCacheConfig c = ekv::test::small_config(ekv::DType::kFloat16);
   ekv::HostKVCache cache(c);
   fill(cache, seed);
-  const std::string path = "ekv_out_of_memory_test_" + std::to_string(::getpid()) + ".safetensors";
+  const std::string path = ekv::test::scratch_path("ekv_out_of_memory_test");
   const std::vector<char> dumped = dump_of(cache, path);
   const std::vector<float> attended = attend(cache, seed);
 

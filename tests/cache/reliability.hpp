@@ -1,9 +1,11 @@
 #pragma once
 // What the reliability tests (issue 21) share: whether AddressSanitizer is in the build,
-// a file's bytes, core/allocation.hpp's hook failing each allocation of a call in turn, and
-// work run on several threads at once.
+// a file's bytes and a file name of this process's own, core/allocation.hpp's hook failing
+// each allocation of a call in turn, and work run on several threads at once.
 
 #include <doctest/doctest.h>
+
+#include <unistd.h>
 
 #include <exception>
 #include <fstream>
@@ -24,6 +26,13 @@
 #endif
 
 namespace ekv::test {
+
+// `stem` + "_<pid>" + `extension`, in the working directory: a file no other process
+// writes, though several runs of one test binary share the directory (.ci/sanitize-gpu runs
+// each binary under four tools at once).
+inline std::string scratch_path(const std::string& stem, const std::string& extension = ".safetensors") {
+  return stem + "_" + std::to_string(::getpid()) + extension;
+}
 
 inline std::vector<char> file_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -104,9 +104,10 @@ TEST_CASE("an impossible allocation throws ekv::Error and leaks nothing") {
   CHECK_THROWS_AS(ekv::DeviceBuffer<double>(~std::size_t{0} / 4), ekv::Error);  // overflows size_t
   CHECK_THROWS_AS(ekv::PinnedBuffer<double>(~std::size_t{0} / 4), ekv::Error);  // overflows size_t
   CHECK(cudaGetLastError() == cudaSuccess);  // the failure did not linger
-  ekv::DeviceBuffer<float> after(1024);       // the device still works
+  CHECK(ekv::test::device_memory_back(before, 4u << 20));  // none of the failures holds anything
+  ekv::DeviceBuffer<float> after(1024);                    // the device still works
   CHECK(after.data() != nullptr);
-  CHECK(ekv::test::device_memory_back(before, 4u << 20));
+  CHECK(ekv::testing::device_bytes_held() == before.held + static_cast<long long>(after.size_bytes()));
 }
 
 TEST_CASE("PinnedBuffer moves and frees") {
