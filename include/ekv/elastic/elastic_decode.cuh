@@ -124,11 +124,12 @@ class ElasticDecode {
     lengths_ = DeviceBuffer<std::int32_t>(rows);
     num_selected_.fill_bytes(0, stream);
     blocks_then_.fill_bytes(0, stream);
-    // -1 in every slot and count until a step writes them: slots past a row's count hold
-    // -1 or an earlier step's block, never undefined memory (a caller may copy them whole)
+    // -1 in every slot and 0 in every count until a step writes them: slots past a row's
+    // count hold -1 or an earlier step's block, never undefined memory (a caller may copy
+    // them whole)
     selected_.fill_bytes(0xFF, stream);
     attended_.fill_bytes(0xFF, stream);
-    num_attended_.fill_bytes(0xFF, stream);
+    num_attended_.fill_bytes(0, stream);
     tables_.fill_bytes(0xFF, stream);
     lengths_.fill_bytes(0, stream);
     workspace_ = make_decode_workspace(plan_, stream);
@@ -227,7 +228,7 @@ class ElasticDecode {
   // The last step's blocks: int32 [batch][rows][max_attended] logical blocks, ascending,
   // and their counts [batch][rows], where rows is q_heads for QHEAD and kv_heads otherwise;
   // null where the step attends exactly (every block). Slots past a row's count hold -1 or
-  // an earlier step's block; before the first step, every slot and count is -1.
+  // an earlier step's block; before the first step, every slot is -1 and every count 0.
   const std::int32_t* attended() const { return attended_.data(); }
   const std::int32_t* num_attended() const { return num_attended_.data(); }
   // K and V bytes one sequence of seq_len tokens reads on a refreshing step, anchors
