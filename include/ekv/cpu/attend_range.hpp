@@ -96,15 +96,26 @@ template <typename T>
 void attend_range(const KVView<T>& kv, int seq, int kv_head, int begin, int end, AttendState& state) {
   constexpr int kTile = kAttendTileTokens;
   const int d = kv.head_dim;
-  // Rows of the next tile are requested while this one computes: the hardware prefetcher
-  // cannot follow a block table's jumps, nor start a stream early enough at each tile.
+  // Rows of the next tile are requested while this one computes where the hardware
+  // prefetcher cannot find them: a row that does not follow the one before it (a block
+  // table's jump, the range's first row) and the kPrefetchAfterJump rows after it, until the
+  // hardware's stream picks up. Rows that follow each other are left to the hardware: asking
+  // for them too costs more than it gains (benchmarks/RESULTS.md, CPU decode on 2 cores).
+  constexpr int kPrefetchAfterJump = 4;
   std::int64_t offsets[2][kTile];
+  std::int64_t next_row = -1;  // where a row following the last one located would start
+  int prefetch_left = 0;
   auto locate = [&](int t0, std::int64_t* off) {
     const int n = std::min(kTile, end - t0);
     for (int t = 0; t < n; ++t) {
       off[t] = kv.offset(seq, kv_head, t0 + t);
-      prefetch_row(kv.k + off[t], d);
-      prefetch_row(kv.v + off[t], d);
+      if (off[t] != next_row) prefetch_left = kPrefetchAfterJump + 1;
+      next_row = off[t] + d;
+      if (prefetch_left > 0) {
+        --prefetch_left;
+        prefetch_row(kv.k + off[t], d);
+        prefetch_row(kv.v + off[t], d);
+      }
     }
     return n;
   };
