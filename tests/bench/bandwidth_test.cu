@@ -103,6 +103,44 @@ TEST_CASE_TEMPLATE("read_reduce sums every element exactly once", T, float, __ha
   }
 }
 
+template <int CtaThreads, int Unroll>
+void check_read_prefetch(const std::vector<float>& host, const ekv::DeviceBuffer<float>& src, std::size_t n,
+                         const ekv::Stream& stream) {
+  INFO("cta_threads=" << CtaThreads << " unroll=" << Unroll << " n=" << n);
+  ekv::DeviceBuffer<float> partials(ekv::bench::read_prefetch_ctas<CtaThreads, Unroll>(n));
+  partials.fill_bytes(0xFF, stream);
+  ekv::bench::read_prefetch_reduce<CtaThreads, Unroll>(src.span().subspan(0, n), partials.span(), stream);
+  stream.synchronize();
+  double got = 0;
+  for (float x : read_back(partials)) {
+    REQUIRE(std::isfinite(x));  // every CTA wrote its partial
+    got += x;
+  }
+  CHECK(got == host_sum(host, 0, n));
+}
+
+TEST_CASE("read_prefetch_reduce sums every element exactly once, its tail included") {
+  const auto seed = ekv::test::seed();
+  INFO("seed=" << seed);
+  ekv::Stream stream;
+  for (std::size_t n : kSizes) {
+    // integers 1 to 4: float sums exact (see read_reduce's case)
+    std::mt19937 rng(static_cast<unsigned>(seed ^ n));
+    std::vector<float> host(n);
+    for (float& x : host) x = static_cast<float>(std::uniform_int_distribution<int>(1, 4)(rng));
+    ekv::DeviceBuffer<float> src(n + 1);
+    src.copy_from(ekv::Span<const float>(host.data(), n));
+    check_read_prefetch<256, 16>(host, src, n, stream);
+    check_read_prefetch<1024, 4>(host, src, n, stream);
+  }
+  ekv::DeviceBuffer<float> src(64);
+  ekv::DeviceBuffer<float> partials(4);
+  // a source off 16-byte alignment, and too few partials, are refused before any launch
+  CHECK_THROWS_AS((ekv::bench::read_prefetch_reduce<256, 16>(src.span().subspan(1, 60), partials.span(), stream)),
+                  ekv::Error);
+  CHECK_THROWS_AS((ekv::bench::read_prefetch_reduce<256, 16>(src.span(), ekv::Span<float>(), stream)), ekv::Error);
+}
+
 TEST_CASE("bulk_read_reduce sums every whole chunk exactly once, through Hopper's bulk copies") {
   const ekv::DeviceInfo device = ekv::DeviceInfo::current();
   if (device.cc_major < 9) {
