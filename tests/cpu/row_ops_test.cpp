@@ -1,11 +1,14 @@
 // The Float8 row kernels against sums in double, on rows of 8, 72 and 256 floats and row
-// counts that are not multiples of the kernels' blocks.
+// counts that are not multiples of the kernels' blocks; TilePrefetch's split of its lines.
 
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
+#include <set>
+#include <utility>
 #include <vector>
 
 #include "ekv/cpu/row_ops.hpp"
@@ -60,4 +63,43 @@ TEST_CASE("max_row equals std::max_element, a NaN first included") {
     x[0] = nan;
     CHECK(std::isnan(ekv::max_row(x.data(), n)));
   }
+}
+
+// TilePrefetch: its parts together ask for every cache line of every run and none outside
+// them, for runs that start and end off a line, share a line, or stand alone, split into
+// 1 to 20 parts (more parts than lines included); part() itself runs (a hint: nothing to see).
+TEST_CASE("TilePrefetch's parts ask for exactly the lines of its runs") {
+  alignas(64) static char memory[64 * 64];
+  const std::vector<std::vector<std::pair<int, int>>> layouts = {
+      {{0, 256}},                          // one aligned run of four lines
+      {{16, 272}, {272, 528}},             // off a line, the second run sharing the first's last line
+      {{100, 101}},                        // one byte
+      {{8, 200}, {1024, 1030}, {3000, 4000}}};
+  for (const auto& layout : layouts) {
+    std::vector<ekv::PrefetchRun> runs;
+    std::size_t bytes = 0;
+    std::set<std::uintptr_t> expected;
+    for (const auto& [b, e] : layout) {
+      runs.push_back({memory + b, memory + e});
+      bytes += static_cast<std::size_t>(e - b);
+      for (int i = b; i < e; ++i) expected.insert(reinterpret_cast<std::uintptr_t>(memory + i) & ~std::uintptr_t{63});
+    }
+    const ekv::TilePrefetch ahead{runs.data(), static_cast<int>(runs.size()), bytes};
+    for (int parts = 1; parts <= 20; ++parts) {
+      INFO("runs=" << runs.size() << " parts=" << parts);
+      std::set<std::uintptr_t> asked;
+      std::size_t calls = 0;
+      for (int i = 0; i < parts; ++i) {
+        ahead.lines(i, parts, [&](const char* p) {
+          CHECK(reinterpret_cast<std::uintptr_t>(p) % 64 == 0);
+          asked.insert(reinterpret_cast<std::uintptr_t>(p));
+          ++calls;
+        });
+        ahead.part(i, parts);
+      }
+      CHECK(asked == expected);
+      CHECK(calls <= expected.size() + 2 * static_cast<std::size_t>(parts) + runs.size());  // shared lines only
+    }
+  }
+  ekv::TilePrefetch{}.part(0, 1);  // none: nothing asked, no pointer read
 }

@@ -71,11 +71,13 @@ struct AttendState {
 
 namespace detail {
 
-// Folds one tile of n tokens, rows k_rows and v_rows [n] in type T, into `state`.
+// Folds one tile of n tokens, rows k_rows and v_rows [n] in type T, into `state`, asking
+// for `v_ahead` while the scores compute and for `k_ahead` while the weighted sum does.
 template <typename T>
-void attend_tile(const T* const* k_rows, const T* const* v_rows, int n, int d, AttendState& state) {
+void attend_tile(const T* const* k_rows, const T* const* v_rows, int n, int d, AttendState& state,
+                 const TilePrefetch& v_ahead = {}, const TilePrefetch& k_ahead = {}) {
   constexpr int kTile = kAttendTileTokens;
-  tile_scores(state.q.data(), state.group, k_rows, n, d, state.scores.data(), kTile, state.k_wide.data());
+  tile_scores(state.q.data(), state.group, k_rows, n, d, state.scores.data(), kTile, state.k_wide.data(), v_ahead);
   for (int g = 0; g < state.group; ++g) {
     float* s = &state.scores[static_cast<std::size_t>(g) * kTile];
     const float tile_max = max_row(s, n);
@@ -85,52 +87,68 @@ void attend_tile(const T* const* k_rows, const T* const* v_rows, int n, int d, A
     state.max[g] = new_max;
   }
   tile_accumulate(state.acc.data(), state.rescale.data(), state.scores.data(), kTile, state.group, v_rows, n, d,
-                  state.v_wide.data());
+                  state.v_wide.data(), k_ahead);
 }
 
 }  // namespace detail
+
+// Tiles ahead that attend_range asks for while a tile computes: V of the next tile while
+// its scores compute, K of the one after while its weighted sum does, every row, contiguous
+// or through a block table; the first tiles' rows at the start. Distances up to 6 tiles were
+// within 5% of these (benchmarks/RESULTS.md, CPU decode: prefetch spread through the tile).
+inline constexpr int kAttendPrefetchTilesV = 1;
+inline constexpr int kAttendPrefetchTilesK = 2;
 
 // Adds tokens [begin, end) of (seq, kv_head) to `state` (begun with the group's q).
 // head_dim a multiple of 8; the tokens must lie within the view.
 template <typename T>
 void attend_range(const KVView<T>& kv, int seq, int kv_head, int begin, int end, AttendState& state) {
   constexpr int kTile = kAttendTileTokens;
+  constexpr int kSlots = kAttendPrefetchTilesK + 1;  // a ring of located tiles: this one and those ahead
+  static_assert(kAttendPrefetchTilesV <= kAttendPrefetchTilesK, "V is asked for no further ahead than K");
   const int d = kv.head_dim;
-  // Rows of the next tile are requested while this one computes where the hardware
-  // prefetcher cannot find them: a row that does not follow the one before it (a block
-  // table's jump, the range's first row) and the kPrefetchAfterJump rows after it, until the
-  // hardware's stream picks up. Rows that follow each other are left to the hardware: asking
-  // for them too costs more than it gains (benchmarks/RESULTS.md, CPU decode on 2 cores).
-  constexpr int kPrefetchAfterJump = 4;
-  std::int64_t offsets[2][kTile];
-  std::int64_t next_row = -1;  // where a row following the last one located would start
-  int prefetch_left = 0;
-  auto locate = [&](int t0, std::int64_t* off) {
-    const int n = std::min(kTile, end - t0);
-    for (int t = 0; t < n; ++t) {
-      off[t] = kv.offset(seq, kv_head, t0 + t);
-      if (off[t] != next_row) prefetch_left = kPrefetchAfterJump + 1;
-      next_row = off[t] + d;
-      if (prefetch_left > 0) {
-        --prefetch_left;
-        prefetch_row(kv.k + off[t], d);
-        prefetch_row(kv.v + off[t], d);
+  // a located tile: its rows, and the runs of rows that follow each other, for the prefetch
+  // (V's rows follow each other where K's do: they share offsets)
+  struct Located {
+    const T* k_rows[kTile];
+    const T* v_rows[kTile];
+    PrefetchRun k_runs[kTile];
+    PrefetchRun v_runs[kTile];
+    int n = 0;
+    int runs = 0;
+    std::size_t bytes = 0;  // of K's rows, as of V's
+    TilePrefetch k_ahead() const { return {k_runs, runs, bytes}; }
+    TilePrefetch v_ahead() const { return {v_runs, runs, bytes}; }
+  };
+  const auto bytes_of = [](const T* p) { return reinterpret_cast<const char*>(p); };
+  const auto locate = [&](std::int64_t t0, Located& l) {
+    l.n = static_cast<int>(std::clamp<std::int64_t>(end - t0, 0, kTile));
+    l.runs = 0;
+    for (int t = 0; t < l.n; ++t) {
+      const std::int64_t off = kv.offset(seq, kv_head, static_cast<int>(t0) + t);
+      l.k_rows[t] = kv.k + off;
+      l.v_rows[t] = kv.v + off;
+      if (l.runs > 0 && l.k_runs[l.runs - 1].end == bytes_of(kv.k + off)) {  // follows the row before
+        l.k_runs[l.runs - 1].end = bytes_of(kv.k + off + d);
+        l.v_runs[l.runs - 1].end = bytes_of(kv.v + off + d);
+      } else {
+        l.k_runs[l.runs] = {bytes_of(kv.k + off), bytes_of(kv.k + off + d)};
+        l.v_runs[l.runs++] = {bytes_of(kv.v + off), bytes_of(kv.v + off + d)};
       }
     }
-    return n;
+    l.bytes = static_cast<std::size_t>(l.n) * d * sizeof(T);
   };
-  const T* k_rows[kTile];
-  const T* v_rows[kTile];
-  int n_next = begin < end ? locate(begin, offsets[0]) : 0;
-  for (int t0 = begin, cur = 0; t0 < end; t0 += kTile, cur ^= 1) {
-    const int n = n_next;
-    const std::int64_t* off = offsets[cur];
-    if (t0 + kTile < end) n_next = locate(t0 + kTile, offsets[cur ^ 1]);
-    for (int t = 0; t < n; ++t) {
-      k_rows[t] = kv.k + off[t];
-      v_rows[t] = kv.v + off[t];
-    }
-    detail::attend_tile(k_rows, v_rows, n, d, state);
+  Located tiles[kSlots];
+  for (int i = 0; i < kAttendPrefetchTilesK; ++i) locate(std::int64_t{begin} + i * kTile, tiles[i]);
+  // what no tile before them asks for: the first tile's V and the K of those up to K's distance
+  tiles[0].v_ahead().part(0, 1);
+  for (int i = 1; i < kAttendPrefetchTilesK; ++i) tiles[i].k_ahead().part(0, 1);
+  for (std::int64_t t0 = begin, cur = 0; t0 < end; t0 += kTile, cur = (cur + 1) % kSlots) {
+    Located& k_next = tiles[(cur + kAttendPrefetchTilesK) % kSlots];
+    locate(t0 + std::int64_t{kAttendPrefetchTilesK} * kTile, k_next);
+    const Located& here = tiles[cur];
+    const Located& v_next = tiles[(cur + kAttendPrefetchTilesV) % kSlots];
+    detail::attend_tile(here.k_rows, here.v_rows, here.n, d, state, v_next.v_ahead(), k_next.k_ahead());
   }
 }
 

@@ -10,7 +10,9 @@
 // so a consumer's default flags get them; a target built for x86-64-v3 calls them without
 // the check; -DEKV_CPU_PORTABLE_ONLY leaves only the portable ones. Both are compiled where
 // the first is, and tests/cpu/group_tile_test.cpp compares them.
-// Rows hold d values, d a multiple of 8; a tile has at most kAttendTileTokens rows.
+// Rows hold d values, d a multiple of 8; a tile has at most kAttendTileTokens rows. Each
+// kernel takes `ahead`, rows of a later tile to ask for while it computes (TilePrefetch,
+// row_ops.hpp): a share at each step of its loop.
 
 #include <algorithm>
 #include <cstddef>
@@ -50,10 +52,11 @@ inline constexpr int kAttendTileTokens = 32;
 // `wide`: float [n][d], where half and bfloat16 rows are widened.
 template <typename T>
 void tile_scores_portable(const float* q, int group, const T* const* rows, int n, int d, float* scores, int stride,
-                          float* wide) {
+                          float* wide, const TilePrefetch& ahead = {}) {
   const float* k[kAttendTileTokens];
   for (int t = 0; t < n; ++t) k[t] = row_as_float(rows[t], wide + static_cast<std::size_t>(t) * d, d);
   for (int g = 0; g < group; ++g) {
+    ahead.part(g, group);
     float* s = scores + static_cast<std::ptrdiff_t>(g) * stride;
     const float* qg = q + static_cast<std::size_t>(g) * d;
     int t = 0;
@@ -66,10 +69,11 @@ void tile_scores_portable(const float* q, int group, const T* const* rows, int n
 // g < group; acc: float [group][d]. `wide`: float [n][d], as for tile_scores_portable.
 template <typename T>
 void tile_accumulate_portable(float* acc, const float* rescale, const float* p, int stride, int group,
-                              const T* const* rows, int n, int d, float* wide) {
+                              const T* const* rows, int n, int d, float* wide, const TilePrefetch& ahead = {}) {
   const float* v[kAttendTileTokens];
   for (int t = 0; t < n; ++t) v[t] = row_as_float(rows[t], wide + static_cast<std::size_t>(t) * d, d);
   for (int g = 0; g < group; ++g) {
+    ahead.part(g, group);
     float* a = acc + static_cast<std::size_t>(g) * d;
     if (rescale[g] != 1.0f) {
       for (int i = 0; i < d; ++i) a[i] *= rescale[g];
@@ -135,12 +139,21 @@ EKV_CPU_AVX2_TARGET void scores_block(const float* q, int d, const T* const* row
   }
 }
 
+// `ahead` a share at each block of rows
 template <int G, typename T>
-EKV_CPU_AVX2_TARGET void scores_heads(const float* q, int d, const T* const* rows, int n, float* s, int stride) {
+EKV_CPU_AVX2_TARGET void scores_heads(const float* q, int d, const T* const* rows, int n, float* s, int stride,
+                                      const TilePrefetch& ahead) {
   constexpr int kRows = 8 / G;
-  int t = 0;
-  for (; t + kRows <= n; t += kRows) scores_block<G, kRows>(q, d, rows + t, s + t, stride);
-  for (; t < n; ++t) scores_block<G, 1>(q, d, rows + t, s + t, stride);
+  const int blocks = n / kRows + n % kRows;
+  int t = 0, block = 0;
+  for (; t + kRows <= n; t += kRows) {
+    ahead.part(block++, blocks);
+    scores_block<G, kRows>(q, d, rows + t, s + t, stride);
+  }
+  for (; t < n; ++t) {
+    ahead.part(block++, blocks);
+    scores_block<G, 1>(q, d, rows + t, s + t, stride);
+  }
 }
 
 // G heads x C pieces of 8 columns from column i, G * C sums in registers across all n
@@ -176,13 +189,21 @@ EKV_CPU_AVX2_TARGET void accumulate_block(float* acc, int d, int i, const float*
   }
 }
 
+// `ahead` a share at each block of columns
 template <int G, typename T>
 EKV_CPU_AVX2_TARGET void accumulate_heads(float* acc, int d, const float* rescale, const float* p, int stride,
-                                          const T* const* rows, int n) {
+                                          const T* const* rows, int n, const TilePrefetch& ahead) {
   constexpr int kPieces = 8 / G;
-  int i = 0;
-  for (; i + 8 * kPieces <= d; i += 8 * kPieces) accumulate_block<G, kPieces>(acc, d, i, rescale, p, stride, rows, n);
-  for (; i < d; i += 8) accumulate_block<G, 1>(acc, d, i, rescale, p, stride, rows, n);
+  const int blocks = d / (8 * kPieces) + d % (8 * kPieces) / 8;
+  int i = 0, block = 0;
+  for (; i + 8 * kPieces <= d; i += 8 * kPieces) {
+    ahead.part(block++, blocks);
+    accumulate_block<G, kPieces>(acc, d, i, rescale, p, stride, rows, n);
+  }
+  for (; i < d; i += 8) {
+    ahead.part(block++, blocks);
+    accumulate_block<G, 1>(acc, d, i, rescale, p, stride, rows, n);
+  }
 }
 
 // Calls f's template for the next block of at most four heads, from head g on.
@@ -216,23 +237,28 @@ inline bool cpu_runs_avx2_tiles() {
 #endif
 }
 
-// tile_scores_portable's result, rows read in their stored type (no scratch)
+// tile_scores_portable's result, rows read in their stored type (no scratch); `ahead`
+// spread over the first block of heads
 template <typename T>
 EKV_CPU_AVX2_TARGET void tile_scores_avx2(const float* q, int group, const T* const* rows, int n, int d,
-                                          float* scores, int stride) {
+                                          float* scores, int stride, const TilePrefetch& ahead = {}) {
   detail::for_head_blocks(group, [&](auto heads, int g) {
     detail::scores_heads<decltype(heads)::value>(q + static_cast<std::size_t>(g) * d, d, rows, n,
-                                                 scores + static_cast<std::ptrdiff_t>(g) * stride, stride);
+                                                 scores + static_cast<std::ptrdiff_t>(g) * stride, stride,
+                                                 g == 0 ? ahead : TilePrefetch{});
   });
 }
 
-// tile_accumulate_portable's result, rows read in their stored type (no scratch)
+// tile_accumulate_portable's result, rows read in their stored type (no scratch); `ahead`
+// spread over the first block of heads
 template <typename T>
 EKV_CPU_AVX2_TARGET void tile_accumulate_avx2(float* acc, const float* rescale, const float* p, int stride,
-                                              int group, const T* const* rows, int n, int d) {
+                                              int group, const T* const* rows, int n, int d,
+                                              const TilePrefetch& ahead = {}) {
   detail::for_head_blocks(group, [&](auto heads, int g) {
     detail::accumulate_heads<decltype(heads)::value>(acc + static_cast<std::size_t>(g) * d, d, rescale + g,
-                                                     p + static_cast<std::ptrdiff_t>(g) * stride, stride, rows, n);
+                                                     p + static_cast<std::ptrdiff_t>(g) * stride, stride, rows, n,
+                                                     g == 0 ? ahead : TilePrefetch{});
   });
 }
 #endif
@@ -240,26 +266,26 @@ EKV_CPU_AVX2_TARGET void tile_accumulate_avx2(float* acc, const float* rescale, 
 // The kernels attend_range runs: AVX2 where the CPU has it, else portable.
 template <typename T>
 void tile_scores(const float* q, int group, const T* const* rows, int n, int d, float* scores, int stride,
-                 float* wide) {
+                 float* wide, const TilePrefetch& ahead = {}) {
 #if defined(EKV_CPU_GROUP_TILE_AVX2)
   if (cpu_runs_avx2_tiles()) {
-    tile_scores_avx2(q, group, rows, n, d, scores, stride);
+    tile_scores_avx2(q, group, rows, n, d, scores, stride, ahead);
     return;
   }
 #endif
-  tile_scores_portable(q, group, rows, n, d, scores, stride, wide);
+  tile_scores_portable(q, group, rows, n, d, scores, stride, wide, ahead);
 }
 
 template <typename T>
 void tile_accumulate(float* acc, const float* rescale, const float* p, int stride, int group, const T* const* rows,
-                     int n, int d, float* wide) {
+                     int n, int d, float* wide, const TilePrefetch& ahead = {}) {
 #if defined(EKV_CPU_GROUP_TILE_AVX2)
   if (cpu_runs_avx2_tiles()) {
-    tile_accumulate_avx2(acc, rescale, p, stride, group, rows, n, d);
+    tile_accumulate_avx2(acc, rescale, p, stride, group, rows, n, d, ahead);
     return;
   }
 #endif
-  tile_accumulate_portable(acc, rescale, p, stride, group, rows, n, d, wide);
+  tile_accumulate_portable(acc, rescale, p, stride, group, rows, n, d, wide, ahead);
 }
 
 }  // namespace ekv

@@ -6,7 +6,9 @@
 // slower) or left them scalar (the weighted sum: 1.6x slower) on x86-64-v3, AMD EPYC.
 // Row lengths are multiples of 8.
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 
 namespace ekv {
@@ -98,11 +100,61 @@ inline float max_row(const float* x, int n) {
   return m;
 }
 
-// Asks for a row's cache lines (64 bytes, or half of a 128-byte line) ahead of its use.
-template <typename T>
-void prefetch_row(const T* row, int n) {
-  const char* bytes = reinterpret_cast<const char*>(row);
-  for (std::size_t b = 0; b < n * sizeof(T); b += 64) __builtin_prefetch(bytes + b);
+// Asks for the cache line holding p, into L2. An asm statement where the compiler takes
+// one: g++ 12 deletes a loop whose only statement is __builtin_prefetch, as a loop with no
+// effect (a loop over a row's lines compiled to a bare return).
+inline void prefetch_line_l2(const char* p) {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  asm volatile("prefetcht1 %0" : : "m"(*p));
+#elif defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+  asm volatile("prfm pldl2keep, %0" : : "Q"(*p));
+#else
+  __builtin_prefetch(p, 0, 2);
+#endif
 }
+
+// Bytes [begin, end) of memory, contiguous.
+struct PrefetchRun {
+  const char* begin = nullptr;
+  const char* end = nullptr;
+};
+
+// Memory that a tile kernel asks for ahead of its use (into L2), a share of it at each of
+// its steps. Spread through the arithmetic, the requests overlap it; asked for all at once,
+// they queue behind each other and stall it (benchmarks/RESULTS.md, "CPU decode: prefetch
+// spread through the tile"). Runs, not rows, so that rows that follow each other cost one
+// loop over their lines.
+struct TilePrefetch {
+  const PrefetchRun* runs = nullptr;
+  int count = 0;
+  std::size_t bytes = 0;  // the runs' lengths, summed
+
+  // Calls line(p) for the start of each cache line (64 bytes, or half of a 128-byte line)
+  // of bytes [bytes * i / parts, bytes * (i + 1) / parts) of the runs laid end to end: over
+  // i < parts, every line of every run, and a line more than once only where two parts or
+  // two runs share it.
+  template <typename Line>
+  void lines(int i, int parts, Line&& line) const {
+    std::size_t from = bytes * static_cast<std::size_t>(i) / static_cast<std::size_t>(parts);
+    std::size_t to = bytes * static_cast<std::size_t>(i + 1) / static_cast<std::size_t>(parts);
+    for (int r = 0; r < count && from < to; ++r) {
+      const auto length = static_cast<std::size_t>(runs[r].end - runs[r].begin);
+      if (from < length) {
+        const auto first = reinterpret_cast<std::uintptr_t>(runs[r].begin + from);
+        const auto last = reinterpret_cast<std::uintptr_t>(runs[r].begin + std::min(to, length));
+        for (std::uintptr_t l = first & ~std::uintptr_t{63}; l < last; l += 64) line(reinterpret_cast<const char*>(l));
+        from = 0;
+      } else {
+        from -= length;
+      }
+      to = to > length ? to - length : 0;
+    }
+  }
+
+  // Asks for part i of parts (lines), into L2.
+  void part(int i, int parts) const {
+    if (count > 0) lines(i, parts, [](const char* p) { prefetch_line_l2(p); });
+  }
+};
 
 }  // namespace ekv
