@@ -220,6 +220,12 @@ TEST_CASE("cpu_tile_isa picks the widest kernels the CPU runs for d, within EKV_
   const char* value = std::getenv("EKV_CPU_ISA");
   const std::string cap = value == nullptr ? "" : value;
   INFO("EKV_CPU_ISA=" << cap);
+  if (!cap.empty() && cap != "portable" && cap != "avx2" && cap != "avx512") {  // as cpu_group_tile_bad_isa_test
+    CHECK_THROWS_WITH_AS(ekv::cpu_tile_isa_cap(),
+                         ("EKV_CPU_ISA=" + cap + " not supported; supported: [portable, avx2, avx512]").c_str(),
+                         ekv::Error);
+    return;
+  }
   CHECK(ekv::cpu_tile_isa_cap() == (cap == "portable" ? ekv::CpuTileIsa::portable
                                     : cap == "avx2"   ? ekv::CpuTileIsa::avx2
                                                       : ekv::CpuTileIsa::avx512));

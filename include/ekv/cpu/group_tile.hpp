@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <string>
 #include <type_traits>
 
@@ -71,10 +72,12 @@ inline CpuTileIsa cpu_tile_isa_cap() {
   static const CpuTileIsa cap = [] {
     const char* value = std::getenv("EKV_CPU_ISA");
     if (value == nullptr || *value == '\0') return CpuTileIsa::avx512;
-    for (int i = 0; i < 3; ++i) {
+    std::string supported;
+    for (std::size_t i = 0; i < std::size(kCpuTileIsaNames); ++i) {
       if (std::strcmp(value, kCpuTileIsaNames[i]) == 0) return static_cast<CpuTileIsa>(i);
+      supported += (i > 0 ? ", " : "") + std::string(kCpuTileIsaNames[i]);
     }
-    throw Error("EKV_CPU_ISA=" + std::string(value) + " not supported; supported: [portable, avx2, avx512]");
+    throw Error("EKV_CPU_ISA=" + std::string(value) + " not supported; supported: [" + supported + "]");
   }();
   return cap;
 }
