@@ -1,9 +1,9 @@
 // CPU decode attention (issue 6) on all hardware threads, no GPU needed: q_heads 32,
 // kv_heads 8, head_dim 128, fp16 at batch 1 x 32K and batch 4 x 8K tokens (contiguous HND
-// and paged with blocks of 16 tokens, vLLM's page), bfloat16 and float at batch 1 x 32K. K and V (128 MiB in fp16)
-// are 4x the 2-core AMD EPYC's L3; a host with a larger L3 (the H100 host's Xeon reports
-// 300 MiB) may keep part of them there between steps, so fp16 (both layouts) and bfloat16
-// also run at batch 8 x 32K: 1 GiB of K and V, larger than any of these hosts' L3. Paged
+// and paged with blocks of 16 tokens, vLLM's page), bfloat16 and float at batch 1 x 32K.
+// K and V (128 MiB in fp16) are 4x the 2-core AMD EPYC's L3; a host with a larger L3 (the
+// H100 host's Xeon reports 300 MiB) may keep part of them there between steps, so fp16 (both
+// layouts) and bfloat16 also run at batch 8 x 32K: 1 GiB of K and V, larger than any of these hosts' L3. Paged
 // fp16 runs with blocks of 64 tokens too (KVCacheConfig's default): a block's rows of one
 // kv head are 16 KiB apart from the next block's instead of 4 KiB, so a jump of the block
 // table (a new page for the TLB, a cold start for the hardware prefetcher) comes a quarter
@@ -89,8 +89,9 @@ void cpu_decode(benchmark::State& state) {
   benchmark::DoNotOptimize(o.data());
 }
 
-// state.range: batch, length, the paged layout's block length (0: contiguous), storage (KVStorage: 3 FP8, 4 Q8_0, 5 Q4_0). K
-// and V quantized from uniform values in [-1, 1]; FP8's per-head scales 1 / 448.
+// state.range: batch, length, the paged layout's block length (0: contiguous), storage
+// (KVStorage: 3 FP8, 4 Q8_0, 5 Q4_0). K and V quantized from uniform values in [-1, 1];
+// FP8's per-head scales 1 / 448.
 void cpu_decode_quant(benchmark::State& state) {
   using T = __half;
   const int batch = static_cast<int>(state.range(0));
