@@ -3,11 +3,11 @@
 // and paged with blocks of 16 tokens, vLLM's page), bfloat16 and float at batch 1 x 32K.
 // K and V (128 MiB in fp16) are 4x the 2-core AMD EPYC's L3; a host with a larger L3 (the
 // H100 host's Xeon reports 300 MiB) may keep part of them there between steps, so fp16 (both
-// layouts) and bfloat16 also run at batch 8 x 32K: 1 GiB of K and V, larger than any of these hosts' L3. Paged
-// fp16 runs with blocks of 64 tokens too (KVCacheConfig's default): a block's rows of one
-// kv head are 16 KiB apart from the next block's instead of 4 KiB, so a jump of the block
-// table (a new page for the TLB, a cold start for the hardware prefetcher) comes a quarter
-// as often.
+// layouts) and bfloat16 also run at batch 8 x 32K: 1 GiB of K and V, larger than any of
+// these hosts' L3. Paged fp16 runs with blocks of 64 tokens too (KVCacheConfig's default): a
+// block's rows of one kv head are 16 KiB apart from the next block's instead of 4 KiB, so a
+// jump of the block table (a new page for the TLB, a cold start for the hardware prefetcher)
+// comes a quarter as often.
 // Bytes counted: K and V of every attended token (q and o are under 0.1% and left out).
 // of_read: the fraction of the host's read bandwidth, measured first in the same run over
 // the same pool (median of 7 passes over 1 GiB). Wall time per step, as the caller waits.
